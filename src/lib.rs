@@ -1,0 +1,2 @@
+//! graph-cdc
+pub mod sim;
