@@ -1,2 +1,3 @@
+#![recursion_limit = "256"]
 //! graph-cdc
 pub mod sim;

@@ -1,1 +1,126 @@
-fn main() {}
+//! The `graph-cdc` command: parse the CLI, set up logging, hand over to the library.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use graph_cdc::sim;
+
+#[derive(Parser)]
+#[command(name = "graph-cdc", version, about = "Microsoft Graph delta queries into Kafka, exactly once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Graph simulator (the test bed's fake Microsoft Graph).
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Tenant id the demo app is registered in.
+    #[arg(long, default_value = "contoso")]
+    tenant: String,
+    /// Client id of the demo app.
+    #[arg(long, default_value = "graph-cdc")]
+    client_id: String,
+    /// Client secret of the demo app (prefer the environment variable).
+    #[arg(long, env = "GRAPH_CDC_SIM_CLIENT_SECRET", default_value = "sim-secret", hide_env_values = true)]
+    client_secret: String,
+    /// Create this many demo users with calendars, events, lists and tasks.
+    #[arg(long, default_value_t = 0)]
+    users: usize,
+    /// Apply this many random changes every `--mutate-interval` (0: none).
+    #[arg(long, default_value_t = 0)]
+    mutations: usize,
+    /// Interval between bursts of random changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    mutate_interval: Duration,
+    /// Base URL to put in links (default: from the request's Host header).
+    #[arg(long)]
+    public_url: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().map_err(|_| format!("bad duration '{s}'"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in '{s}' (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Simulate(a) => simulate(a).await,
+    }
+}
+
+async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    let settings = sim::SimSettings {
+        public_url: a.public_url.clone(),
+        ..Default::default()
+    };
+    let state = sim::SimState::new(settings);
+    state.add_secret_client(&a.tenant, &a.client_id, &a.client_secret);
+    if a.users > 0 {
+        let spec = sim::generate::GenerateSpec {
+            users: a.users,
+            tenant: Some(a.tenant.clone()),
+            ..Default::default()
+        };
+        let users = sim::generate::generate(&mut state.store.write(), &spec)?;
+        tracing::info!(users = users.len(), "generated demo data");
+    }
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tenant = %a.tenant, client_id = %a.client_id, "Graph simulator listening; control API under /_sim");
+    if a.mutations > 0 {
+        let st = state.clone();
+        let tenant = a.tenant.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(a.mutate_interval).await;
+                let spec = sim::generate::MutateSpec { count: a.mutations, ..Default::default() };
+                let s = sim::generate::mutate(&mut st.store.write(), &spec);
+                tracing::debug!(tenant = %tenant, ops = ?s.ops, "applied random changes");
+            }
+        });
+    }
+    sim::serve(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,1 +1,239 @@
-//! sim
+//! A Microsoft Graph simulator for tests, demos and benchmarks.
+//!
+//! It serves, over real HTTP, everything graph-cdc reads from Graph, following
+//! `shared/graph/NOTES.md`: the five delta endpoints under `/v1.0` and `/beta`, the OAuth2
+//! token endpoint, throttling and mailbox limits, and switchable faults. A control API under
+//! `/_sim` creates and changes data, sets faults and reports the *truth*: the current state
+//! of a partition, which a correct compacted topic must equal.
+//!
+//! ```text
+//!   model.rs    mailboxes, items, change stamps      delta.rs   tokens, rounds, pages
+//!   present.rs  time zones and $select               auth.rs    token endpoint
+//!   faults.rs   fault rules and mailbox limits       http.rs    Graph routes
+//!   control.rs  /_sim control API                    generate.rs bulk data and mutations
+//! ```
+
+pub mod auth;
+pub mod control;
+pub mod delta;
+pub mod faults;
+pub mod generate;
+pub mod http;
+pub mod model;
+pub mod present;
+pub mod text;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Errors of the simulator's own operations (mapped to Graph or control-API answers).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Tunables, readable and patchable at `/_sim/settings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimSettings {
+    /// Lifetime of issued access tokens, in seconds (Graph: about an hour).
+    pub token_lifetime_secs: u64,
+    /// Concurrent requests per mailbox before `429` (Outlook: 4).
+    pub mailbox_concurrency: usize,
+    /// Requests per mailbox per `budget_window_secs` before `429` (Outlook: 10,000 / 10 min).
+    pub mailbox_budget: usize,
+    pub budget_window_secs: u64,
+    /// State tokens kept; older ones are forgotten (then `410` without `Location`).
+    pub token_cache_capacity: usize,
+    /// Probability that a page repeats an item already sent in the round.
+    pub replay_probability: f64,
+    /// Probability that a page is empty but still carries a nextLink.
+    pub empty_page_probability: f64,
+    /// Page size without `Prefer: odata.maxpagesize`.
+    pub default_page_size: usize,
+    /// Largest page size honoured.
+    pub max_page_size: usize,
+    /// Index entries examined per page before an empty page is returned anyway.
+    pub scan_limit: usize,
+    /// Base URL put in links; by default taken from the request's `Host`.
+    pub public_url: Option<String>,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        Self {
+            token_lifetime_secs: 3599,
+            mailbox_concurrency: 4,
+            mailbox_budget: 10_000,
+            budget_window_secs: 600,
+            token_cache_capacity: 1_000_000,
+            replay_probability: 0.0,
+            empty_page_probability: 0.0,
+            default_page_size: 10,
+            max_page_size: 1000,
+            scan_limit: 5000,
+            public_url: None,
+        }
+    }
+}
+
+/// Request counters, readable at `/_sim/stats`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    /// Graph requests by endpoint kind, then HTTP status.
+    pub requests: HashMap<String, HashMap<u16, u64>>,
+    /// Graph requests by user id.
+    pub by_user: HashMap<String, u64>,
+    pub pages: u64,
+    pub records: u64,
+    pub tokens_issued: u64,
+    /// Highest number of concurrent requests seen per user id.
+    pub max_in_flight: HashMap<String, usize>,
+}
+
+impl Stats {
+    pub fn total(&self) -> u64 {
+        self.requests.values().flat_map(|m| m.values()).sum()
+    }
+
+    /// Requests of one endpoint kind answered with `status`.
+    pub fn count(&self, endpoint: &str, status: u16) -> u64 {
+        self.requests
+            .get(endpoint)
+            .and_then(|m| m.get(&status))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Everything the simulator knows; shared by the HTTP handlers and in-process tests.
+#[derive(Default)]
+pub struct SimState {
+    pub store: RwLock<model::Store>,
+    pub tokens: Mutex<delta::TokenTable>,
+    pub auth: Mutex<auth::Tokens>,
+    pub faults: Mutex<faults::Faults>,
+    pub mailboxes: faults::Mailboxes,
+    pub stats: Mutex<Stats>,
+    pub settings: RwLock<SimSettings>,
+}
+
+impl SimState {
+    pub fn new(settings: SimSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings: RwLock::new(settings),
+            ..Self::default()
+        })
+    }
+
+    /// Registers an app that can get tokens with a client secret.
+    pub fn add_secret_client(&self, tenant: &str, client_id: &str, secret: &str) {
+        self.store.write().add_client(
+            tenant,
+            model::Client {
+                client_id: client_id.into(),
+                client_secret: Some(secret.into()),
+                public_key_pem: None,
+                x5t_s256: None,
+            },
+        );
+    }
+
+    /// Adds a fault rule, resolving its user to an id when the user exists.
+    pub fn add_fault(&self, spec: faults::FaultSpec) -> u64 {
+        let user_id = spec.user.as_deref().and_then(|u| {
+            let store = self.store.read();
+            store.user_id(u).map(str::to_string)
+        });
+        self.faults.lock().add(spec, user_id)
+    }
+
+    /// Evicts the state tokens of one user (id or UPN) or of everyone.
+    pub fn evict_tokens(&self, user: Option<&str>) -> Result<usize, SimError> {
+        let id = match user {
+            Some(u) => Some(self.store.read().user(u)?.id.clone()),
+            None => None,
+        };
+        Ok(self.tokens.lock().evict_user(id.as_deref()))
+    }
+
+    /// The truth for a query (see [`delta::truth`]).
+    pub fn truth(
+        &self,
+        q: &delta::Query,
+        pres: &present::Presentation,
+    ) -> Result<std::collections::BTreeMap<String, String>, SimError> {
+        delta::truth(&self.store.read(), q, pres)
+    }
+}
+
+/// A running simulator bound to a socket; stops when dropped.
+pub struct SimServer {
+    pub addr: SocketAddr,
+    pub state: Arc<SimState>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SimServer {
+    /// Binds `addr` (use `127.0.0.1:0` in tests) and serves in the background.
+    pub async fn start(addr: &str, settings: SimSettings) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let state = SimState::new(settings);
+        let shutdown = CancellationToken::new();
+        let addr = listener.local_addr()?;
+        let app = http::router(state.clone());
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Serves the simulator on `listener` until `shutdown` completes (the `simulate` command).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<SimState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,6 @@
+//! The Graph simulator over real HTTP: delta rounds, faults, auth, control API.
+
+mod auth;
+mod client;
+mod delta;
+mod faults;
