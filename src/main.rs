@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use graph_cdc::sim;
 
 #[derive(Parser)]
-#[command(name = "graph-cdc", version, about = "Microsoft Graph delta queries into Kafka, exactly once")]
+#[command(
+    name = "graph-cdc",
+    version,
+    about = "Microsoft Graph delta queries into Kafka, exactly once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,12 @@ struct SimulateArgs {
     #[arg(long, default_value = "graph-cdc")]
     client_id: String,
     /// Client secret of the demo app (prefer the environment variable).
-    #[arg(long, env = "GRAPH_CDC_SIM_CLIENT_SECRET", default_value = "sim-secret", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GRAPH_CDC_SIM_CLIENT_SECRET",
+        default_value = "sim-secret",
+        hide_env_values = true
+    )]
     client_secret: String,
     /// Create this many demo users with calendars, events, lists and tasks.
     #[arg(long, default_value_t = 0)]
@@ -48,7 +57,11 @@ struct SimulateArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let n: f64 = num.parse().map_err(|_| format!("bad duration '{s}'"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
@@ -63,8 +76,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -100,7 +112,10 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(a.mutate_interval).await;
-                let spec = sim::generate::MutateSpec { count: a.mutations, ..Default::default() };
+                let spec = sim::generate::MutateSpec {
+                    count: a.mutations,
+                    ..Default::default()
+                };
                 let s = sim::generate::mutate(&mut st.store.write(), &spec);
                 tracing::debug!(tenant = %tenant, ops = ?s.ops, "applied random changes");
             }
@@ -116,7 +131,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

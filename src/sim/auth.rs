@@ -85,14 +85,24 @@ impl Tokens {
         lifetime: Duration,
     ) -> Result<(String, u64), AuthError> {
         if req.grant_type.as_deref() != Some("client_credentials") {
-            return Err(err(400, "unsupported_grant_type", 70003, "AADSTS70003: The app requested an unsupported grant type."));
+            return Err(err(
+                400,
+                "unsupported_grant_type",
+                70003,
+                "AADSTS70003: The app requested an unsupported grant type.",
+            ));
         }
         let scope = req.scope.as_deref().unwrap_or("");
         if !scope.ends_with("/.default") {
             return Err(err(400, "invalid_scope", 1002012, "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier."));
         }
         let t = store.tenants.get(tenant).ok_or_else(|| {
-            err(400, "invalid_request", 90002, format!("AADSTS90002: Tenant '{tenant}' not found."))
+            err(
+                400,
+                "invalid_request",
+                90002,
+                format!("AADSTS90002: Tenant '{tenant}' not found."),
+            )
         })?;
         let client_id = req.client_id.as_deref().unwrap_or("");
         let client = t.clients.get(client_id).ok_or_else(|| {
@@ -101,17 +111,38 @@ impl Tokens {
         match (&req.client_secret, &req.client_assertion) {
             (Some(secret), None) => {
                 if client.client_secret.as_deref() != Some(secret.as_str()) {
-                    return Err(err(401, "invalid_client", 7000215, "AADSTS7000215: Invalid client secret provided."));
+                    return Err(err(
+                        401,
+                        "invalid_client",
+                        7000215,
+                        "AADSTS7000215: Invalid client secret provided.",
+                    ));
                 }
             }
             (None, Some(assertion)) => {
                 if req.client_assertion_type.as_deref() != Some(ASSERTION_TYPE) {
-                    return Err(err(400, "invalid_request", 50027, "AADSTS50027: client_assertion_type is missing or invalid."));
+                    return Err(err(
+                        400,
+                        "invalid_request",
+                        50027,
+                        "AADSTS50027: client_assertion_type is missing or invalid.",
+                    ));
                 }
                 let pem = client.public_key_pem.as_deref().ok_or_else(|| {
-                    err(401, "invalid_client", 700027, "AADSTS700027: No certificate is registered for this client.")
+                    err(
+                        401,
+                        "invalid_client",
+                        700027,
+                        "AADSTS700027: No certificate is registered for this client.",
+                    )
                 })?;
-                self.check_assertion(assertion, pem, client.x5t_s256.as_deref(), client_id, tenant)?;
+                self.check_assertion(
+                    assertion,
+                    pem,
+                    client.x5t_s256.as_deref(),
+                    client_id,
+                    tenant,
+                )?;
             }
             _ => {
                 return Err(err(400, "invalid_request", 7000218, "AADSTS7000218: The request body must contain exactly one of 'client_assertion' or 'client_secret'."));
@@ -142,7 +173,16 @@ impl Tokens {
         client_id: &str,
         tenant: &str,
     ) -> Result<(), AuthError> {
-        let bad = |d: String| err(401, "invalid_client", 700027, format!("AADSTS700027: Client assertion failed signature validation or is invalid: {d}"));
+        let bad = |d: String| {
+            err(
+                401,
+                "invalid_client",
+                700027,
+                format!(
+                    "AADSTS700027: Client assertion failed signature validation or is invalid: {d}"
+                ),
+            )
+        };
         let header = jsonwebtoken::decode_header(assertion).map_err(|e| bad(e.to_string()))?;
         if header.alg != Algorithm::RS256 && header.alg != Algorithm::PS256 {
             return Err(bad("unsupported algorithm".into()));
@@ -168,7 +208,10 @@ impl Tokens {
             .map_err(|e| bad(e.to_string()))?;
         let c = data.claims;
         if !c.aud.ends_with(&format!("/{tenant}/oauth2/v2.0/token")) {
-            return Err(bad(format!("audience '{}' is not this token endpoint", c.aud)));
+            return Err(bad(format!(
+                "audience '{}' is not this token endpoint",
+                c.aud
+            )));
         }
         if c.iss != client_id || c.sub != client_id {
             return Err(bad("iss and sub must be the client id".into()));

@@ -46,15 +46,24 @@ pub fn router() -> Router<Arc<SimState>> {
         .route("/users", get(list_users).post(create_user))
         .route("/users/{user}", get(get_user))
         .route("/users/{user}/calendars", post(create_calendar))
-        .route("/users/{user}/calendars/{cal}", patch(update_calendar).delete(delete_calendar))
+        .route(
+            "/users/{user}/calendars/{cal}",
+            patch(update_calendar).delete(delete_calendar),
+        )
         .route("/users/{user}/calendars/{cal}/events", post(create_event))
-        .route("/users/{user}/events/{id}", patch(update_event).delete(delete_event))
+        .route(
+            "/users/{user}/events/{id}",
+            patch(update_event).delete(delete_event),
+        )
         .route(
             "/users/{user}/events/{id}/occurrences/{index}",
             patch(update_occurrence).delete(delete_occurrence),
         )
         .route("/users/{user}/todo/lists", post(create_list))
-        .route("/users/{user}/todo/lists/{list}", patch(update_list).delete(delete_list))
+        .route(
+            "/users/{user}/todo/lists/{list}",
+            patch(update_list).delete(delete_list),
+        )
         .route("/users/{user}/todo/lists/{list}/tasks", post(create_task))
         .route(
             "/users/{user}/todo/lists/{list}/tasks/{id}",
@@ -62,7 +71,10 @@ pub fn router() -> Router<Arc<SimState>> {
         )
         .route("/generate", post(generate))
         .route("/mutate", post(mutate))
-        .route("/faults", get(list_faults).post(add_fault).delete(clear_faults))
+        .route(
+            "/faults",
+            get(list_faults).post(add_fault).delete(clear_faults),
+        )
         .route("/faults/{id}", axum::routing::delete(remove_fault))
         .route("/evict", post(evict))
         .route("/revoke-tokens", post(revoke))
@@ -116,7 +128,10 @@ fn created(id: String) -> R {
 }
 
 async fn create_calendar(State(sim): S, Path(user): Path<String>, b: Option<Json<Value>>) -> R {
-    let id = sim.store.write().create_calendar(&user, body::<NameSpec>(b)?)?;
+    let id = sim
+        .store
+        .write()
+        .create_calendar(&user, body::<NameSpec>(b)?)?;
     created(id)
 }
 
@@ -139,7 +154,10 @@ async fn create_event(
     Path((user, cal)): Path<(String, String)>,
     b: Option<Json<Value>>,
 ) -> R {
-    let id = sim.store.write().create_event(&user, &cal, body::<EventSpec>(b)?)?;
+    let id = sim
+        .store
+        .write()
+        .create_event(&user, &cal, body::<EventSpec>(b)?)?;
     created(id)
 }
 
@@ -148,7 +166,9 @@ async fn update_event(
     Path((user, id)): Path<(String, String)>,
     b: Option<Json<Value>>,
 ) -> R {
-    sim.store.write().update_event(&user, &id, body::<EventPatch>(b)?)?;
+    sim.store
+        .write()
+        .update_event(&user, &id, body::<EventPatch>(b)?)?;
     ok(json!({"ok": true}))
 }
 
@@ -199,7 +219,10 @@ async fn create_task(
     Path((user, list)): Path<(String, String)>,
     b: Option<Json<Value>>,
 ) -> R {
-    let id = sim.store.write().create_task(&user, &list, body::<TaskSpec>(b)?)?;
+    let id = sim
+        .store
+        .write()
+        .create_task(&user, &list, body::<TaskSpec>(b)?)?;
     created(id)
 }
 
@@ -236,7 +259,9 @@ async fn list_faults(State(sim): S) -> R {
 async fn add_fault(State(sim): S, b: Option<Json<Value>>) -> R {
     let spec: FaultSpec = body(b)?;
     if spec.probability.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
-        return Err(SimError::BadRequest("probability must be within 0..=1".into()));
+        return Err(SimError::BadRequest(
+            "probability must be within 0..=1".into(),
+        ));
     }
     let id = sim.add_fault(spec);
     Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())

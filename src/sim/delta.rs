@@ -320,8 +320,7 @@ fn page_of<T: Item>(
         } else {
             0
         };
-        let mut sent = already;
-        for r in scratch.drain(..).skip(already) {
+        for (sent, r) in (already..).zip(scratch.drain(..).skip(already)) {
             if records.len() >= p.size {
                 return Page {
                     records,
@@ -337,7 +336,6 @@ fn page_of<T: Item>(
                 replay = Some(id.clone());
             }
             records.push(r);
-            sent += 1;
         }
         if records.len() >= p.size || scanned >= p.scan_limit {
             return Page {

@@ -201,11 +201,19 @@ impl Mailboxes {
         budget: usize,
         window: Duration,
     ) -> Result<(Slot, usize), Refusal> {
-        let mb = self.boxes.lock().entry(user.to_string()).or_default().clone();
+        let mb = self
+            .boxes
+            .lock()
+            .entry(user.to_string())
+            .or_default()
+            .clone();
         let now = Instant::now();
         {
             let mut recent = mb.recent.lock();
-            while recent.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
                 recent.pop_front();
             }
             if recent.len() >= budget {
@@ -306,7 +314,9 @@ mod tests {
     fn mailbox_refuses_the_fifth_concurrent_request_and_enforces_the_budget() {
         let m = Mailboxes::default();
         let w = Duration::from_secs(600);
-        let held: Vec<_> = (0..4).map(|_| m.enter("u", 4, 100, w).ok().unwrap()).collect();
+        let held: Vec<_> = (0..4)
+            .map(|_| m.enter("u", 4, 100, w).ok().unwrap())
+            .collect();
         assert!(matches!(m.enter("u", 4, 100, w), Err(Refusal::Concurrency)));
         assert!(m.enter("other", 4, 100, w).is_ok());
         drop(held);

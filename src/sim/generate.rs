@@ -100,9 +100,14 @@ pub fn random_event(
         let s = date
             .and_hms_opt(rng.random_range(7..19), [0, 30][rng.random_range(0..2)], 0)
             .unwrap_or(start);
-        (s, s + Duration::minutes([30, 60, 90][rng.random_range(0..3)]))
+        (
+            s,
+            s + Duration::minutes([30, 60, 90][rng.random_range(0..3)]),
+        )
     };
-    let people = ["adele", "alex", "diego", "isaiah", "joni", "lee", "megan", "nestor"];
+    let people = [
+        "adele", "alex", "diego", "isaiah", "joni", "lee", "megan", "nestor",
+    ];
     EventSpec {
         subject: None,
         start: s,
@@ -117,7 +122,12 @@ pub fn random_event(
                 .to_string(),
         ),
         attendees: (0..rng.random_range(0..4))
-            .map(|_| format!("{}@contoso.com", people.choose(rng).copied().unwrap_or("lee")))
+            .map(|_| {
+                format!(
+                    "{}@contoso.com",
+                    people.choose(rng).copied().unwrap_or("lee")
+                )
+            })
             .collect(),
         recurrence: recurring.then(|| Recurrence {
             kind: if rng.random_bool(0.5) {
@@ -146,13 +156,25 @@ pub fn generate(store: &mut Store, spec: &GenerateSpec) -> Result<Vec<UserInfo>,
         })?;
         for i in 0..spec.events_per_user {
             let recurring = i < spec.recurring_per_user;
-            let ev = random_event(&mut rng, spec.start, spec.days, spec.outside_fraction, recurring);
+            let ev = random_event(
+                &mut rng,
+                spec.start,
+                spec.days,
+                spec.outside_fraction,
+                recurring,
+            );
             store.create_event(&info.id, "primary", ev)?;
         }
         for _ in 0..spec.extra_calendars {
             let cal = store.create_calendar(&info.id, NameSpec::default())?;
             for _ in 0..spec.events_per_extra_calendar {
-                let ev = random_event(&mut rng, spec.start, spec.days, spec.outside_fraction, false);
+                let ev = random_event(
+                    &mut rng,
+                    spec.start,
+                    spec.days,
+                    spec.outside_fraction,
+                    false,
+                );
                 store.create_event(&info.id, &cal, ev)?;
             }
         }
@@ -266,7 +288,13 @@ fn pick<T: Clone>(rng: &mut impl Rng, v: &[T]) -> Option<T> {
     v.choose(rng).cloned()
 }
 
-fn apply(store: &mut Store, rng: &mut StdRng, user: &str, op: &str, spec: &MutateSpec) -> Option<()> {
+fn apply(
+    store: &mut Store,
+    rng: &mut StdRng,
+    user: &str,
+    op: &str,
+    spec: &MutateSpec,
+) -> Option<()> {
     let u = store.users.get(user)?;
     let calendars: Vec<String> = u.calendars.live().map(|c| c.data.id.clone()).collect();
     let cal = pick(rng, &calendars)?;
@@ -275,7 +303,12 @@ fn apply(store: &mut Store, rng: &mut StdRng, user: &str, op: &str, spec: &Mutat
         .get(cal.as_str())
         .map(|c| {
             c.live()
-                .map(|e| (e.data.id.clone(), e.data.recurrence.as_ref().map_or(0, |r| r.count)))
+                .map(|e| {
+                    (
+                        e.data.id.clone(),
+                        e.data.recurrence.as_ref().map_or(0, |r| r.count),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -325,11 +358,15 @@ fn apply(store: &mut Store, rng: &mut StdRng, user: &str, op: &str, spec: &Mutat
                 subject: Some(format!("{} (moved)", super::text::title(rng, 2))),
                 ..Default::default()
             };
-            store.update_occurrence(user, &id, rng.random_range(0..n), p).ok()
+            store
+                .update_occurrence(user, &id, rng.random_range(0..n), p)
+                .ok()
         }
         "occurrence_delete" => {
             let (id, n) = pick(rng, &series)?;
-            store.delete_occurrence(user, &id, rng.random_range(0..n)).ok()
+            store
+                .delete_occurrence(user, &id, rng.random_range(0..n))
+                .ok()
         }
         "task_create" => store
             .create_task(user, &list, TaskSpec::default())
@@ -358,7 +395,11 @@ fn apply(store: &mut Store, rng: &mut StdRng, user: &str, op: &str, spec: &Mutat
         }
         "list_rename" => store.update_list(user, &list, NameSpec::default()).ok(),
         "list_delete" => {
-            let deletable: Vec<String> = lists.iter().filter(|(_, w)| !w).map(|(i, _)| i.clone()).collect();
+            let deletable: Vec<String> = lists
+                .iter()
+                .filter(|(_, w)| !w)
+                .map(|(i, _)| i.clone())
+                .collect();
             let id = pick(rng, &deletable)?;
             store.delete_list(user, &id).ok()
         }

@@ -77,7 +77,11 @@ async fn graph(
         && segs[3].eq_ignore_ascii_case("token")
     {
         if method != Method::POST {
-            return graph_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use POST");
+            return graph_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "use POST",
+            );
         }
         return token(&sim, segs[0], &body);
     }
@@ -216,7 +220,10 @@ async fn delta_request(
     segs: &[&str],
 ) -> Result<Response, Response> {
     let bad = |m: &str| graph_error(StatusCode::BAD_REQUEST, "BadRequest", m);
-    let version = segs.first().map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+    let version = segs
+        .first()
+        .map(|s| s.to_ascii_lowercase())
+        .unwrap_or_default();
     if version != "v1.0" && version != "beta" {
         return Err(graph_error(
             StatusCode::NOT_FOUND,
@@ -302,7 +309,12 @@ async fn delta_request(
                 "ApplicationThrottled",
                 "Application is over its MailboxConcurrency limit.",
             );
-            return Err(count(sim, endpoint, Some(&user_id), with_retry_after(r, 1.0)));
+            return Err(count(
+                sim,
+                endpoint,
+                Some(&user_id),
+                with_retry_after(r, 1.0),
+            ));
         }
         Err(Refusal::Budget(wait)) => {
             let r = graph_error(
@@ -311,7 +323,12 @@ async fn delta_request(
                 "Application is over its MailboxRequests limit.",
             );
             let secs = wait.as_secs_f64().ceil().max(1.0);
-            return Err(count(sim, endpoint, Some(&user_id), with_retry_after(r, secs)));
+            return Err(count(
+                sim,
+                endpoint,
+                Some(&user_id),
+                with_retry_after(r, secs),
+            ));
         }
     };
 
@@ -329,7 +346,9 @@ async fn delta_request(
             "startdatetime" => start = Some(v.into_owned()),
             "enddatetime" => end = Some(v.into_owned()),
             "$select" => select = Some(v.split(',').map(|s| s.trim().to_string()).collect()),
-            "$expand" | "$filter" | "$orderby" | "$search" | "$top" => rejected = Some(k.into_owned()),
+            "$expand" | "$filter" | "$orderby" | "$search" | "$top" => {
+                rejected = Some(k.into_owned())
+            }
             _ => {}
         }
     }
@@ -448,7 +467,9 @@ async fn delta_request(
                         sim,
                         endpoint,
                         Some(&user_id),
-                        bad(&format!("The query parameter '{k}' is not supported with delta.")),
+                        bad(&format!(
+                            "The query parameter '{k}' is not supported with delta."
+                        )),
                     ));
                 }
                 if select.is_some() {
@@ -475,10 +496,12 @@ async fn delta_request(
             let mut initial_url = format!("{base}{path}?");
             if let (Some(a), Some(b)) = (&start, &end) {
                 if matches!(resource, Resource::CalendarView { .. }) {
-                    initial_url.push_str(&url::form_urlencoded::Serializer::new(String::new())
-                        .append_pair("startDateTime", a)
-                        .append_pair("endDateTime", b)
-                        .finish());
+                    initial_url.push_str(
+                        &url::form_urlencoded::Serializer::new(String::new())
+                            .append_pair("startDateTime", a)
+                            .append_pair("endDateTime", b)
+                            .finish(),
+                    );
                     initial_url.push('&');
                 }
             }
@@ -500,10 +523,13 @@ async fn delta_request(
         }
     };
     if let Some(f) = &fault {
-        if f.kind == FaultKind::Gone {
-            if token_str.is_some() {
-                return Err(count(sim, endpoint, Some(&user_id), gone(Some(&state.initial_url))));
-            }
+        if f.kind == FaultKind::Gone && token_str.is_some() {
+            return Err(count(
+                sim,
+                endpoint,
+                Some(&user_id),
+                gone(Some(&state.initial_url)),
+            ));
         }
     }
     let tz = match prefs.timezone.as_deref().map(parse_zone).transpose() {
@@ -538,7 +564,11 @@ async fn delta_request(
                     sim,
                     endpoint,
                     Some(&user_id),
-                    graph_error(StatusCode::NOT_FOUND, "ErrorItemNotFound", &format!("The specified object was not found in the store: {what}.")),
+                    graph_error(
+                        StatusCode::NOT_FOUND,
+                        "ErrorItemNotFound",
+                        &format!("The specified object was not found in the store: {what}."),
+                    ),
                 ));
             }
             Err(e) => {
@@ -575,7 +605,15 @@ async fn delta_request(
         .lock()
         .issue(next_state, settings.token_cache_capacity);
     let link_url = format!("{base}{path}?{token_param}={new_token}");
-    let body = render_page(&base, &version, entity, link_name, &link_url, &page.records, &pres);
+    let body = render_page(
+        &base,
+        &version,
+        entity,
+        link_name,
+        &link_url,
+        &page.records,
+        &pres,
+    );
     {
         let mut st = sim.stats.lock();
         st.pages += 1;
@@ -645,7 +683,7 @@ fn json_response(body: Body, content_length: Option<usize>) -> Response {
     r
 }
 
-fn render_page(
+pub fn render_page(
     base: &str,
     version: &str,
     entity: &str,

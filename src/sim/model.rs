@@ -504,7 +504,16 @@ fn render_event(d: &EventData, user: &User) -> Vec<Instance> {
         return vec![Instance {
             id: d.id.as_str().into(),
             span: Some((d.start, d.end)),
-            json: full(&d.id, "singleInstance", &d.subject, d.start, d.end, &ck, Value::Null).into(),
+            json: full(
+                &d.id,
+                "singleInstance",
+                &d.subject,
+                d.start,
+                d.end,
+                &ck,
+                Value::Null,
+            )
+            .into(),
         }];
     };
     let (last_start, _) = d.occurrence_span(rec.count.saturating_sub(1));
@@ -522,7 +531,16 @@ fn render_event(d: &EventData, user: &User) -> Vec<Instance> {
     out.push(Instance {
         id: d.id.as_str().into(),
         span: Some((d.start, last_end.max(last_start))),
-        json: full(&d.id, "seriesMaster", &d.subject, d.start, d.end, &ck, pattern).into(),
+        json: full(
+            &d.id,
+            "seriesMaster",
+            &d.subject,
+            d.start,
+            d.end,
+            &ck,
+            pattern,
+        )
+        .into(),
     });
     for k in 0..rec.count {
         if d.cancelled.contains(&k) {
@@ -781,8 +799,16 @@ impl Store {
             user_principal_name: u.upn.clone(),
             tenant: u.tenant.clone(),
             primary_calendar: u.primary_calendar.to_string(),
-            calendars: sorted(u.calendars.live().map(|c| (!c.data.is_default, c.data.id.clone()))),
-            task_lists: sorted(u.lists.live().map(|l| (!l.data.wellknown, l.data.id.clone()))),
+            calendars: sorted(
+                u.calendars
+                    .live()
+                    .map(|c| (!c.data.is_default, c.data.id.clone())),
+            ),
+            task_lists: sorted(
+                u.lists
+                    .live()
+                    .map(|l| (!l.data.wellknown, l.data.id.clone())),
+            ),
         })
     }
 
@@ -796,7 +822,13 @@ impl Store {
     ) -> Result<(), SimError> {
         let seq = self.next_seq();
         let u = self.user_mut(user)?;
-        let colors = ["auto", "lightBlue", "lightGreen", "lightOrange", "lightGray"];
+        let colors = [
+            "auto",
+            "lightBlue",
+            "lightGreen",
+            "lightOrange",
+            "lightGray",
+        ];
         let data = CalendarData {
             color: colors[(version as usize + id.len()) % colors.len()].into(),
             id: id.clone(),

@@ -77,7 +77,10 @@ impl Presentation {
             let keep = |k: &str| {
                 k == "id" || k.starts_with('@') || select.iter().any(|s| s.eq_ignore_ascii_case(k))
             };
-            obj = obj.into_iter().filter(|(k, _)| keep(k)).collect::<Map<_, _>>();
+            obj = obj
+                .into_iter()
+                .filter(|(k, _)| keep(k))
+                .collect::<Map<_, _>>();
         }
         Cow::Owned(Value::Object(obj).to_string())
     }
@@ -105,7 +108,9 @@ mod tests {
             tz: parse_zone("\"Pacific Standard Time\"").unwrap(),
             select: None,
         };
-        let out = p.apply(r#"{"id":"1","start":{"dateTime":"2024-01-10T20:00:00.0000000","timeZone":"UTC"}}"#);
+        let out = p.apply(
+            r#"{"id":"1","start":{"dateTime":"2024-01-10T20:00:00.0000000","timeZone":"UTC"}}"#,
+        );
         assert!(out.contains("2024-01-10T12:00:00.0000000"), "{out}");
         assert!(out.contains("Pacific Standard Time"));
         assert!(parse_zone("Not/AZone").is_err());

@@ -116,7 +116,10 @@ pub async fn get_token(http: &reqwest::Client, base: &str) -> String {
         .expect("token request");
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("token json");
-    v["access_token"].as_str().expect("access_token").to_string()
+    v["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
 }
 
 /// Applies a page to a replica the way a compacted topic would.

@@ -8,7 +8,16 @@ use serde_json::{json, Value};
 use crate::client::{add_user, start, Graph};
 
 fn fault(kind: FaultKind) -> FaultSpec {
-    FaultSpec { kind, user: None, endpoint: None, on: None, probability: None, count: None, retry_after: None, delay_ms: None }
+    FaultSpec {
+        kind,
+        user: None,
+        endpoint: None,
+        on: None,
+        probability: None,
+        count: None,
+        retry_after: None,
+        delay_ms: None,
+    }
 }
 
 /// A user with `n` tasks; returns the tasks delta URL.
@@ -16,7 +25,11 @@ async fn tasks(sim: &SimServer, g: &Graph, upn: &str, n: usize) -> String {
     let user = add_user(sim, upn);
     let list = sim.state.store.read().user_info(&user).unwrap().task_lists[0].clone();
     for _ in 0..n {
-        sim.state.store.write().create_task(&user, &list, TaskSpec::default()).unwrap();
+        sim.state
+            .store
+            .write()
+            .create_task(&user, &list, TaskSpec::default())
+            .unwrap();
     }
     g.url(&format!("/v1.0/users/{upn}/todo/lists/{list}/tasks/delta"))
 }
@@ -33,23 +46,45 @@ async fn gone_on_next_and_delta_links_with_location_of_the_initial_request() {
     let url = tasks(&sim, &g, "gone@contoso.com", 5).await;
     let p1 = g.page(&url, Some(2)).await;
     let next = p1.next.unwrap();
-    sim.state.add_fault(FaultSpec { on: Some(LinkKind::Next), count: Some(1), ..fault(FaultKind::Gone) });
+    sim.state.add_fault(FaultSpec {
+        on: Some(LinkKind::Next),
+        count: Some(1),
+        ..fault(FaultKind::Gone)
+    });
     let r = g.get(&next, Some(2)).await;
     assert_eq!(r.status(), 410);
     let location = r.headers()["location"].to_str().unwrap().to_string();
-    assert!(location.ends_with("/tasks/delta?$deltatoken="), "{location}");
-    assert!(error_code(r).await.eq_ignore_ascii_case("syncStateNotFound"));
+    assert!(
+        location.ends_with("/tasks/delta?$deltatoken="),
+        "{location}"
+    );
+    assert!(error_code(r)
+        .await
+        .eq_ignore_ascii_case("syncStateNotFound"));
     // The evicted link stays gone; the Location restarts the round from scratch.
     assert_eq!(g.get(&next, Some(2)).await.status(), 410);
     let (pages, delta) = g.round(&location, Some(2)).await;
     assert_eq!(pages.concat().len(), 5);
-    sim.state.add_fault(FaultSpec { on: Some(LinkKind::Delta), count: Some(1), ..fault(FaultKind::Gone) });
+    sim.state.add_fault(FaultSpec {
+        on: Some(LinkKind::Delta),
+        count: Some(1),
+        ..fault(FaultKind::Gone)
+    });
     let r = g.get(&delta, None).await;
     assert_eq!(r.status(), 410);
     assert!(r.headers().contains_key("location"));
     // Eviction through the control API.
     let (_, delta) = g.round(&location, None).await;
-    let n: Value = g.http.post(g.url("/_sim/evict")).json(&json!({"user": "gone@contoso.com"})).send().await.unwrap().json().await.unwrap();
+    let n: Value = g
+        .http
+        .post(g.url("/_sim/evict"))
+        .json(&json!({"user": "gone@contoso.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(n["evicted"].as_u64().unwrap() >= 1);
     assert_eq!(g.get(&delta, None).await.status(), 410);
     // A calendar view's Location carries its window.
@@ -58,7 +93,10 @@ async fn gone_on_next_and_delta_links_with_location_of_the_initial_request() {
     sim.state.evict_tokens(None).unwrap();
     let r = g.get(v["@odata.deltaLink"].as_str().unwrap(), None).await;
     let loc = r.headers()["location"].to_str().unwrap().to_string();
-    assert!(loc.contains("startDateTime=2026-01-01T00%3A00%3A00Z") && loc.ends_with("$deltatoken="), "{loc}");
+    assert!(
+        loc.contains("startDateTime=2026-01-01T00%3A00%3A00Z") && loc.ends_with("$deltatoken="),
+        "{loc}"
+    );
     assert_eq!(g.page(&loc, None).await.status, 200);
 }
 
@@ -67,20 +105,38 @@ async fn throttling_with_fractional_retry_after_and_server_errors() {
     let sim = start(SimSettings::default()).await;
     let g = Graph::new(&sim).await;
     let url = tasks(&sim, &g, "busy@contoso.com", 1).await;
-    sim.state.add_fault(FaultSpec { count: Some(1), retry_after: Some(2.128), ..fault(FaultKind::Throttle) });
+    sim.state.add_fault(FaultSpec {
+        count: Some(1),
+        retry_after: Some(2.128),
+        ..fault(FaultKind::Throttle)
+    });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "2.128");
-    assert_eq!(g.get(&url, None).await.status(), 200, "count-limited rule is spent");
-    for (kind, status) in [(FaultKind::Unavailable, 503), (FaultKind::GatewayTimeout, 504)] {
-        sim.state.add_fault(FaultSpec { count: Some(2), ..fault(kind) });
+    assert_eq!(
+        g.get(&url, None).await.status(),
+        200,
+        "count-limited rule is spent"
+    );
+    for (kind, status) in [
+        (FaultKind::Unavailable, 503),
+        (FaultKind::GatewayTimeout, 504),
+    ] {
+        sim.state.add_fault(FaultSpec {
+            count: Some(2),
+            ..fault(kind)
+        });
         assert_eq!(g.get(&url, None).await.status(), status);
         assert_eq!(g.get(&url, None).await.status(), status);
         assert_eq!(g.get(&url, None).await.status(), 200);
     }
     // By probability, and only for one user.
     let other = tasks(&sim, &g, "calm@contoso.com", 1).await;
-    sim.state.add_fault(FaultSpec { user: Some("busy@contoso.com".into()), probability: Some(0.5), ..fault(FaultKind::Unavailable) });
+    sim.state.add_fault(FaultSpec {
+        user: Some("busy@contoso.com".into()),
+        probability: Some(0.5),
+        ..fault(FaultKind::Unavailable)
+    });
     let mut hits = 0;
     for _ in 0..40 {
         if g.get(&url, None).await.status() == 503 {
@@ -89,8 +145,16 @@ async fn throttling_with_fractional_retry_after_and_server_errors() {
         assert_eq!(g.get(&other, None).await.status(), 200);
     }
     assert!((5..35).contains(&hits), "{hits}/40");
-    let stats: Value = reqwest::get(g.url("/_sim/stats")).await.unwrap().json().await.unwrap();
-    assert_eq!(stats["requests"]["tasks"]["503"].as_u64().unwrap(), 2 + hits);
+    let stats: Value = reqwest::get(g.url("/_sim/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["requests"]["tasks"]["503"].as_u64().unwrap(),
+        2 + hits
+    );
 }
 
 #[tokio::test]
@@ -98,16 +162,26 @@ async fn malformed_truncated_and_slow_answers() {
     let sim = start(SimSettings::default()).await;
     let g = Graph::new(&sim).await;
     let url = tasks(&sim, &g, "flaky@contoso.com", 20).await;
-    sim.state.add_fault(FaultSpec { count: Some(1), ..fault(FaultKind::Malformed) });
+    sim.state.add_fault(FaultSpec {
+        count: Some(1),
+        ..fault(FaultKind::Malformed)
+    });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(serde_json::from_str::<Value>(&text).is_err(), "not JSON");
-    sim.state.add_fault(FaultSpec { count: Some(1), ..fault(FaultKind::Truncated) });
+    sim.state.add_fault(FaultSpec {
+        count: Some(1),
+        ..fault(FaultKind::Truncated)
+    });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.is_err(), "body cut short");
-    sim.state.add_fault(FaultSpec { count: Some(1), delay_ms: Some(300), ..fault(FaultKind::Slow) });
+    sim.state.add_fault(FaultSpec {
+        count: Some(1),
+        delay_ms: Some(300),
+        ..fault(FaultKind::Slow)
+    });
     let t0 = Instant::now();
     assert_eq!(g.get(&url, None).await.status(), 200);
     assert!(t0.elapsed() >= Duration::from_millis(300));
@@ -122,19 +196,33 @@ async fn fifth_concurrent_request_per_mailbox_is_throttled_and_budget_is_enforce
     let g = Graph::new(&sim).await;
     let url = tasks(&sim, &g, "hot@contoso.com", 1).await;
     let cold = tasks(&sim, &g, "cold@contoso.com", 1).await;
-    sim.state.add_fault(FaultSpec { user: Some("hot@contoso.com".into()), delay_ms: Some(400), ..fault(FaultKind::Slow) });
+    sim.state.add_fault(FaultSpec {
+        user: Some("hot@contoso.com".into()),
+        delay_ms: Some(400),
+        ..fault(FaultKind::Slow)
+    });
     let futs: Vec<_> = (0..5).map(|_| g.get(&url, None)).collect();
     let (results, cold_status) = tokio::join!(futures_util::future::join_all(futs), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         g.get(&cold, None).await.status()
     });
     let statuses: Vec<u16> = results.iter().map(|r| r.status().as_u16()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 4);
     assert_eq!(cold_status, 200, "another mailbox is not affected");
     let throttled = results.iter().find(|r| r.status() == 429).unwrap();
     assert!(throttled.headers().contains_key("retry-after"));
-    let user_id = sim.state.store.read().user_id("hot@contoso.com").unwrap().to_string();
+    let user_id = sim
+        .state
+        .store
+        .read()
+        .user_id("hot@contoso.com")
+        .unwrap()
+        .to_string();
     assert_eq!(sim.state.stats.lock().max_in_flight[&user_id], 4);
     sim.state.faults.lock().clear();
     // Request budget: 3 per window.
@@ -145,7 +233,11 @@ async fn fifth_concurrent_request_per_mailbox_is_throttled_and_budget_is_enforce
     }
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 429);
-    let wait: f64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: f64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(wait > 1.0);
 }
 
@@ -154,7 +246,10 @@ async fn expired_token_fault_answers_401_until_a_new_token_is_fetched() {
     let sim = start(SimSettings::default()).await;
     let mut g = Graph::new(&sim).await;
     let url = tasks(&sim, &g, "sleepy@contoso.com", 1).await;
-    sim.state.add_fault(FaultSpec { count: Some(1), ..fault(FaultKind::Unauthorized) });
+    sim.state.add_fault(FaultSpec {
+        count: Some(1),
+        ..fault(FaultKind::Unauthorized)
+    });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 401);
     assert_eq!(error_code(r).await, "InvalidAuthenticationToken");
@@ -168,28 +263,118 @@ async fn control_api_over_http() {
     let sim = start(SimSettings::default()).await;
     let http = reqwest::Client::new();
     let u = |p: &str| format!("{}/_sim{p}", sim.url());
-    let user: Value = http.post(u("/users")).json(&json!({"tenant": "contoso", "userPrincipalName": "zoe@contoso.com"})).send().await.unwrap().json().await.unwrap();
+    let user: Value = http
+        .post(u("/users"))
+        .json(&json!({"tenant": "contoso", "userPrincipalName": "zoe@contoso.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(user["userPrincipalName"], "zoe@contoso.com");
     let ev: Value = http.post(u("/users/zoe@contoso.com/calendars/primary/events")).json(&json!({"subject": "Hello", "start": "2026-01-01T10:00:00", "end": "2026-01-01T11:00:00"})).send().await.unwrap().json().await.unwrap();
     let id = ev["id"].as_str().unwrap();
-    let r = http.patch(u(&format!("/users/zoe@contoso.com/events/{id}"))).json(&json!({"subject": "Hi"})).send().await.unwrap();
+    let r = http
+        .patch(u(&format!("/users/zoe@contoso.com/events/{id}")))
+        .json(&json!({"subject": "Hi"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = http.post(u("/users/zoe@contoso.com/calendars/primary/events")).json(&json!({"subject": "x", "start": "2026-01-01T10:00:00", "end": "2026-01-01T11:00:00", "colour": 1})).send().await.unwrap();
     assert_eq!(r.status(), 400, "unknown fields are refused");
     assert!(r.text().await.unwrap().contains("colour"));
     let tr: Value = http.get(u("/truth?user=zoe@contoso.com&kind=calendar_view&start=2026-01-01T00:00:00Z&end=2026-01-02T00:00:00Z")).send().await.unwrap().json().await.unwrap();
     assert_eq!(tr["items"][id]["subject"], "Hi");
-    let gen: Value = http.post(u("/generate")).json(&json!({"users": 2, "tenant": "contoso", "events_per_user": 4, "seed": 1})).send().await.unwrap().json().await.unwrap();
+    let gen: Value = http
+        .post(u("/generate"))
+        .json(&json!({"users": 2, "tenant": "contoso", "events_per_user": 4, "seed": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(gen["users"].as_array().unwrap().len(), 2);
-    let m: Value = http.post(u("/mutate")).json(&json!({"count": 30, "seed": 2})).send().await.unwrap().json().await.unwrap();
-    assert!(m["ops"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>() > 10);
-    let f: Value = http.post(u("/faults")).json(&json!({"kind": "throttle", "probability": 0.5})).send().await.unwrap().json().await.unwrap();
-    let list: Value = http.get(u("/faults")).send().await.unwrap().json().await.unwrap();
+    let m: Value = http
+        .post(u("/mutate"))
+        .json(&json!({"count": 30, "seed": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        m["ops"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>()
+            > 10
+    );
+    let f: Value = http
+        .post(u("/faults"))
+        .json(&json!({"kind": "throttle", "probability": 0.5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list: Value = http
+        .get(u("/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list[0]["id"], f["id"]);
-    assert_eq!(http.post(u("/faults")).json(&json!({"kind": "explode"})).send().await.unwrap().status(), 400);
-    assert_eq!(http.delete(u(&format!("/faults/{}", f["id"]))).send().await.unwrap().status(), 200);
-    assert_eq!(http.patch(u("/settings")).json(&json!({"replay_probability": 0.5})).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.post(u("/faults"))
+            .json(&json!({"kind": "explode"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        http.delete(u(&format!("/faults/{}", f["id"])))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.patch(u("/settings"))
+            .json(&json!({"replay_probability": 0.5}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(sim.state.settings.read().replay_probability, 0.5);
-    assert_eq!(http.patch(u("/settings")).json(&json!({"no_such": 1})).send().await.unwrap().status(), 400);
-    assert_eq!(http.delete(u("/users/zoe@contoso.com/events/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        http.patch(u("/settings"))
+            .json(&json!({"no_such": 1}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        http.delete(u("/users/zoe@contoso.com/events/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }

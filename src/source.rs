@@ -1,0 +1,270 @@
+//! The few types the Graph side and the Kafka side share, like Kafka Connect's
+//! `SourceRecord`: a partition's identity, the records a page yields, and the offset that
+//! travels with them. Neither side imports the other; both import this.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// What a source partition tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PartitionKind {
+    /// Events of one calendar over a fixed window.
+    CalendarView,
+    /// A user's calendars.
+    CalendarList,
+    /// A user's To Do task lists.
+    TaskLists,
+    /// The tasks of one To Do list.
+    Tasks,
+}
+
+impl PartitionKind {
+    /// The name used in identities, metrics and config (`calendar_view`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionKind::CalendarView => "calendar_view",
+            PartitionKind::CalendarList => "calendar_list",
+            PartitionKind::TaskLists => "task_lists",
+            PartitionKind::Tasks => "tasks",
+        }
+    }
+
+    pub const ALL: [PartitionKind; 4] = [
+        PartitionKind::CalendarView,
+        PartitionKind::CalendarList,
+        PartitionKind::TaskLists,
+        PartitionKind::Tasks,
+    ];
+}
+
+impl fmt::Display for PartitionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A source partition's identity: stable across restarts, serialised as a small JSON map
+/// with a fixed field order (so it can be compared as bytes, e.g. in offset keys).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PartitionId {
+    /// `window` is `"<start>/<end>"`, both RFC 3339 in UTC (`2026-01-01T00:00:00Z`).
+    CalendarView {
+        user: String,
+        calendar: String,
+        window: String,
+    },
+    CalendarList {
+        user: String,
+    },
+    TaskLists {
+        user: String,
+    },
+    Tasks {
+        user: String,
+        list: String,
+    },
+}
+
+/// Why a JSON value is not a partition identity.
+#[derive(Debug, thiserror::Error)]
+#[error("not a partition identity: {0}")]
+pub struct BadIdentity(pub String);
+
+fn push_str(out: &mut String, s: &str) {
+    // serde_json's escaping, without building a Value.
+    out.push_str(&Value::from(s).to_string());
+}
+
+impl PartitionId {
+    pub fn kind(&self) -> PartitionKind {
+        match self {
+            PartitionId::CalendarView { .. } => PartitionKind::CalendarView,
+            PartitionId::CalendarList { .. } => PartitionKind::CalendarList,
+            PartitionId::TaskLists { .. } => PartitionKind::TaskLists,
+            PartitionId::Tasks { .. } => PartitionKind::Tasks,
+        }
+    }
+
+    pub fn user(&self) -> &str {
+        match self {
+            PartitionId::CalendarView { user, .. }
+            | PartitionId::CalendarList { user }
+            | PartitionId::TaskLists { user }
+            | PartitionId::Tasks { user, .. } => user,
+        }
+    }
+
+    /// `(field, value)` pairs in their fixed order, `kind` first.
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        let mut v = vec![("kind", self.kind().as_str()), ("user", self.user())];
+        match self {
+            PartitionId::CalendarView {
+                calendar, window, ..
+            } => {
+                v.push(("calendar", calendar));
+                v.push(("window", window));
+            }
+            PartitionId::Tasks { list, .. } => v.push(("list", list)),
+            _ => {}
+        }
+        v
+    }
+
+    /// `{"kind":"calendar_view","user":"…","calendar":"primary","window":"…/…"}`.
+    pub fn to_json(&self) -> String {
+        let mut out = String::from("{");
+        for (i, (k, v)) in self.fields().into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_str(&mut out, k);
+            out.push(':');
+            push_str(&mut out, v);
+        }
+        out.push('}');
+        out
+    }
+
+    /// Parses an identity map (any field order).
+    pub fn from_json(v: &Value) -> Result<Self, BadIdentity> {
+        let get = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| BadIdentity(format!("missing string field '{k}' in {v}")))
+        };
+        let user = get("user")?;
+        match get("kind")?.as_str() {
+            "calendar_view" => Ok(PartitionId::CalendarView {
+                user,
+                calendar: get("calendar")?,
+                window: get("window")?,
+            }),
+            "calendar_list" => Ok(PartitionId::CalendarList { user }),
+            "task_lists" => Ok(PartitionId::TaskLists { user }),
+            "tasks" => Ok(PartitionId::Tasks {
+                user,
+                list: get("list")?,
+            }),
+            k => Err(BadIdentity(format!("unknown kind '{k}'"))),
+        }
+    }
+
+    /// The Kafka key of an item: the identity without `kind` and `window`, plus `"id"`;
+    /// byte-identical for an item's upserts and tombstones.
+    pub fn record_key(&self, item_id: &str) -> Bytes {
+        let mut out = String::with_capacity(64 + item_id.len());
+        out.push('{');
+        for (k, v) in self.fields() {
+            if k == "kind" || k == "window" {
+                continue;
+            }
+            push_str(&mut out, k);
+            out.push(':');
+            push_str(&mut out, v);
+            out.push(',');
+        }
+        out.push_str("\"id\":");
+        push_str(&mut out, item_id);
+        out.push('}');
+        Bytes::from(out)
+    }
+}
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_json())
+    }
+}
+
+/// Upsert or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Upsert,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// One change, ready for Kafka: key and value bytes plus what the headers need.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    pub partition: Arc<PartitionId>,
+    pub key: Bytes,
+    /// The item's JSON exactly as Graph sent it; `None` for a tombstone.
+    pub value: Option<Bytes>,
+    pub op: Op,
+    pub round: u64,
+    /// `@removed.reason` of a delete.
+    pub removed_reason: Option<String>,
+    /// The record belongs to a round restarted after a `410`.
+    pub resync: bool,
+}
+
+/// Where a partition resumes: stored in the offsets topic with the records it covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceOffset {
+    /// The link to request next: the page's nextLink, or the round's deltaLink.
+    /// `None`: start from the initial request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// The deltaLink of the last completed round (where a 410 on a nextLink falls back to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_link: Option<String>,
+    /// The round `link` belongs to (1 = the initial full sync).
+    pub round: u64,
+    /// The round in progress is a resync after a `410`.
+    #[serde(default)]
+    pub resync: bool,
+}
+
+/// A page's records and the partition offset after them: the unit the sink commits.
+#[derive(Debug, Clone)]
+pub struct SourceBatch {
+    pub partition: Arc<PartitionId>,
+    pub records: Vec<SourceRecord>,
+    pub offset: SourceOffset,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_json_is_stable_and_round_trips() {
+        let p = PartitionId::CalendarView {
+            user: "alice@contoso.com".into(),
+            calendar: "primary".into(),
+            window: "2026-01-01T00:00:00Z/2026-02-01T00:00:00Z".into(),
+        };
+        assert_eq!(
+            p.to_json(),
+            r#"{"kind":"calendar_view","user":"alice@contoso.com","calendar":"primary","window":"2026-01-01T00:00:00Z/2026-02-01T00:00:00Z"}"#
+        );
+        let v: Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(PartitionId::from_json(&v).unwrap(), p);
+        assert_eq!(
+            &p.record_key("AAMk\"1")[..],
+            br#"{"user":"alice@contoso.com","calendar":"primary","id":"AAMk\"1"}"#
+        );
+        let t = PartitionId::Tasks {
+            user: "bob@contoso.com".into(),
+            list: "L1".into(),
+        };
+        assert_eq!(
+            &t.record_key("T")[..],
+            br#"{"user":"bob@contoso.com","list":"L1","id":"T"}"#
+        );
+        assert!(PartitionId::from_json(&serde_json::json!({"kind": "mail", "user": "x"})).is_err());
+    }
+}
