@@ -1,4 +1,9 @@
 #![recursion_limit = "256"]
 //! graph-cdc
+pub mod graph;
+pub mod metrics;
+pub mod offsets;
 pub mod sim;
+pub mod sink;
 pub mod source;
+pub mod worker;

@@ -181,7 +181,7 @@ impl fmt::Display for PartitionId {
 }
 
 /// Upsert or delete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Upsert,
     Delete,
@@ -234,6 +234,9 @@ pub struct SourceBatch {
     pub partition: Arc<PartitionId>,
     pub records: Vec<SourceRecord>,
     pub offset: SourceOffset,
+    /// Partitions whose offsets this batch resets (the task partitions of removed lists),
+    /// written in the same transaction.
+    pub resets: Vec<Arc<PartitionId>>,
 }
 
 #[cfg(test)]

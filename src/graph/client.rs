@@ -1,0 +1,280 @@
+//! The Graph HTTP client: one GET of a delta page, with Graph's throttling rules.
+//!
+//! - `429`, `503`, `504` (and other `5xx`, timeouts, cut connections, malformed bodies) are
+//!   retried: after `Retry-After` when given (fractional seconds allowed), else exponential
+//!   backoff with jitter, up to `max_retries`.
+//! - `401` renews the token once and retries.
+//! - `410` is returned to the reader (it decides how to resync); other `4xx` are the
+//!   partition's fault.
+//! - At most `max_concurrency_per_mailbox` requests per user and `max_concurrency` overall
+//!   are in flight; the permits are not held while waiting to retry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::Rng;
+use reqwest::StatusCode;
+use tokio::sync::Semaphore;
+
+use super::delta::{parse_page, DeltaPage};
+use super::{GraphError, TokenProvider};
+use crate::metrics;
+use crate::source::PartitionKind;
+
+/// Tunables of the client (built from the `[graph]` settings).
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `Prefer: odata.maxpagesize`.
+    pub page_size: usize,
+    /// `Prefer: outlook.timezone` for calendar views (`None`: UTC, Graph's default).
+    pub timezone: Option<String>,
+    pub max_concurrency_per_mailbox: usize,
+    pub max_concurrency: usize,
+    pub request_timeout: Duration,
+    pub max_retries: u32,
+    /// First backoff step when Graph gives no `Retry-After`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            page_size: 100,
+            timezone: None,
+            max_concurrency_per_mailbox: 4,
+            max_concurrency: 64,
+            request_timeout: Duration::from_secs(30),
+            max_retries: 10,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared by every partition reader of a worker.
+pub struct GraphClient {
+    http: reqwest::Client,
+    tokens: Arc<TokenProvider>,
+    opts: ClientOptions,
+    global: Semaphore,
+    mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Why one attempt failed and whether to wait before the next.
+enum Attempt {
+    Done(DeltaPage),
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    RenewToken(Arc<str>),
+    Fail(GraphError),
+}
+
+impl GraphClient {
+    pub fn new(http: reqwest::Client, tokens: Arc<TokenProvider>, opts: ClientOptions) -> Self {
+        Self {
+            http,
+            tokens,
+            global: Semaphore::new(opts.max_concurrency.max(1)),
+            opts,
+            mailboxes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn tokens(&self) -> &TokenProvider {
+        &self.tokens
+    }
+
+    fn mailbox(&self, user: &str) -> Arc<Semaphore> {
+        self.mailboxes
+            .lock()
+            .entry(user.to_ascii_lowercase())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(self.opts.max_concurrency_per_mailbox.max(1)))
+            })
+            .clone()
+    }
+
+    /// Fetches and parses one delta page of `user`'s mailbox, retrying what Graph says to retry.
+    pub async fn get_page(
+        &self,
+        user: &str,
+        kind: PartitionKind,
+        url: &str,
+    ) -> Result<DeltaPage, GraphError> {
+        let mailbox = self.mailbox(user);
+        let mut renewed = false;
+        let mut attempt = 0u32;
+        loop {
+            let outcome = {
+                let _global = self.global.acquire().await.map_err(|_| closed())?;
+                let _mbx = mailbox.acquire().await.map_err(|_| closed())?;
+                self.attempt(kind, url).await
+            };
+            match outcome {
+                Attempt::Done(page) => return Ok(page),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::RenewToken(stale) if !renewed => {
+                    renewed = true;
+                    self.tokens.invalidate(&stale).await;
+                }
+                Attempt::RenewToken(_) => {
+                    return Err(GraphError::Client {
+                        status: 401,
+                        code: "InvalidAuthenticationToken".into(),
+                        message: "still unauthorized with a fresh token".into(),
+                    })
+                }
+                Attempt::Retry { reason, after } => {
+                    attempt += 1;
+                    if attempt > self.opts.max_retries {
+                        return Err(GraphError::RetriesExhausted {
+                            attempts: attempt,
+                            last: reason,
+                        });
+                    }
+                    let wait = after.unwrap_or_else(|| self.backoff(attempt));
+                    metrics::graph_retry(kind, &reason, wait, after.is_some());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .opts
+            .base_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.opts.max_backoff);
+        // "Equal jitter": between half and all of the step.
+        let half = exp / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+
+    async fn attempt(&self, kind: PartitionKind, url: &str) -> Attempt {
+        let token = match self.tokens.token().await {
+            Ok(t) => t,
+            // The token endpoint may be throttled or down too: retry those.
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: e.to_string(),
+                    after: None,
+                }
+            }
+        };
+        let mut req = self
+            .http
+            .get(url)
+            .bearer_auth(&*token)
+            .timeout(self.opts.request_timeout)
+            .header(
+                "Prefer",
+                format!("odata.maxpagesize={}", self.opts.page_size),
+            );
+        if kind == PartitionKind::CalendarView {
+            if let Some(tz) = &self.opts.timezone {
+                req = req.header("Prefer", format!("outlook.timezone=\"{tz}\""));
+            }
+        }
+        let started = Instant::now();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::graph_request(kind, 0, started.elapsed());
+                return Attempt::Retry {
+                    reason: format!("request failed: {}", e.without_url()),
+                    after: None,
+                };
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(600.0)));
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.bytes().await;
+        metrics::graph_request(kind, status.as_u16(), started.elapsed());
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: format!("body cut short: {}", e.without_url()),
+                    after: None,
+                }
+            }
+        };
+        if status.is_success() {
+            return match parse_page(body) {
+                Ok(p) => Attempt::Done(p),
+                Err(e) => Attempt::Retry {
+                    reason: e.to_string(),
+                    after: None,
+                },
+            };
+        }
+        let (code, message) = error_code(&body);
+        match status {
+            StatusCode::UNAUTHORIZED => Attempt::RenewToken(token),
+            StatusCode::GONE => Attempt::Fail(GraphError::Gone { code, location }),
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => {
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    metrics::graph_throttled(kind, retry_after);
+                }
+                Attempt::Retry {
+                    reason: format!("{status} {code}"),
+                    after: retry_after,
+                }
+            }
+            s if s.is_server_error() => Attempt::Retry {
+                reason: format!("{status} {code}"),
+                after: retry_after,
+            },
+            s => Attempt::Fail(GraphError::Client {
+                status: s.as_u16(),
+                code,
+                message,
+            }),
+        }
+    }
+}
+
+fn closed() -> GraphError {
+    GraphError::Url("client is shutting down".into())
+}
+
+/// `error.code` and `error.message` of a Graph error body, when there is one.
+fn error_code(body: &[u8]) -> (String, String) {
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<Outer>(body) {
+        Ok(o) => (o.error.code, o.error.message),
+        Err(_) => (
+            String::new(),
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ),
+    }
+}

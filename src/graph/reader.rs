@@ -1,0 +1,178 @@
+//! A partition's rounds: which link to fetch next, pages into source records, and the
+//! resync rules after a `410 Gone`.
+//!
+//! The reader's `offset` is where it stands in memory. It moves forward only through
+//! [`PartitionReader::advance`], which the worker calls once the batch is committed (or,
+//! for a batch without records, once it is safely queued): a failed transaction therefore
+//! re-fetches the same pages. A resync moves it *back* (to the last complete round or the
+//! initial request), which is always safe.
+
+use std::sync::Arc;
+
+use super::client::GraphClient;
+use super::delta::DeltaPage;
+use super::partition::{initial_url, same_origin};
+use super::GraphError;
+use crate::metrics;
+use crate::source::{Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord};
+
+pub struct PartitionReader {
+    pub id: Arc<PartitionId>,
+    graph_host: String,
+    initial_url: String,
+    offset: SourceOffset,
+}
+
+/// A 410 on a link that was just reset to the initial request would loop forever.
+const MAX_RESYNCS_PER_FETCH: u32 = 3;
+
+impl PartitionReader {
+    /// A reader resuming from `committed` (or starting round 1 from the initial request).
+    pub fn new(
+        id: Arc<PartitionId>,
+        graph_host: &str,
+        committed: Option<SourceOffset>,
+    ) -> Result<Self, GraphError> {
+        let initial_url = initial_url(graph_host, &id)?;
+        let offset = committed.unwrap_or(SourceOffset {
+            link: None,
+            delta_link: None,
+            round: 1,
+            resync: false,
+        });
+        Ok(Self {
+            id,
+            graph_host: graph_host.to_string(),
+            initial_url,
+            offset,
+        })
+    }
+
+    /// Where the reader stands.
+    pub fn offset(&self) -> &SourceOffset {
+        &self.offset
+    }
+
+    /// Moves to the position after a batch (once it is committed or safely queued).
+    pub fn advance(&mut self, offset: SourceOffset) {
+        self.offset = offset;
+    }
+
+    /// At a round boundary: the next fetch polls a deltaLink (or starts from scratch).
+    pub fn at_round_start(&self) -> bool {
+        self.offset.link == self.offset.delta_link
+    }
+
+    /// Restarts the current round from scratch (a resync signal).
+    pub fn restart(&mut self) {
+        self.offset = SourceOffset {
+            link: None,
+            delta_link: None,
+            round: self.offset.round,
+            resync: true,
+        };
+    }
+
+    fn link(&self) -> &str {
+        self.offset.link.as_deref().unwrap_or(&self.initial_url)
+    }
+
+    /// Fetches the next page and turns it into a batch (not yet applied: see `advance`).
+    pub async fn next_batch(&mut self, client: &GraphClient) -> Result<SourceBatch, GraphError> {
+        let mut resyncs = 0;
+        loop {
+            let link = self.link().to_string();
+            if !same_origin(&self.graph_host, &link) {
+                return Err(GraphError::Url(format!(
+                    "link leaves the Graph host {}: not followed",
+                    self.graph_host
+                )));
+            }
+            match client.get_page(self.id.user(), self.id.kind(), &link).await {
+                Ok(page) => return Ok(self.batch(page)),
+                Err(GraphError::Gone { code, location }) if resyncs < MAX_RESYNCS_PER_FETCH => {
+                    resyncs += 1;
+                    self.resync(&code, location);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// After a 410: a nextLink falls back to the last complete round's deltaLink; a deltaLink
+    /// (or a round without one) to the initial request, as `Location` gives it when it can.
+    fn resync(&mut self, code: &str, location: Option<String>) {
+        let mid_round = !self.at_round_start();
+        let from_delta = mid_round && self.offset.delta_link.is_some();
+        let link = if from_delta {
+            self.offset.delta_link.clone()
+        } else {
+            location.filter(|l| same_origin(&self.graph_host, l))
+        };
+        metrics::resync(
+            &self.id,
+            code,
+            if from_delta { "delta_link" } else { "initial" },
+        );
+        self.offset = SourceOffset {
+            // Falling back to the deltaLink keeps it as the round's start; the initial
+            // request is a round of its own with no deltaLink behind it.
+            delta_link: if from_delta { link.clone() } else { None },
+            link,
+            round: self.offset.round,
+            resync: true,
+        };
+    }
+
+    fn batch(&self, page: DeltaPage) -> SourceBatch {
+        let round = self.offset.round;
+        let resync = self.offset.resync;
+        let mut resets = Vec::new();
+        let records = page
+            .items
+            .into_iter()
+            .map(|item| {
+                let op = if item.removed.is_some() {
+                    Op::Delete
+                } else {
+                    Op::Upsert
+                };
+                if op == Op::Delete && self.id.kind() == PartitionKind::TaskLists {
+                    resets.push(Arc::new(PartitionId::Tasks {
+                        user: self.id.user().to_string(),
+                        list: item.id.clone(),
+                    }));
+                }
+                SourceRecord {
+                    partition: self.id.clone(),
+                    key: self.id.record_key(&item.id),
+                    value: (op == Op::Upsert).then_some(item.raw),
+                    op,
+                    round,
+                    removed_reason: item.removed,
+                    resync,
+                }
+            })
+            .collect();
+        let offset = match (page.next_link, page.delta_link) {
+            (Some(next), _) => SourceOffset {
+                link: Some(next),
+                delta_link: self.offset.delta_link.clone(),
+                round,
+                resync,
+            },
+            (None, delta) => SourceOffset {
+                link: delta.clone(),
+                delta_link: delta,
+                round: round + 1,
+                resync: false,
+            },
+        };
+        SourceBatch {
+            partition: self.id.clone(),
+            records,
+            offset,
+            resets,
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Telemetry as named events: each function logs one event with `tracing` (fields first,
+//! message last) and updates its Prometheus metric. Metric names are the constants below;
+//! everything registers in one registry that `/metrics` serves.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::source::{PartitionId, PartitionKind};
+
+pub const GRAPH_REQUESTS: &str = "graph_cdc_graph_requests_total";
+pub const GRAPH_REQUEST_SECONDS: &str = "graph_cdc_graph_request_duration_seconds";
+pub const GRAPH_RETRIES: &str = "graph_cdc_graph_retries_total";
+pub const GRAPH_THROTTLED: &str = "graph_cdc_graph_throttled_total";
+pub const GRAPH_RETRY_WAIT_SECONDS: &str = "graph_cdc_graph_retry_wait_seconds_total";
+pub const TOKEN_RENEWALS: &str = "graph_cdc_token_renewals_total";
+pub const RESYNCS: &str = "graph_cdc_resyncs_total";
+pub const RECORDS_WRITTEN: &str = "graph_cdc_records_written_total";
+pub const BYTES_WRITTEN: &str = "graph_cdc_bytes_written_total";
+pub const TRANSACTIONS: &str = "graph_cdc_transactions_total";
+pub const TRANSACTION_SECONDS: &str = "graph_cdc_transaction_duration_seconds";
+pub const PARTITIONS: &str = "graph_cdc_partitions";
+pub const PARTITION_FAILURES: &str = "graph_cdc_partition_failures_total";
+pub const ROUNDS_COMPLETED: &str = "graph_cdc_rounds_completed_total";
+
+/// Every metric of the process.
+pub struct Metrics {
+    pub registry: Registry,
+    pub graph_requests: IntCounterVec,
+    pub graph_request_seconds: HistogramVec,
+    pub graph_retries: IntCounterVec,
+    pub graph_throttled: IntCounterVec,
+    pub graph_retry_wait: prometheus::Counter,
+    pub token_renewals: IntCounter,
+    pub resyncs: IntCounterVec,
+    pub records_written: IntCounterVec,
+    pub bytes_written: IntCounterVec,
+    pub transactions: IntCounterVec,
+    pub transaction_seconds: Histogram,
+    pub partitions: IntGaugeVec,
+    pub partition_failures: IntCounterVec,
+    pub rounds_completed: IntCounterVec,
+    pub in_flight: IntGauge,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let r = Registry::new();
+    let counter =
+        |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+    let latency = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let graph_request_seconds = HistogramVec::new(
+        HistogramOpts::new(GRAPH_REQUEST_SECONDS, "Graph request latency")
+            .buckets(latency.to_vec()),
+        &["kind"],
+    )?;
+    r.register(Box::new(graph_request_seconds.clone()))?;
+    let transaction_seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            TRANSACTION_SECONDS,
+            "Kafka transaction duration, begin to commit",
+        )
+        .buckets(latency.to_vec()),
+    )?;
+    r.register(Box::new(transaction_seconds.clone()))?;
+    let graph_retry_wait = prometheus::Counter::new(
+        GRAPH_RETRY_WAIT_SECONDS,
+        "Seconds spent waiting before retrying Graph requests (Retry-After or backoff)",
+    )?;
+    r.register(Box::new(graph_retry_wait.clone()))?;
+    let token_renewals = IntCounter::new(TOKEN_RENEWALS, "Access tokens fetched")?;
+    r.register(Box::new(token_renewals.clone()))?;
+    let partitions = IntGaugeVec::new(
+        Opts::new(PARTITIONS, "Partitions by kind and state"),
+        &["kind", "state"],
+    )?;
+    r.register(Box::new(partitions.clone()))?;
+    let in_flight = IntGauge::new(
+        "graph_cdc_graph_requests_in_flight",
+        "Graph requests in flight",
+    )?;
+    r.register(Box::new(in_flight.clone()))?;
+    Ok(Metrics {
+        graph_requests: counter(
+            GRAPH_REQUESTS,
+            "Graph requests by partition kind and status class",
+            &["kind", "status"],
+        )?,
+        graph_retries: counter(GRAPH_RETRIES, "Graph requests retried", &["kind"])?,
+        graph_throttled: counter(
+            GRAPH_THROTTLED,
+            "Graph answers 429 Too Many Requests",
+            &["kind"],
+        )?,
+        resyncs: counter(RESYNCS, "Rounds restarted after 410 Gone", &["kind"])?,
+        records_written: counter(
+            RECORDS_WRITTEN,
+            "Records committed to Kafka",
+            &["kind", "op"],
+        )?,
+        bytes_written: counter(
+            BYTES_WRITTEN,
+            "Key and value bytes committed to Kafka",
+            &["kind"],
+        )?,
+        transactions: counter(TRANSACTIONS, "Kafka transactions by outcome", &["outcome"])?,
+        partition_failures: counter(PARTITION_FAILURES, "Partitions marked failed", &["kind"])?,
+        rounds_completed: counter(ROUNDS_COMPLETED, "Delta rounds completed", &["kind"])?,
+        graph_request_seconds,
+        graph_retry_wait,
+        token_renewals,
+        transaction_seconds,
+        partitions,
+        in_flight,
+        registry: r,
+    })
+}
+
+/// The process's metrics (created on first use).
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| match build() {
+        Ok(m) => m,
+        // Only a programming error (duplicate or malformed names) gets here.
+        Err(e) => panic!("metric registration failed: {e}"),
+    })
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&metrics().registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        0 => "error",
+        200..=299 => "2xx",
+        401 => "401",
+        410 => "410",
+        429 => "429",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A Graph request got an answer (status 0: no answer).
+pub fn graph_request(kind: PartitionKind, status: u16, elapsed: Duration) {
+    let m = metrics();
+    m.graph_requests
+        .with_label_values(&[kind.as_str(), status_class(status)])
+        .inc();
+    m.graph_request_seconds
+        .with_label_values(&[kind.as_str()])
+        .observe(elapsed.as_secs_f64());
+    tracing::trace!(kind = %kind, status, elapsed_ms = elapsed.as_millis() as u64, "graph request");
+}
+
+/// A Graph request will be retried after `wait`.
+pub fn graph_retry(kind: PartitionKind, reason: &str, wait: Duration, retry_after: bool) {
+    let m = metrics();
+    m.graph_retries.with_label_values(&[kind.as_str()]).inc();
+    m.graph_retry_wait.inc_by(wait.as_secs_f64());
+    tracing::debug!(kind = %kind, reason, wait_ms = wait.as_millis() as u64, retry_after, "retrying Graph request");
+}
+
+/// Graph answered 429.
+pub fn graph_throttled(kind: PartitionKind, retry_after: Option<Duration>) {
+    metrics()
+        .graph_throttled
+        .with_label_values(&[kind.as_str()])
+        .inc();
+    tracing::debug!(kind = %kind, retry_after_ms = retry_after.map(|d| d.as_millis() as u64), "throttled by Graph");
+}
+
+/// A new access token was obtained.
+pub fn token_renewed(lifetime: Duration) {
+    metrics().token_renewals.inc();
+    tracing::info!(
+        lifetime_secs = lifetime.as_secs(),
+        "obtained Graph access token"
+    );
+}
+
+/// A round restarts after `410 Gone`, from the last deltaLink or from scratch.
+pub fn resync(partition: &PartitionId, code: &str, from: &str) {
+    metrics()
+        .resyncs
+        .with_label_values(&[partition.kind().as_str()])
+        .inc();
+    tracing::warn!(partition = %partition, code, from, "sync state gone; restarting the round");
+}
+
+/// A transaction committed `records` records.
+pub fn transaction_committed(records: usize, batches: usize, elapsed: Duration) {
+    let m = metrics();
+    m.transactions.with_label_values(&["committed"]).inc();
+    m.transaction_seconds.observe(elapsed.as_secs_f64());
+    tracing::debug!(
+        records,
+        batches,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "transaction committed"
+    );
+}
+
+/// Records of one kind and op were committed.
+pub fn records_written(kind: PartitionKind, op: crate::source::Op, n: u64, bytes: u64) {
+    let m = metrics();
+    m.records_written
+        .with_label_values(&[kind.as_str(), op.as_str()])
+        .inc_by(n);
+    m.bytes_written
+        .with_label_values(&[kind.as_str()])
+        .inc_by(bytes);
+}
+
+/// A transaction was aborted; its pages will be fetched again.
+pub fn transaction_aborted(reason: &str, batches: usize) {
+    metrics().transactions.with_label_values(&["aborted"]).inc();
+    tracing::warn!(
+        reason,
+        batches,
+        "transaction aborted; its pages will be fetched again"
+    );
+}
+
+/// A partition completed a delta round.
+pub fn round_completed(partition: &PartitionId, round: u64) {
+    metrics()
+        .rounds_completed
+        .with_label_values(&[partition.kind().as_str()])
+        .inc();
+    tracing::debug!(partition = %partition, round, "round complete");
+}
+
+/// A partition failed and stops until restarted.
+pub fn partition_failed(partition: &PartitionId, error: &str) {
+    metrics()
+        .partition_failures
+        .with_label_values(&[partition.kind().as_str()])
+        .inc();
+    tracing::error!(partition = %partition, error, "partition failed");
+}

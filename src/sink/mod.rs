@@ -1,0 +1,106 @@
+//! The Kafka side: a transactional producer that commits each page's records together with
+//! the partition's offset.
+//!
+//! - `producer.rs`: the transactional producer and the classification of its errors.
+//! - `records.rs`: a source record as a Kafka record (topic, key, value, headers).
+//! - `topics.rs`: creating missing topics (compacted).
+//! - `committer.rs`: the loop that groups batches into transactions, with the heartbeat
+//!   for idle partitions' offsets.
+//!
+//! It knows nothing of Graph: it consumes [`crate::source::SourceBatch`]es.
+
+pub mod committer;
+pub mod producer;
+pub mod records;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use committer::{Committer, SinkHandle, SinkMsg};
+pub use producer::{classify, TxnErrorClass, TxnProducer};
+
+use crate::source::PartitionKind;
+
+/// Topic of each partition kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    pub events: String,
+    pub calendars: String,
+    pub task_lists: String,
+    pub tasks: String,
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        Self {
+            events: "graph.events".into(),
+            calendars: "graph.calendars".into(),
+            task_lists: "graph.todo.lists".into(),
+            tasks: "graph.todo.tasks".into(),
+        }
+    }
+}
+
+impl TopicNames {
+    pub fn for_kind(&self, kind: PartitionKind) -> &str {
+        match kind {
+            PartitionKind::CalendarView => &self.events,
+            PartitionKind::CalendarList => &self.calendars,
+            PartitionKind::TaskLists => &self.task_lists,
+            PartitionKind::Tasks => &self.tasks,
+        }
+    }
+
+    pub fn all(&self) -> [&str; 4] {
+        [&self.events, &self.calendars, &self.task_lists, &self.tasks]
+    }
+}
+
+/// What the sink needs (built from the `[kafka]` and `[worker]` settings).
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties (security…), applied to every client.
+    pub options: HashMap<String, String>,
+    pub transactional_id: String,
+    pub connector: String,
+    pub topics: TopicNames,
+    pub offsets_topic: String,
+    pub transaction_timeout: Duration,
+    /// Records per transaction at most.
+    pub max_batch_records: usize,
+    /// How long a transaction waits for more batches.
+    pub linger: Duration,
+    /// Idle partitions' offsets are persisted at most this often.
+    pub heartbeat_interval: Duration,
+}
+
+impl SinkOptions {
+    /// A client config with the bootstrap servers and the pass-through options.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// Errors of the Kafka side.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum SinkError {
+    /// The transaction was aborted; its batches must be fetched again.
+    #[error("transaction aborted: {0}")]
+    Aborted(String),
+    /// The producer cannot go on (fenced by another worker, fatal broker error…).
+    #[error("fatal Kafka error: {0}")]
+    Fatal(String),
+    /// Creating the producer or the topics failed.
+    #[error("Kafka setup failed: {0}")]
+    Setup(String),
+    /// The sink stopped (shutdown).
+    #[error("sink stopped")]
+    Stopped,
+}

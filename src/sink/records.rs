@@ -1,0 +1,44 @@
+//! A source record as a Kafka record: topic by partition kind, key and value bytes as they
+//! are, and headers that say what happened.
+
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::source::{Op, SourceRecord};
+
+pub const HEADER_OP: &str = "graph-cdc.op";
+pub const HEADER_PARTITION: &str = "graph-cdc.partition";
+pub const HEADER_ROUND: &str = "graph-cdc.round";
+pub const HEADER_REMOVED_REASON: &str = "graph-cdc.removed-reason";
+pub const HEADER_RESYNC: &str = "graph-cdc.resync";
+
+/// The headers of a record; `partition_json` is the identity, computed once per batch.
+pub fn headers(r: &SourceRecord, partition_json: &str) -> OwnedHeaders {
+    let round = r.round.to_string();
+    let mut h = OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: HEADER_OP,
+            value: Some(r.op.as_str()),
+        })
+        .insert(Header {
+            key: HEADER_PARTITION,
+            value: Some(partition_json),
+        })
+        .insert(Header {
+            key: HEADER_ROUND,
+            value: Some(&round),
+        });
+    if r.op == Op::Delete {
+        let reason = r.removed_reason.as_deref().unwrap_or("deleted");
+        h = h.insert(Header {
+            key: HEADER_REMOVED_REASON,
+            value: Some(reason),
+        });
+    }
+    if r.resync {
+        h = h.insert(Header {
+            key: HEADER_RESYNC,
+            value: Some("true"),
+        });
+    }
+    h
+}

@@ -1,0 +1,49 @@
+//! Creating missing topics: the data topics and the offsets topic, all compacted.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{SinkError, SinkOptions};
+
+/// Creates each topic that does not exist yet (compacted). Existing topics are left alone.
+pub async fn ensure_topics(
+    opts: &SinkOptions,
+    partitions: i32,
+    replication: i32,
+) -> Result<(), SinkError> {
+    let admin: AdminClient<DefaultClientContext> = opts
+        .client_config()
+        .create()
+        .map_err(|e| SinkError::Setup(format!("creating the admin client: {e}")))?;
+    let mut names: Vec<(&str, i32)> = opts.topics.all().iter().map(|t| (*t, partitions)).collect();
+    // The offsets topic is small and read whole at start: one partition keeps that fast.
+    names.push((&opts.offsets_topic, 1));
+    names.sort();
+    names.dedup();
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|(n, p)| {
+            NewTopic::new(n, *p, TopicReplication::Fixed(replication))
+                .set("cleanup.policy", "compact")
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(|e| SinkError::Setup(format!("creating topics: {e}")))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(SinkError::Setup(format!("creating topic '{t}': {code}")))
+            }
+        }
+    }
+    Ok(())
+}

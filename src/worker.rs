@@ -1,0 +1,348 @@
+//! The worker: wires the Graph side to the Kafka side.
+//!
+//! ```text
+//!   PartitionReader ──page──▶ SourceBatch ──▶ Committer ──txn(records + offset)──▶ Kafka
+//!        ▲                                         │
+//!        └────────── advance on commit ◀──── ack ──┘
+//! ```
+//!
+//! One task per partition fetches a page, hands the batch to the committer and waits for the
+//! acknowledgement before moving its position: an aborted transaction leaves the position
+//! where it was, so the same pages are fetched again. Start-up order matters for exactly
+//! once: transactions are initialised first (fencing any older incarnation and aborting its
+//! open transaction), then the offsets topic is read to its end with `read_committed`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::graph::{
+    ClientOptions, Credential, GraphClient, GraphError, PartitionReader, TokenProvider,
+};
+use crate::metrics;
+use crate::offsets::load_offsets;
+use crate::sink::topics::ensure_topics;
+use crate::sink::{Committer, SinkError, SinkHandle, SinkOptions};
+use crate::source::{Op, PartitionId, PartitionKind, SourceOffset};
+
+/// Everything a worker needs, resolved from the settings.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Graph host, e.g. `https://graph.microsoft.com` (the simulator's URL in tests).
+    pub graph_host: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub credential: Credential,
+    pub client: ClientOptions,
+    pub poll_interval: Duration,
+    /// ± fraction of `poll_interval`.
+    pub poll_jitter: f64,
+    pub sink: SinkOptions,
+    /// The configured partitions (task partitions of To Do lists are found at run time).
+    pub partitions: Vec<PartitionId>,
+    /// `(partitions, replication factor)` of topics to create when missing.
+    pub create_topics: Option<(i32, i32)>,
+    /// How long reading the offsets topic may take at start.
+    pub offsets_load_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Offsets(#[from] crate::offsets::OffsetStoreError),
+    #[error("Graph setup: {0}")]
+    Graph(#[from] GraphError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A partition's state, as the REST API will report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionState {
+    Running,
+    Failed(String),
+    Stopped,
+}
+
+struct Tracked {
+    cancel: CancellationToken,
+    state: Arc<Mutex<PartitionState>>,
+}
+
+/// What every partition task shares.
+struct Shared {
+    client: GraphClient,
+    sink: SinkHandle,
+    spec: WorkerSpec,
+    /// Offsets read at start, for task partitions discovered later.
+    loaded: Mutex<HashMap<PartitionId, SourceOffset>>,
+    tracked: Mutex<HashMap<PartitionId, Tracked>>,
+    shutdown: CancellationToken,
+    /// Set when the sink failed fatally: the worker must stop with an error.
+    fatal: Mutex<Option<SinkError>>,
+}
+
+/// Runs a worker until `shutdown` completes or Kafka fails fatally.
+pub async fn run(spec: WorkerSpec, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    if let Some((parts, repl)) = spec.create_topics {
+        ensure_topics(&spec.sink, parts, repl).await?;
+    }
+    // 1. Transactions first: fences an older worker with the same transactional.id.
+    let sink_opts = spec.sink.clone();
+    let (sink, committer) = tokio::task::spawn_blocking(move || Committer::start(sink_opts))
+        .await
+        .map_err(|e| WorkerError::Internal(e.to_string()))??;
+    // 2. Then the committed offsets.
+    let cfg = spec.sink.client_config();
+    let (topic, name, timeout) = (
+        spec.sink.offsets_topic.clone(),
+        spec.sink.connector.clone(),
+        spec.offsets_load_timeout,
+    );
+    let loaded = tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout))
+        .await
+        .map_err(|e| WorkerError::Internal(e.to_string()))??;
+    tracing::info!(offsets = loaded.len(), partitions = spec.partitions.len(), transactional_id = %spec.sink.transactional_id, "worker starting");
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(spec.client.max_concurrency.max(1))
+        .build()
+        .map_err(|e| WorkerError::Internal(format!("HTTP client: {e}")))?;
+    let tokens = Arc::new(TokenProvider::new(
+        http.clone(),
+        spec.token_url.clone(),
+        spec.client_id.clone(),
+        &default_scope_host(&spec.graph_host),
+        spec.credential.clone(),
+    ));
+    let client = GraphClient::new(http, tokens, spec.client.clone());
+    let shared = Arc::new(Shared {
+        client,
+        sink,
+        loaded: Mutex::new(loaded.clone()),
+        tracked: Mutex::new(HashMap::new()),
+        shutdown: CancellationToken::new(),
+        fatal: Mutex::new(None),
+        spec,
+    });
+    let mut start: Vec<PartitionId> = shared.spec.partitions.clone();
+    // Task partitions found in an earlier run, for users whose lists are still tracked.
+    for p in loaded.keys() {
+        if let PartitionId::Tasks { user, .. } = p {
+            if start.contains(&PartitionId::TaskLists { user: user.clone() }) {
+                start.push(p.clone());
+            }
+        }
+    }
+    for p in start {
+        spawn_partition(&shared, p);
+    }
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => tracing::info!("shutting down"),
+        _ = shared.shutdown.cancelled() => {}
+    }
+    shared.shutdown.cancel();
+    // Give partition tasks a moment to drop their handles to the committer.
+    for _ in 0..50 {
+        if shared
+            .tracked
+            .lock()
+            .values()
+            .all(|t| *t.state.lock() != PartitionState::Running)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fatal = shared.fatal.lock().take();
+    drop(shared);
+    let joined = tokio::task::spawn_blocking(move || committer.join())
+        .await
+        .map_err(|e| WorkerError::Internal(e.to_string()))?;
+    match (fatal, joined) {
+        (Some(e), _) => Err(e.into()),
+        (None, Ok(Ok(()))) => Ok(()),
+        (None, Ok(Err(e))) => Err(e.into()),
+        (None, Err(_)) => Err(WorkerError::Internal("committer thread panicked".into())),
+    }
+}
+
+/// The scope's resource host: Graph's own host for the national clouds, else the given host.
+fn default_scope_host(graph_host: &str) -> String {
+    graph_host.trim_end_matches('/').to_string()
+}
+
+fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
+    let mut tracked = shared.tracked.lock();
+    if tracked
+        .get(&id)
+        .is_some_and(|t| *t.state.lock() == PartitionState::Running)
+    {
+        return;
+    }
+    let committed = shared.loaded.lock().get(&id).cloned();
+    let id = Arc::new(id);
+    let reader = match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics::partition_failed(&id, &e.to_string());
+            return;
+        }
+    };
+    let cancel = shared.shutdown.child_token();
+    let state = Arc::new(Mutex::new(PartitionState::Running));
+    tracked.insert(
+        (*id).clone(),
+        Tracked {
+            cancel: cancel.clone(),
+            state: state.clone(),
+        },
+    );
+    metrics::metrics()
+        .partitions
+        .with_label_values(&[id.kind().as_str(), "running"])
+        .inc();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let end = partition_loop(&shared, reader, &cancel).await;
+        metrics::metrics()
+            .partitions
+            .with_label_values(&[id.kind().as_str(), "running"])
+            .dec();
+        *state.lock() = end;
+    });
+}
+
+fn stop_partition(shared: &Shared, id: &PartitionId) {
+    if let Some(t) = shared.tracked.lock().remove(id) {
+        t.cancel.cancel();
+    }
+    shared.loaded.lock().remove(id);
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = cancel.cancelled() => false,
+    }
+}
+
+fn jittered(base: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return base;
+    }
+    let f = 1.0 + rand::rng().random_range(-jitter..jitter);
+    base.mul_f64(f.max(0.0))
+}
+
+async fn partition_loop(
+    shared: &Arc<Shared>,
+    mut reader: PartitionReader,
+    cancel: &CancellationToken,
+) -> PartitionState {
+    let id = reader.id.clone();
+    let mut failures = 0u32;
+    loop {
+        if cancel.is_cancelled() {
+            return PartitionState::Stopped;
+        }
+        let round = reader.offset().round;
+        let fetched = tokio::select! {
+            r = reader.next_batch(&shared.client) => r,
+            _ = cancel.cancelled() => return PartitionState::Stopped,
+        };
+        let batch = match fetched {
+            Ok(b) => b,
+            // The list of a task partition is gone: stop tracking it and forget its offset.
+            Err(GraphError::Client { status: 404, .. }) if id.kind() == PartitionKind::Tasks => {
+                tracing::info!(partition = %id, "task list no longer exists; resetting its offset");
+                let _ = shared.sink.write_offsets(vec![((*id).clone(), None)]).await;
+                shared.tracked.lock().remove(&*id);
+                return PartitionState::Stopped;
+            }
+            Err(e) if e.is_partition_fault() => {
+                metrics::partition_failed(&id, &e.to_string());
+                return PartitionState::Failed(e.to_string());
+            }
+            Err(e) => {
+                // Throttled or failing past every retry, auth trouble: try again later,
+                // from the same position.
+                failures += 1;
+                let wait = jittered(Duration::from_secs(5).saturating_mul(failures.min(12)), 0.2);
+                tracing::warn!(partition = %id, error = %e, wait_secs = wait.as_secs(), "fetch failed; retrying later");
+                if !sleep_or_cancel(wait, cancel).await {
+                    return PartitionState::Stopped;
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        let offset = batch.offset.clone();
+        let round_done = offset.round > round;
+        if batch.records.is_empty() && batch.resets.is_empty() {
+            if shared.sink.idle(id.clone(), offset.clone()).await.is_err() {
+                return PartitionState::Stopped;
+            }
+            reader.advance(offset);
+        } else {
+            let lists: Vec<(Op, String)> = if id.kind() == PartitionKind::TaskLists {
+                batch
+                    .records
+                    .iter()
+                    .map(|r| (r.op, list_id(&r.key)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            match shared.sink.commit(batch).await {
+                Ok(()) => {
+                    reader.advance(offset);
+                    for (op, list) in lists {
+                        let p = PartitionId::Tasks {
+                            user: id.user().to_string(),
+                            list,
+                        };
+                        match op {
+                            Op::Upsert => spawn_partition(shared, p),
+                            Op::Delete => stop_partition(shared, &p),
+                        }
+                    }
+                }
+                Err(SinkError::Aborted(_)) => {
+                    // The position did not move: the same page is fetched again.
+                    continue;
+                }
+                Err(e) => {
+                    if matches!(e, SinkError::Fatal(_)) {
+                        *shared.fatal.lock() = Some(e);
+                        shared.shutdown.cancel();
+                    }
+                    return PartitionState::Stopped;
+                }
+            }
+        }
+        if round_done {
+            metrics::round_completed(&id, round);
+            let wait = jittered(shared.spec.poll_interval, shared.spec.poll_jitter);
+            if !sleep_or_cancel(wait, cancel).await {
+                return PartitionState::Stopped;
+            }
+        }
+    }
+}
+
+/// The `id` field of a record key built by `PartitionId::record_key`.
+fn list_id(key: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(key)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
