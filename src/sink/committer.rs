@@ -23,6 +23,9 @@ use crate::source::{Op, PartitionId, SourceBatch, SourceOffset};
 
 type Ack = oneshot::Sender<Result<(), SinkError>>;
 
+/// Offsets to write directly; `None` resets a partition.
+pub type OffsetWrites = Vec<(PartitionId, Option<SourceOffset>)>;
+
 /// What the committer is asked to do.
 pub enum SinkMsg {
     /// A page's records and offset; acknowledged once committed or failed.
@@ -107,7 +110,7 @@ pub struct Committer {
 #[derive(Default)]
 struct Txn {
     batches: Vec<(SourceBatch, Ack)>,
-    direct: Vec<(Vec<(PartitionId, Option<SourceOffset>)>, Ack)>,
+    direct: Vec<(OffsetWrites, Ack)>,
     flushes: Vec<Ack>,
     records: usize,
 }
