@@ -19,8 +19,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole pipeline on embedded parts (simulator + in-process mock Kafka) and
+    /// print each committed record.
+    Demo(DemoArgs),
     /// Serve the Graph simulator (the test bed's fake Microsoft Graph).
     Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Demo users to generate.
+    #[arg(long, default_value_t = 3)]
+    users: usize,
+    /// Random changes per second.
+    #[arg(long, default_value_t = 3)]
+    changes: usize,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +98,23 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Simulate(a) => simulate(a).await,
+        Command::Demo(a) => {
+            let opts = graph_cdc::demo::DemoOptions {
+                users: a.users,
+                changes_per_second: a.changes,
+                ..Default::default()
+            };
+            let stop = async move {
+                match a.duration {
+                    Some(d) => {
+                        tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown_signal() => {} }
+                    }
+                    None => shutdown_signal().await,
+                }
+            };
+            graph_cdc::demo::run(opts, stop, std::io::stdout()).await?;
+            Ok(())
+        }
     }
 }
 

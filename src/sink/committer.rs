@@ -147,10 +147,9 @@ impl Committer {
             let first = if self.idle.is_empty() {
                 rt.block_on(self.rx.recv()).map(Some)
             } else {
-                match rt.block_on(tokio::time::timeout_at(
-                    heartbeat_due.into(),
-                    self.rx.recv(),
-                )) {
+                match rt.block_on(async {
+                    tokio::time::timeout_at(heartbeat_due.into(), self.rx.recv()).await
+                }) {
                     Ok(m) => m.map(Some),
                     Err(_) => Some(None),
                 }
@@ -212,7 +211,7 @@ impl Committer {
                 Err(mpsc::error::TryRecvError::Disconnected) => return true,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            match rt.block_on(tokio::time::timeout_at(deadline, self.rx.recv())) {
+            match rt.block_on(async { tokio::time::timeout_at(deadline, self.rx.recv()).await }) {
                 Ok(Some(m)) => self.take(m, txn),
                 Ok(None) => return true,
                 Err(_) => break,
