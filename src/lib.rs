@@ -7,4 +7,5 @@ pub mod offsets;
 pub mod sim;
 pub mod sink;
 pub mod source;
+pub mod testkit;
 pub mod worker;

@@ -1,0 +1,3 @@
+//! Test-bed parts shared by tests, benchmarks and the chaos suite (not used by the worker).
+
+pub mod broker;

@@ -1,0 +1,291 @@
+//! Shared helpers: a worker spec pointing at a simulator and a broker, and the compacted
+//! view of the topics as a `read_committed` consumer sees it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use graph_cdc::graph::{ClientOptions, Credential};
+use graph_cdc::sim::SimServer;
+use graph_cdc::sink::{SinkOptions, TopicNames};
+use graph_cdc::source::PartitionId;
+use graph_cdc::worker::WorkerSpec;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+pub const TENANT: &str = "contoso";
+pub const CLIENT: &str = "graph-cdc-test";
+pub const SECRET: &str = "graph-cdc-test-secret";
+
+pub fn bootstrap() -> String {
+    graph_cdc::testkit::broker::shared_bootstrap().expect("a real Kafka broker")
+}
+
+/// Unique names for one test's topics, offsets topic and transactional id.
+pub fn spec(sim: &SimServer, bootstrap: &str, partitions: Vec<PartitionId>) -> WorkerSpec {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let run = &run[..10];
+    WorkerSpec {
+        graph_host: sim.url(),
+        token_url: format!("{}/{TENANT}/oauth2/v2.0/token", sim.url()),
+        client_id: CLIENT.into(),
+        credential: Credential::Secret(SECRET.into()),
+        client: ClientOptions {
+            page_size: 7,
+            base_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+            max_retries: 30,
+            ..Default::default()
+        },
+        poll_interval: Duration::from_millis(300),
+        poll_jitter: 0.2,
+        sink: SinkOptions {
+            bootstrap_servers: bootstrap.into(),
+            options: HashMap::new(),
+            transactional_id: format!("test-{run}"),
+            connector: format!("conn-{run}"),
+            topics: TopicNames {
+                events: format!("events-{run}"),
+                calendars: format!("calendars-{run}"),
+                task_lists: format!("lists-{run}"),
+                tasks: format!("tasks-{run}"),
+            },
+            offsets_topic: format!("offsets-{run}"),
+            transaction_timeout: Duration::from_secs(30),
+            max_batch_records: 500,
+            linger: Duration::from_millis(20),
+            heartbeat_interval: Duration::from_secs(1),
+        },
+        partitions,
+        create_topics: Some((3, 1)),
+        offsets_load_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Every committed record of a topic, in order: (key, value, headers).
+pub struct Committed {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning to its end with `read_committed`.
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Committed> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut eof = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while eof.len() < parts.len() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Committed {
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+    assert_eq!(eof.len(), parts.len(), "{topic} read to its end");
+    out
+}
+
+/// The compacted view: key → value (tombstones remove).
+pub fn compacted(records: &[Committed]) -> HashMap<Vec<u8>, Vec<u8>> {
+    let mut view = HashMap::new();
+    for r in records {
+        match &r.value {
+            Some(v) => {
+                view.insert(r.key.clone(), v.clone());
+            }
+            None => {
+                view.remove(&r.key);
+            }
+        }
+    }
+    view
+}
+
+/// The simulator's truth for one partition, as `record key → parsed JSON`.
+pub fn truth(sim: &SimServer, p: &PartitionId) -> BTreeMap<Vec<u8>, Value> {
+    use graph_cdc::sim::control::{truth_query, TruthParams};
+    let (kind, calendar, start, end, list) = match p {
+        PartitionId::CalendarView {
+            calendar, window, ..
+        } => {
+            let (s, e) = window.split_once('/').expect("window");
+            (
+                "calendar_view",
+                Some(calendar.clone()),
+                Some(s.to_string()),
+                Some(e.to_string()),
+                None,
+            )
+        }
+        PartitionId::CalendarList { .. } => ("calendar_list", None, None, None, None),
+        PartitionId::TaskLists { .. } => ("task_lists", None, None, None, None),
+        PartitionId::Tasks { list, .. } => ("tasks", None, None, None, Some(list.clone())),
+    };
+    let params = TruthParams {
+        user: p.user().to_string(),
+        kind: kind.into(),
+        calendar,
+        start,
+        end,
+        list,
+        timezone: None,
+    };
+    let (q, pres) = truth_query(&sim.state, &params).expect("truth query");
+    sim.state
+        .truth(&q, &pres)
+        .expect("truth")
+        .into_iter()
+        .map(|(id, json)| {
+            (
+                p.record_key(&id).to_vec(),
+                serde_json::from_str(&json).expect("json"),
+            )
+        })
+        .collect()
+}
+
+/// The part of a compacted view that belongs to partition `p` (its keys, parsed).
+pub fn view_of(view: &HashMap<Vec<u8>, Vec<u8>>, p: &PartitionId) -> BTreeMap<Vec<u8>, Value> {
+    let prefix = p.record_key("");
+    let prefix = &prefix[..prefix.len() - 3]; // without `"id":""}` → up to `,"id":`
+    view.iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), serde_json::from_slice(v).expect("value json")))
+        .collect()
+}
+
+/// Every partition the simulator's users have now (task partitions of live lists included).
+pub fn all_partitions(sim: &SimServer, window: &str) -> Vec<PartitionId> {
+    let store = sim.state.store.read();
+    let mut out = Vec::new();
+    let mut users: Vec<_> = store.users.values().collect();
+    users.sort_by(|a, b| a.upn.cmp(&b.upn));
+    for u in users {
+        let info = store.user_info(&u.id).expect("user");
+        out.push(PartitionId::CalendarView {
+            user: u.upn.clone(),
+            calendar: "primary".into(),
+            window: window.into(),
+        });
+        out.push(PartitionId::CalendarList {
+            user: u.upn.clone(),
+        });
+        out.push(PartitionId::TaskLists {
+            user: u.upn.clone(),
+        });
+        for l in info.task_lists {
+            out.push(PartitionId::Tasks {
+                user: u.upn.clone(),
+                list: l,
+            });
+        }
+    }
+    out
+}
+
+/// Waits until every partition's compacted view equals the truth; panics with the first
+/// difference after `timeout`.
+pub fn wait_converged(sim: &SimServer, spec: &WorkerSpec, window: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let diff = difference(sim, spec, window);
+        match diff {
+            None => return,
+            Some(d) if Instant::now() > deadline => panic!("not converged: {d}"),
+            Some(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The first difference between the topics and the truth, if any.
+pub fn difference(sim: &SimServer, spec: &WorkerSpec, window: &str) -> Option<String> {
+    let b = &spec.sink.bootstrap_servers;
+    let mut views = HashMap::new();
+    for t in spec.sink.topics.all() {
+        views.insert(t.to_string(), compacted(&read_all(b, t)));
+    }
+    for p in all_partitions(sim, window) {
+        let topic = spec.sink.topics.for_kind(p.kind());
+        let got = view_of(&views[topic], &p);
+        let want = truth(sim, &p);
+        if got != want {
+            let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
+            let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
+            let stale = want
+                .iter()
+                .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+                .count();
+            return Some(format!(
+                "{p}: {missing} missing, {extra} extra, {stale} stale of {}",
+                want.len()
+            ));
+        }
+    }
+    None
+}
+
+/// Upserts committed twice with the same etag outside a resync: must be none.
+pub fn duplicates(records: &[Committed]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut dups = Vec::new();
+    for r in records {
+        let Some(v) = &r.value else { continue };
+        if r.headers.get("graph-cdc.resync").is_some() {
+            continue;
+        }
+        let etag = serde_json::from_slice::<Value>(v)
+            .ok()
+            .and_then(|j| {
+                j.get("@odata.etag")
+                    .and_then(|e| e.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        if !seen.insert((r.key.clone(), etag.clone())) {
+            dups.push(format!("{} {}", String::from_utf8_lossy(&r.key), etag));
+        }
+    }
+    dups
+}

@@ -1,0 +1,4 @@
+//! The connector end to end: the Graph simulator over HTTP and a real Apache Kafka broker.
+
+mod common;
+mod e2e;
