@@ -135,7 +135,10 @@ async fn restart_resumes_from_committed_offsets() {
     let after = sim.state.stats.lock().records - initial;
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
     // Resumed from deltaLinks: only the changes were fetched, not a second full sync.
-    assert!(after * 3 < initial, "{after} records fetched after restart, {initial} in the initial sync");
+    assert!(
+        after * 3 < initial,
+        "{after} records fetched after restart, {initial} in the initial sync"
+    );
 }
 
 /// 429 storms, 5xx, malformed and truncated bodies, 410 on nextLinks and deltaLinks and an

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The test command (README, second command; CI runs it through .ci/run).
+# Installs what the project needs, then runs formatting, lint and every test against the
+# Graph simulator and one real Apache Kafka broker started for the whole run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+step "prerequisites"
+if ! have cargo; then echo "cargo not found: install Rust with rustup" >&2; exit 1; fi
+if ! have java || ! have mvn; then
+  if have apt-get && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
+  else
+    echo "java and mvn are needed for the Kafka broker (apt-get install openjdk-17-jre-headless maven)" >&2
+    exit 1
+  fi
+fi
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+# cargo-nextest runs the tests in parallel processes when present; plain cargo test otherwise
+# (installing it from source would cost CI ten minutes).
+runner=(cargo test)
+if cargo nextest --version >/dev/null 2>&1; then runner=(cargo nextest run --no-fail-fast); fi
+java -version 2>&1 | head -1; mvn -v 2>/dev/null | head -1; cargo --version
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "build"
+cargo build --all-targets
+
+step "Kafka broker (Apache Kafka from Maven Central, KRaft, loopback)"
+work=$(mktemp -d)
+broker_pid=
+cleanup() {
+  if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# The broker runs until its stdin (this sleep) goes away; its watchdog reaps the JVM.
+(sleep 86400 | ./target/debug/examples/kafka-broker "$work/bootstrap") &
+broker_pid=$!
+for _ in $(seq 1 600); do
+  [ -s "$work/bootstrap" ] && break
+  if ! kill -0 "$broker_pid" 2>/dev/null; then echo "the Kafka broker failed to start" >&2; exit 1; fi
+  sleep 0.5
+done
+[ -s "$work/bootstrap" ] || { echo "the Kafka broker did not start in time" >&2; exit 1; }
+export GRAPH_CDC_TEST_KAFKA=$(cat "$work/bootstrap")
+echo "broker at $GRAPH_CDC_TEST_KAFKA"
+
+step "tests"
+"${runner[@]}" "$@"
