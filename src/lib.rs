@@ -1,5 +1,6 @@
 #![recursion_limit = "256"]
 //! graph-cdc
+pub mod config;
 pub mod demo;
 pub mod graph;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! The `graph-cdc` command: parse the CLI, set up logging, hand over to the library.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,11 +20,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the worker: track the configured partitions into Kafka.
+    Run(ConfigArgs),
+    /// Check a configuration and print the partitions it would track.
+    Validate(ConfigArgs),
     /// Run the whole pipeline on embedded parts (simulator + in-process mock Kafka) and
     /// print each committed record.
     Demo(DemoArgs),
     /// Serve the Graph simulator (the test bed's fake Microsoft Graph).
     Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// TOML configuration file (layered over the defaults, under GRAPH_CDC__… variables).
+    #[arg(long, short)]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -89,35 +101,92 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Simulate(a) => simulate(a).await,
+    let result = match cli.command {
+        Command::Validate(a) => validate(a),
+        Command::Run(a) => run(a).await,
+        Command::Simulate(a) => {
+            init_logging("info", "text");
+            simulate(a).await
+        }
         Command::Demo(a) => {
-            let opts = graph_cdc::demo::DemoOptions {
-                users: a.users,
-                changes_per_second: a.changes,
-                ..Default::default()
-            };
-            let stop = async move {
-                match a.duration {
-                    Some(d) => {
-                        tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown_signal() => {} }
-                    }
-                    None => shutdown_signal().await,
-                }
-            };
-            graph_cdc::demo::run(opts, stop, std::io::stdout()).await?;
-            Ok(())
+            init_logging("info", "text");
+            demo(a).await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr: text or JSON, filtered by `RUST_LOG` or else `filter`.
+fn init_logging(filter: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| format!("{filter},librdkafka=warn,rdkafka=warn").into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(a: &ConfigArgs) -> anyhow::Result<graph_cdc::config::Settings> {
+    Ok(graph_cdc::config::Settings::load(a.config.as_deref())?)
+}
+
+fn validate(a: ConfigArgs) -> anyhow::Result<()> {
+    let settings = load(&a)?;
+    let partitions = settings.partitions();
+    let mut out = std::io::stdout().lock();
+    for p in &partitions {
+        // A closed pipe (`| head`) is not an error worth a panic.
+        if writeln!(out, "{p}").is_err() {
+            break;
+        }
+    }
+    eprintln!(
+        "configuration OK: connector '{}', {} partitions (plus the task partitions of each user's To Do lists), Graph {}, Kafka {}, transactional.id {}",
+        settings.name,
+        partitions.len(),
+        settings.graph.graph_base_url(),
+        settings.kafka.bootstrap_servers,
+        settings.transactional_id()
+    );
+    Ok(())
+}
+
+async fn run(a: ConfigArgs) -> anyhow::Result<()> {
+    let settings = load(&a)?;
+    init_logging(&settings.log.filter, &settings.log.format);
+    let spec = graph_cdc::worker::WorkerSpec::from_settings(&settings)?;
+    graph_cdc::worker::run(spec, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let opts = graph_cdc::demo::DemoOptions {
+        users: a.users,
+        changes_per_second: a.changes,
+        ..Default::default()
+    };
+    let stop = async move {
+        match a.duration {
+            Some(d) => {
+                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown_signal() => {} }
+            }
+            None => shutdown_signal().await,
+        }
+    };
+    graph_cdc::demo::run(opts, stop, std::io::stdout()).await?;
+    Ok(())
 }
 
 async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {

@@ -21,13 +21,14 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ConfigError, Credentials, Settings};
 use crate::graph::{
     ClientOptions, Credential, GraphClient, GraphError, PartitionReader, TokenProvider,
 };
 use crate::metrics;
 use crate::offsets::load_offsets;
 use crate::sink::topics::ensure_topics;
-use crate::sink::{Committer, SinkError, SinkHandle, SinkOptions};
+use crate::sink::{Committer, SinkError, SinkHandle, SinkOptions, TopicNames};
 use crate::source::{Op, PartitionId, PartitionKind, SourceOffset};
 
 /// Everything a worker needs, resolved from the settings.
@@ -49,6 +50,65 @@ pub struct WorkerSpec {
     pub create_topics: Option<(i32, i32)>,
     /// How long reading the offsets topic may take at start.
     pub offsets_load_timeout: Duration,
+}
+
+impl WorkerSpec {
+    /// Resolves validated settings (reading credential files) into a worker spec.
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        let credential = match s
+            .graph
+            .credentials()
+            .map_err(|e| ConfigError::Invalid(vec![e]))?
+        {
+            Credentials::Secret(secret) => Credential::Secret(secret.expose().to_string()),
+            Credentials::Certificate { cert_pem, key_pem } => Credential::Certificate {
+                cert_pem,
+                key_pem: key_pem.expose().to_string(),
+            },
+        };
+        let g = &s.graph;
+        let k = &s.kafka;
+        Ok(Self {
+            graph_host: g.graph_base_url(),
+            token_url: g.token_url(),
+            client_id: g.client_id.clone(),
+            credential,
+            client: ClientOptions {
+                page_size: g.page_size,
+                timezone: Some(g.timezone.clone()).filter(|t| !t.eq_ignore_ascii_case("utc")),
+                max_concurrency_per_mailbox: g.max_concurrency_per_mailbox,
+                max_concurrency: g.max_concurrency,
+                request_timeout: g.request_timeout.0,
+                max_retries: g.max_retries,
+                max_backoff: g.max_backoff.0,
+                ..Default::default()
+            },
+            poll_interval: g.poll_interval.0,
+            poll_jitter: g.poll_jitter,
+            sink: SinkOptions {
+                bootstrap_servers: k.bootstrap_servers.clone(),
+                options: k.options.0.clone().into_iter().collect(),
+                transactional_id: s.transactional_id(),
+                connector: s.name.clone(),
+                topics: TopicNames {
+                    events: k.topics.events.clone(),
+                    calendars: k.topics.calendars.clone(),
+                    task_lists: k.topics.task_lists.clone(),
+                    tasks: k.topics.tasks.clone(),
+                },
+                offsets_topic: k.offsets_topic.clone(),
+                transaction_timeout: k.transaction_timeout.0,
+                max_batch_records: s.worker.max_batch_records,
+                linger: s.worker.linger.0,
+                heartbeat_interval: s.worker.heartbeat_interval.0,
+            },
+            partitions: s.partitions(),
+            create_topics: k
+                .create_topics
+                .then_some((k.topic_partitions, k.replication_factor)),
+            offsets_load_timeout: s.worker.offsets_load_timeout.0,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -58,7 +58,7 @@ impl TopicNames {
 }
 
 /// What the sink needs (built from the `[kafka]` and `[worker]` settings).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SinkOptions {
     pub bootstrap_servers: String,
     /// Extra librdkafka properties (security…), applied to every client.
@@ -74,6 +74,33 @@ pub struct SinkOptions {
     pub linger: Duration,
     /// Idle partitions' offsets are persisted at most this often.
     pub heartbeat_interval: Duration,
+}
+
+impl std::fmt::Debug for SinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: std::collections::BTreeMap<&str, &str> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if crate::config::is_sensitive(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("SinkOptions")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("options", &options)
+            .field("transactional_id", &self.transactional_id)
+            .field("connector", &self.connector)
+            .field("topics", &self.topics)
+            .field("offsets_topic", &self.offsets_topic)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SinkOptions {

@@ -1,0 +1,887 @@
+//! Settings: defaults → TOML file (`--config`) → `GRAPH_CDC__SECTION__KEY` environment
+//! variables, with the `config` crate.
+//!
+//! The structs below are the documentation: every field says what it does; unknown keys
+//! are refused; the defaults live in [`DEFAULTS`] only. Every error names its key
+//! (`graph.page_size: …`, `sources[1].end: …`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::source::PartitionId;
+
+/// Every default, in one place (a TOML document layered under the file and the environment).
+pub const DEFAULTS: &str = r#"
+name = "graph-cdc"
+
+[graph]
+cloud = "global"
+page_size = 100
+poll_interval = "60s"
+poll_jitter = 0.1
+timezone = "UTC"
+max_concurrency_per_mailbox = 4
+max_concurrency = 64
+request_timeout = "30s"
+max_retries = 10
+max_backoff = "60s"
+
+[kafka]
+bootstrap_servers = "localhost:9092"
+offsets_topic = "graph-cdc-offsets"
+create_topics = true
+topic_partitions = 6
+replication_factor = 1
+transaction_timeout = "60s"
+
+[kafka.topics]
+events = "graph.events"
+calendars = "graph.calendars"
+task_lists = "graph.todo.lists"
+tasks = "graph.todo.tasks"
+
+[worker]
+heartbeat_interval = "30s"
+max_batch_records = 5000
+linger = "100ms"
+shutdown_timeout = "10s"
+offsets_load_timeout = "60s"
+
+[server]
+listen = "0.0.0.0:8083"
+
+[log]
+format = "text"
+filter = "info"
+"#;
+
+/// Why settings were refused. Each message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    Missing(PathBuf),
+    #[error("config: {0}")]
+    Load(String),
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// A secret string: shown as `***` by `Debug`, `Display` and `Serialize`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// A duration written `250ms`, `30s`, `5m` or `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+/// Parses `250ms`, `30s`, `1.5s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (use 250ms, 30s, 5m, 1h)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown unit '{u}' in '{s}' (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Connector name: part of every offset key and of the transactional id.
+    pub name: String,
+    pub graph: GraphSettings,
+    pub kafka: KafkaSettings,
+    pub worker: WorkerSettings,
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    /// What to track.
+    #[serde(default)]
+    pub sources: Vec<Source>,
+}
+
+/// `[graph]`: the tenant, the app's credentials and how to talk to Graph.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSettings {
+    /// Directory (tenant) id or domain.
+    #[serde(default)]
+    pub tenant_id: String,
+    /// Application (client) id of the app registration.
+    #[serde(default)]
+    pub client_id: String,
+    /// Client secret (prefer `GRAPH_CDC__GRAPH__CLIENT_SECRET` or `client_secret_file`).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// File holding the client secret (e.g. a mounted Kubernetes secret).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Certificate (PEM) for certificate credentials, with `private_key_path`.
+    #[serde(default)]
+    pub certificate_path: Option<PathBuf>,
+    /// The certificate's RSA private key (PEM).
+    #[serde(default)]
+    pub private_key_path: Option<PathBuf>,
+    /// National cloud: `global`, `usgov`, `usgov-dod` or `china`.
+    pub cloud: String,
+    /// Override of the Graph host (`/v1.0` and `/beta` are appended), e.g. a simulator.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Override of the login host (token URL: `{authority_url}/{tenant_id}/oauth2/v2.0/token`).
+    #[serde(default)]
+    pub authority_url: Option<String>,
+    /// `Prefer: odata.maxpagesize` (1..=1000).
+    pub page_size: usize,
+    /// How often a partition polls its deltaLink.
+    pub poll_interval: Dur,
+    /// Random spread of polls, a fraction of `poll_interval` (0 ≤ jitter < 1).
+    pub poll_jitter: f64,
+    /// `Prefer: outlook.timezone` for calendar views (Windows or IANA name).
+    pub timezone: String,
+    /// Requests in flight per mailbox (Outlook allows 4).
+    pub max_concurrency_per_mailbox: usize,
+    /// Requests in flight overall.
+    pub max_concurrency: usize,
+    /// Timeout of one Graph request.
+    pub request_timeout: Dur,
+    /// Retries of a throttled, failing or malformed request before the partition waits.
+    pub max_retries: u32,
+    /// Longest wait between retries without `Retry-After`.
+    pub max_backoff: Dur,
+}
+
+/// `[kafka]`: where records and offsets go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Compacted topic holding the source offsets.
+    pub offsets_topic: String,
+    /// This worker's identity; `transactional.id` is `{name}-{worker_id}`.
+    /// Default: `$HOSTNAME` (a StatefulSet pod name), else `worker-0`.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// Create missing topics (compacted) at start.
+    pub create_topics: bool,
+    /// Partitions of the data topics it creates.
+    pub topic_partitions: i32,
+    /// Replication factor of the topics it creates (3 in production).
+    pub replication_factor: i32,
+    /// `transaction.timeout.ms` of the producer.
+    pub transaction_timeout: Dur,
+    pub topics: TopicSettings,
+    /// Any librdkafka property, passed to every client (`"security.protocol" = "SASL_SSL"`).
+    #[serde(default)]
+    pub options: KafkaOptions,
+}
+
+/// `[kafka.topics]`: the topic of each kind of record.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Calendar-view events.
+    pub events: String,
+    /// Calendars of calendar lists.
+    pub calendars: String,
+    /// To Do task lists.
+    pub task_lists: String,
+    /// To Do tasks.
+    pub tasks: String,
+}
+
+/// `[worker]`: transactions and pacing.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Idle partitions' fresh deltaLinks are written together at most this often.
+    pub heartbeat_interval: Dur,
+    /// Records per Kafka transaction at most.
+    pub max_batch_records: usize,
+    /// How long a transaction waits to group pages of several partitions.
+    pub linger: Dur,
+    /// Time allowed to finish the open transaction at shutdown.
+    pub shutdown_timeout: Dur,
+    /// Time allowed to read the offsets topic at start.
+    pub offsets_load_timeout: Dur,
+}
+
+/// `[server]`: the HTTP listener (metrics, health, REST).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub listen: String,
+    /// Bearer token required by mutating REST calls (set it in production).
+    #[serde(default)]
+    pub auth_token: Option<Secret>,
+    /// File holding `auth_token`.
+    #[serde(default)]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+    /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
+    pub filter: String,
+}
+
+/// `[[sources]]`: one entry per kind and set of users.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Source {
+    /// One calendar of each user over a fixed window `[start, end)`.
+    CalendarView {
+        users: Vec<String>,
+        /// `primary` (v1.0 route) or a calendar id (beta route).
+        #[serde(default = "primary")]
+        calendar: String,
+        /// Window start, RFC 3339 with offset.
+        start: String,
+        /// Window end (exclusive), RFC 3339 with offset.
+        end: String,
+    },
+    /// Each user's calendars.
+    CalendarList { users: Vec<String> },
+    /// Each user's To Do lists, and the tasks of every list.
+    Todo { users: Vec<String> },
+}
+
+fn primary() -> String {
+    "primary".into()
+}
+
+/// librdkafka properties; `Debug` masks values whose name says password, secret, token or key.
+#[derive(Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct KafkaOptions(pub BTreeMap<String, String>);
+
+/// Whether a librdkafka property holds a secret.
+pub fn is_sensitive(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+impl fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if is_sensitive(k) { "***" } else { v.as_str() })),
+            )
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        flat_options(d).map(KafkaOptions)
+    }
+}
+
+/// librdkafka names contain dots, which the `config` crate turns into nested tables (and
+/// environment variables into `_`): flatten them back to `a.b.c`.
+fn flat_options<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            // No librdkafka property has an underscore: those come from environment names.
+            Value::String(s) => {
+                out.insert(prefix.replace('_', "."), s.clone());
+            }
+            Value::Null => {}
+            other => {
+                out.insert(prefix.replace('_', "."), other.to_string());
+            }
+        }
+    }
+    let v = Value::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    walk("", &v, &mut out);
+    Ok(out)
+}
+
+/// How the app authenticates, read from the settings (and files) at load time.
+#[derive(Clone)]
+pub enum Credentials {
+    Secret(Secret),
+    Certificate { cert_pem: String, key_pem: Secret },
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Secret(_) => f.write_str("Secret(***)"),
+            Credentials::Certificate { .. } => f.write_str("Certificate(***)"),
+        }
+    }
+}
+
+const CLOUDS: &[(&str, &str, &str)] = &[
+    (
+        "global",
+        "https://graph.microsoft.com",
+        "https://login.microsoftonline.com",
+    ),
+    (
+        "usgov",
+        "https://graph.microsoft.us",
+        "https://login.microsoftonline.us",
+    ),
+    (
+        "usgov-dod",
+        "https://dod-graph.microsoft.us",
+        "https://login.microsoftonline.us",
+    ),
+    (
+        "china",
+        "https://microsoftgraph.chinacloudapi.cn",
+        "https://login.chinacloudapi.cn",
+    ),
+];
+
+impl GraphSettings {
+    fn cloud(&self) -> Option<&(&str, &str, &str)> {
+        CLOUDS.iter().find(|c| c.0 == self.cloud)
+    }
+
+    /// The Graph host: the override, or the cloud's.
+    pub fn graph_base_url(&self) -> String {
+        self.base_url
+            .clone()
+            .or_else(|| self.cloud().map(|c| c.1.to_string()))
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// The token endpoint.
+    pub fn token_url(&self) -> String {
+        let authority = self
+            .authority_url
+            .clone()
+            .or_else(|| self.cloud().map(|c| c.2.to_string()))
+            .unwrap_or_default();
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            authority.trim_end_matches('/'),
+            self.tenant_id
+        )
+    }
+
+    /// Reads the credentials (secret, secret file or certificate files).
+    pub fn credentials(&self) -> Result<Credentials, String> {
+        let read = |p: &Path, key: &str| {
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("graph.{key}: cannot read {}: {e}", p.display()))
+        };
+        match (
+            &self.client_secret,
+            &self.client_secret_file,
+            &self.certificate_path,
+            &self.private_key_path,
+        ) {
+            (Some(s), None, None, None) if !s.expose().is_empty() => Ok(Credentials::Secret(s.clone())),
+            (None, Some(f), None, None) => {
+                let s = read(f, "client_secret_file")?;
+                let s = s.trim();
+                if s.is_empty() {
+                    return Err(format!("graph.client_secret_file: {} is empty", f.display()));
+                }
+                Ok(Credentials::Secret(Secret::new(s)))
+            }
+            (None, None, Some(c), Some(k)) => {
+                let cert_pem = read(c, "certificate_path")?;
+                if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!("graph.certificate_path: {} is not a PEM certificate", c.display()));
+                }
+                let key_pem = read(k, "private_key_path")?;
+                if !key_pem.contains("PRIVATE KEY-----") {
+                    return Err(format!("graph.private_key_path: {} is not a PEM private key", k.display()));
+                }
+                Ok(Credentials::Certificate { cert_pem, key_pem: Secret::new(key_pem) })
+            }
+            (None, None, Some(_), None) => Err("graph.private_key_path: required with certificate_path".into()),
+            (None, None, None, Some(_)) => Err("graph.certificate_path: required with private_key_path".into()),
+            (None, None, None, None) | (Some(_), None, None, None) => Err(
+                "graph.client_secret: no credentials: set client_secret, client_secret_file, or certificate_path and private_key_path".into(),
+            ),
+            _ => Err("graph.client_secret: set exactly one of client_secret, client_secret_file, or certificate_path with private_key_path".into()),
+        }
+    }
+}
+
+/// Normalises an RFC 3339 time to UTC with seconds and `Z`.
+fn utc(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("'{s}' is not an RFC 3339 time with an offset ({e})"))
+}
+
+fn window(start: &str, end: &str) -> Result<(DateTime<Utc>, DateTime<Utc>, String), String> {
+    let (s, e) = (utc(start)?, utc(end)?);
+    Ok((
+        s,
+        e,
+        format!(
+            "{}/{}",
+            s.format("%Y-%m-%dT%H:%M:%SZ"),
+            e.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    ))
+}
+
+impl Settings {
+    /// Defaults → `path` → environment, then validation.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Missing(p.to_path_buf()));
+            }
+            b = b.add_source(config::File::from(p).format(config::FileFormat::Toml));
+        }
+        Self::build(b.add_source(env()))
+    }
+
+    /// Defaults → a TOML string (→ environment when `with_env`), then validation.
+    pub fn from_toml_str(toml: &str, with_env: bool) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml));
+        if with_env {
+            b = b.add_source(env());
+        }
+        Self::build(b)
+    }
+
+    fn build(b: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Self, ConfigError> {
+        let raw: Value = b
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        // Through serde_path_to_error so type errors and unknown keys name their path.
+        let s: Settings = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let msg = match inner.strip_prefix("unknown field `") {
+                Some(rest) => {
+                    let field = rest.split('`').next().unwrap_or("");
+                    let key = if path == field || path.ends_with(&format!(".{field}")) {
+                        path.clone()
+                    } else if path.is_empty() || path == "." {
+                        field.to_string()
+                    } else {
+                        format!("{path}.{field}")
+                    };
+                    format!("unknown key '{key}' ({inner})")
+                }
+                None => format!("{path}: {inner}"),
+            };
+            ConfigError::Invalid(vec![msg])
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks values a type cannot express; every problem is reported with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        let mut need = |v: &str, key: &str| {
+            if v.trim().is_empty() {
+                errs.push(format!("{key}: must not be empty"));
+            }
+        };
+        need(&self.name, "name");
+        need(&self.graph.tenant_id, "graph.tenant_id");
+        need(&self.graph.client_id, "graph.client_id");
+        need(&self.kafka.bootstrap_servers, "kafka.bootstrap_servers");
+        need(&self.kafka.offsets_topic, "kafka.offsets_topic");
+        need(&self.graph.timezone, "graph.timezone");
+        let g = &self.graph;
+        if g.cloud().is_none() {
+            errs.push(format!(
+                "graph.cloud: unknown cloud '{}' (use global, usgov, usgov-dod or china)",
+                g.cloud
+            ));
+        }
+        for (key, url) in [
+            ("graph.base_url", &g.base_url),
+            ("graph.authority_url", &g.authority_url),
+        ] {
+            if let Some(u) = url {
+                match url::Url::parse(u) {
+                    Ok(p) if p.scheme() == "http" || p.scheme() == "https" => {}
+                    _ => errs.push(format!("{key}: '{u}' is not an http(s) URL")),
+                }
+            }
+        }
+        if let Err(e) = g.credentials() {
+            errs.push(e);
+        }
+        if !(1..=1000).contains(&g.page_size) {
+            errs.push("graph.page_size: must be between 1 and 1000".into());
+        }
+        if !(0.0..1.0).contains(&g.poll_jitter) {
+            errs.push("graph.poll_jitter: must be at least 0 and below 1".into());
+        }
+        if g.max_concurrency_per_mailbox == 0 {
+            errs.push("graph.max_concurrency_per_mailbox: must be at least 1".into());
+        }
+        if g.max_concurrency == 0 {
+            errs.push("graph.max_concurrency: must be at least 1".into());
+        }
+        for (key, d) in [
+            ("graph.poll_interval", g.poll_interval),
+            ("graph.request_timeout", g.request_timeout),
+            ("graph.max_backoff", g.max_backoff),
+            ("kafka.transaction_timeout", self.kafka.transaction_timeout),
+            ("worker.heartbeat_interval", self.worker.heartbeat_interval),
+            ("worker.shutdown_timeout", self.worker.shutdown_timeout),
+            (
+                "worker.offsets_load_timeout",
+                self.worker.offsets_load_timeout,
+            ),
+        ] {
+            if d.0.is_zero() {
+                errs.push(format!("{key}: must be longer than 0"));
+            }
+        }
+        if self.worker.max_batch_records == 0 {
+            errs.push("worker.max_batch_records: must be at least 1".into());
+        }
+        if self.kafka.topic_partitions < 1 {
+            errs.push("kafka.topic_partitions: must be at least 1".into());
+        }
+        if self.kafka.replication_factor < 1 {
+            errs.push("kafka.replication_factor: must be at least 1".into());
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            errs.push(format!(
+                "log.format: '{}' is neither text nor json",
+                self.log.format
+            ));
+        }
+        if self.sources.is_empty() {
+            errs.push("sources: nothing to track: add at least one [[sources]] entry".into());
+        }
+        // Calendar views of one user and calendar must not overlap.
+        let mut views: Vec<(String, String, DateTime<Utc>, DateTime<Utc>, usize)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let users = match s {
+                Source::CalendarView { users, .. }
+                | Source::CalendarList { users }
+                | Source::Todo { users } => users,
+            };
+            if users.is_empty() {
+                errs.push(format!("sources[{i}].users: must list at least one user"));
+            }
+            for u in users {
+                if u.trim().is_empty() || u.contains(char::is_whitespace) || u.contains('/') {
+                    errs.push(format!(
+                        "sources[{i}].users: '{u}' is not a user principal name or id"
+                    ));
+                }
+            }
+            match s {
+                Source::CalendarView {
+                    calendar,
+                    start,
+                    end,
+                    ..
+                } => {
+                    if calendar.trim().is_empty() || calendar.contains('/') {
+                        errs.push(format!(
+                            "sources[{i}].calendar: '{calendar}' is not a calendar id"
+                        ));
+                    }
+                    match (utc(start), utc(end)) {
+                        (Err(e), _) => errs.push(format!("sources[{i}].start: {e}")),
+                        (_, Err(e)) => errs.push(format!("sources[{i}].end: {e}")),
+                        (Ok(a), Ok(b)) if b <= a => {
+                            errs.push(format!("sources[{i}].end: must be after start"))
+                        }
+                        (Ok(a), Ok(b)) => {
+                            for u in users {
+                                let cal = calendar.to_ascii_lowercase();
+                                for (u2, c2, a2, b2, j) in &views {
+                                    if u2.eq_ignore_ascii_case(u)
+                                        && *c2 == cal
+                                        && a < *b2
+                                        && *a2 < b
+                                    {
+                                        errs.push(format!(
+                                            "sources[{i}]: the window of {u}'s calendar '{calendar}' overlaps the one in sources[{j}]"
+                                        ));
+                                    }
+                                }
+                                views.push((u.clone(), cal, a, b, i));
+                            }
+                        }
+                    }
+                }
+                Source::Todo { .. } if g.cloud == "china" => {
+                    errs.push(format!(
+                        "sources[{i}].kind: To Do delta is not offered in the china cloud"
+                    ));
+                }
+                _ => {}
+            }
+            if let Ok(parts) = source_partitions(s) {
+                for p in parts {
+                    if !seen.insert(p.clone()) {
+                        errs.push(format!("sources[{i}]: partition {p} is listed twice"));
+                    }
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    /// The configured partitions (the task partitions of To Do lists are found at run time).
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        self.sources
+            .iter()
+            .filter_map(|s| source_partitions(s).ok())
+            .flatten()
+            .collect()
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.kafka
+            .worker_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "worker-0".into())
+    }
+
+    /// `{name}-{worker_id}`: a second worker with the same identity fences the first.
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{}", self.name, self.worker_id())
+    }
+
+    /// The settings as JSON with every secret masked (for the REST API and `validate`).
+    pub fn redacted_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(Value::Object(opts)) = v.pointer_mut("/kafka/options") {
+            for (k, val) in opts.iter_mut() {
+                if is_sensitive(k) {
+                    *val = Value::from("***");
+                }
+            }
+        }
+        v
+    }
+}
+
+fn source_partitions(s: &Source) -> Result<Vec<PartitionId>, String> {
+    Ok(match s {
+        Source::CalendarView {
+            users,
+            calendar,
+            start,
+            end,
+        } => {
+            let (_, _, w) = window(start, end)?;
+            users
+                .iter()
+                .map(|u| PartitionId::CalendarView {
+                    user: u.clone(),
+                    calendar: calendar.clone(),
+                    window: w.clone(),
+                })
+                .collect()
+        }
+        Source::CalendarList { users } => users
+            .iter()
+            .map(|u| PartitionId::CalendarList { user: u.clone() })
+            .collect(),
+        Source::Todo { users } => users
+            .iter()
+            .map(|u| PartitionId::TaskLists { user: u.clone() })
+            .collect(),
+    })
+}
+
+fn env() -> config::Environment {
+    config::Environment::with_prefix("GRAPH_CDC")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+        [graph]
+        tenant_id = "contoso"
+        client_id = "app"
+        client_secret = "s3cr3t-value"
+        [kafka.options]
+        "security.protocol" = "SASL_SSL"
+        "sasl.password" = "hunter2"
+        [[sources]]
+        kind = "calendar_view"
+        users = ["a@contoso.com", "b@contoso.com"]
+        start = "2026-01-01T00:00:00+01:00"
+        end = "2027-01-01T00:00:00Z"
+        [[sources]]
+        kind = "todo"
+        users = ["a@contoso.com"]
+    "#;
+
+    fn err(toml: &str) -> String {
+        Settings::from_toml_str(toml, false)
+            .expect_err("should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_partitions_and_redaction() {
+        let s = Settings::from_toml_str(OK, false).unwrap();
+        assert_eq!(s.graph.page_size, 100);
+        assert_eq!(s.graph.poll_interval.0, Duration::from_secs(60));
+        assert_eq!(s.kafka.topics.events, "graph.events");
+        assert_eq!(s.kafka.options.0["security.protocol"], "SASL_SSL");
+        assert_eq!(s.graph.graph_base_url(), "https://graph.microsoft.com");
+        assert_eq!(
+            s.graph.token_url(),
+            "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+        );
+        let p = s.partitions();
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p[0].to_json(),
+            r#"{"kind":"calendar_view","user":"a@contoso.com","calendar":"primary","window":"2025-12-31T23:00:00Z/2027-01-01T00:00:00Z"}"#
+        );
+        let shown = format!("{s:?} {}", s.redacted_json());
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(s.transactional_id().starts_with("graph-cdc-"));
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let base = OK.replace("page_size", "x");
+        for (bad, key) in [
+            (OK.replace("[graph]", "[graph]\npag_size = 3"), "graph.pag_size"),
+            (OK.replace("[graph]", "[graph]\npage_size = \"many\""), "graph.page_size"),
+            (OK.replace("[graph]", "[graph]\npage_size = 0"), "graph.page_size"),
+            (OK.replace("[graph]", "[graph]\npoll_interval = \"soon\""), "graph.poll_interval"),
+            (OK.replace("[graph]", "[graph]\ncloud = \"mars\""), "graph.cloud"),
+            (OK.replace("end = \"2027-01-01T00:00:00Z\"", "end = \"2025-01-01T00:00:00Z\""), "sources[0].end"),
+            (OK.replace("client_secret = \"s3cr3t-value\"", ""), "graph.client_secret"),
+            (OK.replace("client_secret = \"s3cr3t-value\"", "client_secret = \"x\"\ncertificate_path = \"/nope\"\nprivate_key_path = \"/nope\""), "graph.client_secret"),
+            (OK.replace("users = [\"a@contoso.com\"]", "users = []"), "sources[1].users"),
+            (OK.replace("kind = \"todo\"", "kind = \"mail\""), "sources[1]"),
+            (OK.replace("kind = \"todo\"", "kind = \"todo\"\nstart = \"x\""), "sources[1].start"),
+            (OK.replace("[graph]", "[graph]\ncloud = \"china\""), "sources[1].kind"),
+            (format!("{OK}\n[[sources]]\nkind = \"calendar_view\"\nusers = [\"b@contoso.com\"]\nstart = \"2026-06-01T00:00:00Z\"\nend = \"2026-07-01T00:00:00Z\""), "sources[2]"),
+            (OK.replace("[kafka.options]", "[kafka]\nreplication_factor = 0\n[kafka.options]"), "kafka.replication_factor"),
+        ] {
+            let e = err(&bad);
+            assert!(e.contains(key), "expected '{key}' in: {e}");
+        }
+        let _ = base;
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
