@@ -647,7 +647,7 @@ impl Settings {
             errs.push("sources: nothing to track: add at least one [[sources]] entry".into());
         }
         // Calendar views of one user and calendar must not overlap.
-        let mut views: Vec<(String, String, DateTime<Utc>, DateTime<Utc>, usize)> = Vec::new();
+        let mut views: Vec<ViewWindow> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             let users = match s {
@@ -759,6 +759,9 @@ impl Settings {
         v
     }
 }
+
+/// A calendar view's (user, calendar, start, end, source index), for the overlap check.
+type ViewWindow = (String, String, DateTime<Utc>, DateTime<Utc>, usize);
 
 fn source_partitions(s: &Source) -> Result<Vec<PartitionId>, String> {
     Ok(match s {
