@@ -272,7 +272,7 @@ pub fn duplicates(records: &[Committed]) -> Vec<String> {
     let mut dups = Vec::new();
     for r in records {
         let Some(v) = &r.value else { continue };
-        if r.headers.get("graph-cdc.resync").is_some() {
+        if r.headers.contains_key("graph-cdc.resync") {
             continue;
         }
         let etag = serde_json::from_slice::<Value>(v)

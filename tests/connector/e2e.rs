@@ -261,8 +261,7 @@ async fn todo_lists_come_and_go() {
     let key = graph_cdc::offsets::encode_key(&spec.sink.connector, &tasks);
     let last = offsets
         .iter()
-        .filter(|r| r.key == key.as_bytes())
-        .last()
+        .rfind(|r| r.key == key.as_bytes())
         .expect("offsets of the list's tasks");
     assert!(
         last.value.is_none(),
@@ -273,8 +272,7 @@ async fn todo_lists_come_and_go() {
     });
     let tomb = lists
         .iter()
-        .filter(|r| String::from_utf8_lossy(&r.key).contains(&list))
-        .last()
+        .rfind(|r| String::from_utf8_lossy(&r.key).contains(&list))
         .unwrap();
     assert!(tomb.value.is_none(), "the list is tombstoned");
 }
