@@ -1,4 +1,5 @@
 //! The connector end to end: the Graph simulator over HTTP and a real Apache Kafka broker.
 
 mod common;
+mod crash;
 mod e2e;
