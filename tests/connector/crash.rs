@@ -87,7 +87,9 @@ fn signal(child: &Child, sig: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
-    let sim = SimServer::start("127.0.0.1:0", SimSettings::default()).await.unwrap();
+    let sim = SimServer::start("127.0.0.1:0", SimSettings::default())
+        .await
+        .unwrap();
     sim.state.add_secret_client(TENANT, CLIENT, SECRET);
     let start = NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").unwrap();
     let gen = GenerateSpec {
@@ -107,7 +109,8 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         .collect();
     let mut spec = spec(&sim, &bootstrap(), Vec::<PartitionId>::new());
     spec.sink.transactional_id = format!("{}-w", spec.sink.connector);
-    let dir = std::env::temp_dir().join(format!("graph-cdc-crash-{}", uuid::Uuid::new_v4().simple()));
+    let dir =
+        std::env::temp_dir().join(format!("graph-cdc-crash-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("worker.toml");
     std::fs::write(&cfg, config(&spec, &users)).unwrap();
@@ -124,7 +127,13 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         let _ = child.wait();
         kills += 1;
         if i >= 3 {
-            let m = MutateSpec { count: 25, start, days: 31, seed: Some(500 + i), ..Default::default() };
+            let m = MutateSpec {
+                count: 25,
+                start,
+                days: 31,
+                seed: Some(500 + i),
+                ..Default::default()
+            };
             graph_cdc::sim::generate::mutate(&mut sim.state.store.write(), &m);
         }
     }
@@ -137,12 +146,20 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "SIGTERM did not stop the worker in time");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "SIGTERM did not stop the worker in time"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "graceful stop exits 0: {status}");
     let records: Vec<Committed> = tokio::task::block_in_place(|| {
-        spec.sink.topics.all().iter().flat_map(|t| read_all(&spec.sink.bootstrap_servers, t)).collect()
+        spec.sink
+            .topics
+            .all()
+            .iter()
+            .flat_map(|t| read_all(&spec.sink.bootstrap_servers, t))
+            .collect()
     });
     assert_eq!(kills, 10);
     assert!(records.len() > 300, "{} records", records.len());
