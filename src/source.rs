@@ -174,6 +174,24 @@ impl PartitionId {
     }
 }
 
+/// The `id` field of a record key built by [`PartitionId::record_key`].
+pub fn key_id(key: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(key)
+        .ok()?
+        .get("id")?
+        .as_str()
+        .map(str::to_string)
+}
+
+impl PartitionId {
+    /// The bytes every record key of this partition starts with (up to `"id":`).
+    pub fn key_prefix(&self) -> Bytes {
+        let k = self.record_key("");
+        // Drop the empty id's `""}`.
+        k.slice(..k.len() - 3)
+    }
+}
+
 impl fmt::Display for PartitionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_json())
@@ -200,6 +218,8 @@ impl Op {
 #[derive(Debug, Clone)]
 pub struct SourceRecord {
     pub partition: Arc<PartitionId>,
+    /// The item's id (also inside `key`).
+    pub id: String,
     pub key: Bytes,
     /// The item's JSON exactly as Graph sent it; `None` for a tombstone.
     pub value: Option<Bytes>,
@@ -237,6 +257,14 @@ pub struct SourceBatch {
     /// Partitions whose offsets this batch resets (the task partitions of removed lists),
     /// written in the same transaction.
     pub resets: Vec<Arc<PartitionId>>,
+    /// Partitions this batch discovers (the task partitions of new lists): an offset "start
+    /// from the initial request" is written for them in the same transaction, so a crash
+    /// right after it cannot forget them.
+    pub starts: Vec<Arc<PartitionId>>,
+    /// Set on the last page of a full resync (a round restarted from the initial request):
+    /// the ids that round returned. A full round reports no deletions, so the runtime
+    /// tombstones every other key the partition has in Kafka, in the same transaction.
+    pub full_resync_seen: Option<std::collections::HashSet<String>>,
 }
 
 #[cfg(test)]

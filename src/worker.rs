@@ -240,6 +240,13 @@ fn default_scope_host(graph_host: &str) -> String {
     graph_host.trim_end_matches('/').to_string()
 }
 
+impl Shared {
+    /// Whether a partition is tracked or has a committed offset.
+    fn knows(&self, p: &PartitionId) -> bool {
+        self.tracked.lock().contains_key(p) || self.loaded.lock().contains_key(p)
+    }
+}
+
 fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     let mut tracked = shared.tracked.lock();
     if tracked
@@ -345,26 +352,55 @@ async fn partition_loop(
             }
         };
         failures = 0;
+        let mut batch = batch;
+        if let Some(seen) = batch.full_resync_seen.take() {
+            match tombstones_after_full_resync(shared, &batch, &seen).await {
+                Ok(extra) => batch.records.extend(extra),
+                // The same page is fetched again and the comparison retried.
+                Err(e) => {
+                    tracing::warn!(partition = %id, error = %e, "reading back keys after a full resync failed; retrying");
+                    if !sleep_or_cancel(Duration::from_secs(1), cancel).await {
+                        return PartitionState::Stopped;
+                    }
+                    continue;
+                }
+            }
+            if id.kind() == PartitionKind::TaskLists {
+                for r in batch.records.iter().filter(|r| r.op == Op::Delete) {
+                    batch.resets.push(Arc::new(PartitionId::Tasks {
+                        user: id.user().to_string(),
+                        list: r.id.clone(),
+                    }));
+                }
+            }
+        }
+        let ids: Vec<(Op, String)> = batch.records.iter().map(|r| (r.op, r.id.clone())).collect();
         let offset = batch.offset.clone();
         let round_done = offset.round > round;
         if batch.records.is_empty() && batch.resets.is_empty() {
             if shared.sink.idle(id.clone(), offset.clone()).await.is_err() {
                 return PartitionState::Stopped;
             }
-            reader.advance(offset);
+            reader.advance(offset, &ids);
         } else {
             let lists: Vec<(Op, String)> = if id.kind() == PartitionKind::TaskLists {
-                batch
-                    .records
-                    .iter()
-                    .map(|r| (r.op, list_id(&r.key)))
-                    .collect()
+                ids.clone()
             } else {
                 Vec::new()
             };
+            // New lists get their task partition's first offset in this same transaction.
+            for (op, list) in &lists {
+                let p = PartitionId::Tasks {
+                    user: id.user().to_string(),
+                    list: list.clone(),
+                };
+                if *op == Op::Upsert && !shared.knows(&p) {
+                    batch.starts.push(Arc::new(p));
+                }
+            }
             match shared.sink.commit(batch).await {
                 Ok(()) => {
-                    reader.advance(offset);
+                    reader.advance(offset, &ids);
                     for (op, list) in lists {
                         let p = PartitionId::Tasks {
                             user: id.user().to_string(),
@@ -399,10 +435,47 @@ async fn partition_loop(
     }
 }
 
-/// The `id` field of a record key built by `PartitionId::record_key`.
-fn list_id(key: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(key)
-        .ok()
-        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
-        .unwrap_or_default()
+/// After a full resync round: tombstones for the partition's keys in Kafka that the round
+/// did not return (Graph reports no deletions in a full round).
+async fn tombstones_after_full_resync(
+    shared: &Arc<Shared>,
+    batch: &crate::source::SourceBatch,
+    seen: &std::collections::HashSet<String>,
+) -> Result<Vec<crate::source::SourceRecord>, SinkError> {
+    let p = batch.partition.clone();
+    let opts = shared.spec.sink.clone();
+    let topic = opts.topics.for_kind(p.kind()).to_string();
+    let prefix = p.key_prefix();
+    let live = tokio::task::spawn_blocking(move || {
+        crate::sink::scan::live_keys(&opts, &topic, &prefix, Duration::from_secs(120))
+    })
+    .await
+    .map_err(|e| SinkError::Aborted(e.to_string()))??;
+    let n_live = live.len();
+    let in_batch: std::collections::HashSet<&str> =
+        batch.records.iter().map(|r| r.id.as_str()).collect();
+    let mut out = Vec::new();
+    for key in live {
+        let Some(item) = crate::source::key_id(&key) else {
+            continue;
+        };
+        if seen.contains(&item) || in_batch.contains(item.as_str()) {
+            continue;
+        }
+        out.push(crate::source::SourceRecord {
+            partition: p.clone(),
+            key: key.into(),
+            id: item,
+            value: None,
+            op: Op::Delete,
+            round: batch
+                .records
+                .first()
+                .map_or(batch.offset.round.saturating_sub(1), |r| r.round),
+            removed_reason: Some("resync".into()),
+            resync: true,
+        });
+    }
+    tracing::info!(partition = %p, returned = seen.len(), in_kafka = n_live, tombstones = out.len(), "full resync complete; tombstoning the items it no longer returns");
+    Ok(out)
 }

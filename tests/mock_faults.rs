@@ -36,6 +36,7 @@ fn batch(n: u64) -> SourceBatch {
         .map(|i| SourceRecord {
             partition: p.clone(),
             key: p.record_key(&format!("item-{n}-{i}")),
+            id: format!("item-{n}-{i}"),
             value: Some(Bytes::from(format!("{{\"id\":\"item-{n}-{i}\"}}"))),
             op: Op::Upsert,
             round: 1,
@@ -53,6 +54,8 @@ fn batch(n: u64) -> SourceBatch {
             resync: false,
         },
         resets: vec![],
+        starts: vec![],
+        full_resync_seen: None,
     }
 }
 

@@ -122,12 +122,12 @@ impl GraphClient {
                     renewed = true;
                     self.tokens.invalidate(&stale).await;
                 }
+                // Still refused with a fresh token: the whole app may be affected (consent
+                // revoked, token endpoint trouble), so the partition waits rather than fails.
                 Attempt::RenewToken(_) => {
-                    return Err(GraphError::Client {
-                        status: 401,
-                        code: "InvalidAuthenticationToken".into(),
-                        message: "still unauthorized with a fresh token".into(),
-                    })
+                    return Err(GraphError::Auth(
+                        "Graph answered 401 again with a fresh token".into(),
+                    ))
                 }
                 Attempt::Retry { reason, after } => {
                     attempt += 1;

@@ -7,6 +7,7 @@
 //! re-fetches the same pages. A resync moves it *back* (to the last complete round or the
 //! initial request), which is always safe.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::client::GraphClient;
@@ -21,6 +22,8 @@ pub struct PartitionReader {
     graph_host: String,
     initial_url: String,
     offset: SourceOffset,
+    /// During a full resync: the ids seen so far in the round (see `SourceBatch`).
+    seen: Option<HashSet<String>>,
 }
 
 /// A 410 on a link that was just reset to the initial request would loop forever.
@@ -34,17 +37,25 @@ impl PartitionReader {
         committed: Option<SourceOffset>,
     ) -> Result<Self, GraphError> {
         let initial_url = initial_url(graph_host, &id)?;
-        let offset = committed.unwrap_or(SourceOffset {
+        let mut offset = committed.unwrap_or(SourceOffset {
             link: None,
             delta_link: None,
             round: 1,
             resync: false,
         });
+        let mut seen = None;
+        if offset.resync && offset.delta_link.is_none() {
+            // A full resync was under way in an earlier run: the ids it had seen are gone
+            // with that process, so it starts over (refetching is safe; guessing is not).
+            offset.link = None;
+            seen = Some(HashSet::new());
+        }
         Ok(Self {
             id,
             graph_host: graph_host.to_string(),
             initial_url,
             offset,
+            seen,
         })
     }
 
@@ -54,8 +65,21 @@ impl PartitionReader {
     }
 
     /// Moves to the position after a batch (once it is committed or safely queued).
-    pub fn advance(&mut self, offset: SourceOffset) {
-        self.offset = offset;
+    pub fn advance(&mut self, batch_offset: SourceOffset, batch_ids: &[(Op, String)]) {
+        if let Some(seen) = &mut self.seen {
+            for (op, id) in batch_ids {
+                if *op == Op::Upsert {
+                    seen.insert(id.clone());
+                } else {
+                    seen.remove(id);
+                }
+            }
+        }
+        if batch_offset.round > self.offset.round {
+            // The round is complete: a full resync's bookkeeping ends with it.
+            self.seen = None;
+        }
+        self.offset = batch_offset;
     }
 
     /// At a round boundary: the next fetch polls a deltaLink (or starts from scratch).
@@ -71,6 +95,7 @@ impl PartitionReader {
             round: self.offset.round,
             resync: true,
         };
+        self.seen = Some(HashSet::new());
     }
 
     fn link(&self) -> &str {
@@ -114,6 +139,10 @@ impl PartitionReader {
             code,
             if from_delta { "delta_link" } else { "initial" },
         );
+        if !from_delta {
+            // A full round reports no deletions: remember what it returns (see `batch`).
+            self.seen = Some(HashSet::new());
+        }
         self.offset = SourceOffset {
             // Falling back to the deltaLink keeps it as the round's start; the initial
             // request is a round of its own with no deltaLink behind it.
@@ -128,7 +157,7 @@ impl PartitionReader {
         let round = self.offset.round;
         let resync = self.offset.resync;
         let mut resets = Vec::new();
-        let records = page
+        let records: Vec<SourceRecord> = page
             .items
             .into_iter()
             .map(|item| {
@@ -146,6 +175,7 @@ impl PartitionReader {
                 SourceRecord {
                     partition: self.id.clone(),
                     key: self.id.record_key(&item.id),
+                    id: item.id,
                     value: (op == Op::Upsert).then_some(item.raw),
                     op,
                     round,
@@ -168,11 +198,27 @@ impl PartitionReader {
                 resync: false,
             },
         };
+        let full_resync_seen = match (&self.seen, offset.round > round) {
+            (Some(seen), true) => {
+                let mut all = seen.clone();
+                for r in &records {
+                    if r.op == Op::Upsert {
+                        all.insert(r.id.clone());
+                    } else {
+                        all.remove(&r.id);
+                    }
+                }
+                Some(all)
+            }
+            _ => None,
+        };
         SourceBatch {
             partition: self.id.clone(),
             records,
             offset,
             resets,
+            starts: Vec::new(),
+            full_resync_seen,
         }
     }
 }

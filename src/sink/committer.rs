@@ -313,6 +313,9 @@ impl Committer {
             for reset in &batch.resets {
                 upsert(&mut offsets, &mut seen, reset, None);
             }
+            for start in &batch.starts {
+                upsert(&mut offsets, &mut seen, start, Some(&INITIAL));
+            }
         }
         for (p, o) in &self.idle {
             // A batch of the same partition in this transaction is newer.
@@ -338,6 +341,14 @@ impl Committer {
         self.producer.commit()
     }
 }
+
+/// The offset of a partition that starts from its initial request.
+static INITIAL: SourceOffset = SourceOffset {
+    link: None,
+    delta_link: None,
+    round: 1,
+    resync: false,
+};
 
 fn upsert<'a>(
     offsets: &mut Vec<(&'a PartitionId, Option<&'a SourceOffset>)>,

@@ -12,6 +12,7 @@
 pub mod committer;
 pub mod producer;
 pub mod records;
+pub mod scan;
 pub mod topics;
 
 use std::collections::HashMap;

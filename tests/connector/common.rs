@@ -243,8 +243,11 @@ pub fn wait_converged(sim: &SimServer, spec: &WorkerSpec, window: &str, timeout:
 pub fn difference(sim: &SimServer, spec: &WorkerSpec, window: &str) -> Option<String> {
     let b = &spec.sink.bootstrap_servers;
     let mut views = HashMap::new();
+    let mut raw = HashMap::new();
     for t in spec.sink.topics.all() {
-        views.insert(t.to_string(), compacted(&read_all(b, t)));
+        let records = read_all(b, t);
+        views.insert(t.to_string(), compacted(&records));
+        raw.insert(t.to_string(), records);
     }
     for p in all_partitions(sim, window) {
         let topic = spec.sink.topics.for_kind(p.kind());
@@ -257,9 +260,36 @@ pub fn difference(sim: &SimServer, spec: &WorkerSpec, window: &str) -> Option<St
                 .iter()
                 .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
                 .count();
+            // The history of the first odd key, to tell what went wrong.
+            let odd = want
+                .keys()
+                .find(|k| got.get(*k) != want.get(*k))
+                .or_else(|| got.keys().find(|k| !want.contains_key(*k)));
+            let history: Vec<String> = odd
+                .map(|k| {
+                    raw[topic]
+                        .iter()
+                        .filter(|r| &r.key == k)
+                        .map(|r| {
+                            let h = |n: &str| r.headers.get(n).cloned().unwrap_or_default();
+                            format!(
+                                "{}@{}{}",
+                                h("graph-cdc.op"),
+                                h("graph-cdc.round"),
+                                if r.headers.contains_key("graph-cdc.resync") {
+                                    "R"
+                                } else {
+                                    ""
+                                }
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             return Some(format!(
-                "{p}: {missing} missing, {extra} extra, {stale} stale of {}",
-                want.len()
+                "{p}: {missing} missing, {extra} extra, {stale} stale of {}; first odd key {} history {history:?}",
+                want.len(),
+                odd.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default()
             ));
         }
     }

@@ -58,6 +58,13 @@ struct Running {
 }
 
 fn start_worker(spec: &WorkerSpec) -> Running {
+    // `TEST_LOG=debug` shows the worker's logs.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let stop = CancellationToken::new();
     let s = stop.clone();
     let spec = spec.clone();
@@ -103,6 +110,18 @@ async fn rounds_of_all_kinds_converge_to_the_truth_without_duplicates() {
         converge(&sim, &spec);
     }
     w.stop().await.expect("clean stop");
+    // The per-mailbox cap held: never more than 4 requests in flight, never throttled for it.
+    let st = sim.state.stats.lock().clone();
+    assert!(
+        st.max_in_flight.values().all(|n| *n <= 4),
+        "{:?}",
+        st.max_in_flight
+    );
+    assert!(
+        st.requests.values().all(|m| !m.contains_key(&429)),
+        "{:?}",
+        st.requests
+    );
     let records = all_records(&spec);
     assert!(records.len() > 150, "{} records", records.len());
     assert_eq!(duplicates(&records), Vec::<String>::new());
@@ -302,4 +321,39 @@ async fn a_second_worker_fences_the_first() {
     converge(&sim, &spec);
     second.stop().await.unwrap();
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
+}
+
+/// Certificate credentials: the worker signs a JWT client assertion the simulator verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_credentials_work_end_to_end() {
+    let sim = sim_with_users(SimSettings::default(), 1, 16).await;
+    let cert = include_str!("../fixtures/test-client.crt");
+    let thumb = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let b64: String = cert.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(der))
+    };
+    sim.state.store.write().add_client(
+        TENANT,
+        graph_cdc::sim::model::Client {
+            client_id: "cert-app".into(),
+            client_secret: None,
+            public_key_pem: Some(include_str!("../fixtures/test-client.pub.pem").into()),
+            x5t_s256: Some(thumb),
+        },
+    );
+    let mut spec = spec(&sim, &bootstrap(), configured(&sim));
+    spec.client_id = "cert-app".into();
+    spec.credential = graph_cdc::graph::Credential::Certificate {
+        cert_pem: cert.into(),
+        key_pem: include_str!("../fixtures/test-client.key").into(),
+    };
+    let w = start_worker(&spec);
+    converge(&sim, &spec);
+    w.stop().await.unwrap();
+    assert!(sim.state.stats.lock().tokens_issued >= 1);
 }
