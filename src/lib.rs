@@ -5,6 +5,7 @@ pub mod demo;
 pub mod graph;
 pub mod metrics;
 pub mod offsets;
+pub mod server;
 pub mod sim;
 pub mod sink;
 pub mod source;

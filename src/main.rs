@@ -167,7 +167,27 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
     let settings = load(&a)?;
     init_logging(&settings.log.filter, &settings.log.format);
     let spec = graph_cdc::worker::WorkerSpec::from_settings(&settings)?;
-    graph_cdc::worker::run(spec, shutdown_signal()).await?;
+    let status = std::sync::Arc::new(graph_cdc::worker::WorkerStatus::default());
+    let listener = tokio::net::TcpListener::bind(&settings.server.listen)
+        .await
+        .with_context(|| format!("server.listen: cannot listen on {}", settings.server.listen))?;
+    let state = std::sync::Arc::new(graph_cdc::server::ServerState {
+        name: settings.name.clone(),
+        worker_id: settings.worker_id(),
+        config: settings.redacted_json(),
+        status: status.clone(),
+        kafka: spec.sink.client_config(),
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(graph_cdc::server::serve(
+        listener,
+        state,
+        stop.clone().cancelled_owned(),
+    ));
+    let result = graph_cdc::worker::run_with_status(spec, status, shutdown_signal()).await;
+    stop.cancel();
+    let _ = server.await;
+    result?;
     Ok(())
 }
 

@@ -138,6 +138,7 @@ struct Tracked {
 
 /// What every partition task shares.
 struct Shared {
+    status: Arc<WorkerStatus>,
     client: GraphClient,
     sink: SinkHandle,
     spec: WorkerSpec,
@@ -149,8 +150,36 @@ struct Shared {
     fatal: Mutex<Option<SinkError>>,
 }
 
+/// What the worker reports about itself (read by the HTTP server: status, readiness, offsets).
+#[derive(Default)]
+pub struct WorkerStatus {
+    /// The offsets topic was read at start.
+    pub offsets_loaded: std::sync::atomic::AtomicBool,
+    /// A Graph page was fetched (so a token was obtained).
+    pub graph_ok: std::sync::atomic::AtomicBool,
+    /// Each partition's state.
+    pub partitions: Mutex<std::collections::BTreeMap<PartitionId, PartitionState>>,
+    /// Offsets as last committed by this worker (or read at start).
+    pub offsets: Mutex<std::collections::BTreeMap<PartitionId, SourceOffset>>,
+}
+
+impl WorkerStatus {
+    fn set_state(&self, p: &PartitionId, st: PartitionState) {
+        self.partitions.lock().insert(p.clone(), st);
+    }
+}
+
 /// Runs a worker until `shutdown` completes or Kafka fails fatally.
 pub async fn run(spec: WorkerSpec, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    run_with_status(spec, Arc::new(WorkerStatus::default()), shutdown).await
+}
+
+/// [`run`], reporting into `status`.
+pub async fn run_with_status(
+    spec: WorkerSpec,
+    status: Arc<WorkerStatus>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     if let Some((parts, repl)) = spec.create_topics {
         ensure_topics(&spec.sink, parts, repl).await?;
     }
@@ -169,6 +198,13 @@ pub async fn run(spec: WorkerSpec, shutdown: impl Future<Output = ()>) -> Result
     let loaded = tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout))
         .await
         .map_err(|e| WorkerError::Internal(e.to_string()))??;
+    status
+        .offsets_loaded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    status
+        .offsets
+        .lock()
+        .extend(loaded.iter().map(|(k, v)| (k.clone(), v.clone())));
     tracing::info!(offsets = loaded.len(), partitions = spec.partitions.len(), transactional_id = %spec.sink.transactional_id, "worker starting");
 
     let http = reqwest::Client::builder()
@@ -184,6 +220,7 @@ pub async fn run(spec: WorkerSpec, shutdown: impl Future<Output = ()>) -> Result
     ));
     let client = GraphClient::new(http, tokens, spec.client.clone());
     let shared = Arc::new(Shared {
+        status,
         client,
         sink,
         loaded: Mutex::new(loaded.clone()),
@@ -277,6 +314,7 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
         .partitions
         .with_label_values(&[id.kind().as_str(), "running"])
         .inc();
+    shared.status.set_state(&id, PartitionState::Running);
     let shared = shared.clone();
     tokio::spawn(async move {
         let end = partition_loop(&shared, reader, &cancel).await;
@@ -284,6 +322,7 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
             .partitions
             .with_label_values(&[id.kind().as_str(), "running"])
             .dec();
+        shared.status.set_state(&id, end.clone());
         *state.lock() = end;
     });
 }
@@ -327,7 +366,13 @@ async fn partition_loop(
             _ = cancel.cancelled() => return PartitionState::Stopped,
         };
         let batch = match fetched {
-            Ok(b) => b,
+            Ok(b) => {
+                shared
+                    .status
+                    .graph_ok
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                b
+            }
             // The list of a task partition is gone: stop tracking it and forget its offset.
             Err(GraphError::Client { status: 404, .. }) if id.kind() == PartitionKind::Tasks => {
                 tracing::info!(partition = %id, "task list no longer exists; resetting its offset");
@@ -400,6 +445,11 @@ async fn partition_loop(
             }
             match shared.sink.commit(batch).await {
                 Ok(()) => {
+                    shared
+                        .status
+                        .offsets
+                        .lock()
+                        .insert((*id).clone(), offset.clone());
                     reader.advance(offset, &ids);
                     for (op, list) in lists {
                         let p = PartitionId::Tasks {

@@ -40,6 +40,8 @@ events = "{events}"
 calendars = "{calendars}"
 task_lists = "{lists}"
 tasks = "{tasks}"
+[server]
+listen = "127.0.0.1:0"
 [worker]
 heartbeat_interval = "1s"
 linger = "20ms"

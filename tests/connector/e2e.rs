@@ -1,4 +1,7 @@
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use chrono::NaiveDateTime;
 use graph_cdc::sim::faults::{FaultKind, FaultSpec, LinkKind};
@@ -55,6 +58,8 @@ fn mutate(sim: &SimServer, count: usize, seed: u64) {
 struct Running {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
+    /// Set if the worker ended on its own, with how it ended.
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 fn start_worker(spec: &WorkerSpec) -> Running {
@@ -68,8 +73,14 @@ fn start_worker(spec: &WorkerSpec) -> Running {
     let stop = CancellationToken::new();
     let s = stop.clone();
     let spec = spec.clone();
-    let task = tokio::spawn(async move { worker::run(spec, s.cancelled_owned()).await });
-    Running { stop, task }
+    let ended = Arc::new(Mutex::new(None));
+    let e = ended.clone();
+    let task = tokio::spawn(async move {
+        let r = worker::run(spec, s.cancelled_owned()).await;
+        *e.lock() = Some(format!("{r:?}"));
+        r
+    });
+    Running { stop, task, ended }
 }
 
 impl Running {
@@ -82,8 +93,19 @@ impl Running {
     }
 }
 
-fn converge(sim: &SimServer, spec: &WorkerSpec) {
-    tokio::task::block_in_place(|| wait_converged(sim, spec, WINDOW, Duration::from_secs(90)));
+/// Waits for the topics to equal the truth; fails at once if the worker stopped by itself.
+fn converge(sim: &SimServer, spec: &WorkerSpec, w: &Running) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    tokio::task::block_in_place(|| loop {
+        let Some(d) = difference(sim, spec, WINDOW) else {
+            return;
+        };
+        if let Some(end) = w.ended.lock().clone() {
+            panic!("the worker stopped by itself ({end}) before converging: {d}");
+        }
+        assert!(std::time::Instant::now() < deadline, "not converged: {d}");
+        std::thread::sleep(Duration::from_millis(500));
+    });
 }
 
 fn all_records(spec: &WorkerSpec) -> Vec<Committed> {
@@ -104,10 +126,10 @@ async fn rounds_of_all_kinds_converge_to_the_truth_without_duplicates() {
     let sim = sim_with_users(SimSettings::default(), 3, 11).await;
     let spec = spec(&sim, &bootstrap(), configured(&sim));
     let w = start_worker(&spec);
-    converge(&sim, &spec);
+    converge(&sim, &spec, &w);
     for round in 0..3 {
         mutate(&sim, 40, 100 + round);
-        converge(&sim, &spec);
+        converge(&sim, &spec, &w);
     }
     w.stop().await.expect("clean stop");
     // The per-mailbox cap held: never more than 4 requests in flight, never throttled for it.
@@ -144,12 +166,12 @@ async fn restart_resumes_from_committed_offsets() {
     let sim = sim_with_users(SimSettings::default(), 2, 12).await;
     let spec = spec(&sim, &bootstrap(), configured(&sim));
     let w = start_worker(&spec);
-    converge(&sim, &spec);
+    converge(&sim, &spec, &w);
     w.stop().await.unwrap();
     let initial = sim.state.stats.lock().records;
     mutate(&sim, 15, 7);
     let w = start_worker(&spec);
-    converge(&sim, &spec);
+    converge(&sim, &spec, &w);
     w.stop().await.unwrap();
     let after = sim.state.stats.lock().records - initial;
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
@@ -204,10 +226,10 @@ async fn graph_faults_do_not_lose_changes() {
     });
     let spec = spec(&sim, &bootstrap(), configured(&sim));
     let w = start_worker(&spec);
-    converge(&sim, &spec);
+    converge(&sim, &spec, &w);
     for round in 0..2 {
         mutate(&sim, 40, 200 + round);
-        converge(&sim, &spec);
+        converge(&sim, &spec, &w);
     }
     w.stop().await.unwrap();
     let st = sim.state.stats.lock().clone();
@@ -249,7 +271,7 @@ async fn todo_lists_come_and_go() {
         .id
         .clone();
     let w = start_worker(&spec);
-    converge(&sim, &spec);
+    converge(&sim, &spec, &w);
     let list = sim
         .state
         .store
@@ -263,9 +285,9 @@ async fn todo_lists_come_and_go() {
             .create_task(&user, &list, Default::default())
             .unwrap();
     }
-    converge(&sim, &spec);
+    converge(&sim, &spec, &w);
     sim.state.store.write().delete_list(&user, &list).unwrap();
-    converge(&sim, &spec);
+    converge(&sim, &spec, &w);
     // Give the reset a moment to commit (it travels with the list's tombstone).
     tokio::time::sleep(Duration::from_millis(500)).await;
     w.stop().await.unwrap();
@@ -302,7 +324,7 @@ async fn a_second_worker_fences_the_first() {
     let sim = sim_with_users(SimSettings::default(), 1, 15).await;
     let spec = spec(&sim, &bootstrap(), configured(&sim));
     let first = start_worker(&spec);
-    converge(&sim, &spec);
+    converge(&sim, &spec, &first);
     let second = start_worker(&spec);
     // Keep changes coming so the zombie tries to commit.
     let mut fenced = None;
@@ -318,7 +340,7 @@ async fn a_second_worker_fences_the_first() {
         .expect("the first worker stopped")
         .expect_err("with an error");
     assert!(err.to_string().to_lowercase().contains("fenc"), "{err}");
-    converge(&sim, &spec);
+    converge(&sim, &spec, &second);
     second.stop().await.unwrap();
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
 }
@@ -353,7 +375,7 @@ async fn certificate_credentials_work_end_to_end() {
         key_pem: include_str!("../fixtures/test-client.key").into(),
     };
     let w = start_worker(&spec);
-    converge(&sim, &spec);
+    converge(&sim, &spec, &w);
     w.stop().await.unwrap();
     assert!(sim.state.stats.lock().tokens_issued >= 1);
 }

@@ -3,3 +3,4 @@
 mod common;
 mod crash;
 mod e2e;
+mod ops;
