@@ -11,6 +11,7 @@
 
 pub mod committer;
 pub mod producer;
+pub mod readback;
 pub mod records;
 pub mod scan;
 pub mod topics;

@@ -1,0 +1,86 @@
+//! Reading a topic from its beginning to its end as a `read_committed` consumer sees it:
+//! the offsets topic at start, and a partition's keys after a full resync. Blocking: call
+//! it off the async executor.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Why a topic could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading '{topic}': {source}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("'{0}' not read to its end within {1:?}")]
+    Timeout(String, Duration),
+}
+
+/// Calls `each` for every committed record of `topic`, in order per partition, until every
+/// partition's end; `group` names the (never committed) consumer group.
+pub fn read_to_end(
+    config: &ClientConfig,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), ReadError> {
+    let err = |source| ReadError::Kafka {
+        topic: topic.to_string(),
+        source,
+    };
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(err)?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(err)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut pending = HashSet::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            // Empty partitions never report EOF reliably: skip them up front.
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .map_err(err)?;
+            if high > low {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .map_err(err)?;
+                pending.insert(p.id());
+            }
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&tpl).map_err(err)?;
+    let deadline = Instant::now() + timeout;
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            return Err(ReadError::Timeout(topic.to_string(), timeout));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => return Err(err(e)),
+            Some(Ok(m)) => each(&m),
+        }
+    }
+    Ok(())
+}
