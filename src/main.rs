@@ -171,7 +171,23 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {}", settings.server.listen))?;
+    let (commands, rx) = tokio::sync::mpsc::channel(16);
+    let auth_token = match (
+        &settings.server.auth_token,
+        &settings.server.auth_token_file,
+    ) {
+        (Some(t), _) => Some(t.expose().to_string()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("server.auth_token_file: cannot read {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
     let state = std::sync::Arc::new(graph_cdc::server::ServerState {
+        commands,
+        auth_token,
         name: settings.name.clone(),
         worker_id: settings.worker_id(),
         config: settings.redacted_json(),
@@ -184,7 +200,7 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
         state,
         stop.clone().cancelled_owned(),
     ));
-    let result = graph_cdc::worker::run_with_status(spec, status, shutdown_signal()).await;
+    let result = graph_cdc::worker::run_with_status(spec, status, rx, shutdown_signal()).await;
     stop.cancel();
     let _ = server.await;
     result?;

@@ -12,12 +12,13 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::metrics;
-use crate::worker::{PartitionState, WorkerStatus};
+use crate::source::{PartitionId, SourceOffset};
+use crate::worker::{Command, CommandError, PartitionState, Request, WorkerStatus};
 
 /// What the handlers read.
 pub struct ServerState {
@@ -28,6 +29,10 @@ pub struct ServerState {
     pub status: Arc<WorkerStatus>,
     /// For the readiness probe's Kafka check.
     pub kafka: rdkafka::ClientConfig,
+    /// Operator commands to the worker.
+    pub commands: tokio::sync::mpsc::Sender<Request>,
+    /// Bearer token required by mutating calls, when set.
+    pub auth_token: Option<String>,
 }
 
 type S = State<Arc<ServerState>>;
@@ -49,8 +54,24 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/connectors", get(connectors))
         .route("/connectors/{name}", get(connector))
         .route("/connectors/{name}/status", get(status))
-        .route("/connectors/{name}/offsets", get(offsets))
+        .route(
+            "/connectors/{name}/offsets",
+            get(offsets).patch(alter_offsets).delete(reset_offsets),
+        )
+        .route("/connectors/{name}/pause", put(pause))
+        .route("/connectors/{name}/resume", put(resume))
+        .route("/connectors/{name}/stop", put(stop))
+        .route("/connectors/{name}/restart", post(restart))
+        .route(
+            "/connectors/{name}/tasks/{task}/restart",
+            post(restart_task),
+        )
+        .route("/connectors/{name}/partitions/resync", post(resync))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
 }
 
@@ -171,7 +192,7 @@ async fn status(State(s): S, Path(name): Path<String>) -> Response {
     Json(json!({
         "name": s.name,
         "type": "source",
-        "connector": {"state": "RUNNING", "worker_id": s.worker_id},
+        "connector": {"state": *s.status.connector.lock(), "worker_id": s.worker_id},
         "tasks": tasks,
     }))
     .into_response()
@@ -189,4 +210,176 @@ async fn offsets(State(s): S, Path(name): Path<String>) -> Response {
         .map(|(p, o)| json!({"partition": identity(p), "offset": o}))
         .collect();
     Json(json!({"offsets": offsets})).into_response()
+}
+
+/// Mutating calls need `Authorization: Bearer <server.auth_token>` when one is set.
+async fn require_token(
+    State(s): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &s.auth_token else {
+        return next.run(req).await;
+    };
+    if req.method() == axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit, so timing tells nothing about the token.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        error(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+    }
+}
+
+/// Sends a command to the worker and turns its answer into a response.
+async fn send(s: &ServerState, command: Command, ok: StatusCode) -> Response {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if s.commands.send(Request { command, reply }).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the worker is not running");
+    }
+    match rx.await {
+        Ok(Ok(message)) => (ok, Json(json!({"message": message}))).into_response(),
+        Ok(Err(CommandError::Conflict(m))) => error(StatusCode::CONFLICT, m),
+        Ok(Err(CommandError::NotFound(m))) => error(StatusCode::NOT_FOUND, m),
+        Ok(Err(CommandError::Failed(m))) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the worker stopped"),
+    }
+}
+
+async fn pause(State(s): S, Path(name): Path<String>) -> Response {
+    match check(&s, &name) {
+        Some(r) => r,
+        None => send(&s, Command::Pause, StatusCode::ACCEPTED).await,
+    }
+}
+
+async fn resume(State(s): S, Path(name): Path<String>) -> Response {
+    match check(&s, &name) {
+        Some(r) => r,
+        None => send(&s, Command::Resume, StatusCode::ACCEPTED).await,
+    }
+}
+
+async fn stop(State(s): S, Path(name): Path<String>) -> Response {
+    match check(&s, &name) {
+        Some(r) => r,
+        None => send(&s, Command::Stop, StatusCode::ACCEPTED).await,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RestartParams {
+    #[serde(default)]
+    only_failed: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    include_tasks: bool,
+}
+
+/// Partitions are this connector's tasks, so a restart always restarts them
+/// (`onlyFailed=true`: the failed ones only).
+async fn restart(
+    State(s): S,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RestartParams>,
+) -> Response {
+    if let Some(r) = check(&s, &name) {
+        return r;
+    }
+    let c = Command::Restart {
+        only_failed: q.only_failed,
+        partition: None,
+    };
+    send(&s, c, StatusCode::ACCEPTED).await
+}
+
+async fn restart_task(State(s): S, Path((name, task)): Path<(String, usize)>) -> Response {
+    if let Some(r) = check(&s, &name) {
+        return r;
+    }
+    let Some(p) = s.status.partitions.lock().keys().nth(task).cloned() else {
+        return error(StatusCode::NOT_FOUND, format!("no task {task}"));
+    };
+    let c = Command::Restart {
+        only_failed: false,
+        partition: Some(p),
+    };
+    send(&s, c, StatusCode::ACCEPTED).await
+}
+
+/// Parses a partition identity from a request body.
+fn partition_of(v: &Value) -> Result<PartitionId, Response> {
+    PartitionId::from_json(v).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn resync(State(s): S, Path(name): Path<String>, body: Option<Json<Value>>) -> Response {
+    if let Some(r) = check(&s, &name) {
+        return r;
+    }
+    let partition = match body.as_ref().and_then(|Json(b)| b.get("partition")) {
+        None | Some(Value::Null) => None,
+        Some(v) => match partition_of(v) {
+            Ok(p) => Some(p),
+            Err(r) => return r,
+        },
+    };
+    send(&s, Command::Resync { partition }, StatusCode::ACCEPTED).await
+}
+
+/// `PATCH` with `{"offsets":[{"partition":{…},"offset":{…} or null}]}` (KIP-875).
+async fn alter_offsets(
+    State(s): S,
+    Path(name): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    if let Some(r) = check(&s, &name) {
+        return r;
+    }
+    let Some(list) = body
+        .as_ref()
+        .and_then(|Json(b)| b.get("offsets"))
+        .and_then(Value::as_array)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"offsets\": [{\"partition\": {…}, \"offset\": {…}}]}",
+        );
+    };
+    let mut writes = Vec::new();
+    for item in list {
+        let p = match partition_of(&item["partition"]) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let o = match &item["offset"] {
+            Value::Null => None,
+            v => match serde_json::from_value::<SourceOffset>(v.clone()) {
+                Ok(o) => Some(o),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("offset: {e}")),
+            },
+        };
+        writes.push((p, o));
+    }
+    send(&s, Command::AlterOffsets(writes), StatusCode::OK).await
+}
+
+async fn reset_offsets(State(s): S, Path(name): Path<String>) -> Response {
+    match check(&s, &name) {
+        Some(r) => r,
+        None => send(&s, Command::ResetOffsets, StatusCode::OK).await,
+    }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,6 +135,47 @@ pub enum PartitionState {
 struct Tracked {
     cancel: CancellationToken,
     state: Arc<Mutex<PartitionState>>,
+    /// Set by a resync signal: the partition restarts its round from scratch.
+    resync: Arc<AtomicBool>,
+}
+
+/// An operator's request (from the REST API), answered on `reply`.
+pub struct Request {
+    pub command: Command,
+    pub reply: tokio::sync::oneshot::Sender<Result<String, CommandError>>,
+}
+
+/// What an operator can ask of a running worker.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Partitions stop fetching and keep their place.
+    Pause,
+    /// Paused or stopped partitions go on (stopped ones from their committed offsets).
+    Resume,
+    /// Partitions stop and their offsets are persisted; offsets may then be changed.
+    Stop,
+    /// Restarts partitions (all, only failed ones, or one) from their committed offsets.
+    Restart {
+        only_failed: bool,
+        partition: Option<PartitionId>,
+    },
+    /// Restarts the rounds of one or all partitions from the initial request.
+    Resync { partition: Option<PartitionId> },
+    /// Writes offsets (`None` resets); only while stopped.
+    AlterOffsets(crate::sink::committer::OffsetWrites),
+    /// Resets every partition's offset; only while stopped.
+    ResetOffsets,
+}
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// What every partition task shares.
@@ -142,8 +184,8 @@ struct Shared {
     client: GraphClient,
     sink: SinkHandle,
     spec: WorkerSpec,
-    /// Offsets read at start, for task partitions discovered later.
-    loaded: Mutex<HashMap<PartitionId, SourceOffset>>,
+    /// `true` while the connector is paused.
+    paused: tokio::sync::watch::Sender<bool>,
     tracked: Mutex<HashMap<PartitionId, Tracked>>,
     shutdown: CancellationToken,
     /// Set when the sink failed fatally: the worker must stop with an error.
@@ -159,8 +201,11 @@ pub struct WorkerStatus {
     pub graph_ok: std::sync::atomic::AtomicBool,
     /// Each partition's state.
     pub partitions: Mutex<std::collections::BTreeMap<PartitionId, PartitionState>>,
-    /// Offsets as last committed by this worker (or read at start).
+    /// Offsets as last committed by this worker (or read at start); where partitions
+    /// (re)start from.
     pub offsets: Mutex<std::collections::BTreeMap<PartitionId, SourceOffset>>,
+    /// `RUNNING`, `PAUSED` or `STOPPED`.
+    pub connector: Mutex<&'static str>,
 }
 
 impl WorkerStatus {
@@ -171,15 +216,18 @@ impl WorkerStatus {
 
 /// Runs a worker until `shutdown` completes or Kafka fails fatally.
 pub async fn run(spec: WorkerSpec, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-    run_with_status(spec, Arc::new(WorkerStatus::default()), shutdown).await
+    let (_commands, rx) = tokio::sync::mpsc::channel(1);
+    run_with_status(spec, Arc::new(WorkerStatus::default()), rx, shutdown).await
 }
 
 /// [`run`], reporting into `status`.
 pub async fn run_with_status(
     spec: WorkerSpec,
     status: Arc<WorkerStatus>,
+    mut commands: tokio::sync::mpsc::Receiver<Request>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    *status.connector.lock() = "RUNNING";
     if let Some((parts, repl)) = spec.create_topics {
         ensure_topics(&spec.sink, parts, repl).await?;
     }
@@ -223,28 +271,26 @@ pub async fn run_with_status(
         status,
         client,
         sink,
-        loaded: Mutex::new(loaded.clone()),
+        paused: tokio::sync::watch::channel(false).0,
         tracked: Mutex::new(HashMap::new()),
         shutdown: CancellationToken::new(),
         fatal: Mutex::new(None),
         spec,
     });
-    let mut start: Vec<PartitionId> = shared.spec.partitions.clone();
-    // Task partitions found in an earlier run, for users whose lists are still tracked.
-    for p in loaded.keys() {
-        if let PartitionId::Tasks { user, .. } = p {
-            if start.contains(&PartitionId::TaskLists { user: user.clone() }) {
-                start.push(p.clone());
+    start_all(&shared);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                break;
+            }
+            _ = shared.shutdown.cancelled() => break,
+            Some(req) = commands.recv() => {
+                let answer = command(&shared, req.command).await;
+                let _ = req.reply.send(answer);
             }
         }
-    }
-    for p in start {
-        spawn_partition(&shared, p);
-    }
-    tokio::pin!(shutdown);
-    tokio::select! {
-        _ = &mut shutdown => tracing::info!("shutting down"),
-        _ = shared.shutdown.cancelled() => {}
     }
     shared.shutdown.cancel();
     // Give partition tasks a moment to drop their handles to the committer.
@@ -280,7 +326,157 @@ fn default_scope_host(graph_host: &str) -> String {
 impl Shared {
     /// Whether a partition is tracked or has a committed offset.
     fn knows(&self, p: &PartitionId) -> bool {
-        self.tracked.lock().contains_key(p) || self.loaded.lock().contains_key(p)
+        self.tracked.lock().contains_key(p) || self.status.offsets.lock().contains_key(p)
+    }
+
+    fn stopped(&self) -> bool {
+        *self.status.connector.lock() == "STOPPED"
+    }
+
+    /// Cancels the given partitions and waits (a few seconds at most) until they ended.
+    async fn halt(&self, ids: &[PartitionId]) {
+        let states: Vec<Arc<Mutex<PartitionState>>> = {
+            let tracked = self.tracked.lock();
+            ids.iter()
+                .filter_map(|p| tracked.get(p))
+                .map(|t| {
+                    t.cancel.cancel();
+                    t.state.clone()
+                })
+                .collect()
+        };
+        for _ in 0..500 {
+            if states.iter().all(|s| *s.lock() != PartitionState::Running) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Starts the configured partitions and the task partitions found in the offsets.
+fn start_all(shared: &Arc<Shared>) {
+    let mut start: Vec<PartitionId> = shared.spec.partitions.clone();
+    let known: Vec<PartitionId> = shared.status.offsets.lock().keys().cloned().collect();
+    for p in known {
+        if let PartitionId::Tasks { user, .. } = &p {
+            if start.contains(&PartitionId::TaskLists { user: user.clone() }) {
+                start.push(p);
+            }
+        }
+    }
+    for p in start {
+        spawn_partition(shared, p);
+    }
+}
+
+/// Carries out an operator's command.
+async fn command(shared: &Arc<Shared>, c: Command) -> Result<String, CommandError> {
+    tracing::info!(command = ?c, "operator command");
+    let all: Vec<PartitionId> = shared.tracked.lock().keys().cloned().collect();
+    let need_stopped = || {
+        if shared.stopped() {
+            Ok(())
+        } else {
+            Err(CommandError::Conflict(
+                "offsets can only be changed while the connector is STOPPED".into(),
+            ))
+        }
+    };
+    let failed = |e: SinkError| CommandError::Failed(e.to_string());
+    match c {
+        Command::Pause => {
+            shared.paused.send_replace(true);
+            *shared.status.connector.lock() = "PAUSED";
+            Ok("paused".into())
+        }
+        Command::Resume => {
+            shared.paused.send_replace(false);
+            let was_stopped = shared.stopped();
+            *shared.status.connector.lock() = "RUNNING";
+            if was_stopped {
+                start_all(shared);
+            }
+            Ok("resumed".into())
+        }
+        Command::Stop => {
+            shared.halt(&all).await;
+            shared.sink.flush().await.map_err(failed)?;
+            shared.paused.send_replace(false);
+            *shared.status.connector.lock() = "STOPPED";
+            Ok("stopped".into())
+        }
+        Command::Restart {
+            only_failed,
+            partition,
+        } => {
+            if shared.stopped() {
+                return Err(CommandError::Conflict(
+                    "the connector is STOPPED: resume it".into(),
+                ));
+            }
+            let targets: Vec<PartitionId> = {
+                let tracked = shared.tracked.lock();
+                tracked
+                    .iter()
+                    .filter(|(p, _)| partition.as_ref().is_none_or(|q| q == *p))
+                    .filter(|(_, t)| {
+                        !only_failed || matches!(*t.state.lock(), PartitionState::Failed(_))
+                    })
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            };
+            if let Some(p) = &partition {
+                if targets.is_empty() && !shared.knows(p) {
+                    return Err(CommandError::NotFound(format!("no partition {p}")));
+                }
+            }
+            shared.halt(&targets).await;
+            for p in &targets {
+                spawn_partition(shared, p.clone());
+            }
+            Ok(format!("restarted {} partitions", targets.len()))
+        }
+        Command::Resync { partition } => {
+            let tracked = shared.tracked.lock();
+            let mut n = 0;
+            for (p, t) in tracked.iter() {
+                if partition.as_ref().is_none_or(|q| q == p) {
+                    t.resync.store(true, Ordering::SeqCst);
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                return Err(CommandError::NotFound("no such partition running".into()));
+            }
+            Ok(format!("resync requested for {n} partitions"))
+        }
+        Command::AlterOffsets(writes) => {
+            need_stopped()?;
+            shared
+                .sink
+                .write_offsets(writes.clone())
+                .await
+                .map_err(failed)?;
+            let mut offsets = shared.status.offsets.lock();
+            for (p, o) in writes {
+                match o {
+                    Some(o) => offsets.insert(p, o),
+                    None => offsets.remove(&p),
+                };
+            }
+            Ok("The offsets for this connector have been altered successfully".into())
+        }
+        Command::ResetOffsets => {
+            need_stopped()?;
+            let mut targets: std::collections::BTreeSet<PartitionId> =
+                shared.status.offsets.lock().keys().cloned().collect();
+            targets.extend(shared.spec.partitions.iter().cloned());
+            let writes = targets.into_iter().map(|p| (p, None)).collect();
+            shared.sink.write_offsets(writes).await.map_err(failed)?;
+            shared.status.offsets.lock().clear();
+            Ok("The offsets for this connector have been reset successfully".into())
+        }
     }
 }
 
@@ -292,7 +488,7 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     {
         return;
     }
-    let committed = shared.loaded.lock().get(&id).cloned();
+    let committed = shared.status.offsets.lock().get(&id).cloned();
     let id = Arc::new(id);
     let reader = match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed) {
         Ok(r) => r,
@@ -303,11 +499,13 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     };
     let cancel = shared.shutdown.child_token();
     let state = Arc::new(Mutex::new(PartitionState::Running));
+    let resync = Arc::new(AtomicBool::new(false));
     tracked.insert(
         (*id).clone(),
         Tracked {
             cancel: cancel.clone(),
             state: state.clone(),
+            resync: resync.clone(),
         },
     );
     metrics::metrics()
@@ -317,7 +515,16 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     shared.status.set_state(&id, PartitionState::Running);
     let shared = shared.clone();
     tokio::spawn(async move {
-        let end = partition_loop(&shared, reader, &cancel).await;
+        let mut reader = reader;
+        let end = partition_loop(&shared, &mut reader, &cancel, &resync).await;
+        // Where it stands is where it restarts (unless it was removed and reset meanwhile).
+        if shared.tracked.lock().contains_key(&*id) {
+            shared
+                .status
+                .offsets
+                .lock()
+                .insert((*id).clone(), reader.offset().clone());
+        }
         metrics::metrics()
             .partitions
             .with_label_values(&[id.kind().as_str(), "running"])
@@ -331,7 +538,7 @@ fn stop_partition(shared: &Shared, id: &PartitionId) {
     if let Some(t) = shared.tracked.lock().remove(id) {
         t.cancel.cancel();
     }
-    shared.loaded.lock().remove(id);
+    shared.status.offsets.lock().remove(id);
 }
 
 async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
@@ -351,14 +558,27 @@ fn jittered(base: Duration, jitter: f64) -> Duration {
 
 async fn partition_loop(
     shared: &Arc<Shared>,
-    mut reader: PartitionReader,
+    reader: &mut PartitionReader,
     cancel: &CancellationToken,
+    resync: &AtomicBool,
 ) -> PartitionState {
     let id = reader.id.clone();
     let mut failures = 0u32;
+    let mut paused = shared.paused.subscribe();
     loop {
         if cancel.is_cancelled() {
             return PartitionState::Stopped;
+        }
+        // Paused: keep the place and wait.
+        while *paused.borrow_and_update() {
+            tokio::select! {
+                r = paused.changed() => if r.is_err() { return PartitionState::Stopped },
+                _ = cancel.cancelled() => return PartitionState::Stopped,
+            }
+        }
+        if resync.swap(false, Ordering::SeqCst) {
+            metrics::resync(&id, "signal", "initial");
+            reader.restart();
         }
         let round = reader.offset().round;
         let fetched = tokio::select! {

@@ -37,6 +37,8 @@ async fn sim() -> SimServer {
     sim
 }
 
+const OP_TOKEN: &str = "operator-token-5e1";
+
 struct Ops {
     url: String,
     stop: CancellationToken,
@@ -56,7 +58,10 @@ async fn start(spec: &WorkerSpec) -> Ops {
     let status = Arc::new(WorkerStatus::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let (commands, rx) = tokio::sync::mpsc::channel(8);
     let state = Arc::new(ServerState {
+        commands,
+        auth_token: Some(OP_TOKEN.into()),
         name: spec.sink.connector.clone(),
         worker_id: "w0".into(),
         config: settings.redacted_json(),
@@ -71,7 +76,9 @@ async fn start(spec: &WorkerSpec) -> Ops {
     ));
     let (s, sp) = (stop.clone(), spec.clone());
     let task =
-        tokio::spawn(async move { worker::run_with_status(sp, status, s.cancelled_owned()).await });
+        tokio::spawn(
+            async move { worker::run_with_status(sp, status, rx, s.cancelled_owned()).await },
+        );
     Ops { url, stop, task }
 }
 
@@ -91,7 +98,7 @@ async fn wait_ready(url: &str) {
 }
 
 fn no_secrets(body: &str) {
-    for s in [GRAPH_SECRET, KAFKA_PASSWORD, SECRET] {
+    for s in [GRAPH_SECRET, KAFKA_PASSWORD, SECRET, OP_TOKEN] {
         assert!(!body.contains(s), "secret in: {body}");
     }
 }
@@ -189,4 +196,187 @@ async fn readyz_turns_503_when_the_broker_stops() {
         "alive all the same"
     );
     ops.task.abort();
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn connector_state(url: &str, name: &str) -> String {
+    let (_, v) = call(
+        reqwest::Method::GET,
+        &format!("{url}/connectors/{name}/status"),
+        None,
+        None,
+    )
+    .await;
+    v["connector"]["state"].as_str().unwrap_or("").to_string()
+}
+
+/// Pause, resume, stop, offsets PATCH/DELETE against the real broker (409 while running,
+/// 401 without the token), resync and restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_and_offset_changes() {
+    use reqwest::Method;
+    let sim = sim().await;
+    let partitions: Vec<PartitionId> = all_partitions(&sim, WINDOW)
+        .into_iter()
+        .filter(|p| !matches!(p, PartitionId::Tasks { .. }))
+        .collect();
+    let spec = spec(&sim, &bootstrap(), partitions.clone());
+    let ops = start(&spec).await;
+    let (u, name) = (ops.url.clone(), spec.sink.connector.clone());
+    let c = |path: &str| format!("{u}/connectors/{name}{path}");
+    tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
+    // Mutating calls need the token.
+    assert_eq!(call(Method::PUT, &c("/pause"), None, None).await.0, 401);
+    assert_eq!(
+        call(Method::PUT, &c("/pause"), Some("wrong"), None).await.0,
+        401
+    );
+    assert_eq!(
+        call(Method::PUT, &c("/pause"), Some(OP_TOKEN), None)
+            .await
+            .0,
+        202
+    );
+    assert_eq!(connector_state(&u, &name).await, "PAUSED");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = sim.state.stats.lock().total();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sim.state.stats.lock().total(),
+        before,
+        "no Graph request while paused"
+    );
+    assert_eq!(
+        call(Method::PUT, &c("/resume"), Some(OP_TOKEN), None)
+            .await
+            .0,
+        202
+    );
+    assert_eq!(connector_state(&u, &name).await, "RUNNING");
+    // Offsets can only change while stopped.
+    let (code, v) = call(Method::DELETE, &c("/offsets"), Some(OP_TOKEN), None).await;
+    assert_eq!((code, v["error_code"].as_u64()), (409, Some(409)));
+    assert_eq!(
+        call(Method::PUT, &c("/stop"), Some(OP_TOKEN), None).await.0,
+        202
+    );
+    assert_eq!(connector_state(&u, &name).await, "STOPPED");
+    let (code, v) = call(Method::GET, &c("/offsets"), None, None).await;
+    assert_eq!(code, 200);
+    assert!(v["offsets"].as_array().unwrap().len() >= partitions.len());
+    assert_eq!(
+        call(Method::DELETE, &c("/offsets"), Some(OP_TOKEN), None)
+            .await
+            .0,
+        200
+    );
+    let (_, v) = call(Method::GET, &c("/offsets"), None, None).await;
+    assert!(v["offsets"].as_array().unwrap().is_empty());
+    // PATCH one partition, then read the offsets topic back from the broker.
+    let target = &partitions[0];
+    let offset = serde_json::json!({"round": 7, "resync": false});
+    let body = serde_json::json!({"offsets": [{"partition": serde_json::from_str::<Value>(&target.to_json()).unwrap(), "offset": offset}]});
+    assert_eq!(
+        call(Method::PATCH, &c("/offsets"), Some(OP_TOKEN), Some(body))
+            .await
+            .0,
+        200
+    );
+    let records = tokio::task::block_in_place(|| {
+        read_all(&spec.sink.bootstrap_servers, &spec.sink.offsets_topic)
+    });
+    let key = graph_cdc::offsets::encode_key(&name, target);
+    let last = records.iter().rfind(|r| r.key == key.as_bytes()).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(last.value.as_ref().unwrap()).unwrap()["round"],
+        7
+    );
+    let other = graph_cdc::offsets::encode_key(&name, &partitions[1]);
+    assert!(
+        records
+            .iter()
+            .rfind(|r| r.key == other.as_bytes())
+            .unwrap()
+            .value
+            .is_none(),
+        "reset"
+    );
+    let bad = serde_json::json!({"offsets": [{"partition": {"kind": "mail"}, "offset": null}]});
+    assert_eq!(
+        call(Method::PATCH, &c("/offsets"), Some(OP_TOKEN), Some(bad))
+            .await
+            .0,
+        400
+    );
+    // Resume: every partition starts over and the topics converge again.
+    assert_eq!(
+        call(Method::PUT, &c("/resume"), Some(OP_TOKEN), None)
+            .await
+            .0,
+        202
+    );
+    tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
+    let (code, _) = call(
+        Method::POST,
+        &c("/partitions/resync"),
+        Some(OP_TOKEN),
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(code, 202);
+    assert_eq!(
+        call(
+            Method::POST,
+            &c("/restart?includeTasks=true&onlyFailed=true"),
+            Some(OP_TOKEN),
+            None
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        call(Method::POST, &c("/tasks/0/restart"), Some(OP_TOKEN), None)
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        call(Method::POST, &c("/tasks/999/restart"), Some(OP_TOKEN), None)
+            .await
+            .0,
+        404
+    );
+    let user = sim
+        .state
+        .store
+        .read()
+        .user_id("user001@contoso.com")
+        .unwrap()
+        .to_string();
+    sim.state
+        .store
+        .write()
+        .create_list(&user, Default::default())
+        .unwrap();
+    tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
+    ops.stop.cancel();
+    ops.task.await.unwrap().unwrap();
 }
