@@ -322,8 +322,8 @@ async fn restart_task(State(s): S, Path((name, task)): Path<(String, usize)>) ->
 }
 
 /// Parses a partition identity from a request body.
-fn partition_of(v: &Value) -> Result<PartitionId, Response> {
-    PartitionId::from_json(v).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+fn partition_of(v: &Value) -> Result<PartitionId, Box<Response>> {
+    PartitionId::from_json(v).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))
 }
 
 async fn resync(State(s): S, Path(name): Path<String>, body: Option<Json<Value>>) -> Response {
@@ -334,7 +334,7 @@ async fn resync(State(s): S, Path(name): Path<String>, body: Option<Json<Value>>
         None | Some(Value::Null) => None,
         Some(v) => match partition_of(v) {
             Ok(p) => Some(p),
-            Err(r) => return r,
+            Err(r) => return *r,
         },
     };
     send(&s, Command::Resync { partition }, StatusCode::ACCEPTED).await
@@ -363,7 +363,7 @@ async fn alter_offsets(
     for item in list {
         let p = match partition_of(&item["partition"]) {
             Ok(p) => p,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let o = match &item["offset"] {
             Value::Null => None,
