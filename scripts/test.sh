@@ -39,13 +39,19 @@ step "Kafka broker (Apache Kafka from Maven Central, KRaft, loopback)"
 work=$(mktemp -d)
 broker_pid=
 cleanup() {
-  if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
+  # Closing the broker's stdin stops it; its watchdog reaps the JVM whatever happens.
+  exec 3>&- 2>/dev/null || true
+  if [ -n "$broker_pid" ]; then
+    for _ in $(seq 1 40); do kill -0 "$broker_pid" 2>/dev/null || break; sleep 0.25; done
+    kill "$broker_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-# The broker runs until its stdin (this sleep) goes away; its watchdog reaps the JVM.
-(sleep 86400 | ./target/debug/examples/kafka-broker "$work/bootstrap") &
+mkfifo "$work/stdin"
+./target/debug/examples/kafka-broker "$work/bootstrap" < "$work/stdin" &
 broker_pid=$!
+exec 3>"$work/stdin"
 for _ in $(seq 1 600); do
   [ -s "$work/bootstrap" ] && break
   if ! kill -0 "$broker_pid" 2>/dev/null; then echo "the Kafka broker failed to start" >&2; exit 1; fi

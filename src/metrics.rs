@@ -26,6 +26,11 @@ pub const TRANSACTION_SECONDS: &str = "graph_cdc_transaction_duration_seconds";
 pub const PARTITIONS: &str = "graph_cdc_partitions";
 pub const PARTITION_FAILURES: &str = "graph_cdc_partition_failures_total";
 pub const ROUNDS_COMPLETED: &str = "graph_cdc_rounds_completed_total";
+pub const STALENESS_MAX: &str = "graph_cdc_staleness_max_seconds";
+pub const STALENESS: &str = "graph_cdc_staleness_seconds";
+pub const IN_FLIGHT: &str = "graph_cdc_graph_requests_in_flight";
+pub const PRODUCER_QUEUE: &str = "graph_cdc_producer_queue_messages";
+pub const PARTITIONS_TRACKED: &str = "graph_cdc_partitions_tracked";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -45,6 +50,10 @@ pub struct Metrics {
     pub partition_failures: IntCounterVec,
     pub rounds_completed: IntCounterVec,
     pub in_flight: IntGauge,
+    pub staleness_max: prometheus::Gauge,
+    pub staleness: Histogram,
+    pub producer_queue: IntGauge,
+    pub partitions_tracked: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -84,11 +93,28 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["kind", "state"],
     )?;
     r.register(Box::new(partitions.clone()))?;
-    let in_flight = IntGauge::new(
-        "graph_cdc_graph_requests_in_flight",
-        "Graph requests in flight",
-    )?;
+    let in_flight = IntGauge::new(IN_FLIGHT, "Graph requests in flight")?;
     r.register(Box::new(in_flight.clone()))?;
+    let staleness_max = prometheus::Gauge::new(
+        STALENESS_MAX,
+        "Seconds since the least recently completed round of any partition",
+    )?;
+    r.register(Box::new(staleness_max.clone()))?;
+    let staleness = Histogram::with_opts(
+        HistogramOpts::new(
+            STALENESS,
+            "How old a partition's data had become when its round completed (time since its previous round)",
+        )
+        .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0]),
+    )?;
+    r.register(Box::new(staleness.clone()))?;
+    let producer_queue = IntGauge::new(
+        PRODUCER_QUEUE,
+        "Messages queued in the producer, not yet delivered",
+    )?;
+    r.register(Box::new(producer_queue.clone()))?;
+    let partitions_tracked = IntGauge::new(PARTITIONS_TRACKED, "Partitions this worker tracks")?;
+    r.register(Box::new(partitions_tracked.clone()))?;
     Ok(Metrics {
         graph_requests: counter(
             GRAPH_REQUESTS,
@@ -121,6 +147,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         transaction_seconds,
         partitions,
         in_flight,
+        staleness_max,
+        staleness,
+        producer_queue,
+        partitions_tracked,
         registry: r,
     })
 }
@@ -235,13 +265,19 @@ pub fn transaction_aborted(reason: &str, batches: usize) {
     );
 }
 
-/// A partition completed a delta round.
-pub fn round_completed(partition: &PartitionId, round: u64) {
-    metrics()
-        .rounds_completed
+/// A partition completed a delta round; `age` is how old its data had become.
+pub fn round_completed(partition: &PartitionId, round: u64, age: Duration) {
+    let m = metrics();
+    m.rounds_completed
         .with_label_values(&[partition.kind().as_str()])
         .inc();
-    tracing::debug!(partition = %partition, round, "round complete");
+    m.staleness.observe(age.as_secs_f64());
+    tracing::debug!(partition = %partition, round, age_secs = age.as_secs(), "round complete");
+}
+
+/// Progress of an initial sync (callers keep this to a bounded rate).
+pub fn initial_sync_progress(partition: &PartitionId, pages: u64, records: u64) {
+    tracing::info!(partition = %partition, pages, records, "initial sync in progress");
 }
 
 /// A partition failed and stops until restarted.

@@ -92,7 +92,8 @@ async fn root(State(s): S) -> Json<Value> {
     )
 }
 
-async fn prometheus() -> Response {
+async fn prometheus(State(s): S) -> Response {
+    s.status.refresh_metrics();
     (
         [(
             header::CONTENT_TYPE,

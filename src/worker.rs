@@ -206,11 +206,45 @@ pub struct WorkerStatus {
     pub offsets: Mutex<std::collections::BTreeMap<PartitionId, SourceOffset>>,
     /// `RUNNING`, `PAUSED` or `STOPPED`.
     pub connector: Mutex<&'static str>,
+    /// When each partition last completed a round (or started).
+    pub fresh_at: Mutex<HashMap<PartitionId, std::time::Instant>>,
 }
 
 impl WorkerStatus {
     fn set_state(&self, p: &PartitionId, st: PartitionState) {
         self.partitions.lock().insert(p.clone(), st);
+    }
+
+    /// Brings the gauges derived from partition states up to date (called before a scrape).
+    pub fn refresh_metrics(&self) {
+        let m = metrics::metrics();
+        let now = std::time::Instant::now();
+        let stalest = self
+            .fresh_at
+            .lock()
+            .values()
+            .map(|t| now.duration_since(*t).as_secs_f64())
+            .fold(0.0, f64::max);
+        m.staleness_max.set(stalest);
+        let paused = *self.connector.lock() == "PAUSED";
+        let offsets = self.offsets.lock();
+        let partitions = self.partitions.lock();
+        m.partitions.reset();
+        m.partitions_tracked.set(partitions.len() as i64);
+        for (p, st) in partitions.iter() {
+            let state = match st {
+                PartitionState::Failed(_) => "failed",
+                PartitionState::Stopped => "stopped",
+                PartitionState::Running if paused => "paused",
+                PartitionState::Running if offsets.get(p).is_none_or(|o| o.round <= 1) => {
+                    "initial_sync"
+                }
+                PartitionState::Running => "running",
+            };
+            m.partitions
+                .with_label_values(&[p.kind().as_str(), state])
+                .inc();
+        }
     }
 }
 
@@ -508,11 +542,13 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
             resync: resync.clone(),
         },
     );
-    metrics::metrics()
-        .partitions
-        .with_label_values(&[id.kind().as_str(), "running"])
-        .inc();
     shared.status.set_state(&id, PartitionState::Running);
+    shared
+        .status
+        .fresh_at
+        .lock()
+        .entry((*id).clone())
+        .or_insert_with(std::time::Instant::now);
     let shared = shared.clone();
     tokio::spawn(async move {
         let mut reader = reader;
@@ -525,10 +561,6 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
                 .lock()
                 .insert((*id).clone(), reader.offset().clone());
         }
-        metrics::metrics()
-            .partitions
-            .with_label_values(&[id.kind().as_str(), "running"])
-            .dec();
         shared.status.set_state(&id, end.clone());
         *state.lock() = end;
     });
@@ -565,6 +597,9 @@ async fn partition_loop(
     let id = reader.id.clone();
     let mut failures = 0u32;
     let mut paused = shared.paused.subscribe();
+    // Initial-sync progress, logged at most every 10 seconds.
+    let (mut pages, mut records) = (0u64, 0u64);
+    let mut last_progress = std::time::Instant::now();
     loop {
         if cancel.is_cancelled() {
             return PartitionState::Stopped;
@@ -695,8 +730,23 @@ async fn partition_loop(
                 }
             }
         }
+        if round == 1 {
+            pages += 1;
+            records += ids.len() as u64;
+            if round_done || last_progress.elapsed() >= Duration::from_secs(10) {
+                metrics::initial_sync_progress(&id, pages, records);
+                last_progress = std::time::Instant::now();
+            }
+        }
         if round_done {
-            metrics::round_completed(&id, round);
+            let now = std::time::Instant::now();
+            let age = shared
+                .status
+                .fresh_at
+                .lock()
+                .insert((*id).clone(), now)
+                .map_or(Duration::ZERO, |t| now.duration_since(t));
+            metrics::round_completed(&id, round, age);
             let wait = jittered(shared.spec.poll_interval, shared.spec.poll_jitter);
             if !sleep_or_cancel(wait, cancel).await {
                 return PartitionState::Stopped;

@@ -182,9 +182,12 @@ impl GraphClient {
             }
         }
         let started = Instant::now();
+        let in_flight = &metrics::metrics().in_flight;
+        in_flight.inc();
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
+                in_flight.dec();
                 metrics::graph_request(kind, 0, started.elapsed());
                 return Attempt::Retry {
                     reason: format!("request failed: {}", e.without_url()),
@@ -206,6 +209,7 @@ impl GraphClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let body = resp.bytes().await;
+        in_flight.dec();
         metrics::graph_request(kind, status.as_u16(), started.elapsed());
         let body = match body {
             Ok(b) => b,

@@ -338,6 +338,9 @@ impl Committer {
             }
             self.producer.send(rec)?;
         }
+        metrics::metrics()
+            .producer_queue
+            .set(self.producer.in_flight() as i64);
         self.producer.commit()
     }
 }

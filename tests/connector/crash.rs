@@ -139,8 +139,17 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             graph_cdc::sim::generate::mutate(&mut sim.state.store.write(), &m);
         }
     }
-    // A last run to convergence, then a graceful stop.
-    let mut child = launch(&cfg);
+    // A last run to convergence with debug logs (scanned for secrets), then a graceful stop.
+    let log = dir.join("worker.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("GRAPH_CDC__GRAPH__CLIENT_SECRET", SECRET)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(120)));
     signal(&child, libc::SIGTERM);
     let t0 = Instant::now();
@@ -155,6 +164,13 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "graceful stop exits 0: {status}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.lines().count() > 50, "debug logs were written");
+    assert!(logged.contains("transaction committed"));
+    assert!(
+        !logged.contains(SECRET),
+        "the client secret appears in the logs"
+    );
     let records: Vec<Committed> = tokio::task::block_in_place(|| {
         spec.sink
             .topics

@@ -128,6 +128,13 @@ async fn health_metrics_and_rest_api_of_a_running_worker() {
     assert!(written > 0.0, "records written: {body}");
     assert!(body.contains("graph_cdc_graph_requests_total{"));
     assert!(body.contains("graph_cdc_graph_request_duration_seconds_bucket"));
+    assert!(body.contains("graph_cdc_staleness_max_seconds "));
+    assert!(body.contains("graph_cdc_staleness_seconds_count"));
+    assert!(
+        body.contains("graph_cdc_partitions{kind=\"calendar_view\",state=\"running\"}"),
+        "{body}"
+    );
+    assert!(body.contains("graph_cdc_partitions_tracked "));
     bodies.push(body);
     let (code, body) = get(&format!("{u}/connectors")).await;
     assert_eq!(
