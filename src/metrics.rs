@@ -288,3 +288,55 @@ pub fn partition_failed(partition: &PartitionId, error: &str) {
         .inc();
     tracing::error!(partition = %partition, error, "partition failed");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example dashboard only uses metrics that exist.
+    #[test]
+    fn dashboard_names_only_real_metrics() {
+        let known = [
+            GRAPH_REQUESTS,
+            GRAPH_REQUEST_SECONDS,
+            GRAPH_RETRIES,
+            GRAPH_THROTTLED,
+            GRAPH_RETRY_WAIT_SECONDS,
+            TOKEN_RENEWALS,
+            RESYNCS,
+            RECORDS_WRITTEN,
+            BYTES_WRITTEN,
+            TRANSACTIONS,
+            TRANSACTION_SECONDS,
+            PARTITIONS,
+            PARTITION_FAILURES,
+            ROUNDS_COMPLETED,
+            STALENESS_MAX,
+            STALENESS,
+            IN_FLIGHT,
+            PRODUCER_QUEUE,
+            PARTITIONS_TRACKED,
+        ];
+        let dash = include_str!("../config/grafana/graph-cdc-dashboard.json");
+        let mut used = 0;
+        for (i, _) in dash.match_indices("graph_cdc_") {
+            let name: String = dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = name.trim_end_matches("_bucket");
+            if base == "graph_cdc_" {
+                continue;
+            }
+            assert!(
+                known.contains(&base),
+                "unknown metric {name} in the dashboard"
+            );
+            used += 1;
+        }
+        assert!(used >= 10);
+        // Every metric registers without a clash.
+        metrics();
+        assert!(render().contains(TOKEN_RENEWALS));
+    }
+}
