@@ -55,6 +55,7 @@ offsets_load_timeout = "60s"
 
 [server]
 listen = "0.0.0.0:8083"
+per_partition_metrics = false
 
 [log]
 format = "text"
@@ -282,6 +283,9 @@ pub struct ServerSettings {
     /// File holding `auth_token`.
     #[serde(default)]
     pub auth_token_file: Option<PathBuf>,
+    /// Also export one series per partition (staleness, pages in the current round, state):
+    /// off by default, since 10,000 partitions must not mean 10,000 series.
+    pub per_partition_metrics: bool,
 }
 
 /// `[log]`.

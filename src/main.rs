@@ -168,6 +168,10 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
     init_logging(&settings.log.filter, &settings.log.format);
     let spec = graph_cdc::worker::WorkerSpec::from_settings(&settings)?;
     let status = std::sync::Arc::new(graph_cdc::worker::WorkerStatus::default());
+    status.per_partition_metrics.store(
+        settings.server.per_partition_metrics,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {}", settings.server.listen))?;

@@ -31,6 +31,9 @@ pub const STALENESS: &str = "graph_cdc_staleness_seconds";
 pub const IN_FLIGHT: &str = "graph_cdc_graph_requests_in_flight";
 pub const PRODUCER_QUEUE: &str = "graph_cdc_producer_queue_messages";
 pub const PARTITIONS_TRACKED: &str = "graph_cdc_partitions_tracked";
+pub const PARTITION_STALENESS: &str = "graph_cdc_partition_staleness_seconds";
+pub const PARTITION_PAGES: &str = "graph_cdc_partition_round_pages";
+pub const PARTITION_STATE: &str = "graph_cdc_partition_state";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -54,6 +57,9 @@ pub struct Metrics {
     pub staleness: Histogram,
     pub producer_queue: IntGauge,
     pub partitions_tracked: IntGauge,
+    pub partition_staleness: prometheus::GaugeVec,
+    pub partition_pages: IntGaugeVec,
+    pub partition_state: IntGaugeVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -115,6 +121,30 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(producer_queue.clone()))?;
     let partitions_tracked = IntGauge::new(PARTITIONS_TRACKED, "Partitions this worker tracks")?;
     r.register(Box::new(partitions_tracked.clone()))?;
+    let partition_staleness = prometheus::GaugeVec::new(
+        Opts::new(
+            PARTITION_STALENESS,
+            "Seconds since the partition's last completed round (per-partition metrics only)",
+        ),
+        &["partition"],
+    )?;
+    r.register(Box::new(partition_staleness.clone()))?;
+    let partition_pages = IntGaugeVec::new(
+        Opts::new(
+            PARTITION_PAGES,
+            "Pages fetched in the partition's current round (per-partition metrics only)",
+        ),
+        &["partition"],
+    )?;
+    r.register(Box::new(partition_pages.clone()))?;
+    let partition_state = IntGaugeVec::new(
+        Opts::new(
+            PARTITION_STATE,
+            "1 for the partition's current state (per-partition metrics only)",
+        ),
+        &["partition", "state"],
+    )?;
+    r.register(Box::new(partition_state.clone()))?;
     Ok(Metrics {
         graph_requests: counter(
             GRAPH_REQUESTS,
@@ -151,6 +181,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         staleness,
         producer_queue,
         partitions_tracked,
+        partition_staleness,
+        partition_pages,
+        partition_state,
         registry: r,
     })
 }
@@ -316,6 +349,9 @@ mod tests {
             IN_FLIGHT,
             PRODUCER_QUEUE,
             PARTITIONS_TRACKED,
+            PARTITION_STALENESS,
+            PARTITION_PAGES,
+            PARTITION_STATE,
         ];
         let dash = include_str!("../config/grafana/graph-cdc-dashboard.json");
         let mut used = 0;

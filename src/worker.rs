@@ -208,6 +208,10 @@ pub struct WorkerStatus {
     pub connector: Mutex<&'static str>,
     /// When each partition last completed a round (or started).
     pub fresh_at: Mutex<HashMap<PartitionId, std::time::Instant>>,
+    /// Pages fetched in each partition's current round.
+    pub round_pages: Mutex<HashMap<PartitionId, u64>>,
+    /// Export per-partition series too.
+    pub per_partition_metrics: AtomicBool,
 }
 
 impl WorkerStatus {
@@ -219,13 +223,29 @@ impl WorkerStatus {
     pub fn refresh_metrics(&self) {
         let m = metrics::metrics();
         let now = std::time::Instant::now();
-        let stalest = self
-            .fresh_at
-            .lock()
+        let per_partition = self.per_partition_metrics.load(Ordering::Relaxed);
+        let fresh = self.fresh_at.lock();
+        let stalest = fresh
             .values()
             .map(|t| now.duration_since(*t).as_secs_f64())
             .fold(0.0, f64::max);
         m.staleness_max.set(stalest);
+        if per_partition {
+            m.partition_staleness.reset();
+            m.partition_pages.reset();
+            m.partition_state.reset();
+            for (p, t) in fresh.iter() {
+                m.partition_staleness
+                    .with_label_values(&[&p.to_json()])
+                    .set(now.duration_since(*t).as_secs_f64());
+            }
+            for (p, n) in self.round_pages.lock().iter() {
+                m.partition_pages
+                    .with_label_values(&[&p.to_json()])
+                    .set(*n as i64);
+            }
+        }
+        drop(fresh);
         let paused = *self.connector.lock() == "PAUSED";
         let offsets = self.offsets.lock();
         let partitions = self.partitions.lock();
@@ -244,6 +264,11 @@ impl WorkerStatus {
             m.partitions
                 .with_label_values(&[p.kind().as_str(), state])
                 .inc();
+            if per_partition {
+                m.partition_state
+                    .with_label_values(&[&p.to_json(), state])
+                    .set(1);
+            }
         }
     }
 }
@@ -729,6 +754,11 @@ async fn partition_loop(
                     return PartitionState::Stopped;
                 }
             }
+        }
+        {
+            let mut rp = shared.status.round_pages.lock();
+            let n = rp.entry((*id).clone()).or_default();
+            *n = if round_done { 0 } else { *n + 1 };
         }
         if round == 1 {
             pages += 1;

@@ -41,6 +41,7 @@ const OP_TOKEN: &str = "operator-token-5e1";
 
 struct Ops {
     url: String,
+    status: Arc<WorkerStatus>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
 }
@@ -56,6 +57,7 @@ async fn start(spec: &WorkerSpec) -> Ops {
     )
     .unwrap();
     let status = Arc::new(WorkerStatus::default());
+    let status_out = status.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (commands, rx) = tokio::sync::mpsc::channel(8);
@@ -79,7 +81,12 @@ async fn start(spec: &WorkerSpec) -> Ops {
         tokio::spawn(
             async move { worker::run_with_status(sp, status, rx, s.cancelled_owned()).await },
         );
-    Ops { url, stop, task }
+    Ops {
+        url,
+        status: status_out,
+        stop,
+        task,
+    }
 }
 
 async fn get(url: &str) -> (u16, String) {
@@ -135,7 +142,25 @@ async fn health_metrics_and_rest_api_of_a_running_worker() {
         "{body}"
     );
     assert!(body.contains("graph_cdc_partitions_tracked "));
+    assert!(
+        !body.contains("graph_cdc_partition_staleness_seconds{"),
+        "per-partition series are off by default"
+    );
     bodies.push(body);
+    // Per-partition series behind the setting.
+    ops.status
+        .per_partition_metrics
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (_, per) = get(&format!("{u}/metrics")).await;
+    assert!(
+        per.contains("graph_cdc_partition_staleness_seconds{partition="),
+        "{per}"
+    );
+    assert!(per.contains("graph_cdc_partition_state{partition="));
+    assert!(per.contains("graph_cdc_partition_round_pages{partition="));
+    ops.status
+        .per_partition_metrics
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let (code, body) = get(&format!("{u}/connectors")).await;
     assert_eq!(
         (code, serde_json::from_str::<Value>(&body).unwrap()),
