@@ -64,7 +64,9 @@ fn the_example_and_demo_configs_validate() {
     let (ok, out, err) = validate(&demo, &[]);
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 9);
-    let compose = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose.toml")).unwrap();
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/compose.toml"))
+            .unwrap();
     let (ok, out, err) = validate(&compose, &[]);
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 9);
