@@ -35,6 +35,19 @@ cargo clippy --all-targets -- -D warnings
 step "build"
 cargo build --all-targets
 
+step "packaging: Helm chart, Kubernetes schemas, compose file, Dockerfile"
+venv=.cache/venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check \
+  helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml jsonschema
+spec=.cache/compose_spec.json
+if [ ! -s "$spec" ]; then
+  # The Compose specification's schema, taken out of the docker-compose 1.29.2 wheel.
+  "$venv/bin/pip" download -q --no-deps -d .cache/compose-wheel docker-compose==1.29.2
+  "$venv/bin/python" -c "import glob, zipfile, sys; z = zipfile.ZipFile(glob.glob('.cache/compose-wheel/*.whl')[0]); open(sys.argv[1], 'wb').write(z.read('compose/config/compose_spec.json'))" "$spec"
+fi
+"$venv/bin/python" scripts/check_packaging.py target/debug/graph-cdc "$spec"
+
 step "Kafka broker (Apache Kafka from Maven Central, KRaft, loopback)"
 work=$(mktemp -d)
 broker_pid=
