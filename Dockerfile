@@ -24,4 +24,5 @@ COPY config /etc/graph-cdc
 USER 10001
 EXPOSE 8083
 ENTRYPOINT ["graph-cdc"]
-CMD ["run", "--config", "/etc/graph-cdc/graph-cdc.toml"]
+# Without arguments it runs the embedded demo; Helm and compose pass `run --config …`.
+CMD ["demo"]
