@@ -260,25 +260,24 @@ async fn send(s: &ServerState, command: Command, ok: StatusCode) -> Response {
     }
 }
 
-async fn pause(State(s): S, Path(name): Path<String>) -> Response {
-    match check(&s, &name) {
+/// [`send`] for this connector only.
+async fn checked_send(s: &ServerState, name: &str, command: Command, ok: StatusCode) -> Response {
+    match check(s, name) {
         Some(r) => r,
-        None => send(&s, Command::Pause, StatusCode::ACCEPTED).await,
+        None => send(s, command, ok).await,
     }
+}
+
+async fn pause(State(s): S, Path(name): Path<String>) -> Response {
+    checked_send(&s, &name, Command::Pause, StatusCode::ACCEPTED).await
 }
 
 async fn resume(State(s): S, Path(name): Path<String>) -> Response {
-    match check(&s, &name) {
-        Some(r) => r,
-        None => send(&s, Command::Resume, StatusCode::ACCEPTED).await,
-    }
+    checked_send(&s, &name, Command::Resume, StatusCode::ACCEPTED).await
 }
 
 async fn stop(State(s): S, Path(name): Path<String>) -> Response {
-    match check(&s, &name) {
-        Some(r) => r,
-        None => send(&s, Command::Stop, StatusCode::ACCEPTED).await,
-    }
+    checked_send(&s, &name, Command::Stop, StatusCode::ACCEPTED).await
 }
 
 #[derive(serde::Deserialize)]
@@ -379,8 +378,5 @@ async fn alter_offsets(
 }
 
 async fn reset_offsets(State(s): S, Path(name): Path<String>) -> Response {
-    match check(&s, &name) {
-        Some(r) => r,
-        None => send(&s, Command::ResetOffsets, StatusCode::OK).await,
-    }
+    checked_send(&s, &name, Command::ResetOffsets, StatusCode::OK).await
 }
