@@ -473,14 +473,16 @@ async fn incremental_rounds_for_calendar_lists_task_lists_and_tasks() {
 async fn replays_and_empty_pages_are_switchable() {
     let settings = SimSettings {
         replay_probability: 1.0,
-        empty_page_probability: 0.3,
+        // With 100 items in pages of 5 (20+ pages), no empty page at all has a
+        // chance of 0.5^20: the assertion below cannot flake.
+        empty_page_probability: 0.5,
         ..Default::default()
     };
     let sim = start(settings).await;
     sim.state.add_secret_client("default", "x", "y");
     let user = add_user(&sim, "dave@contoso.com");
     let list = sim.state.store.read().user_info(&user).unwrap().task_lists[0].clone();
-    for _ in 0..30 {
+    for _ in 0..100 {
         sim.state
             .store
             .write()
@@ -500,8 +502,8 @@ async fn replays_and_empty_pages_are_switchable() {
         .map(|i| i["id"].as_str().unwrap())
         .collect();
     let unique: HashSet<&str> = ids.iter().copied().collect();
-    assert_eq!(unique.len(), 30);
-    assert!(ids.len() > 30, "some items were sent twice in the round");
+    assert_eq!(unique.len(), 100);
+    assert!(ids.len() > 100, "some items were sent twice in the round");
     assert!(
         pages.iter().any(|p| p.is_empty()),
         "some pages were empty with a nextLink"
