@@ -250,16 +250,31 @@ impl KafkaBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    fn signal_jvm(&self, sig: i32) -> bool {
+        let pid = fs::read_to_string(self.dir.join("java.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        match pid {
+            // SAFETY: sending a signal to a pid has no memory-safety implications.
+            Some(pid) => unsafe { libc::kill(pid, sig) == 0 },
+            None => false,
+        }
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing answers, as in a
+    /// network partition. [`KafkaBroker::thaw`] resumes it.
+    pub fn freeze(&self) -> bool {
+        self.signal_jvm(libc::SIGSTOP)
+    }
+
+    /// Resumes a frozen broker (SIGCONT).
+    pub fn thaw(&self) -> bool {
+        self.signal_jvm(libc::SIGCONT)
+    }
+
     /// Kills the broker (SIGKILL: as abrupt as a crash).
     pub fn stop(&mut self) {
-        if let Ok(pid) = fs::read_to_string(self.dir.join("java.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: sending a signal to a pid has no memory-safety implications.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
+        self.signal_jvm(libc::SIGKILL);
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -2,6 +2,7 @@
 //! view of the topics as a `read_committed` consumer sees it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graph_cdc::graph::{ClientOptions, Credential};
@@ -318,4 +319,79 @@ pub fn duplicates(records: &[Committed]) -> Vec<String> {
         }
     }
     dups
+}
+
+pub const WINDOW: &str = "2026-05-01T00:00:00Z/2026-06-01T00:00:00Z";
+
+/// The TOML configuration of a worker process for `spec`'s topics and these users.
+pub fn config(spec: &WorkerSpec, users: &[String]) -> String {
+    let t = &spec.sink.topics;
+    format!(
+        r#"
+name = "{name}"
+[graph]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+base_url = "{host}"
+authority_url = "{host}"
+page_size = 5
+poll_interval = "300ms"
+max_backoff = "500ms"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+offsets_topic = "{offsets}"
+worker_id = "w"
+topic_partitions = 3
+[kafka.topics]
+events = "{events}"
+calendars = "{calendars}"
+task_lists = "{lists}"
+tasks = "{tasks}"
+[server]
+listen = "127.0.0.1:0"
+[worker]
+heartbeat_interval = "1s"
+linger = "20ms"
+[[sources]]
+kind = "calendar_view"
+users = {users:?}
+start = "2026-05-01T00:00:00Z"
+end = "2026-06-01T00:00:00Z"
+[[sources]]
+kind = "calendar_list"
+users = {users:?}
+[[sources]]
+kind = "todo"
+users = {users:?}
+"#,
+        name = spec.sink.connector,
+        host = spec.graph_host,
+        bootstrap = spec.sink.bootstrap_servers,
+        offsets = spec.sink.offsets_topic,
+        events = t.events,
+        calendars = t.calendars,
+        lists = t.task_lists,
+        tasks = t.tasks,
+    )
+}
+
+/// Starts `graph-cdc run` on a config file, quiet.
+pub fn launch(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("GRAPH_CDC__GRAPH__CLIENT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start graph-cdc run")
+}
+
+/// Sends `sig` to a child process.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
 }

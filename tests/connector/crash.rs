@@ -3,89 +3,16 @@
 //! `read_committed` consumer's compacted view must equal the truth, with no record committed
 //! twice.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use graph_cdc::sim::generate::{GenerateSpec, MutateSpec};
 use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::source::PartitionId;
-use graph_cdc::worker::WorkerSpec;
 use rand::Rng;
 
 use crate::common::*;
-
-const WINDOW: &str = "2026-05-01T00:00:00Z/2026-06-01T00:00:00Z";
-
-fn config(spec: &WorkerSpec, users: &[String]) -> String {
-    let t = &spec.sink.topics;
-    format!(
-        r#"
-name = "{name}"
-[graph]
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-base_url = "{host}"
-authority_url = "{host}"
-page_size = 5
-poll_interval = "300ms"
-max_backoff = "500ms"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-offsets_topic = "{offsets}"
-worker_id = "w"
-topic_partitions = 3
-[kafka.topics]
-events = "{events}"
-calendars = "{calendars}"
-task_lists = "{lists}"
-tasks = "{tasks}"
-[server]
-listen = "127.0.0.1:0"
-[worker]
-heartbeat_interval = "1s"
-linger = "20ms"
-[[sources]]
-kind = "calendar_view"
-users = {users:?}
-start = "2026-05-01T00:00:00Z"
-end = "2026-06-01T00:00:00Z"
-[[sources]]
-kind = "calendar_list"
-users = {users:?}
-[[sources]]
-kind = "todo"
-users = {users:?}
-"#,
-        name = spec.sink.connector,
-        host = spec.graph_host,
-        bootstrap = spec.sink.bootstrap_servers,
-        offsets = spec.sink.offsets_topic,
-        events = t.events,
-        calendars = t.calendars,
-        lists = t.task_lists,
-        tasks = t.tasks,
-    )
-}
-
-fn launch(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("GRAPH_CDC__GRAPH__CLIENT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start graph-cdc run")
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_and_duplicates_nothing() {

@@ -1,5 +1,6 @@
 //! The connector end to end: the Graph simulator over HTTP and a real Apache Kafka broker.
 
+mod chaos;
 mod common;
 mod crash;
 mod e2e;
