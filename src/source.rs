@@ -73,9 +73,36 @@ pub enum PartitionId {
 #[error("not a partition identity: {0}")]
 pub struct BadIdentity(pub String);
 
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it (keys written
+/// before must stay byte-identical), without allocating: this runs once per record.
 fn push_str(out: &mut String, s: &str) {
-    // serde_json's escaping, without building a Value.
-    out.push_str(&Value::from(s).to_string());
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 impl PartitionId {
@@ -97,26 +124,29 @@ impl PartitionId {
         }
     }
 
-    /// `(field, value)` pairs in their fixed order, `kind` first.
-    fn fields(&self) -> Vec<(&'static str, &str)> {
-        let mut v = vec![("kind", self.kind().as_str()), ("user", self.user())];
-        match self {
+    /// `(field, value)` pairs in their fixed order, `kind` first (no allocation: this runs
+    /// once per record).
+    fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let (third, fourth) = match self {
             PartitionId::CalendarView {
                 calendar, window, ..
-            } => {
-                v.push(("calendar", calendar));
-                v.push(("window", window));
-            }
-            PartitionId::Tasks { list, .. } => v.push(("list", list)),
-            _ => {}
-        }
-        v
+            } => (
+                Some(("calendar", calendar.as_str())),
+                Some(("window", window.as_str())),
+            ),
+            PartitionId::Tasks { list, .. } => (Some(("list", list.as_str())), None),
+            _ => (None, None),
+        };
+        [("kind", self.kind().as_str()), ("user", self.user())]
+            .into_iter()
+            .chain(third)
+            .chain(fourth)
     }
 
     /// `{"kind":"calendar_view","user":"…","calendar":"primary","window":"…/…"}`.
     pub fn to_json(&self) -> String {
         let mut out = String::from("{");
-        for (i, (k, v)) in self.fields().into_iter().enumerate() {
+        for (i, (k, v)) in self.fields().enumerate() {
             if i > 0 {
                 out.push(',');
             }
@@ -156,7 +186,13 @@ impl PartitionId {
     /// The Kafka key of an item: the identity without `kind` and `window`, plus `"id"`;
     /// byte-identical for an item's upserts and tombstones.
     pub fn record_key(&self, item_id: &str) -> Bytes {
-        let mut out = String::with_capacity(64 + item_id.len());
+        let mut out = String::with_capacity(
+            16 + item_id.len()
+                + self
+                    .fields()
+                    .map(|(k, v)| k.len() + v.len() + 6)
+                    .sum::<usize>(),
+        );
         out.push('{');
         for (k, v) in self.fields() {
             if k == "kind" || k == "window" {
@@ -270,6 +306,26 @@ pub struct SourceBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_escaped_exactly_as_serde_json_escapes() {
+        let mut samples: Vec<String> = (0u8..0x80).map(|b| format!("a{}z", b as char)).collect();
+        samples.extend(
+            [
+                "",
+                "plain",
+                "é ü 日本 \u{2028} 🙂",
+                "\"\\/\u{7f}",
+                "AAMkAD==",
+            ]
+            .map(String::from),
+        );
+        for s in samples {
+            let mut ours = String::new();
+            push_str(&mut ours, &s);
+            assert_eq!(ours, serde_json::to_string(&s).unwrap(), "{s:?}");
+        }
+    }
 
     #[test]
     fn identity_json_is_stable_and_round_trips() {

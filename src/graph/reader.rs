@@ -153,7 +153,8 @@ impl PartitionReader {
         };
     }
 
-    fn batch(&self, page: DeltaPage) -> SourceBatch {
+    /// Turns a fetched page into a batch of records and the offset that follows it.
+    pub fn batch(&self, page: DeltaPage) -> SourceBatch {
         let round = self.offset.round;
         let resync = self.offset.resync;
         let mut resets = Vec::new();

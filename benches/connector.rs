@@ -1,0 +1,1199 @@
+//! The connector's benchmarks, each printed against a baseline measured in the same run.
+//!
+//! ```text
+//! cargo bench --bench connector                 # all of them (~8 minutes)
+//! cargo bench --bench connector -- throughput   # or: cost, idle, requests, latency
+//! ```
+//!
+//! They run against the project's Graph simulator (in this process, on its own runtime whose
+//! threads are named `sim`, so its CPU is not counted as the connector's) and a real Apache
+//! Kafka broker on loopback: `GRAPH_CDC_TEST_KAFKA` if set, else one started for the run.
+//!
+//! - `throughput`: an initial sync of 100,000 events (1–3 KB) over 100 calendar-view
+//!   partitions, against the ceiling: a bare rdkafka transactional producer writing the same
+//!   records in transactions of the same mean size, with no Graph side.
+//! - `cost`: CPU time and allocations per record on the hot path (page body → Kafka records),
+//!   against a parse-and-re-serialise implementation of the same step.
+//! - `idle`: 10,000 partitions (2,500 users × 4) polling idle deltaLinks every 60 s, in a
+//!   `graph-cdc run` process: resident memory and CPU share of a core, against a worker with
+//!   4 partitions measured over the same window.
+//! - `requests`: Graph requests per committed record in incremental rounds, for
+//!   `page_size` 10 and 100.
+//! - `latency`: from a change in the simulator to its record being readable by a
+//!   `read_committed` consumer, p50/p99 at a 1 s poll interval, against the floor of a bare
+//!   transactional produce → consume on the same broker.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use graph_cdc::graph::{ClientOptions, Credential, PartitionReader};
+use graph_cdc::metrics::metrics;
+use graph_cdc::sim::generate::{random_event, GenerateSpec, MutateSpec};
+use graph_cdc::sim::{SimServer, SimSettings};
+use graph_cdc::sink::{SinkOptions, TopicNames};
+use graph_cdc::source::{Op, PartitionId, PartitionKind};
+use graph_cdc::testkit::broker::KafkaBroker;
+use graph_cdc::worker::WorkerSpec;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+// ---------------------------------------------------------------------------------------
+// Allocation counting (the `cost` bench reads it on one thread while the others are idle).
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------
+// Shared setup.
+
+const TENANT: &str = "contoso";
+const CLIENT: &str = "graph-cdc-bench";
+const SECRET: &str = "graph-cdc-bench-secret";
+const WINDOW_DAYS: i64 = 60;
+
+fn window_start() -> NaiveDateTime {
+    NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").expect("time")
+}
+
+fn window() -> String {
+    let s = window_start();
+    let e = s + chrono::Duration::days(WINDOW_DAYS);
+    format!(
+        "{}Z/{}Z",
+        s.format("%Y-%m-%dT%H:%M:%S"),
+        e.format("%Y-%m-%dT%H:%M:%S")
+    )
+}
+
+/// The simulator on a runtime of its own (threads named `sim`).
+struct Sim {
+    server: SimServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start_sim() -> Sim {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sim")
+        .enable_all()
+        .build()
+        .expect("sim runtime");
+    let server = rt
+        .block_on(SimServer::start("127.0.0.1:0", SimSettings::default()))
+        .expect("simulator");
+    server.state.add_secret_client(TENANT, CLIENT, SECRET);
+    Sim { server, _rt: rt }
+}
+
+/// `users` users (`{prefix}NNN@contoso.com`), each with `events` single events in the window
+/// and `tasks` tasks in one list.
+fn populate(sim: &Sim, prefix: &str, users: usize, events: usize, tasks: usize) -> Vec<String> {
+    let mut store = sim.server.state.store.write();
+    let spec = GenerateSpec {
+        users,
+        prefix: prefix.into(),
+        tenant: Some(TENANT.into()),
+        start: window_start(),
+        days: WINDOW_DAYS,
+        events_per_user: 0,
+        recurring_per_user: 0,
+        extra_calendars: 0,
+        extra_lists: 0,
+        tasks_per_list: tasks,
+        seed: Some(7),
+        ..Default::default()
+    };
+    let infos = graph_cdc::sim::generate::generate(&mut store, &spec).expect("generate");
+    let mut rng = rand::rng();
+    for u in &infos {
+        for _ in 0..events {
+            let ev = random_event(&mut rng, window_start(), WINDOW_DAYS, 0.0, false);
+            store.create_event(&u.id, "primary", ev).expect("event");
+        }
+    }
+    infos.into_iter().map(|u| u.user_principal_name).collect()
+}
+
+fn view_partitions(users: &[String]) -> Vec<PartitionId> {
+    users
+        .iter()
+        .map(|u| PartitionId::CalendarView {
+            user: u.clone(),
+            calendar: "primary".into(),
+            window: window(),
+        })
+        .collect()
+}
+
+fn all_kinds(users: &[String]) -> Vec<PartitionId> {
+    let mut out = view_partitions(users);
+    for u in users {
+        out.push(PartitionId::CalendarList { user: u.clone() });
+        out.push(PartitionId::TaskLists { user: u.clone() });
+    }
+    out
+}
+
+fn run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
+}
+
+fn worker_spec(sim: &Sim, bootstrap: &str, partitions: Vec<PartitionId>) -> WorkerSpec {
+    let run = run_id();
+    WorkerSpec {
+        graph_host: sim.server.url(),
+        token_url: format!("{}/{TENANT}/oauth2/v2.0/token", sim.server.url()),
+        client_id: CLIENT.into(),
+        credential: Credential::Secret(SECRET.into()),
+        client: ClientOptions::default(),
+        poll_interval: Duration::from_secs(60),
+        poll_jitter: 0.1,
+        sink: SinkOptions {
+            bootstrap_servers: bootstrap.into(),
+            options: HashMap::new(),
+            transactional_id: format!("bench-{run}"),
+            connector: format!("bench-{run}"),
+            topics: TopicNames {
+                events: format!("events-{run}"),
+                calendars: format!("calendars-{run}"),
+                task_lists: format!("lists-{run}"),
+                tasks: format!("tasks-{run}"),
+            },
+            offsets_topic: format!("offsets-{run}"),
+            transaction_timeout: Duration::from_secs(60),
+            max_batch_records: 5000,
+            linger: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_secs(30),
+        },
+        partitions,
+        create_topics: Some((6, 1)),
+        offsets_load_timeout: Duration::from_secs(60),
+    }
+}
+
+/// A worker running in this process until dropped.
+struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+fn start_worker(rt: &tokio::runtime::Runtime, spec: WorkerSpec) -> Running {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = rt.spawn(async move {
+        if let Err(e) = graph_cdc::worker::run(spec, async {
+            let _ = rx.await;
+        })
+        .await
+        {
+            eprintln!("worker ended: {e}");
+        }
+    });
+    Running {
+        stop: Some(tx),
+        handle,
+    }
+}
+
+impl Running {
+    fn stop(mut self, rt: &tokio::runtime::Runtime) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = rt.block_on(&mut self.handle);
+    }
+}
+
+fn records_written() -> u64 {
+    let m = metrics();
+    let mut n = 0;
+    for k in PartitionKind::ALL {
+        for op in [Op::Upsert, Op::Delete] {
+            n += m
+                .records_written
+                .with_label_values(&[k.as_str(), op.as_str()])
+                .get();
+        }
+    }
+    n
+}
+
+fn transactions() -> u64 {
+    metrics()
+        .transactions
+        .with_label_values(&["committed"])
+        .get()
+}
+
+/// CPU seconds (user + system) of this process's threads, by whether they are the
+/// simulator's.
+fn thread_cpu() -> (f64, f64) {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (mut sim, mut rest) = (0.0, 0.0);
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = &stat[open + 1..close];
+            let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+            if name.starts_with("sim") {
+                sim += ticks / tick;
+            } else {
+                rest += ticks / tick;
+            }
+        }
+    }
+    (sim, rest)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-{}", run_id()))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer")
+}
+
+fn assign(c: &BaseConsumer, topic: &str, from: Offset) -> usize {
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let parts = md.topics()[0].partitions().len();
+    for p in 0..parts as i32 {
+        tpl.add_partition_offset(topic, p, from).expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    parts
+}
+
+type Rec = (Vec<u8>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
+/// Every committed record of `topic`.
+fn read_topic(bootstrap: &str, topic: &str) -> Vec<Rec> {
+    let c = consumer(bootstrap);
+    let parts = assign(&c, topic, Offset::Beginning);
+    let mut eof = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    while eof.len() < parts {
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().map(<[u8]>::to_vec),
+                    headers,
+                ));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// A bare transactional producer configured as the connector's is.
+fn bare_producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", format!("bare-{}", run_id()))
+        .set("enable.idempotence", "true")
+        .set("transaction.timeout.ms", "60000")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    p.init_transactions(Timeout::After(Duration::from_secs(30)))
+        .expect("init transactions");
+    p
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, mut r: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match p.send(r) {
+            Ok(()) => return,
+            Err((rdkafka::error::KafkaError::MessageProduction(_), back)) => {
+                r = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => panic!("send: {e}"),
+        }
+    }
+}
+
+fn create_topic(rt: &tokio::runtime::Runtime, bootstrap: &str, name: &str) {
+    let mut spec = worker_spec_stub(bootstrap);
+    spec.topics.events = name.into();
+    rt.block_on(graph_cdc::sink::topics::ensure_topics(&spec, 6, 1))
+        .expect("topic");
+}
+
+fn worker_spec_stub(bootstrap: &str) -> SinkOptions {
+    let run = run_id();
+    SinkOptions {
+        bootstrap_servers: bootstrap.into(),
+        options: HashMap::new(),
+        transactional_id: format!("stub-{run}"),
+        connector: format!("stub-{run}"),
+        topics: TopicNames {
+            events: format!("e-{run}"),
+            calendars: format!("c-{run}"),
+            task_lists: format!("l-{run}"),
+            tasks: format!("t-{run}"),
+        },
+        offsets_topic: format!("o-{run}"),
+        transaction_timeout: Duration::from_secs(60),
+        max_batch_records: 5000,
+        linger: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_secs(30),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Throughput (and the end-to-end CPU per record of item 2).
+
+const TP_USERS: usize = 100;
+const TP_EVENTS_PER_USER: usize = 1000;
+
+struct ConnectorRun {
+    rate: f64,
+    records: u64,
+    txns: u64,
+    cpu_us_per_record: f64,
+    sim_cpu_us_per_record: f64,
+    topic: String,
+}
+
+fn connector_run(
+    rt: &tokio::runtime::Runtime,
+    sim: &Sim,
+    bootstrap: &str,
+    users: &[String],
+) -> ConnectorRun {
+    let spec = worker_spec(sim, bootstrap, view_partitions(users));
+    let topic = spec.sink.topics.events.clone();
+    let want = (users.len() * TP_EVENTS_PER_USER) as u64;
+    let (r0, t0n) = (records_written(), transactions());
+    let w = start_worker(rt, spec);
+    wait_until("the first commit", Duration::from_secs(120), || {
+        records_written() > r0
+    });
+    let (start_records, start_txns) = (records_written() - r0, transactions() - t0n);
+    let (sim0, cpu0) = thread_cpu();
+    let t0 = Instant::now();
+    wait_until("the initial sync", Duration::from_secs(600), || {
+        records_written() - r0 >= want
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (sim1, cpu1) = thread_cpu();
+    let records = records_written() - r0 - start_records;
+    let txns = transactions() - t0n - start_txns;
+    w.stop(rt);
+    ConnectorRun {
+        rate: records as f64 / elapsed,
+        records,
+        txns,
+        cpu_us_per_record: (cpu1 - cpu0) * 1e6 / records as f64,
+        sim_cpu_us_per_record: (sim1 - sim0) * 1e6 / records as f64,
+        topic,
+    }
+}
+
+/// The ceiling: the same records in transactions of `per_txn` records, no Graph side.
+fn ceiling_run(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    recs: &[Rec],
+    per_txn: usize,
+) -> (f64, f64) {
+    let topic = format!("ceiling-{}", run_id());
+    create_topic(rt, bootstrap, &topic);
+    let p = bare_producer(bootstrap);
+    let chunks: Vec<&[Rec]> = recs.chunks(per_txn.max(1)).collect();
+    let write = |chunk: &[Rec]| {
+        p.begin_transaction().expect("begin");
+        for (k, v, hs) in chunk {
+            let mut h = OwnedHeaders::new_with_capacity(hs.len());
+            for (hk, hv) in hs {
+                h = h.insert(Header {
+                    key: hk,
+                    value: Some(hv),
+                });
+            }
+            let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic).key(&k[..]).headers(h);
+            if let Some(v) = v {
+                r = r.payload(&v[..]);
+            }
+            send(&p, r);
+        }
+        p.commit_transaction(Timeout::After(Duration::from_secs(60)))
+            .expect("commit");
+    };
+    // The first transaction is left out, as the connector's first commit is.
+    write(chunks[0]);
+    let (_, cpu0) = thread_cpu();
+    let t0 = Instant::now();
+    let mut n = 0;
+    for c in &chunks[1..] {
+        write(c);
+        n += c.len();
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (_, cpu1) = thread_cpu();
+    (n as f64 / elapsed, (cpu1 - cpu0) * 1e6 / n as f64)
+}
+
+fn bench_throughput(rt: &tokio::runtime::Runtime, bootstrap: &str) {
+    let sim = start_sim();
+    let t = Instant::now();
+    let users = populate(&sim, "tp", TP_USERS, TP_EVENTS_PER_USER, 0);
+    println!(
+        "throughput: {} events over {} partitions generated in {:.1} s",
+        TP_USERS * TP_EVENTS_PER_USER,
+        TP_USERS,
+        t.elapsed().as_secs_f64()
+    );
+    let mut connector = Vec::new();
+    let mut ceiling = Vec::new();
+    let mut recs = Vec::new();
+    let mut per_txn = 1;
+    for i in 0..2 {
+        let c = connector_run(rt, &sim, bootstrap, &users);
+        println!(
+            "  connector run {}: {:>8.0} records/s ({} records, {} transactions, {:.0} records/txn), \
+             connector CPU {:.1} µs/record, simulator CPU {:.1} µs/record",
+            i + 1,
+            c.rate,
+            c.records,
+            c.txns,
+            c.records as f64 / c.txns.max(1) as f64,
+            c.cpu_us_per_record,
+            c.sim_cpu_us_per_record
+        );
+        if i == 0 {
+            recs = read_topic(bootstrap, &c.topic);
+            per_txn = (c.records as f64 / c.txns.max(1) as f64).round() as usize;
+        }
+        connector.push(c);
+        let (rate, cpu) = ceiling_run(rt, bootstrap, &recs, per_txn);
+        println!(
+            "  ceiling run {}:   {:>8.0} records/s ({} records, {} records/txn), producer CPU {:.1} µs/record",
+            i + 1,
+            rate,
+            recs.len(),
+            per_txn,
+            cpu
+        );
+        ceiling.push((rate, cpu));
+    }
+    let best_c = connector.iter().map(|c| c.rate).fold(0.0, f64::max);
+    let best_b = ceiling.iter().map(|c| c.0).fold(0.0, f64::max);
+    let cpu_c = connector
+        .iter()
+        .map(|c| c.cpu_us_per_record)
+        .fold(f64::MAX, f64::min);
+    let cpu_b = ceiling.iter().map(|c| c.1).fold(f64::MAX, f64::min);
+    println!(
+        "RESULT throughput: connector {best_c:.0} records/s, ceiling {best_b:.0} records/s, ratio {:.2} (target >= 0.80); \
+         CPU per record connector {cpu_c:.1} µs vs bare producer {cpu_b:.1} µs, ratio {:.2}",
+        best_c / best_b,
+        cpu_c / cpu_b
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Per-record cost of the hot path, page body → Kafka records.
+
+fn page_bodies(sim: &Sim, user: &str) -> Vec<bytes::Bytes> {
+    use graph_cdc::sim::delta::{self, PageParams, Query, Resource, TokenState};
+    let store = sim.server.state.store.read();
+    let uid = store.user_id(user).expect("user").to_string();
+    let mut st = TokenState {
+        query: Arc::new(Query {
+            user: uid,
+            resource: Resource::CalendarView {
+                calendar: None,
+                start: window_start(),
+                end: window_start() + chrono::Duration::days(WINDOW_DAYS),
+            },
+            select: None,
+        }),
+        path: "/v1.0/users/x/calendarView/delta".into(),
+        initial_url: "".into(),
+        since: 0,
+        upto: store.seq,
+        initial: true,
+        cursor: None,
+        replay: None,
+    };
+    let params = PageParams {
+        size: 100,
+        scan_limit: 5000,
+        replay_probability: 0.0,
+        empty_page_probability: 0.0,
+    };
+    let pres = graph_cdc::sim::present::Presentation::default();
+    let mut out = Vec::new();
+    loop {
+        let p = delta::page(&store, &st, &params).expect("page");
+        let body = graph_cdc::sim::http::render_page(
+            &sim.server.url(),
+            "v1.0",
+            "event",
+            "@odata.nextLink",
+            &format!(
+                "{}/v1.0/users/x/calendarView/delta?$skiptoken=abc",
+                sim.server.url()
+            ),
+            &p.records,
+            &pres,
+        );
+        out.push(bytes::Bytes::from(body));
+        match p.next {
+            Some(c) => st.cursor = Some(c),
+            None => break,
+        }
+    }
+    out
+}
+
+/// The connector's path: zero-copy parse, source records, headers, Kafka records.
+fn hot_path(reader: &PartitionReader, body: &bytes::Bytes, topic: &str) -> usize {
+    let page = graph_cdc::graph::delta::parse_page(body.clone()).expect("page");
+    let batch = reader.batch(page);
+    let pjson = batch.partition.to_json();
+    for r in &batch.records {
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .key(&r.key[..])
+            .headers(graph_cdc::sink::records::headers(r, &pjson));
+        if let Some(v) = &r.value {
+            rec = rec.payload(&v[..]);
+        }
+        std::hint::black_box(&rec);
+    }
+    batch.records.len()
+}
+
+/// The obvious alternative: parse the page into a `Value` tree and re-serialise each item.
+fn naive_path(p: &PartitionId, body: &bytes::Bytes, topic: &str) -> usize {
+    let page: serde_json::Value = serde_json::from_slice(body).expect("json");
+    let items = page["value"].as_array().expect("value");
+    let pjson = p.to_json();
+    for item in items {
+        let id = item["id"].as_str().expect("id");
+        let removed = item.get("@removed").is_some();
+        let key = p.record_key(id);
+        let value = (!removed).then(|| serde_json::to_vec(item).expect("ser"));
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "graph-cdc.op",
+                value: Some(if removed { "delete" } else { "upsert" }),
+            })
+            .insert(Header {
+                key: "graph-cdc.partition",
+                value: Some(&pjson),
+            })
+            .insert(Header {
+                key: "graph-cdc.round",
+                value: Some("1"),
+            });
+        let mut rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).key(&key[..]).headers(headers);
+        if let Some(v) = &value {
+            rec = rec.payload(&v[..]);
+        }
+        std::hint::black_box(&rec);
+    }
+    std::hint::black_box(&page);
+    items.len()
+}
+
+fn measure(reps: usize, mut f: impl FnMut() -> usize) -> (f64, f64, f64) {
+    let _ = f(); // warm-up
+    let a0 = ALLOCS.load(Ordering::Relaxed);
+    let c0 = cpu_self_thread();
+    let t0 = Instant::now();
+    let mut n = 0;
+    for _ in 0..reps {
+        n += f();
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_self_thread() - c0;
+    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
+    (
+        wall * 1e6 / n as f64,
+        cpu * 1e6 / n as f64,
+        allocs as f64 / n as f64,
+    )
+}
+
+/// CPU seconds of the calling thread (precise, from `CLOCK_THREAD_CPUTIME_ID`).
+fn cpu_self_thread() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn bench_cost() {
+    let sim = start_sim();
+    let users = populate(&sim, "cost", 1, 2000, 0);
+    let bodies = page_bodies(&sim, &users[0]);
+    let p = view_partitions(&users).remove(0);
+    let reader =
+        PartitionReader::new(Arc::new(p.clone()), &sim.server.url(), None).expect("reader");
+    let bytes: usize = bodies.iter().map(|b| b.len()).sum();
+    let reps = 20;
+    let mut i = 0;
+    let ours = measure(reps * bodies.len(), || {
+        i += 1;
+        hot_path(&reader, &bodies[i % bodies.len()], "events")
+    });
+    // Where the hot path's cost goes: parsing alone, then parsing and source records.
+    let mut k = 0;
+    let parse_only = measure(reps * bodies.len(), || {
+        k += 1;
+        let page =
+            graph_cdc::graph::delta::parse_page(bodies[k % bodies.len()].clone()).expect("page");
+        let n = page.items.len();
+        std::hint::black_box(page);
+        n
+    });
+    let mut k = 0;
+    let to_records = measure(reps * bodies.len(), || {
+        k += 1;
+        let page =
+            graph_cdc::graph::delta::parse_page(bodies[k % bodies.len()].clone()).expect("page");
+        let batch = reader.batch(page);
+        let n = batch.records.len();
+        std::hint::black_box(batch);
+        n
+    });
+    let mut j = 0;
+    let naive = measure(reps * bodies.len(), || {
+        j += 1;
+        naive_path(&p, &bodies[j % bodies.len()], "events")
+    });
+    println!(
+        "cost: {} pages of 100 events, {:.0} bytes per event on average",
+        bodies.len(),
+        bytes as f64 / (bodies.len() * 100) as f64
+    );
+    println!(
+        "  connector (zero-copy):         {:>6.2} µs CPU/record, {:>5.2} allocations/record",
+        ours.1, ours.2
+    );
+    println!(
+        "    of which parse_page:         {:>6.2} µs CPU/record, {:>5.2} allocations/record",
+        parse_only.1, parse_only.2
+    );
+    println!(
+        "    of which + source records:   {:>6.2} µs CPU/record, {:>5.2} allocations/record",
+        to_records.1, to_records.2
+    );
+    println!(
+        "  baseline (parse + re-encode):  {:>6.2} µs CPU/record, {:>5.2} allocations/record",
+        naive.1, naive.2
+    );
+    println!(
+        "RESULT cost: hot path {:.2} µs CPU and {:.2} allocations per record; parse-and-re-serialise \
+         {:.2} µs and {:.2} allocations; ratio CPU {:.2}, allocations {:.2}",
+        ours.1,
+        ours.2,
+        naive.1,
+        naive.2,
+        ours.1 / naive.1,
+        ours.2 / naive.2
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Many idle partitions, in a worker process of their own.
+
+fn worker_config(sim: &Sim, bootstrap: &str, users: &[String], listen: &str) -> String {
+    let run = run_id();
+    format!(
+        r#"
+name = "idle-{run}"
+[graph]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+base_url = "{host}"
+authority_url = "{host}"
+poll_interval = "60s"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+offsets_topic = "offsets-{run}"
+worker_id = "w"
+topic_partitions = 6
+[kafka.topics]
+events = "events-{run}"
+calendars = "calendars-{run}"
+task_lists = "lists-{run}"
+tasks = "tasks-{run}"
+[server]
+listen = "{listen}"
+[log]
+filter = "warn"
+[[sources]]
+kind = "calendar_view"
+users = {users:?}
+start = "{start}"
+end = "{end}"
+[[sources]]
+kind = "calendar_list"
+users = {users:?}
+[[sources]]
+kind = "todo"
+users = {users:?}
+"#,
+        host = sim.server.url(),
+        start = window().split('/').next().unwrap_or_default(),
+        end = window().split('/').nth(1).unwrap_or_default(),
+    )
+}
+
+struct Proc {
+    child: std::process::Child,
+    listen: String,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn launch_worker(sim: &Sim, bootstrap: &str, users: &[String]) -> Proc {
+    let dir = std::env::temp_dir().join(format!("graph-cdc-bench-{}", run_id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.join("worker.toml");
+    std::fs::write(&cfg, worker_config(sim, bootstrap, users, &listen)).expect("config");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("GRAPH_CDC__GRAPH__CLIENT_SECRET", SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("worker.log")).expect("log"))
+        .spawn()
+        .expect("graph-cdc run");
+    Proc {
+        child,
+        listen,
+        _dir: tempdir::Dir(dir),
+    }
+}
+
+impl Proc {
+    /// (CPU seconds so far, resident MiB)
+    fn usage(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let cpu = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kb = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        (cpu / tick, rss_kb / 1024.0)
+    }
+
+    /// Sum of a metric's series, from the worker's `/metrics`.
+    fn metric(&self, name: &str) -> f64 {
+        let Ok(text) = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://{}/metrics", self.listen)])
+            .output()
+        else {
+            return 0.0;
+        };
+        String::from_utf8_lossy(&text.stdout)
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bench_idle(bootstrap: &str) {
+    const USERS: usize = 2500;
+    const MEASURE: Duration = Duration::from_secs(120);
+    let sim = start_sim();
+    let big_users = populate(&sim, "idle", USERS, 2, 2);
+    let small_users = populate(&sim, "solo", 1, 2, 2);
+    let big = launch_worker(&sim, bootstrap, &big_users);
+    let small = launch_worker(&sim, bootstrap, &small_users);
+    let t0 = Instant::now();
+    let partitions = (USERS * 4) as f64;
+    wait_until("10,000 initial rounds", Duration::from_secs(900), || {
+        std::thread::sleep(Duration::from_millis(500));
+        big.metric("graph_cdc_rounds_completed_total") >= partitions
+            && small.metric("graph_cdc_rounds_completed_total") >= 4.0
+    });
+    let synced = t0.elapsed().as_secs_f64();
+    // Warm-up: the first idle polls (60 s interval, 10% jitter) have all happened.
+    std::thread::sleep(Duration::from_secs(70));
+    let req0 = sim.server.state.stats.lock().total();
+    let (b0, _) = big.usage();
+    let (s0, _) = small.usage();
+    let mut big_rss_max: f64 = 0.0;
+    let mut small_rss_max: f64 = 0.0;
+    let m0 = Instant::now();
+    while m0.elapsed() < MEASURE {
+        std::thread::sleep(Duration::from_secs(1));
+        big_rss_max = big_rss_max.max(big.usage().1);
+        small_rss_max = small_rss_max.max(small.usage().1);
+    }
+    let secs = m0.elapsed().as_secs_f64();
+    let (b1, _) = big.usage();
+    let (s1, _) = small.usage();
+    let requests = sim.server.state.stats.lock().total() - req0;
+    let big_cpu = (b1 - b0) / secs * 100.0;
+    let small_cpu = (s1 - s0) / secs * 100.0;
+    println!(
+        "idle: 10,000 + 4 partitions synced in {synced:.0} s; measured {secs:.0} s after a 70 s warm-up; \
+         {requests} Graph requests ({:.0}/s)",
+        requests as f64 / secs
+    );
+    println!("  10,000 partitions: {big_rss_max:>6.1} MiB resident (max), {big_cpu:.2}% of a core");
+    println!(
+        "  4 partitions:      {small_rss_max:>6.1} MiB resident (max), {small_cpu:.2}% of a core"
+    );
+    println!(
+        "RESULT idle: 10,000 partitions {big_rss_max:.1} MiB (target < 150) and {big_cpu:.2}% of a core \
+         (target < 5%); against 4 partitions: memory ratio {:.2}, {:.1} KiB per extra partition",
+        big_rss_max / small_rss_max,
+        (big_rss_max - small_rss_max) * 1024.0 / (partitions - 4.0)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Graph requests per change.
+
+fn requests_run(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    page_size: usize,
+) -> (u64, u64, u64) {
+    let sim = start_sim();
+    let users = populate(&sim, "req", 20, 50, 20);
+    let mut spec = worker_spec(&sim, bootstrap, all_kinds(&users));
+    spec.client.page_size = page_size;
+    spec.poll_interval = Duration::from_secs(2);
+    let parts = spec.partitions.len() as u64;
+    let w = start_worker(rt, spec);
+    // The initial sync: every partition has completed a round.
+    let rounds = || {
+        let m = metrics();
+        PartitionKind::ALL
+            .iter()
+            .map(|k| m.rounds_completed.with_label_values(&[k.as_str()]).get())
+            .sum::<u64>()
+    };
+    let r0 = rounds();
+    wait_until("the initial sync", Duration::from_secs(120), || {
+        rounds() - r0 >= parts + 20
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let req0 = sim.server.state.stats.lock().total();
+    let rec0 = records_written();
+    let mut changes = 0;
+    for i in 0..100 {
+        let m = MutateSpec {
+            count: 10,
+            start: window_start(),
+            days: WINDOW_DAYS,
+            structural: false,
+            seed: Some(i),
+            ..Default::default()
+        };
+        let s = graph_cdc::sim::generate::mutate(&mut sim.server.state.store.write(), &m);
+        changes += s.ops.values().sum::<u64>();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let requests = sim.server.state.stats.lock().total() - req0;
+    let records = records_written() - rec0;
+    w.stop(rt);
+    (requests, records, changes)
+}
+
+fn bench_requests(rt: &tokio::runtime::Runtime, bootstrap: &str) {
+    println!("requests: 20 users x (calendar view, calendar list, task lists, tasks), poll 2 s, 1,000 changes over 20 s");
+    let mut per = Vec::new();
+    for size in [10, 100] {
+        let (req, rec, changes) = requests_run(rt, bootstrap, size);
+        let r = req as f64 / rec.max(1) as f64;
+        println!(
+            "  page_size {size:>3}: {req} requests for {rec} committed records ({changes} changes): {r:.2} requests/record"
+        );
+        per.push(r);
+    }
+    println!(
+        "RESULT requests: {:.2} requests/record at page_size 10, {:.2} at 100, ratio {:.2}",
+        per[0],
+        per[1],
+        per[0] / per[1]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Change latency.
+
+fn bench_latency(rt: &tokio::runtime::Runtime, bootstrap: &str) {
+    let poll = Duration::from_secs(1);
+    // The floor: a bare transactional produce → read_committed consume on the same broker.
+    let floor = {
+        let topic = format!("floor-{}", run_id());
+        create_topic(rt, bootstrap, &topic);
+        let c = consumer(bootstrap);
+        assign(&c, &topic, Offset::End);
+        let p = bare_producer(bootstrap);
+        let mut lat = Vec::new();
+        for i in 0..100 {
+            let t = Instant::now();
+            p.begin_transaction().expect("begin");
+            let key = format!("k{i}");
+            send(
+                &p,
+                BaseRecord::to(&topic)
+                    .key(key.as_bytes())
+                    .payload(b"x".as_slice()),
+            );
+            p.commit_transaction(Timeout::After(Duration::from_secs(30)))
+                .expect("commit");
+            loop {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                    if m.key() == Some(key.as_bytes()) {
+                        break;
+                    }
+                }
+            }
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        lat.sort_by(f64::total_cmp);
+        lat
+    };
+
+    let sim = start_sim();
+    let users = populate(&sim, "lat", 10, 20, 0);
+    let mut spec = worker_spec(&sim, bootstrap, view_partitions(&users));
+    spec.poll_interval = poll;
+    let topic = spec.sink.topics.events.clone();
+    let r0 = records_written();
+    let w = start_worker(rt, spec);
+    wait_until("the initial sync", Duration::from_secs(120), || {
+        records_written() - r0 >= 200
+    });
+    let ids: Vec<(String, String)> = {
+        let store = sim.server.state.store.read();
+        users
+            .iter()
+            .flat_map(|u| {
+                let uid = store.user_id(u).expect("user").to_string();
+                let u = &store.users[&uid];
+                u.events[&u.primary_calendar]
+                    .live()
+                    .map(|e| (uid.clone(), e.data.id.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let c = consumer(bootstrap);
+    assign(&c, &topic, Offset::End);
+    let sent: Arc<parking_lot::Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let mutator = {
+        let sent = sent.clone();
+        let done = done.clone();
+        let state = sim.server.state.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !done.load(Ordering::Relaxed) && n < 300 {
+                let (u, id) = &ids[(n as usize * 7) % ids.len()];
+                let patch = graph_cdc::sim::model::EventPatch {
+                    subject: Some(format!("latency-probe-{n}-end")),
+                    ..Default::default()
+                };
+                sent.lock().insert(n, Instant::now());
+                state
+                    .store
+                    .write()
+                    .update_event(u, id, patch)
+                    .expect("update");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    while lat.len() < 300 && t0.elapsed() < Duration::from_secs(90) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+            let Some(v) = m.payload() else { continue };
+            let text = String::from_utf8_lossy(v);
+            if let Some(i) = text.find("latency-probe-") {
+                let rest = &text[i + "latency-probe-".len()..];
+                if let Some(n) = rest.split('-').next().and_then(|n| n.parse::<u64>().ok()) {
+                    if let Some(at) = sent.lock().remove(&n) {
+                        lat.push(at.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = mutator.join();
+    w.stop(rt);
+    lat.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let (f50, f99) = (percentile(&floor, 0.5), percentile(&floor, 0.99));
+    println!(
+        "latency: {} changes, poll interval {} ms (a change waits half of it on average)",
+        lat.len(),
+        poll.as_millis()
+    );
+    println!("  connector: p50 {p50:>7.1} ms, p99 {p99:>7.1} ms");
+    println!(
+        "  floor (bare transactional produce → consume): p50 {f50:>7.1} ms, p99 {f99:>7.1} ms"
+    );
+    println!(
+        "RESULT latency: p50 {p50:.0} ms, p99 {p99:.0} ms at a {} ms poll interval; p50 over (poll/2 + floor p50) {:.2}",
+        poll.as_millis(),
+        p50 / (poll.as_secs_f64() * 500.0 + f50)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("worker")
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut own = None;
+    let bootstrap = match std::env::var(graph_cdc::testkit::broker::TEST_KAFKA_ENV) {
+        Ok(b) if !b.trim().is_empty() => b,
+        _ => {
+            let b = KafkaBroker::start().expect("a Kafka broker");
+            let s = b.bootstrap();
+            own = Some(b);
+            s
+        }
+    };
+    println!(
+        "graph-cdc benchmarks: {} cores, broker {bootstrap}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    if want("cost") {
+        bench_cost();
+    }
+    if want("throughput") {
+        bench_throughput(&rt, &bootstrap);
+    }
+    if want("requests") {
+        bench_requests(&rt, &bootstrap);
+    }
+    if want("latency") {
+        bench_latency(&rt, &bootstrap);
+    }
+    if want("idle") {
+        bench_idle(&bootstrap);
+    }
+    drop(own);
+}
