@@ -625,12 +625,15 @@ async fn partition_loop(
     // Initial-sync progress, logged at most every 10 seconds.
     let (mut pages, mut records) = (0u64, 0u64);
     let mut last_progress = std::time::Instant::now();
+    // The next page, fetched while the previous one was being committed (see below).
+    let mut prefetched: Option<Result<crate::source::SourceBatch, GraphError>> = None;
     loop {
         if cancel.is_cancelled() {
             return PartitionState::Stopped;
         }
         // Paused: keep the place and wait.
         while *paused.borrow_and_update() {
+            prefetched = None;
             tokio::select! {
                 r = paused.changed() => if r.is_err() { return PartitionState::Stopped },
                 _ = cancel.cancelled() => return PartitionState::Stopped,
@@ -639,11 +642,15 @@ async fn partition_loop(
         if resync.swap(false, Ordering::SeqCst) {
             metrics::resync(&id, "signal", "initial");
             reader.restart();
+            prefetched = None;
         }
         let round = reader.offset().round;
-        let fetched = tokio::select! {
-            r = reader.next_batch(&shared.client) => r,
-            _ = cancel.cancelled() => return PartitionState::Stopped,
+        let fetched = match prefetched.take() {
+            Some(r) => r,
+            None => tokio::select! {
+                r = reader.next_batch(&shared.client) => r,
+                _ = cancel.cancelled() => return PartitionState::Stopped,
+            },
         };
         let batch = match fetched {
             Ok(b) => {
@@ -723,14 +730,41 @@ async fn partition_loop(
                     batch.starts.push(Arc::new(p));
                 }
             }
-            match shared.sink.commit(batch).await {
+            // Mid-round, the next page is fetched while this one commits, on a copy of the
+            // reader that assumes the commit: a partition would otherwise wait a whole
+            // transaction between pages. Nothing of it reaches the sink before the commit is
+            // acknowledged; if the commit fails, it is dropped and the page refetched.
+            let mut ahead = (!round_done).then(|| {
+                let mut a = reader.clone();
+                a.advance(offset.clone(), &ids);
+                a
+            });
+            let (committed, next) = match ahead.as_mut() {
+                Some(a) => {
+                    let fetch = async {
+                        tokio::select! {
+                            r = a.next_batch(&shared.client) => Some(r),
+                            _ = cancel.cancelled() => None,
+                        }
+                    };
+                    tokio::join!(shared.sink.commit(batch), fetch)
+                }
+                None => (shared.sink.commit(batch).await, None),
+            };
+            match committed {
                 Ok(()) => {
                     shared
                         .status
                         .offsets
                         .lock()
                         .insert((*id).clone(), offset.clone());
-                    reader.advance(offset, &ids);
+                    match (ahead, next) {
+                        (Some(a), Some(next)) => {
+                            *reader = a;
+                            prefetched = Some(next);
+                        }
+                        _ => reader.advance(offset, &ids),
+                    }
                     for (op, list) in lists {
                         let p = PartitionId::Tasks {
                             user: id.user().to_string(),

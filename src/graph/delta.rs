@@ -64,8 +64,12 @@ pub fn parse_page(body: Bytes) -> Result<DeltaPage, MalformedPage> {
     }
     let mut items = Vec::with_capacity(env.value.len());
     for raw in env.value {
-        let head: Head = serde_json::from_str(raw.get())
-            .map_err(|e| MalformedPage(format!("item without an id: {e}")))?;
+        let head = match scan::head(raw.get()) {
+            Some(head) => head,
+            // Keys with escapes, duplicate members, not an object: let serde decide.
+            None => serde_json::from_str(raw.get())
+                .map_err(|e| MalformedPage(format!("item without an id: {e}")))?,
+        };
         items.push(DeltaItem {
             id: head.id,
             removed: head
@@ -79,6 +83,115 @@ pub fn parse_page(body: Bytes) -> Result<DeltaPage, MalformedPage> {
         next_link: env.next,
         delta_link: env.delta,
     })
+}
+
+/// A second serde pass over each item only to read `id` and `@removed` doubled the parse
+/// cost; the envelope parse has already validated each item as JSON, so its top-level
+/// members can be walked structurally, decoding only those two values.
+mod scan {
+    use super::{Head, Removed};
+
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while matches!(b.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            i += 1;
+        }
+        i
+    }
+
+    /// `b[i]` is an opening quote: the index after the closing one.
+    fn string_end(b: &[u8], i: usize) -> Option<usize> {
+        let mut j = i + 1;
+        loop {
+            j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+            if b[j] == b'"' {
+                return Some(j + 1);
+            }
+            j += 2; // an escape: skip the escaped byte
+        }
+    }
+
+    /// The index after the value starting at `b[i]`.
+    fn value_end(b: &[u8], i: usize) -> Option<usize> {
+        match b.get(i)? {
+            b'"' => string_end(b, i),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                let mut j = i;
+                loop {
+                    match b.get(j)? {
+                        b'"' => {
+                            j = string_end(b, j)?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(j + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+            }
+            _ => {
+                let mut j = i;
+                while !matches!(b.get(j)?, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                    j += 1;
+                }
+                Some(j)
+            }
+        }
+    }
+
+    /// `id` and `@removed` of a JSON object, or None when the fast path cannot tell.
+    pub(super) fn head(raw: &str) -> Option<Head> {
+        let b = raw.as_bytes();
+        let mut i = ws(b, 0);
+        if *b.get(i)? != b'{' {
+            return None;
+        }
+        i = ws(b, i + 1);
+        let (mut id, mut removed) = (None, None);
+        if *b.get(i)? != b'}' {
+            loop {
+                if *b.get(i)? != b'"' {
+                    return None;
+                }
+                let key_end = string_end(b, i)?;
+                let key = raw.get(i + 1..key_end - 1)?;
+                if key.contains('\\') {
+                    return None;
+                }
+                i = ws(b, key_end);
+                if *b.get(i)? != b':' {
+                    return None;
+                }
+                i = ws(b, i + 1);
+                let end = value_end(b, i)?;
+                let value = raw.get(i..end)?;
+                match key {
+                    "id" if id.is_none() => id = Some(serde_json::from_str::<String>(value).ok()?),
+                    "@removed" if removed.is_none() => {
+                        removed = Some(serde_json::from_str::<Option<Removed>>(value).ok()?)
+                    }
+                    "id" | "@removed" => return None,
+                    _ => {}
+                }
+                i = ws(b, end);
+                match *b.get(i)? {
+                    b',' => i = ws(b, i + 1),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        Some(Head {
+            id: id?,
+            removed: removed.flatten(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +216,40 @@ mod tests {
         // Zero-copy: the slice points into the body.
         let start = p.items[0].raw.as_ptr() as usize - body.as_ptr() as usize;
         assert!(start < body.len());
+    }
+
+    #[test]
+    fn the_fast_scan_agrees_with_serde() {
+        for item in [
+            r#"{"id":"a"}"#,
+            r#" { "x" : [1, {"id":"no"}, "]}\"" ] , "id" : "b\u00e9" , "n": -1.5e3, "t": true } "#,
+            r#"{"@removed":{"reason":"changed"},"id":"c"}"#,
+            r#"{"@removed":null,"id":"d"}"#,
+            r#"{"@removed":{},"id":"e","z":null}"#,
+            r#"{"i\u0064":"escaped key"}"#,
+            r#"{"id":"dup","id":"dup2"}"#,
+            r#"{"id":1}"#,
+            r#"{"subject":"no id"}"#,
+            r#"{}"#,
+            r#"[1]"#,
+        ] {
+            let serde: Option<Head> = serde_json::from_str(item).ok();
+            let fast = scan::head(item);
+            if let Some(f) = &fast {
+                let s = serde.as_ref().expect(item);
+                assert_eq!(f.id, s.id, "{item}");
+                assert_eq!(
+                    f.removed.as_ref().map(|r| r.reason.clone()),
+                    s.removed.as_ref().map(|r| r.reason.clone()),
+                    "{item}"
+                );
+            }
+        }
+        assert_eq!(scan::head(r#"{"a":{"b":"}"},"id":"x"}"#).unwrap().id, "x");
+        assert!(
+            scan::head(r#"{"i\u0064":"y"}"#).is_none(),
+            "escaped keys go to serde"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::GraphError;
 use crate::metrics;
 use crate::source::{Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord};
 
+#[derive(Clone)]
 pub struct PartitionReader {
     pub id: Arc<PartitionId>,
     graph_host: String,
