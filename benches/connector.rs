@@ -772,7 +772,7 @@ fn bench_cost() {
 // ---------------------------------------------------------------------------------------
 // 3. Many idle partitions, in a worker process of their own.
 
-fn worker_config(sim: &Sim, bootstrap: &str, users: &[String], listen: &str) -> String {
+fn worker_config(sim: &Sim, bootstrap: &str, users: &[String], listen: &str, batch: bool) -> String {
     let run = run_id();
     format!(
         r#"
@@ -783,6 +783,7 @@ client_id = "{CLIENT}"
 base_url = "{host}"
 authority_url = "{host}"
 poll_interval = "60s"
+batch_polls = {batch}
 [kafka]
 bootstrap_servers = "{bootstrap}"
 offsets_topic = "offsets-{run}"
@@ -837,12 +838,12 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
-fn launch_worker(sim: &Sim, bootstrap: &str, users: &[String]) -> Proc {
+fn launch_worker(sim: &Sim, bootstrap: &str, users: &[String], batch: bool) -> Proc {
     let dir = std::env::temp_dir().join(format!("graph-cdc-bench-{}", run_id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let listen = format!("127.0.0.1:{}", free_port());
     let cfg = dir.join("worker.toml");
-    std::fs::write(&cfg, worker_config(sim, bootstrap, users, &listen)).expect("config");
+    std::fs::write(&cfg, worker_config(sim, bootstrap, users, &listen, batch)).expect("config");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
         .args(["run", "--config"])
         .arg(&cfg)
@@ -894,6 +895,26 @@ impl Proc {
     }
 }
 
+/// CPU seconds of each thread name of process `pid`.
+fn threads_cpu(pid: u32) -> HashMap<String, f64> {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut out = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+            *out.entry(stat[open + 1..close].to_string()).or_default() += ticks / tick;
+        }
+    }
+    out
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -905,51 +926,80 @@ fn bench_idle(bootstrap: &str) {
     const USERS: usize = 2500;
     const MEASURE: Duration = Duration::from_secs(120);
     let sim = start_sim();
-    let big_users = populate(&sim, "idle", USERS, 2, 2);
+    let plain_users = populate(&sim, "idle", USERS, 2, 2);
+    let batch_users = populate(&sim, "idlb", USERS, 2, 2);
     let small_users = populate(&sim, "solo", 1, 2, 2);
-    let big = launch_worker(&sim, bootstrap, &big_users);
-    let small = launch_worker(&sim, bootstrap, &small_users);
+    // Measured side by side over the same window: 10,000 partitions polling one by one,
+    // 10,000 polling in JSON batches (`graph.batch_polls`), and 4 partitions.
+    let workers = [
+        ("10,000 partitions", launch_worker(&sim, bootstrap, &plain_users, false), USERS * 4),
+        ("10,000, batch_polls", launch_worker(&sim, bootstrap, &batch_users, true), USERS * 4),
+        ("4 partitions", launch_worker(&sim, bootstrap, &small_users, false), 4),
+    ];
     let t0 = Instant::now();
-    let partitions = (USERS * 4) as f64;
-    wait_until("10,000 initial rounds", Duration::from_secs(900), || {
+    wait_until("the initial rounds", Duration::from_secs(900), || {
         std::thread::sleep(Duration::from_millis(500));
-        big.metric("graph_cdc_rounds_completed_total") >= partitions
-            && small.metric("graph_cdc_rounds_completed_total") >= 4.0
+        workers
+            .iter()
+            .all(|(_, w, n)| w.metric("graph_cdc_rounds_completed_total") >= *n as f64)
     });
     let synced = t0.elapsed().as_secs_f64();
     // Warm-up: the first idle polls (60 s interval, 10% jitter) have all happened.
     std::thread::sleep(Duration::from_secs(70));
-    let req0 = sim.server.state.stats.lock().total();
-    let (b0, _) = big.usage();
-    let (s0, _) = small.usage();
-    let mut big_rss_max: f64 = 0.0;
-    let mut small_rss_max: f64 = 0.0;
+    let http = |w: &Proc| {
+        w.metric("graph_cdc_graph_requests_total{") + w.metric("graph_cdc_graph_batches_total{")
+    };
+    let before: Vec<(f64, f64, HashMap<String, f64>)> = workers
+        .iter()
+        .map(|(_, w, _)| (w.usage().0, http(w), threads_cpu(w.child.id())))
+        .collect();
+    let mut rss_max = [0.0f64; 3];
     let m0 = Instant::now();
     while m0.elapsed() < MEASURE {
         std::thread::sleep(Duration::from_secs(1));
-        big_rss_max = big_rss_max.max(big.usage().1);
-        small_rss_max = small_rss_max.max(small.usage().1);
+        for (i, (_, w, _)) in workers.iter().enumerate() {
+            rss_max[i] = rss_max[i].max(w.usage().1);
+        }
     }
     let secs = m0.elapsed().as_secs_f64();
-    let (b1, _) = big.usage();
-    let (s1, _) = small.usage();
-    let requests = sim.server.state.stats.lock().total() - req0;
-    let big_cpu = (b1 - b0) / secs * 100.0;
-    let small_cpu = (s1 - s0) / secs * 100.0;
     println!(
-        "idle: 10,000 + 4 partitions synced in {synced:.0} s; measured {secs:.0} s after a 70 s warm-up; \
-         {requests} Graph requests ({:.0}/s)",
-        requests as f64 / secs
+        "idle: partitions synced in {synced:.0} s; measured {secs:.0} s after a 70 s warm-up, poll interval 60 s"
     );
-    println!("  10,000 partitions: {big_rss_max:>6.1} MiB resident (max), {big_cpu:.2}% of a core");
+    let mut cpu = [0.0f64; 3];
+    let mut reqs = [0.0f64; 3];
+    for (i, (name, w, _)) in workers.iter().enumerate() {
+        cpu[i] = (w.usage().0 - before[i].0) / secs * 100.0;
+        reqs[i] = http(w) - before[i].1;
+        println!(
+            "  {name:<20} {:>6.1} MiB resident (max), {:>5.2}% of a core, {:>6.0} HTTP requests ({:.1}/s)",
+            rss_max[i],
+            cpu[i],
+            reqs[i],
+            reqs[i] / secs
+        );
+        let mut by_thread: Vec<(String, f64)> = threads_cpu(w.child.id())
+            .into_iter()
+            .map(|(n, c)| {
+                let d = c - before[i].2.get(&n).copied().unwrap_or(0.0);
+                (n, d / secs * 100.0)
+            })
+            .filter(|(_, c)| *c > 0.05)
+            .collect();
+        by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!("      CPU by thread (% of a core): {by_thread:.2?}");
+    }
     println!(
-        "  4 partitions:      {small_rss_max:>6.1} MiB resident (max), {small_cpu:.2}% of a core"
-    );
-    println!(
-        "RESULT idle: 10,000 partitions {big_rss_max:.1} MiB (target < 150) and {big_cpu:.2}% of a core \
-         (target < 5%); against 4 partitions: memory ratio {:.2}, {:.1} KiB per extra partition",
-        big_rss_max / small_rss_max,
-        (big_rss_max - small_rss_max) * 1024.0 / (partitions - 4.0)
+        "RESULT idle: 10,000 partitions {:.1} MiB (target < 150) and {:.2}% of a core (target < 5%); \
+         with batch_polls {:.1} MiB and {:.2}% ({:.0}x fewer HTTP requests, CPU ratio {:.2}); \
+         against 4 partitions: memory ratio {:.2}, {:.1} KiB per extra partition",
+        rss_max[0],
+        cpu[0],
+        rss_max[1],
+        cpu[1],
+        reqs[0] / reqs[1].max(1.0),
+        cpu[1] / cpu[0],
+        rss_max[0] / rss_max[2],
+        (rss_max[0] - rss_max[2]) * 1024.0 / (USERS as f64 * 4.0 - 4.0)
     );
 }
 

@@ -27,6 +27,7 @@ poll_interval = "60s"
 poll_jitter = 0.1
 timezone = "UTC"
 max_concurrency_per_mailbox = 4
+batch_polls = false
 max_concurrency = 64
 request_timeout = "30s"
 max_retries = 10
@@ -207,6 +208,9 @@ pub struct GraphSettings {
     pub max_concurrency_per_mailbox: usize,
     /// Requests in flight overall.
     pub max_concurrency: usize,
+    /// Send idle deltaLink polls in JSON batches (`POST /$batch`, up to 20 per request);
+    /// items Graph does not answer with 200 are retried one by one.
+    pub batch_polls: bool,
     /// Timeout of one Graph request.
     pub request_timeout: Dur,
     /// Retries of a throttled, failing or malformed request before the partition waits.

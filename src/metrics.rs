@@ -29,6 +29,8 @@ pub const ROUNDS_COMPLETED: &str = "graph_cdc_rounds_completed_total";
 pub const STALENESS_MAX: &str = "graph_cdc_staleness_max_seconds";
 pub const STALENESS: &str = "graph_cdc_staleness_seconds";
 pub const IN_FLIGHT: &str = "graph_cdc_graph_requests_in_flight";
+pub const GRAPH_BATCHES: &str = "graph_cdc_graph_batches_total";
+pub const GRAPH_BATCHED_POLLS: &str = "graph_cdc_graph_batched_polls_total";
 pub const PRODUCER_QUEUE: &str = "graph_cdc_producer_queue_messages";
 pub const PARTITIONS_TRACKED: &str = "graph_cdc_partitions_tracked";
 pub const PARTITION_STALENESS: &str = "graph_cdc_partition_staleness_seconds";
@@ -41,6 +43,8 @@ pub struct Metrics {
     pub graph_requests: IntCounterVec,
     pub graph_request_seconds: HistogramVec,
     pub graph_retries: IntCounterVec,
+    pub graph_batches: IntCounterVec,
+    pub graph_batched_polls: IntCounterVec,
     pub graph_throttled: IntCounterVec,
     pub graph_retry_wait: prometheus::Counter,
     pub token_renewals: IntCounter,
@@ -152,6 +156,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             &["kind", "status"],
         )?,
         graph_retries: counter(GRAPH_RETRIES, "Graph requests retried", &["kind"])?,
+        graph_batches: counter(
+            GRAPH_BATCHES,
+            "JSON batch requests (POST /$batch) by status class",
+            &["status"],
+        )?,
+        graph_batched_polls: counter(
+            GRAPH_BATCHED_POLLS,
+            "deltaLink polls sent in a batch, by whether the batch answered them with a page",
+            &["kind", "answered"],
+        )?,
         graph_throttled: counter(
             GRAPH_THROTTLED,
             "Graph answers 429 Too Many Requests",
@@ -227,6 +241,30 @@ pub fn graph_request(kind: PartitionKind, status: u16, elapsed: Duration) {
         .with_label_values(&[kind.as_str()])
         .observe(elapsed.as_secs_f64());
     tracing::trace!(kind = %kind, status, elapsed_ms = elapsed.as_millis() as u64, "graph request");
+}
+
+/// A JSON batch of `polls` deltaLink polls got an answer (status 0: no answer); `answered`
+/// of them came back as pages, the others are retried one by one.
+pub fn graph_batch(status: u16, polls: usize, answered: usize, elapsed: Duration) {
+    metrics()
+        .graph_batches
+        .with_label_values(&[status_class(status)])
+        .inc();
+    tracing::debug!(
+        status,
+        polls,
+        answered,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "graph batch"
+    );
+}
+
+/// One deltaLink poll of a batch: answered with a page, or left to a request of its own.
+pub fn graph_batched_poll(kind: PartitionKind, answered: bool) {
+    metrics()
+        .graph_batched_polls
+        .with_label_values(&[kind.as_str(), if answered { "page" } else { "fallback" }])
+        .inc();
 }
 
 /// A Graph request will be retried after `wait`.

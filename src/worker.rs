@@ -79,6 +79,7 @@ impl WorkerSpec {
                 timezone: Some(g.timezone.clone()).filter(|t| !t.eq_ignore_ascii_case("utc")),
                 max_concurrency_per_mailbox: g.max_concurrency_per_mailbox,
                 max_concurrency: g.max_concurrency,
+                batch_polls: g.batch_polls,
                 request_timeout: g.request_timeout.0,
                 max_retries: g.max_retries,
                 max_backoff: g.max_backoff.0,

@@ -37,6 +37,8 @@ pub struct ClientOptions {
     /// First backoff step when Graph gives no `Retry-After`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// deltaLink polls go through `POST /$batch` (see `batch.rs`).
+    pub batch_polls: bool,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +52,7 @@ impl Default for ClientOptions {
             max_retries: 10,
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
+            batch_polls: false,
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct GraphClient {
     opts: ClientOptions,
     global: Semaphore,
     mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
+    batcher: Option<super::batch::Batcher>,
 }
 
 /// Why one attempt failed and whether to wait before the next.
@@ -76,13 +80,33 @@ enum Attempt {
 
 impl GraphClient {
     pub fn new(http: reqwest::Client, tokens: Arc<TokenProvider>, opts: ClientOptions) -> Self {
+        let batcher = opts
+            .batch_polls
+            .then(|| super::batch::Batcher::start(http.clone(), tokens.clone(), opts.clone()));
         Self {
             http,
             tokens,
             global: Semaphore::new(opts.max_concurrency.max(1)),
             opts,
             mailboxes: Mutex::new(HashMap::new()),
+            batcher,
         }
+    }
+
+    /// Polls a deltaLink: in a JSON batch when enabled, else (or when the batch did not
+    /// answer it with a page) as a request of its own.
+    pub async fn poll_delta(
+        &self,
+        user: &str,
+        kind: PartitionKind,
+        url: &str,
+    ) -> Result<DeltaPage, GraphError> {
+        if let Some(b) = &self.batcher {
+            if let Some(page) = b.submit(kind, url).await {
+                return Ok(page);
+            }
+        }
+        self.get_page(user, kind, url).await
     }
 
     pub fn tokens(&self) -> &TokenProvider {
@@ -171,15 +195,9 @@ impl GraphClient {
             .http
             .get(url)
             .bearer_auth(&*token)
-            .timeout(self.opts.request_timeout)
-            .header(
-                "Prefer",
-                format!("odata.maxpagesize={}", self.opts.page_size),
-            );
-        if kind == PartitionKind::CalendarView {
-            if let Some(tz) = &self.opts.timezone {
-                req = req.header("Prefer", format!("outlook.timezone=\"{tz}\""));
-            }
+            .timeout(self.opts.request_timeout);
+        for p in prefer(&self.opts, kind) {
+            req = req.header("Prefer", p);
         }
         let started = Instant::now();
         let in_flight = &metrics::metrics().in_flight;
@@ -255,6 +273,17 @@ impl GraphClient {
             }),
         }
     }
+}
+
+/// The `Prefer` headers of a delta request.
+pub(super) fn prefer(opts: &ClientOptions, kind: PartitionKind) -> Vec<String> {
+    let mut out = vec![format!("odata.maxpagesize={}", opts.page_size)];
+    if kind == PartitionKind::CalendarView {
+        if let Some(tz) = &opts.timezone {
+            out.push(format!("outlook.timezone=\"{tz}\""));
+        }
+    }
+    out
 }
 
 fn closed() -> GraphError {

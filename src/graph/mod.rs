@@ -9,6 +9,7 @@
 //! It knows nothing of Kafka: it yields [`crate::source::SourceBatch`]es.
 
 pub mod auth;
+pub mod batch;
 pub mod client;
 pub mod delta;
 pub mod partition;

@@ -114,7 +114,13 @@ impl PartitionReader {
                     self.graph_host
                 )));
             }
-            match client.get_page(self.id.user(), self.id.kind(), &link).await {
+            let polling = self.offset.link.is_some() && self.at_round_start();
+            let fetched = if polling {
+                client.poll_delta(self.id.user(), self.id.kind(), &link).await
+            } else {
+                client.get_page(self.id.user(), self.id.kind(), &link).await
+            };
+            match fetched {
                 Ok(page) => return Ok(self.batch(page)),
                 Err(GraphError::Gone { code, location }) if resyncs < MAX_RESYNCS_PER_FETCH => {
                     resyncs += 1;

@@ -182,6 +182,55 @@ async fn restart_resumes_from_committed_offsets() {
     );
 }
 
+/// `graph.batch_polls`: deltaLink polls travel in JSON batches; items throttled or failed
+/// inside a batch fall back to requests of their own; the view converges with no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_polls_converge_and_fall_back_per_item() {
+    let sim = sim_with_users(SimSettings::default(), 3, 31).await;
+    let f = |kind, probability| FaultSpec {
+        kind,
+        user: None,
+        endpoint: None,
+        on: Some(LinkKind::Delta),
+        probability: Some(probability),
+        count: None,
+        retry_after: Some(0.05),
+        delay_ms: None,
+    };
+    sim.state.add_fault(f(FaultKind::Throttle, 0.1));
+    sim.state.add_fault(f(FaultKind::Gone, 0.02));
+    sim.state.add_fault(f(FaultKind::Malformed, 0.02));
+    let mut spec = spec(&sim, &bootstrap(), configured(&sim));
+    spec.client.batch_polls = true;
+    let w = start_worker(&spec);
+    converge(&sim, &spec, &w);
+    for round in 0..3 {
+        mutate(&sim, 30, 300 + round);
+        converge(&sim, &spec, &w);
+    }
+    w.stop().await.unwrap();
+    let (batches, delta_polls) = {
+        let st = sim.state.stats.lock();
+        (st.count("batch", 200), st.total())
+    };
+    let m = graph_cdc::metrics::metrics();
+    let answered: u64 = graph_cdc::source::PartitionKind::ALL
+        .iter()
+        .map(|k| m.graph_batched_polls.with_label_values(&[k.as_str(), "page"]).get())
+        .sum();
+    let fallback: u64 = graph_cdc::source::PartitionKind::ALL
+        .iter()
+        .map(|k| m.graph_batched_polls.with_label_values(&[k.as_str(), "fallback"]).get())
+        .sum();
+    assert!(batches > 0, "polls were batched");
+    assert!(
+        answered > batches,
+        "batches carried several polls each: {answered} polls in {batches} batches ({delta_polls} requests in all)"
+    );
+    assert!(fallback > 0, "throttled items were retried on their own");
+    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
+}
+
 /// 429 storms, 5xx, malformed and truncated bodies, 410 on nextLinks and deltaLinks and an
 /// expired token: the view still converges to the truth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use graph_cdc::sim::faults::{FaultKind, FaultSpec, LinkKind};
@@ -377,4 +378,98 @@ async fn control_api_over_http() {
             .status(),
         404
     );
+}
+
+/// JSON batching: up to 20 requests per `POST /$batch`, relative URLs, each answered with its
+/// own status (a throttled item fails alone inside a 200 batch), responses in any order.
+#[tokio::test]
+async fn json_batches_answer_each_item_on_its_own() {
+    let sim = start(SimSettings::default()).await;
+    let g = Graph::new(&sim).await;
+    let mut rels = Vec::new();
+    for i in 0..6 {
+        let upn = format!("batch{i}@contoso.com");
+        let url = tasks(&sim, &g, &upn, 3).await;
+        // Follow the round to its deltaLink: the batch polls those.
+        let (_, delta) = g.round(&url, None).await;
+        let rel = delta
+            .split_once("/v1.0/")
+            .map(|(_, r)| r.to_string())
+            .expect("relative link");
+        rels.push((upn, rel));
+    }
+    // The third user is throttled: only its item fails.
+    sim.state.add_fault(FaultSpec {
+        user: Some("batch2@contoso.com".into()),
+        retry_after: Some(1.5),
+        ..fault(FaultKind::Throttle)
+    });
+    let requests: Vec<Value> = rels
+        .iter()
+        .enumerate()
+        .map(|(i, (_, rel))| {
+            json!({"id": i.to_string(), "method": "GET", "url": rel,
+                   "headers": {"Prefer": "odata.maxpagesize=2"}})
+        })
+        .collect();
+    let post = |body: Value| {
+        g.http
+            .post(g.url("/v1.0/$batch"))
+            .bearer_auth(&g.token)
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({ "requests": requests })).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let responses = v["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 6);
+    for resp in responses {
+        let i: usize = resp["id"].as_str().unwrap().parse().unwrap();
+        if i == 2 {
+            assert_eq!(resp["status"], 429);
+            assert_eq!(resp["headers"]["retry-after"], "1.5");
+            assert_eq!(resp["body"]["error"]["code"], "TooManyRequests");
+        } else {
+            assert_eq!(resp["status"], 200, "{resp}");
+            assert!(resp["body"]["value"].as_array().unwrap().is_empty());
+            let link = resp["body"]["@odata.deltaLink"].as_str().unwrap();
+            assert!(link.starts_with(&g.base) && link.contains("$deltatoken="), "{link}");
+        }
+    }
+    // Any order: over a few batches the order differs from the request order.
+    let mut orders = HashSet::new();
+    for _ in 0..5 {
+        let v: Value = post(json!({ "requests": requests })).await.unwrap().json().await.unwrap();
+        let order: Vec<String> = v["responses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        orders.insert(order);
+    }
+    assert!(orders.len() > 1, "responses come back in any order");
+    // Limits: 21 requests, duplicate ids, absolute URLs, no token.
+    let many: Vec<Value> = (0..21)
+        .map(|i| json!({"id": i.to_string(), "method": "GET", "url": rels[0].1}))
+        .collect();
+    assert_eq!(post(json!({ "requests": many })).await.unwrap().status(), 400);
+    let dup = json!({"requests": [
+        {"id": "1", "method": "GET", "url": rels[0].1},
+        {"id": "1", "method": "GET", "url": rels[1].1}]});
+    assert_eq!(post(dup).await.unwrap().status(), 400);
+    let abs = json!({"requests": [{"id": "a", "method": "GET", "url": g.url("/v1.0/users/x")}]});
+    let v: Value = post(abs).await.unwrap().json().await.unwrap();
+    assert_eq!(v["responses"][0]["status"], 400);
+    let r = g
+        .http
+        .post(g.url("/v1.0/$batch"))
+        .json(&json!({ "requests": [{"id": "1", "method": "GET", "url": rels[0].1}] }))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["responses"][0]["status"], 401, "each item is authenticated");
+    assert!(sim.state.stats.lock().count("batch", 200) >= 7);
 }
