@@ -76,3 +76,11 @@ echo "broker at $GRAPH_CDC_TEST_KAFKA"
 
 step "tests"
 "${runner[@]}" "$@"
+
+# Fuzzing the parsers of outside input (scripts/fuzz.sh): a short run per target on every full
+# run; GRAPH_CDC_FUZZ_SECONDS=0 (or running a subset of tests) skips it.
+fuzz_seconds="${GRAPH_CDC_FUZZ_SECONDS:-60}"
+if [ $# -eq 0 ] && [ "$fuzz_seconds" != 0 ]; then
+  step "fuzz: delta pages, offset records, config (${fuzz_seconds} s each)"
+  bash scripts/fuzz.sh "$fuzz_seconds"
+fi

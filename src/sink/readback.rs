@@ -46,29 +46,24 @@ pub fn read_to_end(
         .set("auto.offset.reset", "earliest")
         .create()
         .map_err(err)?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(err)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut pending = HashSet::new();
-    for t in md.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            // Empty partitions never report EOF reliably: skip them up front.
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .map_err(err)?;
-            if high > low {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                    .map_err(err)?;
-                pending.insert(p.id());
+    // Right after the topic is created (or while the broker settles) metadata and
+    // watermarks can fail for a while (NotLeaderForPartition, LeaderNotAvailable…): retry
+    // until the deadline instead of failing the worker.
+    let deadline = Instant::now() + timeout;
+    let (tpl, mut pending) = loop {
+        match plan(&consumer, topic) {
+            Ok(p) => break p,
+            Err(e) if Instant::now() + Duration::from_millis(250) < deadline => {
+                tracing::debug!(topic, error = %e, "topic not readable yet; retrying");
+                std::thread::sleep(Duration::from_millis(250));
             }
+            Err(e) => return Err(err(e)),
         }
-    }
+    };
     if pending.is_empty() {
         return Ok(());
     }
     consumer.assign(&tpl).map_err(err)?;
-    let deadline = Instant::now() + timeout;
     while !pending.is_empty() {
         if Instant::now() > deadline {
             return Err(ReadError::Timeout(topic.to_string(), timeout));
@@ -78,9 +73,40 @@ pub fn read_to_end(
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 pending.remove(&p);
             }
-            Some(Err(e)) => return Err(err(e)),
+            // Transient consumer errors (a broker connection lost…) are waited out until
+            // the deadline; the reading resumes where it was.
+            Some(Err(e)) => tracing::debug!(topic, error = %e, "consumer error while reading; going on"),
             Some(Ok(m)) => each(&m),
         }
     }
     Ok(())
+}
+
+/// The partitions of `topic` that hold records, assigned from their beginning.
+fn plan(
+    consumer: &BaseConsumer,
+    topic: &str,
+) -> Result<(TopicPartitionList, HashSet<i32>), KafkaError> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut pending = HashSet::new();
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))?;
+    if let Some(e) = t.error() {
+        return Err(KafkaError::MetadataFetch(e.into()));
+    }
+    for p in t.partitions() {
+        // Empty partitions never report EOF reliably: skip them up front.
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            pending.insert(p.id());
+        }
+    }
+    Ok((tpl, pending))
 }
