@@ -772,7 +772,13 @@ fn bench_cost() {
 // ---------------------------------------------------------------------------------------
 // 3. Many idle partitions, in a worker process of their own.
 
-fn worker_config(sim: &Sim, bootstrap: &str, users: &[String], listen: &str, batch: bool) -> String {
+fn worker_config(
+    sim: &Sim,
+    bootstrap: &str,
+    users: &[String],
+    listen: &str,
+    batch: bool,
+) -> String {
     let run = run_id();
     format!(
         r#"
@@ -932,9 +938,21 @@ fn bench_idle(bootstrap: &str) {
     // Measured side by side over the same window: 10,000 partitions polling one by one,
     // 10,000 polling in JSON batches (`graph.batch_polls`), and 4 partitions.
     let workers = [
-        ("10,000 partitions", launch_worker(&sim, bootstrap, &plain_users, false), USERS * 4),
-        ("10,000, batch_polls", launch_worker(&sim, bootstrap, &batch_users, true), USERS * 4),
-        ("4 partitions", launch_worker(&sim, bootstrap, &small_users, false), 4),
+        (
+            "10,000 partitions",
+            launch_worker(&sim, bootstrap, &plain_users, false),
+            USERS * 4,
+        ),
+        (
+            "10,000, batch_polls",
+            launch_worker(&sim, bootstrap, &batch_users, true),
+            USERS * 4,
+        ),
+        (
+            "4 partitions",
+            launch_worker(&sim, bootstrap, &small_users, false),
+            4,
+        ),
     ];
     let t0 = Instant::now();
     wait_until("the initial rounds", Duration::from_secs(900), || {

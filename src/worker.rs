@@ -576,7 +576,7 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
         .entry((*id).clone())
         .or_insert_with(std::time::Instant::now);
     let shared = shared.clone();
-    tokio::spawn(async move {
+    let fut = async move {
         let mut reader = reader;
         let end = partition_loop(&shared, &mut reader, &cancel, &resync).await;
         // Where it stands is where it restarts (unless it was removed and reset meanwhile).
@@ -589,7 +589,8 @@ fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
         }
         shared.status.set_state(&id, end.clone());
         *state.lock() = end;
-    });
+    };
+    tokio::spawn(fut);
 }
 
 fn stop_partition(shared: &Shared, id: &PartitionId) {
@@ -648,8 +649,10 @@ async fn partition_loop(
         let round = reader.offset().round;
         let fetched = match prefetched.take() {
             Some(r) => r,
+            // Boxed, like the other large sub-futures below: a parked partition (10,000 of
+            // them) then holds a small future instead of room for an HTTP request.
             None => tokio::select! {
-                r = reader.next_batch(&shared.client) => r,
+                r = Box::pin(reader.next_batch(&shared.client)) => r,
                 _ = cancel.cancelled() => return PartitionState::Stopped,
             },
         };
@@ -664,7 +667,7 @@ async fn partition_loop(
             // The list of a task partition is gone: stop tracking it and forget its offset.
             Err(GraphError::Client { status: 404, .. }) if id.kind() == PartitionKind::Tasks => {
                 tracing::info!(partition = %id, "task list no longer exists; resetting its offset");
-                let _ = shared.sink.write_offsets(vec![((*id).clone(), None)]).await;
+                let _ = Box::pin(shared.sink.write_offsets(vec![((*id).clone(), None)])).await;
                 shared.tracked.lock().remove(&*id);
                 return PartitionState::Stopped;
             }
@@ -678,7 +681,7 @@ async fn partition_loop(
                 failures += 1;
                 let wait = jittered(Duration::from_secs(5).saturating_mul(failures.min(12)), 0.2);
                 tracing::warn!(partition = %id, error = %e, wait_secs = wait.as_secs(), "fetch failed; retrying later");
-                if !sleep_or_cancel(wait, cancel).await {
+                if !Box::pin(sleep_or_cancel(wait, cancel)).await {
                     return PartitionState::Stopped;
                 }
                 continue;
@@ -687,12 +690,12 @@ async fn partition_loop(
         failures = 0;
         let mut batch = batch;
         if let Some(seen) = batch.full_resync_seen.take() {
-            match tombstones_after_full_resync(shared, &batch, &seen).await {
+            match Box::pin(tombstones_after_full_resync(shared, &batch, &seen)).await {
                 Ok(extra) => batch.records.extend(extra),
                 // The same page is fetched again and the comparison retried.
                 Err(e) => {
                     tracing::warn!(partition = %id, error = %e, "reading back keys after a full resync failed; retrying");
-                    if !sleep_or_cancel(Duration::from_secs(1), cancel).await {
+                    if !Box::pin(sleep_or_cancel(Duration::from_secs(1), cancel)).await {
                         return PartitionState::Stopped;
                     }
                     continue;
@@ -711,7 +714,10 @@ async fn partition_loop(
         let offset = batch.offset.clone();
         let round_done = offset.round > round;
         if batch.records.is_empty() && batch.resets.is_empty() {
-            if shared.sink.idle(id.clone(), offset.clone()).await.is_err() {
+            if Box::pin(shared.sink.idle(id.clone(), offset.clone()))
+                .await
+                .is_err()
+            {
                 return PartitionState::Stopped;
             }
             reader.advance(offset, &ids);
@@ -744,13 +750,13 @@ async fn partition_loop(
                 Some(a) => {
                     let fetch = async {
                         tokio::select! {
-                            r = a.next_batch(&shared.client) => Some(r),
+                            r = Box::pin(a.next_batch(&shared.client)) => Some(r),
                             _ = cancel.cancelled() => None,
                         }
                     };
-                    tokio::join!(shared.sink.commit(batch), fetch)
+                    Box::pin(async { tokio::join!(shared.sink.commit(batch), fetch) }).await
                 }
-                None => (shared.sink.commit(batch).await, None),
+                None => (Box::pin(shared.sink.commit(batch)).await, None),
             };
             match committed {
                 Ok(()) => {
@@ -813,7 +819,7 @@ async fn partition_loop(
                 .map_or(Duration::ZERO, |t| now.duration_since(t));
             metrics::round_completed(&id, round, age);
             let wait = jittered(shared.spec.poll_interval, shared.spec.poll_jitter);
-            if !sleep_or_cancel(wait, cancel).await {
+            if !Box::pin(sleep_or_cancel(wait, cancel)).await {
                 return PartitionState::Stopped;
             }
         }

@@ -194,14 +194,18 @@ mod tests {
     #[test]
     fn links_are_split_into_root_and_relative_url() {
         assert_eq!(
-            split("https://graph.microsoft.com/v1.0/users/a%40b/calendarView/delta?$deltatoken=x%2By"),
+            split(
+                "https://graph.microsoft.com/v1.0/users/a%40b/calendarView/delta?$deltatoken=x%2By"
+            ),
             Some((
                 "https://graph.microsoft.com/v1.0".into(),
                 "users/a%40b/calendarView/delta?$deltatoken=x%2By".into()
             ))
         );
         assert_eq!(
-            split("http://127.0.0.1:8080/beta/users/u/calendars/delta?$deltatoken=t").unwrap().0,
+            split("http://127.0.0.1:8080/beta/users/u/calendars/delta?$deltatoken=t")
+                .unwrap()
+                .0,
             "http://127.0.0.1:8080/beta"
         );
         assert_eq!(split("https://graph.microsoft.com/v2/users/x"), None);

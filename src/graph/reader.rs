@@ -116,7 +116,9 @@ impl PartitionReader {
             }
             let polling = self.offset.link.is_some() && self.at_round_start();
             let fetched = if polling {
-                client.poll_delta(self.id.user(), self.id.kind(), &link).await
+                client
+                    .poll_delta(self.id.user(), self.id.kind(), &link)
+                    .await
             } else {
                 client.get_page(self.id.user(), self.id.kind(), &link).await
             };

@@ -280,7 +280,12 @@ async fn batch(sim: &Arc<SimState>, version: &str, headers: &HeaderMap, body: &[
             let body = axum::body::to_bytes(r.into_body(), usize::MAX).await;
             let (status, body) = match body {
                 Ok(b) => (status, b),
-                Err(_) => (500, Bytes::from_static(b"{\"error\":{\"code\":\"generalException\",\"message\":\"cut\"}}")),
+                Err(_) => (
+                    500,
+                    Bytes::from_static(
+                        b"{\"error\":{\"code\":\"generalException\",\"message\":\"cut\"}}",
+                    ),
+                ),
             };
             let body = String::from_utf8(body.to_vec())
                 .ok()
@@ -326,7 +331,11 @@ async fn batch_item(
     }
     let path = format!("/{version}/{}", item.url.trim_start_matches('/'));
     let Ok(uri) = path.parse::<Uri>() else {
-        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid request URL.");
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Invalid request URL.",
+        );
     };
     let mut headers = HeaderMap::new();
     if let Some(a) = auth {

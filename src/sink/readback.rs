@@ -75,7 +75,9 @@ pub fn read_to_end(
             }
             // Transient consumer errors (a broker connection lost…) are waited out until
             // the deadline; the reading resumes where it was.
-            Some(Err(e)) => tracing::debug!(topic, error = %e, "consumer error while reading; going on"),
+            Some(Err(e)) => {
+                tracing::debug!(topic, error = %e, "consumer error while reading; going on")
+            }
             Some(Ok(m)) => each(&m),
         }
     }
