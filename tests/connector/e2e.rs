@@ -216,11 +216,19 @@ async fn batched_polls_converge_and_fall_back_per_item() {
     let m = graph_cdc::metrics::metrics();
     let answered: u64 = graph_cdc::source::PartitionKind::ALL
         .iter()
-        .map(|k| m.graph_batched_polls.with_label_values(&[k.as_str(), "page"]).get())
+        .map(|k| {
+            m.graph_batched_polls
+                .with_label_values(&[k.as_str(), "page"])
+                .get()
+        })
         .sum();
     let fallback: u64 = graph_cdc::source::PartitionKind::ALL
         .iter()
-        .map(|k| m.graph_batched_polls.with_label_values(&[k.as_str(), "fallback"]).get())
+        .map(|k| {
+            m.graph_batched_polls
+                .with_label_values(&[k.as_str(), "fallback"])
+                .get()
+        })
         .sum();
     assert!(batches > 0, "polls were batched");
     assert!(

@@ -434,13 +434,21 @@ async fn json_batches_answer_each_item_on_its_own() {
             assert_eq!(resp["status"], 200, "{resp}");
             assert!(resp["body"]["value"].as_array().unwrap().is_empty());
             let link = resp["body"]["@odata.deltaLink"].as_str().unwrap();
-            assert!(link.starts_with(&g.base) && link.contains("$deltatoken="), "{link}");
+            assert!(
+                link.starts_with(&g.base) && link.contains("$deltatoken="),
+                "{link}"
+            );
         }
     }
     // Any order: over a few batches the order differs from the request order.
     let mut orders = HashSet::new();
     for _ in 0..5 {
-        let v: Value = post(json!({ "requests": requests })).await.unwrap().json().await.unwrap();
+        let v: Value = post(json!({ "requests": requests }))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let order: Vec<String> = v["responses"]
             .as_array()
             .unwrap()
@@ -454,7 +462,10 @@ async fn json_batches_answer_each_item_on_its_own() {
     let many: Vec<Value> = (0..21)
         .map(|i| json!({"id": i.to_string(), "method": "GET", "url": rels[0].1}))
         .collect();
-    assert_eq!(post(json!({ "requests": many })).await.unwrap().status(), 400);
+    assert_eq!(
+        post(json!({ "requests": many })).await.unwrap().status(),
+        400
+    );
     let dup = json!({"requests": [
         {"id": "1", "method": "GET", "url": rels[0].1},
         {"id": "1", "method": "GET", "url": rels[1].1}]});
@@ -470,6 +481,9 @@ async fn json_batches_answer_each_item_on_its_own() {
         .await
         .unwrap();
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["responses"][0]["status"], 401, "each item is authenticated");
+    assert_eq!(
+        v["responses"][0]["status"], 401,
+        "each item is authenticated"
+    );
     assert!(sim.state.stats.lock().count("batch", 200) >= 7);
 }
