@@ -1116,7 +1116,12 @@ fn bench_latency(rt: &tokio::runtime::Runtime, bootstrap: &str) {
             );
             p.commit_transaction(Timeout::After(Duration::from_secs(30)))
                 .expect("commit");
+            let t_wait = Instant::now();
             loop {
+                assert!(
+                    t_wait.elapsed() < Duration::from_secs(30),
+                    "floor record not read back"
+                );
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
                     if m.key() == Some(key.as_bytes()) {
                         break;
