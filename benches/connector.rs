@@ -172,26 +172,31 @@ fn worker_spec(sim: &Sim, bootstrap: &str, partitions: Vec<PartitionId>) -> Work
         client: ClientOptions::default(),
         poll_interval: Duration::from_secs(60),
         poll_jitter: 0.1,
-        sink: SinkOptions {
-            bootstrap_servers: bootstrap.into(),
-            options: HashMap::new(),
-            transactional_id: format!("bench-{run}"),
-            connector: format!("bench-{run}"),
-            topics: TopicNames {
-                events: format!("events-{run}"),
-                calendars: format!("calendars-{run}"),
-                task_lists: format!("lists-{run}"),
-                tasks: format!("tasks-{run}"),
-            },
-            offsets_topic: format!("offsets-{run}"),
-            transaction_timeout: Duration::from_secs(60),
-            max_batch_records: 5000,
-            linger: Duration::from_millis(100),
-            heartbeat_interval: Duration::from_secs(30),
-        },
+        sink: sink_options(bootstrap, &run),
         partitions,
         create_topics: Some((6, 1)),
         offsets_load_timeout: Duration::from_secs(60),
+    }
+}
+
+/// The connector's default sink settings on topics of their own (`run` makes them unique).
+fn sink_options(bootstrap: &str, run: &str) -> SinkOptions {
+    SinkOptions {
+        bootstrap_servers: bootstrap.into(),
+        options: HashMap::new(),
+        transactional_id: format!("bench-{run}"),
+        connector: format!("bench-{run}"),
+        topics: TopicNames {
+            events: format!("events-{run}"),
+            calendars: format!("calendars-{run}"),
+            task_lists: format!("lists-{run}"),
+            tasks: format!("tasks-{run}"),
+        },
+        offsets_topic: format!("offsets-{run}"),
+        transaction_timeout: Duration::from_secs(60),
+        max_batch_records: 5000,
+        linger: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_secs(30),
     }
 }
 
@@ -373,31 +378,10 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, mut r: BaseRecord<'_, [u8]
 }
 
 fn create_topic(rt: &tokio::runtime::Runtime, bootstrap: &str, name: &str) {
-    let mut spec = worker_spec_stub(bootstrap);
+    let mut spec = sink_options(bootstrap, &run_id());
     spec.topics.events = name.into();
     rt.block_on(graph_cdc::sink::topics::ensure_topics(&spec, 6, 1))
         .expect("topic");
-}
-
-fn worker_spec_stub(bootstrap: &str) -> SinkOptions {
-    let run = run_id();
-    SinkOptions {
-        bootstrap_servers: bootstrap.into(),
-        options: HashMap::new(),
-        transactional_id: format!("stub-{run}"),
-        connector: format!("stub-{run}"),
-        topics: TopicNames {
-            events: format!("e-{run}"),
-            calendars: format!("c-{run}"),
-            task_lists: format!("l-{run}"),
-            tasks: format!("t-{run}"),
-        },
-        offsets_topic: format!("o-{run}"),
-        transaction_timeout: Duration::from_secs(60),
-        max_batch_records: 5000,
-        linger: Duration::from_millis(100),
-        heartbeat_interval: Duration::from_secs(30),
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
