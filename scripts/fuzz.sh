@@ -69,12 +69,12 @@ for t in "${TARGETS[@]}"; do
     -print_final_stats=1 "${dict[@]}" </dev/null >"$log" 2>&1
   status=$?
   set -e
-  grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added|stat::peak_rss_mb)' "$log" || true
+  grep -aE '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added|stat::peak_rss_mb)' "$log" || true
   # libFuzzer exits 0 when the time is up; non-zero on a panic, a timeout or out-of-memory,
   # after writing the input to fuzz/artifacts/<target>/.
   if [ "$status" -ne 0 ]; then
-    grep -E -A1 "panicked at" "$log" >&2 || tail -40 "$log" >&2
-    grep -E "^==[0-9]+== ERROR|^SUMMARY|Test unit written to" "$log" >&2 || true
+    grep -aE -A1 "panicked at" "$log" >&2 || tail -40 "$log" >&2
+    grep -aE "^==[0-9]+== ERROR|^SUMMARY|Test unit written to" "$log" >&2 || true
     echo "fuzz: $t FAILED (exit $status); the input is in fuzz/artifacts/$t/ and the output in $log" >&2
     failed+=("$t")
   fi
