@@ -750,7 +750,7 @@ async fn partition_loop(
                 Some(a) => {
                     let fetch = async {
                         tokio::select! {
-                            r = Box::pin(a.next_batch(&shared.client)) => Some(r),
+                            r = a.next_batch(&shared.client) => Some(r),
                             _ = cancel.cancelled() => None,
                         }
                     };
