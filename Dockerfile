@@ -2,9 +2,14 @@
 # The build stage runs the same release build as `cargo build --release --locked`.
 
 FROM rust:1.95-bookworm AS build
-# cmake builds aws-lc (TLS); librdkafka's bundled build needs only a C toolchain.
+# librdkafka is compiled from source (rdkafka-sys: configure + make) against the system
+# OpenSSL (libssl-dev, found through pkg-config; perl for OpenSSL's build scripts) and zlib;
+# libcurl (OIDC token fetching) and zstd are built from source by their crates and linked
+# statically. libcurl4-openssl-dev is there only for librdkafka's configure, which probes
+# `-lcurl` and silently builds without OIDC when that fails. cmake builds aws-lc (rustls,
+# the Graph side). Most are in the base image already: stated so a slimmer base fails loudly.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
+ && apt-get install -y --no-install-recommends build-essential cmake libcurl4-openssl-dev libssl-dev make perl pkg-config zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -15,8 +20,10 @@ COPY config config
 RUN cargo build --release --locked --bin graph-cdc
 
 FROM debian:bookworm-slim
+# libssl3: librdkafka's TLS and SASL/SCRAM. ca-certificates: public CAs, so ssl.ca.location
+# can stay unset for Confluent Cloud, MSK or Event Hubs (librdkafka reads the system store).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home graph-cdc
 COPY --from=build /src/target/release/graph-cdc /usr/local/bin/graph-cdc

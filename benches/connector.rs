@@ -183,7 +183,8 @@ fn worker_spec(sim: &Sim, bootstrap: &str, partitions: Vec<PartitionId>) -> Work
 fn sink_options(bootstrap: &str, run: &str) -> SinkOptions {
     SinkOptions {
         bootstrap_servers: bootstrap.into(),
-        options: HashMap::new(),
+        kafka: Default::default(),
+        errors: Default::default(),
         transactional_id: format!("bench-{run}"),
         connector: format!("bench-{run}"),
         topics: TopicNames {

@@ -1,23 +1,39 @@
 #!/usr/bin/env python3
 """Checks what can be checked of the packaging without a cluster or a Docker engine.
 
-- the Helm chart lints clean and renders with default values and with every option on
-  (ci/all-on-values.yaml), through Helm's own library (helm-python-sdk);
+- the Helm chart lints clean and renders, through Helm's own library (helm-python-sdk), with
+  default values, with every option on (ci/all-on-values.yaml), and with each way of
+  reaching a secured Kafka: mutual TLS with Strimzi's Secrets, SASL_SSL + SCRAM-SHA-512 with
+  a CA given as a value, OAUTHBEARER/OIDC with an existing Secret, Confluent Cloud's
+  SASL_SSL + PLAIN;
 - every rendered manifest validates against the Kubernetes schemas (kubernetes-validate);
-- values.schema.json rejects a bad values file;
-- the config the chart renders passes `graph-cdc validate`;
+- the Secret, volume, mount and environment wiring is right: each render is "run" as the
+  kubelet would: the Secrets (rendered, or stand-ins for existing ones) are resolved into
+  the container's environment and into the files of its Secret volumes, written to a
+  temporary directory (kafka.tls.mountPath points there), with a real CA, client
+  certificate and key made with the `openssl` CLI; the config the chart renders then passes
+  `graph-cdc validate` with exactly that environment, and must fail when the CA file is
+  garbage (validate builds the librdkafka clients, which load the files);
+- no secret value reaches the ConfigMap or any other manifest but a Secret;
+- values.schema.json refuses bad values, and the templates refuse contradictory ones;
 - docker-compose.yml validates against the Compose specification's schema and names only
   images that exist publicly (apache/kafka) or are built from this repository;
-- the Dockerfile's build stage runs the release build the project uses.
+- the Dockerfile parses (instructions, stages) and its build stage runs the release build
+  the project uses with what librdkafka's TLS and OIDC build needs; its runtime has libssl3
+  and CAs.
 
 Usage: check_packaging.py GRAPH_CDC_BINARY COMPOSE_SPEC_JSON
 """
+import base64
+import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 import helm_python as helm
 import jsonschema
@@ -27,6 +43,8 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "charts", "graph-cdc")
 K8S_VERSION = "1.33.0"
+RELEASE = "graph-cdc"
+FULLNAME = "graph-cdc"  # release "graph-cdc" contains the chart name
 checks = 0
 
 
@@ -41,68 +59,426 @@ def fail(what):
     sys.exit(1)
 
 
-def check_chart(binary):
-    all_on = yaml.safe_load(open(os.path.join(CHART, "ci", "all-on-values.yaml")))
-    for label, values in [("default values", None), ("all options on", all_on)]:
-        report = helm.lint(CHART, values, strict=True, kube_version="v" + K8S_VERSION)
-        errors = report["errors"] + [m["error"] for m in report["messages"] if m["severity"] >= 2]
-        if errors:
-            fail(f"helm lint ({label}): {errors}")
-        ok(f"helm lint --strict ({label})")
-        chart = helm.Chart.load(CHART)
-        rendered = chart.render(values, name="graph-cdc", namespace="cdc", is_install=True)
-        kinds = []
-        for path, text in sorted(rendered.items()):
-            if path.endswith("NOTES.txt"):
+def merge(base, over):
+    """Helm's values merge: maps deeply, everything else replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Certificates
+
+def openssl(*args, cwd):
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(f"openssl {' '.join(args)}: {r.stderr}")
+    return r.stdout
+
+
+def make_pki(d):
+    """A CA (the brokers' CA), a client certificate and key it signed, a second CA (Strimzi's
+    clients CA, which must not be the one trusted) and an RSA pair for Graph credentials."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=graph-cdc check cluster CA", cwd=d)
+    openssl("req", "-x509", *ec, "-keyout", "clients-ca.key", "-out", "clients-ca.crt", "-days", "2",
+            "-subj", "/CN=graph-cdc check clients CA", cwd=d)
+    openssl("req", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=graph-cdc", cwd=d)
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "2",
+            "-days", "2", "-out", "client.crt", cwd=d)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "graph.key", "-out", "graph.crt",
+            "-days", "2", "-subj", "/CN=graph-cdc app", cwd=d)
+    pki = {n: open(os.path.join(d, n)).read()
+           for n in ["ca.crt", "clients-ca.crt", "client.crt", "client.key", "graph.crt", "graph.key"]}
+    for n, marker in [("ca.crt", "CERTIFICATE"), ("client.crt", "CERTIFICATE"), ("client.key", "PRIVATE KEY")]:
+        if f"-----BEGIN {marker}-----" not in pki[n]:
+            fail(f"openssl made no PEM {marker} in {n}")
+    return pki
+
+
+def check_tls_files(d, want_ca, want_cert):
+    """The files the pod would see: PEM that parses, a key matching its certificate, a
+    certificate signed by the CA."""
+    ca, crt, key = (os.path.join(d, n) for n in ("ca.crt", "tls.crt", "tls.key"))
+    if want_ca:
+        openssl("x509", "-noout", "-in", ca, cwd=d)
+    if want_cert:
+        cert_pub = openssl("x509", "-noout", "-pubkey", "-in", crt, cwd=d)
+        key_pub = openssl("pkey", "-pubout", "-in", key, cwd=d)
+        if cert_pub != key_pub:
+            fail(f"{key} is not the key of {crt}")
+        if want_ca:
+            openssl("verify", "-CAfile", ca, crt, cwd=d)
+
+
+# ---------------------------------------------------------------------------------------
+# The kubelet's part: Secrets into environment variables and files
+
+def secret_data(doc):
+    data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+    data.update(doc.get("stringData") or {})
+    return data
+
+
+def materialise(sts, secrets, root, placeholder_missing):
+    """The container's environment and Secret-volume files, as the kubelet would make them.
+    Mount paths inside `root` are written in place; others under root/sandbox, and
+    environment values naming them are rewritten. Returns (env, args, config mount)."""
+    spec = sts["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    moved = {}
+    config_mount = None
+    for m in c["volumeMounts"]:
+        v = volumes.get(m["name"])
+        if v is None:
+            fail(f"volumeMount {m['name']} has no volume")
+        if "configMap" in v:
+            config_mount = (m, v)
+            continue
+        if "emptyDir" in v:
+            continue
+        if not m.get("readOnly"):
+            fail(f"volume {m['name']} holding secrets is not mounted readOnly")
+        path = m["mountPath"]
+        target = path if path.startswith(root + os.sep) else os.path.join(root, "sandbox", path.lstrip("/"))
+        moved[path] = target
+        os.makedirs(target, exist_ok=True)
+        sources = [s["secret"] for s in v["projected"]["sources"]] if "projected" in v else \
+            [dict(v["secret"], name=v["secret"]["secretName"])]
+        for src in sources:
+            if src["name"] not in secrets and not src.get("optional"):
+                fail(f"volume {m['name']}: Secret {src['name']} does not exist")
+            data = secrets.get(src["name"], {})
+            for item in src.get("items") or [{"key": k, "path": k} for k in data]:
+                if item["key"] not in data:
+                    fail(f"volume {m['name']}: Secret {src['name']} has no key {item['key']} (the pod would not start)")
+                with open(os.path.join(target, item["path"]), "w") as f:
+                    f.write(data[item["key"]])
+    env = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            val = e["value"]
+            for path, target in moved.items():
+                if val == path or val.startswith(path + "/"):
+                    val = target + val[len(path):]
+            env[e["name"]] = val
+            continue
+        ref = e["valueFrom"]
+        if "fieldRef" in ref:
+            if ref["fieldRef"]["fieldPath"] != "metadata.name":
+                fail(f"env {e['name']}: unexpected fieldRef {ref['fieldRef']}")
+            env[e["name"]] = f"{sts['metadata']['name']}-0"
+        elif "secretKeyRef" in ref:
+            r = ref["secretKeyRef"]
+            if r["key"] in secrets.get(r["name"], {}):
+                env[e["name"]] = secrets[r["name"]][r["key"]]
+            elif placeholder_missing:
+                env[e["name"]] = "placeholder-for-a-value-the-user-sets"
+            elif not r.get("optional"):
+                fail(f"env {e['name']}: Secret {r['name']} has no key {r['key']} (the pod would not start)")
+        else:
+            fail(f"env {e['name']}: unexpected valueFrom {ref}")
+    return env, c["args"], config_mount
+
+
+def run_validate(binary, toml_text, env, root):
+    path = os.path.join(root, "graph-cdc.toml")
+    with open(path, "w") as f:
+        f.write(toml_text)
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    return subprocess.run([binary, "validate", "--config", path], env={**base, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------
+# The chart
+
+def render_checked(label, values):
+    report = helm.lint(CHART, values, strict=True, kube_version="v" + K8S_VERSION)
+    errors = report["errors"] + [m["error"] for m in report["messages"] if m["severity"] >= 2]
+    if errors:
+        fail(f"helm lint ({label}): {errors}")
+    rendered = helm.Chart.load(CHART).render(values, name=RELEASE, namespace="cdc", is_install=True)
+    docs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if not doc:
                 continue
-            for doc in yaml.safe_load_all(text):
-                if not doc:
-                    continue
-                kinds.append(doc["kind"])
-                if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-                    # A CRD: not in the Kubernetes schemas; check its shape by hand.
-                    if not doc["spec"]["endpoints"][0]["path"] == "/metrics":
-                        fail("ServiceMonitor does not scrape /metrics")
-                    continue
-                try:
-                    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-                except kubernetes_validate.ValidationError as e:
-                    fail(f"{path} ({label}): {e.message}")
-                if doc["kind"] == "StatefulSet":
-                    spec = doc["spec"]["template"]["spec"]
-                    c = spec["containers"][0]
-                    sc = c["securityContext"]
-                    if not (spec["securityContext"]["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
-                            and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]):
-                        fail("the pod is not restricted")
-                    if c["livenessProbe"]["httpGet"]["path"] != "/healthz" or c["readinessProbe"]["httpGet"]["path"] != "/readyz":
-                        fail("probes are not /healthz and /readyz")
-                    if "checksum/config" not in doc["spec"]["template"]["metadata"]["annotations"]:
-                        fail("no checksum annotation")
-                if doc["kind"] == "ConfigMap":
-                    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-                        f.write(doc["data"]["graph-cdc.toml"])
-                    env = dict(os.environ, GRAPH_CDC__GRAPH__CLIENT_SECRET="x")
-                    r = subprocess.run([binary, "validate", "--config", f.name], env=env,
-                                       capture_output=True, text=True)
-                    os.unlink(f.name)
-                    if r.returncode != 0:
-                        fail(f"graph-cdc validate on the rendered config ({label}): {r.stderr}")
-                    ok(f"graph-cdc validate accepts the rendered config ({label})")
-        expected = {"ConfigMap", "Secret", "Service", "ServiceAccount", "StatefulSet", "Pod"}
-        if values:
-            expected |= {"ServiceMonitor", "PodDisruptionBudget"}
-        if not expected <= set(kinds):
-            fail(f"missing kinds ({label}): {expected - set(kinds)}")
-        ok(f"rendered {len(kinds)} manifests valid for Kubernetes {K8S_VERSION} ({label})")
+            docs.append(doc)
+            if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+                # A CRD: not in the Kubernetes schemas; check its shape by hand.
+                if not doc["spec"]["endpoints"][0]["path"] == "/metrics":
+                    fail("ServiceMonitor does not scrape /metrics")
+                continue
+            try:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                fail(f"{path} ({label}): {e.message}")
+    return docs
+
+
+def check_release(binary, label, values, pki, existing=None, expect=None, extra_kinds=(),
+                  placeholder_missing=False, negative=False):
+    """Lint, render, validate the manifests, then run the pod's config through `graph-cdc
+    validate` with the environment and files the kubelet would give it."""
+    expect = expect or {}
+    existing = existing or {}
+    root = tempfile.mkdtemp(prefix="graph-cdc-chart-")
+    try:
+        tls_dir = os.path.join(root, "kafka-tls")
+        values = merge(values or {}, {"kafka": {"tls": {"mountPath": tls_dir}}})
+        docs = render_checked(label, values)
+        by_kind = {}
+        for d in docs:
+            by_kind.setdefault(d["kind"], []).append(d)
+        want = {"ConfigMap", "Service", "ServiceAccount", "StatefulSet", "Pod", *extra_kinds}
+        if not values.get("secrets", {}).get("existingSecret") or expect.get("tls_secret_created"):
+            want.add("Secret")
+        if not want <= set(by_kind):
+            fail(f"missing kinds ({label}): {want - set(by_kind)}")
+        sts = by_kind["StatefulSet"][0]
+        tmpl = sts["spec"]["template"]
+        spec = tmpl["spec"]
+        c = spec["containers"][0]
+        sc = c["securityContext"]
+        if not (spec["securityContext"]["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
+                and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]):
+            fail(f"the pod is not restricted ({label})")
+        if c["livenessProbe"]["httpGet"]["path"] != "/healthz" or c["readinessProbe"]["httpGet"]["path"] != "/readyz":
+            fail("probes are not /healthz and /readyz")
+        for a in ("checksum/config", "checksum/secret", "checksum/kafka-tls"):
+            if a not in tmpl["metadata"]["annotations"]:
+                fail(f"no {a} annotation ({label})")
+        ok(f"{len(docs)} manifests lint clean and are valid for Kubernetes {K8S_VERSION} ({label})")
+
+        cm = by_kind["ConfigMap"][0]
+        toml_text = cm["data"]["graph-cdc.toml"]
+        cfg = tomllib.loads(toml_text)
+
+        # Secrets: rendered ones, plus stand-ins for the existing ones the values name.
+        secrets = {d["metadata"]["name"]: secret_data(d) for d in by_kind.get("Secret", [])}
+        for name in existing:
+            if name in secrets:
+                fail(f"the chart created Secret {name}, which the values say exists ({label})")
+        secrets.update(existing)
+
+        # No secret value outside a Secret.
+        s = values.get("secrets", {})
+        t = values.get("kafka", {}).get("tls", {})
+        secret_values = [v for k, v in s.items() if k != "existingSecret" and v and k != "certificate"]
+        secret_values += [t[k] for k in ("key",) if t.get(k)]
+        for data in existing.values():
+            secret_values += [v for k, v in data.items() if not k.endswith(".crt")]
+        certs = [t[k] for k in ("ca", "cert") if t.get(k)] + [s[k] for k in ("certificate",) if s.get(k)]
+        outside = yaml.safe_dump_all([d for d in docs if d["kind"] != "Secret"])
+        for v in secret_values + certs:
+            needle = v.strip().splitlines()[1] if v.startswith("-----") else v
+            if needle in outside or needle in toml_text:
+                fail(f"a secret value ({needle[:12]}…) is in a manifest that is not a Secret ({label})")
+        ok(f"no secret value in the ConfigMap or any manifest but a Secret ({label})")
+
+        # Kafka secrets reach the pod only through secretKeyRef.
+        env_by_name = {e["name"]: e for e in c.get("env", [])}
+        for var, key in [("GRAPH_CDC__KAFKA__OPTIONS__SASL_PASSWORD", "kafka-password"),
+                         ("GRAPH_CDC__KAFKA__OPTIONS__SASL_OAUTHBEARER_CLIENT_SECRET", "kafka-oauth-client-secret")]:
+            e = env_by_name.get(var)
+            if var in expect.get("secret_env", []):
+                ref = (e or {}).get("valueFrom", {}).get("secretKeyRef")
+                wanted = s.get("existingSecret") or FULLNAME
+                if not ref or ref["key"] != key or ref["name"] != wanted:
+                    fail(f"{var} is not taken from key {key} of Secret {wanted} ({label}): {e}")
+            if e is not None and "value" in e:
+                fail(f"{var} has a plain value ({label})")
+        # The kafka-tls volume, its mount and the file locations in [kafka.options].
+        opts = cfg.get("kafka", {}).get("options", {})
+        vols = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        tls = expect.get("tls")  # None, "ca" or "ca+cert" / "cert"
+        if tls:
+            m = mounts.get("kafka-tls")
+            if not m or m["mountPath"] != tls_dir or not m.get("readOnly"):
+                fail(f"kafka-tls is not mounted read-only at kafka.tls.mountPath ({label}): {m}")
+            paths = sorted(i["path"] for src in vols["kafka-tls"]["projected"]["sources"] for i in src["secret"]["items"])
+            want_paths = sorted((["ca.crt"] if "ca" in tls else []) + (["tls.crt", "tls.key"] if "cert" in tls else []))
+            if paths != want_paths:
+                fail(f"kafka-tls volume holds {paths}, not {want_paths} ({label})")
+            want_opts = {}
+            if "ca" in tls:
+                want_opts["ssl.ca.location"] = f"{tls_dir}/ca.crt"
+            if "cert" in tls:
+                want_opts["ssl.certificate.location"] = f"{tls_dir}/tls.crt"
+                want_opts["ssl.key.location"] = f"{tls_dir}/tls.key"
+            for k, v in want_opts.items():
+                if opts.get(k) != v:
+                    fail(f"[kafka.options] {k} is {opts.get(k)!r}, not {v!r} ({label})")
+            for k in {"ssl.ca.location", "ssl.certificate.location", "ssl.key.location"} - set(want_opts):
+                if k in opts:
+                    fail(f"[kafka.options] sets {k} though nothing is mounted for it ({label})")
+            tls_secret = f"{FULLNAME}-kafka-tls"
+            if expect.get("tls_secret_created") != (tls_secret in secrets):
+                fail(f"Secret {tls_secret} created: {tls_secret in secrets}, expected {expect.get('tls_secret_created')} ({label})")
+        else:
+            if "kafka-tls" in vols or "kafka-tls" in mounts or any(k.startswith("ssl.") and k.endswith(".location") for k in opts):
+                fail(f"TLS files wired though kafka.tls gives none ({label})")
+        for k, v in expect.get("options", {}).items():
+            if opts.get(k) != v:
+                fail(f"[kafka.options] {k} is {opts.get(k)!r}, not {v!r} ({label})")
+        for table, kv in expect.get("client_options", {}).items():
+            got = cfg.get("kafka", {}).get(table, {})
+            if got != kv:
+                fail(f"[kafka.{table}] is {got}, not {kv} ({label})")
+        if "errors" in expect and cfg.get("errors") != expect["errors"]:
+            fail(f"[errors] is {cfg.get('errors')}, not {expect['errors']} ({label})")
+        ok(f"Secret, volume, mount, environment and [kafka.*options] wiring ({label})")
+
+        # Run it as the pod: environment and files from the Secrets, then graph-cdc validate.
+        env, args, config_mount = materialise(sts, secrets, root, placeholder_missing)
+        m, v = config_mount
+        if args[:2] != ["run", "--config"] or args[2] != m["mountPath"] or m.get("subPath") not in cm["data"] \
+                or v["configMap"]["name"] != cm["metadata"]["name"]:
+            fail(f"--config {args[2:]} is not the ConfigMap's file ({label})")
+        for k in expect.get("secret_env", []):
+            if k not in env:
+                fail(f"{k} does not reach the container ({label})")
+        if tls:
+            check_tls_files(tls_dir, "ca" in tls, "cert" in tls)
+            if expect.get("ca_is") and open(os.path.join(tls_dir, "ca.crt")).read() != expect["ca_is"]:
+                fail(f"the mounted ca.crt is not the brokers' CA ({label})")
+        r = run_validate(binary, toml_text, env, root)
+        if r.returncode != 0:
+            fail(f"graph-cdc validate on the rendered config, with the pod's environment and files ({label}): {r.stderr}")
+        ok(f"graph-cdc validate accepts the rendered config with the pod's environment and files ({label})")
+        if negative:
+            # validate loads the files: a CA that is not PEM must be refused, naming the key.
+            with open(os.path.join(tls_dir, "ca.crt"), "w") as f:
+                f.write("not a certificate\n")
+            r = run_validate(binary, toml_text, env, root)
+            if r.returncode == 0 or "ssl.ca.location" not in r.stderr:
+                fail(f"graph-cdc validate accepted an ssl.ca.location that is not a certificate ({label}): "
+                     f"exit {r.returncode}, {r.stderr.strip()[-300:]}")
+            ok(f"graph-cdc validate refuses a CA file that does not parse, naming ssl.ca.location ({label})")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def check_chart(binary):
+    pki_dir = tempfile.mkdtemp(prefix="graph-cdc-pki-")
+    try:
+        pki = make_pki(pki_dir)
+    finally:
+        shutil.rmtree(pki_dir, ignore_errors=True)
+    ok("openssl made a CA, a client certificate and key it signed, and a Graph RSA pair")
+    real_tls = {"ca": pki["ca.crt"], "cert": pki["client.crt"], "key": pki["client.key"]}
+
+    check_release(binary, "default values", None, pki, placeholder_missing=True,
+                  expect={"errors": {"tolerance": "none"}})
+
+    all_on = yaml.safe_load(open(os.path.join(CHART, "ci", "all-on-values.yaml")))
+    all_on = merge(all_on, {"secrets": {"certificate": pki["graph.crt"], "privateKey": pki["graph.key"]},
+                            "kafka": {"tls": real_tls}})
+    check_release(binary, "all options on", all_on, pki, extra_kinds=("ServiceMonitor", "PodDisruptionBudget"),
+                  expect={"tls": "ca+cert", "tls_secret_created": True,
+                          "secret_env": ["GRAPH_CDC__KAFKA__OPTIONS__SASL_PASSWORD",
+                                         "GRAPH_CDC__KAFKA__OPTIONS__SASL_OAUTHBEARER_CLIENT_SECRET"],
+                          "options": {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"},
+                          "client_options": {"producer_options": {"batch.size": "1000000", "message.max.bytes": "4000000",
+                                                                  "compression.type": "zstd"},
+                                             "consumer_options": {"fetch.max.bytes": "52428800"},
+                                             "admin_options": {"socket.timeout.ms": "30000"}},
+                          "errors": {"tolerance": "all", "dead_letter_topic": "graph-cdc.dlq"}})
+
+    # Mutual TLS with Strimzi: the KafkaUser's Secret (user.crt, user.key, and ca.crt = the
+    # clients CA, not to be trusted) and the cluster CA's Secret.
+    check_release(binary, "mTLS, Strimzi KafkaUser and cluster CA Secrets", {
+        "config": {"kafka": {"bootstrap_servers": "my-cluster-kafka-bootstrap.kafka.svc:9093"}},
+        "secrets": {"clientSecret": "graph-client-secret-5f1e0c"},
+        "kafka": {"tls": {"existingSecret": "graph-cdc-kafka-user", "clientCertificate": True, "certKey": "user.crt",
+                          "keyKey": "user.key", "caSecret": "my-cluster-cluster-ca-cert"}},
+    }, pki, existing={
+        "graph-cdc-kafka-user": {"user.crt": pki["client.crt"], "user.key": pki["client.key"], "ca.crt": pki["clients-ca.crt"],
+                      "user.password": "p12-password-9a7c2e"},
+        "my-cluster-cluster-ca-cert": {"ca.crt": pki["ca.crt"], "ca.password": "ca-p12-password-33b1"},
+    }, expect={"tls": "ca+cert", "tls_secret_created": False, "ca_is": pki["ca.crt"],
+               "options": {"security.protocol": "SSL"}})
+
+    # SASL_SSL + SCRAM-SHA-512, a private CA given as a value (created Secret, decoded).
+    check_release(binary, "SASL_SSL + SCRAM-SHA-512, CA from values", {
+        "config": {"kafka": {"options": {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                                         "sasl.username": "graph-cdc"}}},
+        "secrets": {"clientSecret": "graph-client-secret-81d2aa", "kafkaPassword": "scram-password-0b9f4d77"},
+        "kafka": {"tls": {"ca": pki["ca.crt"]}},
+    }, pki, expect={"tls": "ca", "tls_secret_created": True, "ca_is": pki["ca.crt"],
+                    "secret_env": ["GRAPH_CDC__KAFKA__OPTIONS__SASL_PASSWORD"],
+                    "options": {"security.protocol": "SASL_SSL"}}, negative=True)
+
+    # OAUTHBEARER/OIDC: client secret from the user's existing Secret; CA from a Secret alone.
+    check_release(binary, "OAUTHBEARER/OIDC, existing Secrets", {
+        "config": {"kafka": {"options": {
+            "security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER", "sasl.oauthbearer.method": "oidc",
+            "sasl.oauthbearer.client.id": "graph-cdc",
+            "sasl.oauthbearer.token.endpoint.url": "https://login.example.invalid/realms/kafka/protocol/openid-connect/token",
+            "sasl.oauthbearer.scope": "kafka"}}},
+        "secrets": {"existingSecret": "graph-cdc-credentials"},
+        "kafka": {"tls": {"caSecret": "kafka-ca"}},
+    }, pki, existing={
+        "graph-cdc-credentials": {"client-secret": "graph-client-secret-c0ffee", "auth-token": "rest-token-4e4e",
+                                  "kafka-oauth-client-secret": "oidc-client-secret-7d3b19"},
+        "kafka-ca": {"ca.crt": pki["ca.crt"]},
+    }, expect={"tls": "ca", "tls_secret_created": False, "ca_is": pki["ca.crt"],
+               "secret_env": ["GRAPH_CDC__KAFKA__OPTIONS__SASL_OAUTHBEARER_CLIENT_SECRET"],
+               "options": {"sasl.oauthbearer.method": "oidc", "security.protocol": "SASL_SSL"}})
+
+    # Confluent Cloud: SASL_SSL + PLAIN with an API key and secret; public CAs, nothing mounted.
+    check_release(binary, "Confluent Cloud, SASL_SSL + PLAIN, public CA", {
+        "config": {"kafka": {"bootstrap_servers": "pkc-00000.westeurope.azure.confluent.cloud:9092",
+                             "options": {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+                                         "sasl.username": "ABCDEFGHIJKLMNOP"}}},
+        "secrets": {"clientSecret": "graph-client-secret-77aa01", "kafkaPassword": "cc-api-secret-Zq81"},
+    }, pki, expect={"secret_env": ["GRAPH_CDC__KAFKA__OPTIONS__SASL_PASSWORD"],
+                    "options": {"sasl.mechanism": "PLAIN"}})
+
     chart = helm.Chart.load(CHART)
-    for bad in [{"replicaCount": "two"}, {"service": {"port": "http"}}, {"imagePullPolicy": "Always"}]:
+    defaults = yaml.safe_load(open(os.path.join(CHART, "values.yaml")))
+    for bad in [{"replicaCount": "two"}, {"service": {"port": "http"}}, {"imagePullPolicy": "Always"},
+                {"errors": {"tolerance": "some"}},
+                {"errors": {"tolerance": "all"}},
+                {"kafka": {"producerOptions": {"transactional.id": "x"}}},
+                {"kafka": {"consumerOptions": {"isolation.level": "read_uncommitted"}}},
+                {"config": {"kafka": {"options": {"group.id": "mine"}}}},
+                {"kafka": {"adminOptions": {"nested": {"map": "x"}}}},
+                {"kafka": {"tls": {"mountPath": "relative/dir"}}},
+                {"kafka": {"tls": {"ca": "not PEM"}}},
+                {"kafka": {"tls": {"secretName": "typo"}}}]:
         try:
-            chart.validate_schema(bad)
+            chart.validate_schema(merge(defaults, bad))
         except helm.HelmError:
             continue
         fail(f"values.schema.json accepted {bad}")
-    ok("values.schema.json rejects bad values")
+    ok("values.schema.json rejects bad values (types, tolerance, owned librdkafka options, TLS values)")
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    for bad, says in [
+        ({"kafka": {"tls": {"existingSecret": "s", "ca": pem}}}, "not both"),
+        ({"kafka": {"tls": {"cert": pem}}}, "kafka.tls.cert and kafka.tls.key"),
+        ({"kafka": {"tls": {"clientCertificate": True}}}, "kafka.tls.clientCertificate"),
+        ({"kafka": {"tls": {"caSecret": "ca", "caKey": ""}}}, "kafka.tls.caKey"),
+        ({"kafka": {"tls": {"ca": pem}}, "config": {"kafka": {"options": {"ssl.ca.location": "/x"}}}},
+         "config.kafka.options.ssl.ca.location"),
+        ({"config": {"errors": {"tolerance": "all"}}}, "config.errors"),
+        ({"kafka": {"tls": {"existingSecret": FULLNAME, "clientCertificate": True}}}, "the chart creates"),
+    ]:
+        try:
+            chart.render(bad, name=RELEASE, namespace="cdc", is_install=True)
+        except helm.HelmError as e:
+            if says not in str(e):
+                fail(f"rendering {bad} failed without naming {says}: {e}")
+            continue
+        fail(f"the chart rendered contradictory values {bad}")
+    ok("the templates refuse contradictory TLS values and config.errors, naming the value")
     meta = yaml.safe_load(open(os.path.join(CHART, "Chart.yaml")))
     cargo = open(os.path.join(ROOT, "Cargo.toml")).read()
     version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
@@ -127,20 +503,78 @@ def check_compose(spec_path):
     ok("docker-compose.yml matches the Compose specification; images are apache/kafka or built here")
 
 
+DOCKERFILE_INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT",
+                           "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+
+
 def check_dockerfile():
     text = open(os.path.join(ROOT, "Dockerfile")).read()
-    build = next((st for st in text.split("\nFROM ") if " AS build" in st.split("\n")[0]), "")
+    # The parser's part: logical lines (continuations joined), known instructions, stages.
+    logical, cur = [], ""
+    for line in text.splitlines():
+        if not cur and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if cur and line.lstrip().startswith("#"):
+            continue  # comments inside a continued instruction are dropped by Docker
+        cur += line.rstrip()
+        if cur.endswith("\\"):
+            cur = cur[:-1] + " "
+            continue
+        logical.append(cur.strip())
+        cur = ""
+    if cur:
+        fail("Dockerfile: the last instruction ends with a line continuation")
+    stages, steps = [], {}
+    for ins in logical:
+        word = ins.split(None, 1)[0]
+        if word.upper() not in DOCKERFILE_INSTRUCTIONS:
+            fail(f"Dockerfile: unknown instruction {word!r}")
+        if word.upper() == "FROM":
+            m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?$", ins, re.I)
+            if not m:
+                fail(f"Dockerfile: bad FROM {ins!r}")
+            stages.append(m.group(2) or str(len(stages)))
+            steps[stages[-1]] = []
+            continue
+        if not stages:
+            fail(f"Dockerfile: {word} before any FROM")
+        steps[stages[-1]].append(ins)
+        for ref in re.findall(r"--from=(\S+)", ins):
+            if ref not in stages[:-1]:
+                fail(f"Dockerfile: COPY --from={ref} names no earlier stage")
+        if word.upper() in ("CMD", "ENTRYPOINT") and ins.split(None, 1)[1].startswith("["):
+            try:
+                json.loads(ins.split(None, 1)[1])
+            except json.JSONDecodeError:
+                fail(f"Dockerfile: {word}'s exec form is not a JSON array: {ins!r}")
+    if "build" not in stages or len(stages) < 2:
+        fail("Dockerfile: a `build` stage and a runtime stage expected")
+    build, runtime = " ".join(steps["build"]), " ".join(steps[stages[-1]])
     if "cargo build --release --locked --bin graph-cdc" not in build:
         fail("the Dockerfile's build stage does not run the release build")
-    if "USER 10001" not in text or "EXPOSE 8083" not in text or 'ENTRYPOINT ["graph-cdc"]' not in text:
+    # librdkafka with system OpenSSL (rdkafka `ssl`), static libcurl, zstd: the build needs
+    # these; aws-lc (rustls) needs cmake. The runtime links libssl3 and trusts public CAs.
+    # libcurl4-openssl-dev: librdkafka's configure probes -lcurl before it enables OIDC.
+    for pkg in ("libssl-dev", "pkg-config", "perl", "make", "cmake", "libcurl4-openssl-dev"):
+        if not re.search(rf"apt-get install[^&]*\s{re.escape(pkg)}(\s|$)", build):
+            fail(f"the Dockerfile's build stage does not install {pkg}")
+    for pkg in ("libssl3", "ca-certificates"):
+        if not re.search(rf"apt-get install[^&]*\s{re.escape(pkg)}(\s|$)", runtime):
+            fail(f"the Dockerfile's runtime stage does not install {pkg}")
+    if "USER 10001" not in runtime or "EXPOSE 8083" not in runtime or 'ENTRYPOINT ["graph-cdc"]' not in runtime:
         fail("the runtime stage must be non-root, expose 8083 and run graph-cdc")
     if re.search(r"(?i)(secret|password|token)\s*=", text):
         fail("the Dockerfile looks like it bakes in a secret")
-    ok("Dockerfile: release build, non-root runtime, no secrets")
+    ok("Dockerfile: parses; release build with libssl-dev, pkg-config, perl, make, cmake, libcurl headers; "
+       "non-root runtime with libssl3 and CA certificates; no secrets")
 
 
 if __name__ == "__main__":
-    check_chart(sys.argv[1])
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    if not shutil.which("openssl"):
+        fail("the openssl CLI is needed to make test certificates (apt-get install openssl)")
+    check_chart(os.path.abspath(sys.argv[1]))
     check_compose(sys.argv[2])
     check_dockerfile()
     print(f"{checks} passed, 0 failed")

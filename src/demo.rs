@@ -110,7 +110,8 @@ pub async fn run(
         poll_jitter: 0.2,
         sink: SinkOptions {
             bootstrap_servers: bootstrap.clone(),
-            options: Default::default(),
+            kafka: Default::default(),
+            errors: Default::default(),
             transactional_id: "graph-cdc-demo-0".into(),
             connector: "graph-cdc-demo".into(),
             topics: topics.clone(),

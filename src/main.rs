@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use graph_cdc::sim;
+use graph_cdc::worker::WorkerSpec;
 
 #[derive(Parser)]
 #[command(
@@ -142,8 +143,17 @@ fn load(a: &ConfigArgs) -> anyhow::Result<graph_cdc::config::Settings> {
     Ok(graph_cdc::config::Settings::load(a.config.as_deref())?)
 }
 
+/// Settings that load, and whose Kafka clients librdkafka accepts.
+fn load_checked(a: &ConfigArgs) -> anyhow::Result<(graph_cdc::config::Settings, WorkerSpec)> {
+    let settings = load(a)?;
+    let spec = WorkerSpec::from_settings(&settings)?;
+    graph_cdc::sink::clients::check(&spec.sink)
+        .map_err(graph_cdc::config::ConfigError::Invalid)?;
+    Ok((settings, spec))
+}
+
 fn validate(a: ConfigArgs) -> anyhow::Result<()> {
-    let settings = load(&a)?;
+    let (settings, _) = load_checked(&a)?;
     let partitions = settings.partitions();
     let mut out = std::io::stdout().lock();
     for p in &partitions {
@@ -164,9 +174,8 @@ fn validate(a: ConfigArgs) -> anyhow::Result<()> {
 }
 
 async fn run(a: ConfigArgs) -> anyhow::Result<()> {
-    let settings = load(&a)?;
+    let (settings, spec) = load_checked(&a)?;
     init_logging(&settings.log.filter, &settings.log.format);
-    let spec = graph_cdc::worker::WorkerSpec::from_settings(&settings)?;
     let status = std::sync::Arc::new(graph_cdc::worker::WorkerStatus::default());
     status.per_partition_metrics.store(
         settings.server.per_partition_metrics,
@@ -196,7 +205,7 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
         worker_id: settings.worker_id(),
         config: settings.redacted_json(),
         status: status.clone(),
-        kafka: spec.sink.client_config(),
+        kafka: spec.sink.admin_config(),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(graph_cdc::server::serve(

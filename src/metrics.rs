@@ -36,6 +36,10 @@ pub const PARTITIONS_TRACKED: &str = "graph_cdc_partitions_tracked";
 pub const PARTITION_STALENESS: &str = "graph_cdc_partition_staleness_seconds";
 pub const PARTITION_PAGES: &str = "graph_cdc_partition_round_pages";
 pub const PARTITION_STATE: &str = "graph_cdc_partition_state";
+pub const RECORDS_DEAD_LETTERED: &str = "graph_cdc_records_dead_lettered_total";
+pub const RECORDS_REFUSED: &str = "graph_cdc_records_refused_total";
+pub const COMMIT_RETRIES: &str = "graph_cdc_commit_retries_total";
+pub const KAFKA_CONNECT_FAILURES: &str = "graph_cdc_kafka_connect_failures_total";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -64,6 +68,10 @@ pub struct Metrics {
     pub partition_staleness: prometheus::GaugeVec,
     pub partition_pages: IntGaugeVec,
     pub partition_state: IntGaugeVec,
+    pub records_dead_lettered: IntCounterVec,
+    pub records_refused: IntCounterVec,
+    pub commit_retries: IntCounterVec,
+    pub kafka_connect_failures: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -184,6 +192,29 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         transactions: counter(TRANSACTIONS, "Kafka transactions by outcome", &["outcome"])?,
         partition_failures: counter(PARTITION_FAILURES, "Partitions marked failed", &["kind"])?,
+        records_dead_lettered: counter(
+            RECORDS_DEAD_LETTERED,
+            "Records Kafka refused, written to the dead-letter topic instead",
+            &["kind", "class"],
+        )?,
+        records_refused: counter(
+            RECORDS_REFUSED,
+            "Records Kafka refused that failed their partition (errors.tolerance = none)",
+            &["kind", "class"],
+        )?,
+        commit_retries: counter(
+            COMMIT_RETRIES,
+            "Pages whose transaction aborted, fetched again after a backoff",
+            &["kind"],
+        )?,
+        kafka_connect_failures: {
+            let c = IntCounter::new(
+                KAFKA_CONNECT_FAILURES,
+                "Failed attempts to reach Kafka at start-up",
+            )?;
+            r.register(Box::new(c.clone()))?;
+            c
+        },
         rounds_completed: counter(ROUNDS_COMPLETED, "Delta rounds completed", &["kind"])?,
         graph_request_seconds,
         graph_retry_wait,
@@ -358,6 +389,44 @@ pub fn partition_failed(partition: &PartitionId, error: &str) {
         .with_label_values(&[partition.kind().as_str()])
         .inc();
     tracing::error!(partition = %partition, error, "partition failed");
+}
+
+/// A record Kafka refused went to the dead-letter topic (committed).
+pub fn record_dead_lettered(partition: &PartitionId, item: &str, class: &str) {
+    metrics()
+        .records_dead_lettered
+        .with_label_values(&[partition.kind().as_str(), class])
+        .inc();
+    tracing::warn!(partition = %partition, item, class, "record dead-lettered");
+}
+
+/// A record Kafka refused fails its partition (errors are not tolerated).
+pub fn record_refused(partition: &PartitionId, class: &str, reason: &str) {
+    metrics()
+        .records_refused
+        .with_label_values(&[partition.kind().as_str(), class])
+        .inc();
+    tracing::error!(partition = %partition, class, reason, "record refused by Kafka");
+}
+
+/// A partition's page was not committed (its transaction aborted); it is fetched again
+/// after `wait`.
+pub fn commit_retry(partition: &PartitionId, attempt: u32, wait: Duration, reason: &str) {
+    metrics()
+        .commit_retries
+        .with_label_values(&[partition.kind().as_str()])
+        .inc();
+    tracing::debug!(partition = %partition, attempt, wait_ms = wait.as_millis() as u64, reason, "commit failed; fetching the page again after a backoff");
+}
+
+/// Kafka could not be reached at start-up; the worker tries again after `wait`.
+pub fn kafka_unreachable(reason: &str, wait: Duration) {
+    metrics().kafka_connect_failures.inc();
+    tracing::error!(
+        reason,
+        retry_in_secs = wait.as_secs(),
+        "cannot reach Kafka; nothing is read from Graph until it can"
+    );
 }
 
 #[cfg(test)]

@@ -113,19 +113,20 @@ async fn readyz(State(s): S) -> Response {
     if !s.status.graph_ok.load(Ordering::Relaxed) {
         reasons.push("no Graph page fetched yet (token or Graph unavailable)".to_string());
     }
-    let cfg = s.kafka.clone();
-    // Metadata calls block: keep them off the executor.
-    let kafka = tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
-        c.fetch_metadata(None, Duration::from_secs(2))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    if let Err(e) = kafka {
-        reasons.push(format!("Kafka unreachable: {e}"));
+    let startup_error = s.status.kafka_error.lock().clone();
+    if let Some(why) = startup_error {
+        reasons.push(format!("Kafka unreachable: {why}"));
+    } else {
+        let cfg = s.kafka.clone();
+        // Metadata calls block: keep them off the executor.
+        let kafka = tokio::task::spawn_blocking(move || {
+            crate::sink::health::probe(&cfg, Duration::from_secs(2))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = kafka {
+            reasons.push(format!("Kafka unreachable: {e}"));
+        }
     }
     if reasons.is_empty() {
         Json(json!({"ready": true})).into_response()

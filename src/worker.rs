@@ -89,7 +89,18 @@ impl WorkerSpec {
             poll_jitter: g.poll_jitter,
             sink: SinkOptions {
                 bootstrap_servers: k.bootstrap_servers.clone(),
-                options: k.options.0.clone().into_iter().collect(),
+                kafka: crate::sink::ClientOptions {
+                    all: k.options.0.clone(),
+                    producer: k.producer_options.0.clone(),
+                    consumer: k.consumer_options.0.clone(),
+                    admin: k.admin_options.0.clone(),
+                },
+                errors: crate::sink::ErrorPolicy {
+                    dead_letter_topic: match s.errors.tolerance {
+                        crate::config::Tolerance::All => s.errors.dead_letter_topic.clone(),
+                        crate::config::Tolerance::None => None,
+                    },
+                },
                 transactional_id: s.transactional_id(),
                 connector: s.name.clone(),
                 topics: TopicNames {
@@ -213,6 +224,10 @@ pub struct WorkerStatus {
     pub round_pages: Mutex<HashMap<PartitionId, u64>>,
     /// Export per-partition series too.
     pub per_partition_metrics: AtomicBool,
+    /// What the Kafka clients last reported about the connection.
+    pub kafka: Arc<crate::sink::KafkaHealth>,
+    /// Why Kafka could not be reached at start-up (cleared once it was).
+    pub kafka_error: Mutex<Option<String>>,
 }
 
 impl WorkerStatus {
@@ -288,16 +303,39 @@ pub async fn run_with_status(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     *status.connector.lock() = "RUNNING";
+    tokio::pin!(shutdown);
+    // 0. Kafka reachable (credentials, certificates): until it is, say why and wait.
+    let mut attempt = 0u32;
+    loop {
+        let cfg = spec.sink.admin_config();
+        let probe = tokio::task::spawn_blocking(move || {
+            crate::sink::health::probe(&cfg, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| WorkerError::Internal(e.to_string()))?;
+        let Err(why) = probe else { break };
+        attempt += 1;
+        let wait = Duration::from_secs(2u64.saturating_pow(attempt.min(5)).min(30));
+        metrics::kafka_unreachable(&why, wait);
+        *status.kafka_error.lock() = Some(why);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    *status.kafka_error.lock() = None;
     if let Some((parts, repl)) = spec.create_topics {
         ensure_topics(&spec.sink, parts, repl).await?;
     }
     // 1. Transactions first: fences an older worker with the same transactional.id.
     let sink_opts = spec.sink.clone();
-    let (sink, committer) = tokio::task::spawn_blocking(move || Committer::start(sink_opts))
-        .await
-        .map_err(|e| WorkerError::Internal(e.to_string()))??;
+    let health = status.kafka.clone();
+    let (sink, committer) =
+        tokio::task::spawn_blocking(move || Committer::start(sink_opts, health))
+            .await
+            .map_err(|e| WorkerError::Internal(e.to_string()))??;
     // 2. Then the committed offsets.
-    let cfg = spec.sink.client_config();
+    let cfg = spec.sink.consumer_config();
     let (topic, name, timeout) = (
         spec.sink.offsets_topic.clone(),
         spec.sink.connector.clone(),
@@ -338,7 +376,6 @@ pub async fn run_with_status(
         spec,
     });
     start_all(&shared);
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -623,6 +660,7 @@ async fn partition_loop(
 ) -> PartitionState {
     let id = reader.id.clone();
     let mut failures = 0u32;
+    let mut aborts = 0u32;
     let mut paused = shared.paused.subscribe();
     // Initial-sync progress, logged at most every 10 seconds.
     let (mut pages, mut records) = (0u64, 0u64);
@@ -760,6 +798,7 @@ async fn partition_loop(
             };
             match committed {
                 Ok(()) => {
+                    aborts = 0;
                     shared
                         .status
                         .offsets
@@ -783,9 +822,25 @@ async fn partition_loop(
                         }
                     }
                 }
-                Err(SinkError::Aborted(_)) => {
-                    // The position did not move: the same page is fetched again.
+                Err(SinkError::Aborted(why)) => {
+                    // The position did not move: the same page is fetched again, after a
+                    // backoff that grows while its transactions keep failing.
+                    aborts += 1;
+                    let wait = jittered(
+                        Duration::from_millis(100)
+                            .saturating_mul(1 << aborts.min(9))
+                            .min(Duration::from_secs(30)),
+                        0.2,
+                    );
+                    metrics::commit_retry(&id, aborts, wait, &why);
+                    if !Box::pin(sleep_or_cancel(wait, cancel)).await {
+                        return PartitionState::Stopped;
+                    }
                     continue;
+                }
+                Err(SinkError::Rejected(why)) => {
+                    metrics::partition_failed(&id, &why);
+                    return PartitionState::Failed(why);
                 }
                 Err(e) => {
                     if matches!(e, SinkError::Fatal(_)) {

@@ -3,7 +3,6 @@
 //! The committer must abort or stop as librdkafka classifies the error, and acknowledge a
 //! batch only once its transaction committed.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,11 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 fn options(bootstrap: &str) -> SinkOptions {
     SinkOptions {
         bootstrap_servers: bootstrap.into(),
-        options: HashMap::from([("message.timeout.ms".to_string(), "5000".to_string())]),
+        kafka: graph_cdc::sink::ClientOptions {
+            all: [("message.timeout.ms".to_string(), "5000".to_string())].into(),
+            ..Default::default()
+        },
+        errors: Default::default(),
         transactional_id: format!("mock-{}", uuid::Uuid::new_v4().simple()),
         connector: "mock".into(),
         topics: TopicNames::default(),
@@ -75,7 +78,7 @@ async fn start(
     std::thread::JoinHandle<Result<(), SinkError>>,
 ) {
     let opts = options(&mock.bootstrap_servers());
-    tokio::task::spawn_blocking(move || Committer::start(opts))
+    tokio::task::spawn_blocking(move || Committer::start(opts, Default::default()))
         .await
         .unwrap()
         .expect("committer")

@@ -6,6 +6,12 @@
 //! consumer sees both or neither. Offsets without records (idle polls, empty pages) cost no
 //! transaction of their own: they wait in memory and ride along with the next transaction,
 //! or are written together when `heartbeat_interval` has passed.
+//!
+//! A record Kafka refuses for good (larger than `message.max.bytes`, a topic the principal
+//! may not write…) must not abort the same shared transaction forever: records over the
+//! known size limit are caught before they are sent, and refusals reported by delivery are
+//! traced back to their batch. That batch is then dead-lettered (`errors.tolerance = all`)
+//! or failed alone (`none`), and the transaction is retried with everything else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,8 +20,9 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::BaseRecord;
 use tokio::sync::{mpsc, oneshot};
 
-use super::producer::TxnProducer;
-use super::records::headers;
+use super::health::KafkaHealth;
+use super::producer::{Refused, Tag, TxnProducer};
+use super::records::{dead_letter_headers, headers};
 use super::{SinkError, SinkOptions};
 use crate::metrics;
 use crate::offsets::{encode_key, encode_value};
@@ -104,27 +111,86 @@ pub struct Committer {
     /// Offsets without records, waiting for a transaction.
     idle: HashMap<Arc<PartitionId>, SourceOffset>,
     last_heartbeat: Instant,
+    /// `message.max.bytes` of the producer.
+    max_message_bytes: usize,
+}
+
+/// A batch waiting for its transaction, with the records to dead-letter instead of writing.
+struct Pending {
+    batch: SourceBatch,
+    ack: Ack,
+    /// Record index → why Kafka refuses it.
+    dead: HashMap<usize, Fault>,
+}
+
+/// Why Kafka refuses a record.
+#[derive(Debug, Clone)]
+struct Fault {
+    class: &'static str,
+    message: String,
 }
 
 /// One transaction's worth of work.
 #[derive(Default)]
 struct Txn {
-    batches: Vec<(SourceBatch, Ack)>,
+    batches: Vec<Pending>,
     direct: Vec<(OffsetWrites, Ack)>,
     flushes: Vec<Ack>,
     records: usize,
 }
+
+impl Txn {
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.direct.is_empty() && self.flushes.is_empty()
+    }
+
+    /// Answers every waiter with `r`.
+    fn answer(self, r: Result<(), SinkError>) {
+        for p in self.batches {
+            let _ = p.ack.send(r.clone());
+        }
+        for (_, ack) in self.direct {
+            let _ = ack.send(r.clone());
+        }
+        for ack in self.flushes {
+            let _ = ack.send(r.clone());
+        }
+    }
+}
+
+/// How a transaction failed.
+enum WriteError {
+    Sink(SinkError),
+    /// Records Kafka refuses for good (found before sending or by their delivery reports).
+    Refused(Vec<Refused>),
+    /// The commit failed for a reason that is some record's fault, without saying whose.
+    Unattributed {
+        class: &'static str,
+        message: String,
+    },
+}
+
+impl From<SinkError> for WriteError {
+    fn from(e: SinkError) -> Self {
+        WriteError::Sink(e)
+    }
+}
+
+/// Attempts of one transaction after refused records were set aside.
+const MAX_ATTEMPTS: usize = 4;
 
 impl Committer {
     /// Creates the producer (initialising transactions fences older incarnations) and starts
     /// the committer thread. Blocking: call from `spawn_blocking` or a plain thread.
     pub fn start(
         opts: SinkOptions,
+        health: Arc<KafkaHealth>,
     ) -> Result<(SinkHandle, std::thread::JoinHandle<Result<(), SinkError>>), SinkError> {
-        let producer = TxnProducer::new(&opts)?;
+        let producer = TxnProducer::new(&opts, health)?;
         let (tx, rx) = mpsc::channel(1024);
         let committer = Committer {
             producer,
+            max_message_bytes: opts.max_message_bytes(),
             opts,
             rx,
             idle: HashMap::new(),
@@ -171,9 +237,7 @@ impl Committer {
             {
                 self.transaction(txn)?;
             } else {
-                for ack in txn.flushes {
-                    let _ = ack.send(Ok(()));
-                }
+                txn.answer(Ok(()));
             }
             if closed {
                 return Ok(());
@@ -185,7 +249,11 @@ impl Committer {
         match m {
             SinkMsg::Batch { batch, ack } => {
                 txn.records += batch.records.len();
-                txn.batches.push((batch, ack));
+                txn.batches.push(Pending {
+                    batch,
+                    ack,
+                    dead: HashMap::new(),
+                });
             }
             SinkMsg::Idle { partition, offset } => {
                 self.idle.insert(partition, offset);
@@ -220,89 +288,230 @@ impl Committer {
         false
     }
 
-    fn transaction(&mut self, txn: Txn) -> Result<(), SinkError> {
+    /// Commits `txn`, setting aside records Kafka refuses for good and retrying the rest.
+    fn transaction(&mut self, mut txn: Txn) -> Result<(), SinkError> {
         let started = Instant::now();
-        let result = self.write(&txn);
-        let n_batches = txn.batches.len();
-        match result {
-            Ok(()) => {
-                self.idle.clear();
-                self.last_heartbeat = Instant::now();
-                let mut counts: HashMap<(crate::source::PartitionKind, Op), (u64, u64)> =
-                    HashMap::new();
-                for (b, _) in &txn.batches {
-                    for r in &b.records {
-                        let e = counts.entry((b.partition.kind(), r.op)).or_default();
-                        e.0 += 1;
-                        e.1 += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Records over the known limit are set aside before anything is sent.
+            let oversized = self.screen(&txn);
+            if !oversized.is_empty() {
+                txn = self.set_aside(txn, oversized);
+                if txn.is_empty() && self.idle.is_empty() {
+                    return Ok(());
+                }
+            }
+            let (why, refused) = match self.write(&txn) {
+                Ok(()) => {
+                    self.committed(txn, started);
+                    return Ok(());
+                }
+                Err(WriteError::Sink(SinkError::Aborted(why))) => (why, Vec::new()),
+                Err(WriteError::Refused(r)) => {
+                    (format!("{} record(s) refused", r.len()), suspects(&txn, r))
+                }
+                Err(WriteError::Unattributed { class, message }) if txn.batches.len() > 1 => {
+                    // Whose record it is can only be learnt by trying each batch alone.
+                    metrics::transaction_aborted(&message, txn.batches.len());
+                    if let Err(e) = self.producer.abort() {
+                        tracing::error!(error = %e, "Kafka producer failed; stopping");
+                        txn.answer(Err(e.clone()));
+                        return Err(e);
                     }
+                    tracing::info!(class, "isolating the batches of a refused transaction");
+                    return self.one_by_one(txn);
                 }
-                for ((kind, op), (n, bytes)) in counts {
-                    metrics::records_written(kind, op, n, bytes);
+                Err(WriteError::Unattributed { class, message }) => {
+                    let n = txn.batches.first().map_or(0, |p| p.batch.records.len());
+                    let all = (0..n)
+                        .map(|i| Refused {
+                            tag: Tag::new(0, i),
+                            class,
+                            message: message.clone(),
+                        })
+                        .collect::<Vec<_>>();
+                    (message, all)
                 }
-                metrics::transaction_committed(txn.records, n_batches, started.elapsed());
-                for (_, ack) in txn.batches {
-                    let _ = ack.send(Ok(()));
+                Err(WriteError::Sink(e)) => {
+                    tracing::error!(error = %e, "Kafka producer failed; stopping");
+                    txn.answer(Err(e.clone()));
+                    return Err(e);
                 }
-                for (_, ack) in txn.direct {
-                    let _ = ack.send(Ok(()));
-                }
-                for ack in txn.flushes {
-                    let _ = ack.send(Ok(()));
-                }
-                Ok(())
+            };
+            metrics::transaction_aborted(&why, txn.batches.len());
+            if let Err(e) = self.producer.abort() {
+                txn.answer(Err(e.clone()));
+                return Err(e);
             }
-            Err(SinkError::Aborted(why)) => {
-                metrics::transaction_aborted(&why, n_batches);
-                let abort = self.producer.abort();
-                let err = match &abort {
-                    Ok(()) => SinkError::Aborted(why),
-                    Err(e) => e.clone(),
-                };
-                for (_, ack) in txn.batches {
-                    let _ = ack.send(Err(err.clone()));
-                }
-                for (_, ack) in txn.direct {
-                    let _ = ack.send(Err(err.clone()));
-                }
-                for ack in txn.flushes {
-                    let _ = ack.send(Err(err.clone()));
-                }
-                // Idle offsets stay pending for the next transaction.
-                abort
+            if refused.is_empty() || attempt >= MAX_ATTEMPTS {
+                // Idle offsets stay pending for the next transaction; batches are refetched.
+                txn.answer(Err(SinkError::Aborted(why)));
+                return Ok(());
             }
-            Err(e) => {
-                tracing::error!(error = %e, "Kafka producer failed; stopping");
-                for (_, ack) in txn.batches {
-                    let _ = ack.send(Err(e.clone()));
-                }
-                for (_, ack) in txn.direct {
-                    let _ = ack.send(Err(e.clone()));
-                }
-                for ack in txn.flushes {
-                    let _ = ack.send(Err(e.clone()));
-                }
-                Err(e)
+            txn = self.set_aside(txn, refused);
+            if txn.is_empty() && self.idle.is_empty() {
+                return Ok(());
             }
         }
     }
 
-    fn write(&self, txn: &Txn) -> Result<(), SinkError> {
+    /// Runs each batch in a transaction of its own (after an unattributed refusal).
+    fn one_by_one(&mut self, txn: Txn) -> Result<(), SinkError> {
+        let Txn {
+            batches,
+            direct,
+            flushes,
+            ..
+        } = txn;
+        for p in batches {
+            let records = p.batch.records.len();
+            self.transaction(Txn {
+                batches: vec![p],
+                records,
+                ..Default::default()
+            })?;
+        }
+        if !direct.is_empty() || !flushes.is_empty() {
+            self.transaction(Txn {
+                direct,
+                flushes,
+                ..Default::default()
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Records over the producer's size limit, found before anything is sent.
+    fn screen(&self, txn: &Txn) -> Vec<Refused> {
+        let mut out = Vec::new();
+        for (i, p) in txn.batches.iter().enumerate() {
+            for (j, r) in p.batch.records.iter().enumerate() {
+                if p.dead.contains_key(&j) {
+                    continue;
+                }
+                if let Some(size) = over_limit(r, &p.batch.partition, self.max_message_bytes) {
+                    out.push(Refused {
+                        tag: Tag::new(i, j),
+                        class: "record_too_large",
+                        message: format!(
+                            "the record is {size} bytes, over the producer's limit of {} bytes (message.max.bytes)",
+                            self.max_message_bytes
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Moves refused records to the dead-letter topic, or fails their batches when errors
+    /// are not tolerated (or the dead letter itself was refused).
+    fn set_aside(&self, mut txn: Txn, refused: Vec<Refused>) -> Txn {
+        let mut failed: HashMap<usize, String> = HashMap::new();
+        for r in refused {
+            let Some(p) = txn.batches.get_mut(r.tag.batch()) else {
+                continue;
+            };
+            let Some(rec) = p.batch.records.get(r.tag.record()) else {
+                continue;
+            };
+            let topic = self.opts.topics.for_kind(p.batch.partition.kind());
+            let reason = format!(
+                "{}: item {} of partition {} to topic '{topic}': {}",
+                r.class, rec.id, p.batch.partition, r.message
+            );
+            let tolerated = self.opts.errors.dead_letter_topic.is_some()
+                && !p.dead.contains_key(&r.tag.record());
+            if tolerated {
+                tracing::warn!(partition = %p.batch.partition, item = %rec.id, class = r.class, error = %r.message, "record refused by Kafka; dead-lettering it");
+                p.dead.insert(
+                    r.tag.record(),
+                    Fault {
+                        class: r.class,
+                        message: r.message,
+                    },
+                );
+            } else {
+                metrics::record_refused(&p.batch.partition, r.class, &reason);
+                failed.entry(r.tag.batch()).or_insert(reason);
+            }
+        }
+        let mut kept = Vec::with_capacity(txn.batches.len());
+        for (i, p) in txn.batches.into_iter().enumerate() {
+            match failed.remove(&i) {
+                Some(reason) => {
+                    txn.records -= p.batch.records.len();
+                    let _ = p.ack.send(Err(SinkError::Rejected(reason)));
+                }
+                None => kept.push(p),
+            }
+        }
+        txn.batches = kept;
+        txn
+    }
+
+    fn committed(&mut self, txn: Txn, started: Instant) {
+        self.idle.clear();
+        self.last_heartbeat = Instant::now();
+        let mut counts: HashMap<(crate::source::PartitionKind, Op), (u64, u64)> = HashMap::new();
+        for p in &txn.batches {
+            for (j, r) in p.batch.records.iter().enumerate() {
+                if let Some(f) = p.dead.get(&j) {
+                    metrics::record_dead_lettered(&p.batch.partition, &r.id, f.class);
+                    continue;
+                }
+                let e = counts.entry((p.batch.partition.kind(), r.op)).or_default();
+                e.0 += 1;
+                e.1 += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
+            }
+        }
+        for ((kind, op), (n, bytes)) in counts {
+            metrics::records_written(kind, op, n, bytes);
+        }
+        metrics::transaction_committed(txn.records, txn.batches.len(), started.elapsed());
+        txn.answer(Ok(()));
+    }
+
+    fn write(&self, txn: &Txn) -> Result<(), WriteError> {
         self.producer.begin()?;
+        let refused = |r: Result<Refused, SinkError>| match r {
+            Ok(r) => WriteError::Refused(vec![r]),
+            Err(e) => WriteError::Sink(e),
+        };
         // The last offset of each partition in this transaction, in first-seen order.
         let mut offsets: Vec<(&PartitionId, Option<&SourceOffset>)> = Vec::new();
         let mut seen: HashMap<&PartitionId, usize> = HashMap::new();
-        for (batch, _) in &txn.batches {
+        for (i, p) in txn.batches.iter().enumerate() {
+            let batch = &p.batch;
             let topic = self.opts.topics.for_kind(batch.partition.kind());
             let pjson = batch.partition.to_json();
-            for r in &batch.records {
-                let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-                    .key(&r.key[..])
-                    .headers(headers(r, &pjson));
-                if let Some(v) = &r.value {
-                    rec = rec.payload(&v[..]);
-                }
-                self.producer.send(rec)?;
+            for (j, r) in batch.records.iter().enumerate() {
+                let tag = Tag::new(i, j).0;
+                let rec = match (p.dead.get(&j), &self.opts.errors.dead_letter_topic) {
+                    (Some(f), Some(dlq)) => {
+                        let h = dead_letter_headers(r, &pjson, topic, f.class, &f.message);
+                        let rec = BaseRecord::with_opaque_to(dlq.as_str(), tag)
+                            .key(&r.key[..])
+                            .headers(h);
+                        // A record too large for its topic is too large here too: the
+                        // dead letter says what it was, the item can be fetched by its id.
+                        match &r.value {
+                            Some(v) if f.class != "record_too_large" => rec.payload(&v[..]),
+                            _ => rec,
+                        }
+                    }
+                    _ => {
+                        let rec = BaseRecord::with_opaque_to(topic, tag)
+                            .key(&r.key[..])
+                            .headers(headers(r, &pjson));
+                        match &r.value {
+                            Some(v) => rec.payload(&v[..]),
+                            None => rec,
+                        }
+                    }
+                };
+                self.producer.send(rec).map_err(refused)?;
             }
             upsert(
                 &mut offsets,
@@ -331,18 +540,72 @@ impl Committer {
         for (p, o) in &offsets {
             let key = encode_key(&self.opts.connector, p);
             let value = o.map(encode_value);
-            let mut rec: BaseRecord<'_, [u8], [u8]> =
-                BaseRecord::to(&self.opts.offsets_topic).key(key.as_bytes());
+            let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(&self.opts.offsets_topic, Tag::NONE.0)
+                    .key(key.as_bytes());
             if let Some(v) = &value {
                 rec = rec.payload(&v[..]);
             }
-            self.producer.send(rec)?;
+            self.producer.send(rec).map_err(refused)?;
         }
         metrics::metrics()
             .producer_queue
             .set(self.producer.in_flight() as i64);
-        self.producer.commit()
+        match self.producer.commit() {
+            Ok(()) => Ok(()),
+            Err((e, class)) => {
+                let refused = self.producer.refused();
+                if !refused.is_empty() {
+                    return Err(WriteError::Refused(refused));
+                }
+                match (e, class) {
+                    (SinkError::Aborted(message), Some(class)) => {
+                        Err(WriteError::Unattributed { class, message })
+                    }
+                    (e, _) => Err(WriteError::Sink(e)),
+                }
+            }
+        }
     }
+}
+
+/// The records to blame for a refusal. The broker refuses a whole produce request when one
+/// of its records is over the topic's `max.message.bytes`: the innocent records of that
+/// request are reported too. Of the records refused as too large, only the largest is blamed
+/// per attempt; the transaction is then retried and, if still refused, the next one is.
+fn suspects(txn: &Txn, refused: Vec<Refused>) -> Vec<Refused> {
+    let size = |r: &Refused| {
+        txn.batches
+            .get(r.tag.batch())
+            .and_then(|p| p.batch.records.get(r.tag.record()))
+            .map_or(0, |rec| {
+                rec.key.len() + rec.value.as_ref().map_or(0, |v| v.len())
+            })
+    };
+    let (mut large, mut other): (Vec<Refused>, Vec<Refused>) = refused
+        .into_iter()
+        .partition(|r| r.class == "record_too_large");
+    if let Some(i) = (0..large.len()).max_by_key(|&i| size(&large[i])) {
+        other.push(large.swap_remove(i));
+    }
+    other
+}
+
+/// The size librdkafka counts against `message.max.bytes` (key, value, headers and the
+/// record's framing, rounded up so a record that passes here is not refused there), when it
+/// is over `max`.
+fn over_limit(
+    r: &crate::source::SourceRecord,
+    partition: &PartitionId,
+    max: usize,
+) -> Option<usize> {
+    const FRAMING: usize = 128;
+    let data = r.key.len() + r.value.as_ref().map_or(0, |v| v.len());
+    if data + 4096 < max {
+        return None; // headers cannot make up the difference: skip the identity's JSON
+    }
+    let size = data + partition.to_json().len() + 160 + FRAMING;
+    (size > max).then_some(size)
 }
 
 /// The offset of a partition that starts from its initial request.

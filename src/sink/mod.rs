@@ -9,17 +9,20 @@
 //!
 //! It knows nothing of Graph: it consumes [`crate::source::SourceBatch`]es.
 
+pub mod clients;
 pub mod committer;
+pub mod health;
 pub mod producer;
 pub mod readback;
 pub mod records;
 pub mod scan;
 pub mod topics;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+pub use clients::ClientOptions;
 pub use committer::{Committer, SinkHandle, SinkMsg};
+pub use health::KafkaHealth;
 pub use producer::{classify, TxnErrorClass, TxnProducer};
 
 use crate::source::PartitionKind;
@@ -63,8 +66,10 @@ impl TopicNames {
 #[derive(Clone)]
 pub struct SinkOptions {
     pub bootstrap_servers: String,
-    /// Extra librdkafka properties (security…), applied to every client.
-    pub options: HashMap<String, String>,
+    /// The user's librdkafka properties (security…), by client.
+    pub kafka: ClientOptions,
+    /// What happens to records Kafka refuses.
+    pub errors: ErrorPolicy,
     pub transactional_id: String,
     pub connector: String,
     pub topics: TopicNames,
@@ -80,23 +85,10 @@ pub struct SinkOptions {
 
 impl std::fmt::Debug for SinkOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let options: std::collections::BTreeMap<&str, &str> = self
-            .options
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str(),
-                    if crate::config::is_sensitive(k) {
-                        "***"
-                    } else {
-                        v.as_str()
-                    },
-                )
-            })
-            .collect();
         f.debug_struct("SinkOptions")
             .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("options", &options)
+            .field("kafka", &self.kafka)
+            .field("errors", &self.errors)
             .field("transactional_id", &self.transactional_id)
             .field("connector", &self.connector)
             .field("topics", &self.topics)
@@ -105,16 +97,11 @@ impl std::fmt::Debug for SinkOptions {
     }
 }
 
-impl SinkOptions {
-    /// A client config with the bootstrap servers and the pass-through options.
-    pub fn client_config(&self) -> rdkafka::ClientConfig {
-        let mut c = rdkafka::ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap_servers);
-        for (k, v) in &self.options {
-            c.set(k, v);
-        }
-        c
-    }
+/// `[errors]`: where records Kafka refuses go.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorPolicy {
+    /// `None`: the record's partition fails. `Some(topic)`: the record is dead-lettered there.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Errors of the Kafka side.
@@ -123,6 +110,10 @@ pub enum SinkError {
     /// The transaction was aborted; its batches must be fetched again.
     #[error("transaction aborted: {0}")]
     Aborted(String),
+    /// Kafka refuses a record of this batch for good (too large, topic not writable) and
+    /// errors are not tolerated: the partition stops with this reason.
+    #[error("record refused: {0}")]
+    Rejected(String),
     /// The producer cannot go on (fenced by another worker, fatal broker error…).
     #[error("fatal Kafka error: {0}")]
     Fatal(String),

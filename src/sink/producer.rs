@@ -1,13 +1,20 @@
 //! The transactional producer. Every call here blocks: it runs on the committer's own thread.
+//!
+//! Each record is sent with a tag (see [`Tag`]); delivery reports of records Kafka refused
+//! for good are kept, so the committer can tell which batch of a failed transaction is at
+//! fault instead of aborting the same transaction forever.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::util::Timeout;
 
+use super::health::KafkaHealth;
 use super::{SinkError, SinkOptions};
 
 /// What to do about a failed transactional call (librdkafka's own classification).
@@ -36,8 +43,86 @@ pub fn classify(e: &KafkaError) -> TxnErrorClass {
     }
 }
 
+/// Why Kafka refuses a record for good (sending it again cannot help), as the class named in
+/// dead-letter headers; `None` for errors worth retrying.
+pub fn record_fault_class(code: RDKafkaErrorCode) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    Some(match code {
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => {
+            "record_too_large"
+        }
+        C::TopicAuthorizationFailed => "topic_authorization_failed",
+        C::InvalidRecord | C::InvalidMessage => "invalid_record",
+        C::InvalidTopic => "invalid_topic",
+        C::PolicyViolation => "policy_violation",
+        _ => return None,
+    })
+}
+
+/// A record's place in a transaction: `(batch index, record index)` packed in a `usize`;
+/// [`Tag::NONE`] for records that belong to no batch (offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tag(pub usize);
+
+impl Tag {
+    pub const NONE: Tag = Tag(usize::MAX);
+
+    pub fn new(batch: usize, record: usize) -> Self {
+        Tag((batch << 32) | (record & 0xffff_ffff))
+    }
+
+    pub fn batch(self) -> usize {
+        self.0 >> 32
+    }
+
+    pub fn record(self) -> usize {
+        self.0 & 0xffff_ffff
+    }
+}
+
+/// A record Kafka refused for good during the current transaction.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub tag: Tag,
+    pub class: &'static str,
+    pub message: String,
+}
+
+/// The producer's context: connection health, and refusals of the current transaction.
+#[derive(Default)]
+pub struct TxnContext {
+    pub health: Arc<KafkaHealth>,
+    refused: Mutex<Vec<Refused>>,
+}
+
+impl ClientContext for TxnContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(code) = error.rdkafka_error_code() {
+            self.health.record(code, reason);
+        }
+        tracing::warn!(error = %error, reason, "Kafka client error");
+    }
+}
+
+impl ProducerContext for TxnContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, tag: usize) {
+        if let Err((e, _)) = r {
+            let class = e.rdkafka_error_code().and_then(record_fault_class);
+            if let (Some(class), false) = (class, tag == Tag::NONE.0) {
+                self.refused.lock().push(Refused {
+                    tag: Tag(tag),
+                    class,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
 pub struct TxnProducer {
-    inner: Arc<BaseProducer<DefaultProducerContext>>,
+    inner: Arc<BaseProducer<TxnContext>>,
     timeout: Duration,
     stop: Arc<AtomicBool>,
     poller: Option<std::thread::JoinHandle<()>>,
@@ -60,20 +145,14 @@ impl Drop for TxnProducer {
 impl TxnProducer {
     /// Creates the producer and initialises transactions, which fences any previous
     /// incarnation with the same `transactional.id` and aborts its open transaction.
-    pub fn new(opts: &SinkOptions) -> Result<Self, SinkError> {
-        let mut cfg = opts.client_config();
-        cfg.set("transactional.id", &opts.transactional_id)
-            .set("enable.idempotence", "true")
-            .set(
-                "transaction.timeout.ms",
-                opts.transaction_timeout.as_millis().to_string(),
-            )
-            // Same partitioning as Java clients, so keys land where Kafka Connect would put them.
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4");
-        let inner: Arc<BaseProducer<DefaultProducerContext>> = Arc::new(
-            cfg.create()
+    pub fn new(opts: &SinkOptions, health: Arc<KafkaHealth>) -> Result<Self, SinkError> {
+        let ctx = TxnContext {
+            health,
+            refused: Mutex::default(),
+        };
+        let inner: Arc<BaseProducer<TxnContext>> = Arc::new(
+            opts.producer_config()
+                .create_with_context(ctx)
                 .map_err(|e| SinkError::Setup(format!("creating the producer: {e}")))?,
         );
         let timeout = Duration::from_secs(30).max(opts.transaction_timeout);
@@ -97,11 +176,17 @@ impl TxnProducer {
             poller: Some(poller),
         };
         p.retrying(|p| p.inner.init_transactions(Timeout::After(p.timeout)))
-            .map_err(|e| match e {
-                SinkError::Aborted(m) => {
-                    SinkError::Setup(format!("initialising transactions: {m}"))
+            .map_err(|e| {
+                let why = p.inner.context().health.recent();
+                match (e, why) {
+                    (SinkError::Aborted(m) | SinkError::Fatal(m), Some(why)) => {
+                        SinkError::Setup(format!("initialising transactions: {m}: {why}"))
+                    }
+                    (SinkError::Aborted(m), None) => {
+                        SinkError::Setup(format!("initialising transactions: {m}"))
+                    }
+                    (other, _) => other,
                 }
-                other => other,
             })?;
         Ok(p)
     }
@@ -125,11 +210,16 @@ impl TxnProducer {
     }
 
     pub fn begin(&self) -> Result<(), SinkError> {
+        self.inner.context().refused.lock().clear();
         self.retrying(|p| p.inner.begin_transaction())
     }
 
-    /// Queues one record, waiting while librdkafka's queue is full.
-    pub fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), SinkError> {
+    /// Queues one record, waiting while librdkafka's queue is full. A record librdkafka
+    /// refuses at once for good comes back as `Err(Ok(refusal))`.
+    pub fn send(
+        &self,
+        record: BaseRecord<'_, [u8], [u8], usize>,
+    ) -> Result<(), Result<Refused, SinkError>> {
         let mut record = record;
         loop {
             match self.inner.send(record) {
@@ -138,18 +228,40 @@ impl TxnProducer {
                     record = r;
                     self.inner.poll(Duration::from_millis(5));
                 }
-                Err((e, _)) => {
-                    return Err(match classify(&e) {
-                        TxnErrorClass::Fatal => SinkError::Fatal(e.to_string()),
-                        _ => SinkError::Aborted(e.to_string()),
-                    })
+                Err((e, r)) => {
+                    let class = e.rdkafka_error_code().and_then(record_fault_class);
+                    return Err(match (class, Tag(r.delivery_opaque)) {
+                        (Some(class), tag) if tag != Tag::NONE => Ok(Refused {
+                            tag,
+                            class,
+                            message: e.to_string(),
+                        }),
+                        _ => Err(match classify(&e) {
+                            TxnErrorClass::Fatal => SinkError::Fatal(e.to_string()),
+                            _ => SinkError::Aborted(e.to_string()),
+                        }),
+                    });
                 }
             }
         }
     }
 
-    pub fn commit(&self) -> Result<(), SinkError> {
-        self.retrying(|p| p.inner.commit_transaction(Timeout::After(p.timeout)))
+    /// Commits; a failure comes with the record-fault class of its error code, if any.
+    pub fn commit(&self) -> Result<(), (SinkError, Option<&'static str>)> {
+        let class = std::cell::Cell::new(None);
+        self.retrying(|p| {
+            p.inner
+                .commit_transaction(Timeout::After(p.timeout))
+                .inspect_err(|e| class.set(e.rdkafka_error_code().and_then(record_fault_class)))
+        })
+        .map_err(|e| (e, class.get()))
+    }
+
+    /// The records refused for good since the transaction began (after a failed commit).
+    pub fn refused(&self) -> Vec<Refused> {
+        // Serve delivery reports still queued.
+        self.inner.poll(Duration::ZERO);
+        self.inner.context().refused.lock().clone()
     }
 
     /// Aborts the open transaction; failing to abort is fatal.

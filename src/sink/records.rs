@@ -10,6 +10,12 @@ pub const HEADER_PARTITION: &str = "graph-cdc.partition";
 pub const HEADER_ROUND: &str = "graph-cdc.round";
 pub const HEADER_REMOVED_REASON: &str = "graph-cdc.removed-reason";
 pub const HEADER_RESYNC: &str = "graph-cdc.resync";
+pub const HEADER_ERROR_CLASS: &str = "graph-cdc.errors.class";
+pub const HEADER_ERROR_MESSAGE: &str = "graph-cdc.errors.message";
+pub const HEADER_ERROR_TOPIC: &str = "graph-cdc.errors.topic";
+pub const HEADER_ERROR_PARTITION: &str = "graph-cdc.errors.partition";
+pub const HEADER_ERROR_ITEM: &str = "graph-cdc.errors.item";
+pub const HEADER_ERROR_SIZE: &str = "graph-cdc.errors.size";
 
 /// The headers of a record; `partition_json` is the identity, computed once per batch.
 pub fn headers(r: &SourceRecord, partition_json: &str) -> OwnedHeaders {
@@ -38,6 +44,33 @@ pub fn headers(r: &SourceRecord, partition_json: &str) -> OwnedHeaders {
         h = h.insert(Header {
             key: HEADER_RESYNC,
             value: Some("true"),
+        });
+    }
+    h
+}
+
+/// The headers of a dead letter: the record's own, plus why it was refused and where it
+/// was going.
+pub fn dead_letter_headers(
+    r: &SourceRecord,
+    partition_json: &str,
+    topic: &str,
+    class: &str,
+    message: &str,
+) -> OwnedHeaders {
+    let size = (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())).to_string();
+    let mut h = headers(r, partition_json);
+    for (key, value) in [
+        (HEADER_ERROR_CLASS, class),
+        (HEADER_ERROR_MESSAGE, message),
+        (HEADER_ERROR_TOPIC, topic),
+        (HEADER_ERROR_PARTITION, partition_json),
+        (HEADER_ERROR_ITEM, r.id.as_str()),
+        (HEADER_ERROR_SIZE, size.as_str()),
+    ] {
+        h = h.insert(Header {
+            key,
+            value: Some(value),
         });
     }
     h

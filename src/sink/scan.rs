@@ -19,7 +19,7 @@ pub fn live_keys(
 ) -> Result<HashSet<Vec<u8>>, SinkError> {
     let mut live = HashSet::new();
     let group = format!("{}-resync-scan", opts.connector);
-    read_to_end(&opts.client_config(), &group, topic, timeout, |m| {
+    read_to_end(&opts.consumer_config(), &group, topic, timeout, |m| {
         let Some(key) = m.key().filter(|k| k.starts_with(prefix)) else {
             return;
         };

@@ -1,4 +1,5 @@
-//! Creating missing topics: the data topics and the offsets topic, all compacted.
+//! Creating missing topics: the data topics and the offsets topic, all compacted, and the
+//! dead-letter topic.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ pub async fn ensure_topics(
     replication: i32,
 ) -> Result<(), SinkError> {
     let admin: AdminClient<DefaultClientContext> = opts
-        .client_config()
+        .admin_config()
         .create()
         .map_err(|e| SinkError::Setup(format!("creating the admin client: {e}")))?;
     let mut names: Vec<(&str, i32)> = opts.topics.all().iter().map(|t| (*t, partitions)).collect();
@@ -23,13 +24,20 @@ pub async fn ensure_topics(
     names.push((&opts.offsets_topic, 1));
     names.sort();
     names.dedup();
-    let new: Vec<NewTopic> = names
+    let mut new: Vec<NewTopic> = names
         .iter()
         .map(|(n, p)| {
             NewTopic::new(n, *p, TopicReplication::Fixed(replication))
                 .set("cleanup.policy", "compact")
         })
         .collect();
+    // Dead letters are a log to inspect, not a table: not compacted.
+    if let Some(dlq) = &opts.errors.dead_letter_topic {
+        new.push(
+            NewTopic::new(dlq, partitions, TopicReplication::Fixed(replication))
+                .set("cleanup.policy", "delete"),
+        );
+    }
     let results = admin
         .create_topics(
             &new,

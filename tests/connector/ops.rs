@@ -68,7 +68,7 @@ async fn start(spec: &WorkerSpec) -> Ops {
         worker_id: "w0".into(),
         config: settings.redacted_json(),
         status: status.clone(),
-        kafka: spec.sink.client_config(),
+        kafka: spec.sink.admin_config(),
     });
     let stop = CancellationToken::new();
     tokio::spawn(server::serve(

@@ -5,7 +5,6 @@
 //! are refused; the defaults live in [`DEFAULTS`] only. Every error names its key
 //! (`graph.page_size: …`, `sources[1].end: …`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +14,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::source::PartitionId;
+
+mod kafka;
+
+pub use kafka::{
+    is_sensitive, ClientRole, ErrorSettings, KafkaOptions, KafkaSettings, Tolerance, TopicSettings,
+    OWNED, PRODUCER_DEFAULTS,
+};
 
 /// Every default, in one place (a TOML document layered under the file and the environment).
 pub const DEFAULTS: &str = r#"
@@ -61,6 +67,9 @@ per_partition_metrics = false
 [log]
 format = "text"
 filter = "info"
+
+[errors]
+tolerance = "none"
 "#;
 
 /// Why settings were refused. Each message names the key.
@@ -161,6 +170,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
+    /// What happens to records Kafka refuses.
+    pub errors: ErrorSettings,
     /// What to track.
     #[serde(default)]
     pub sources: Vec<Source>,
@@ -217,46 +228,6 @@ pub struct GraphSettings {
     pub max_retries: u32,
     /// Longest wait between retries without `Retry-After`.
     pub max_backoff: Dur,
-}
-
-/// `[kafka]`: where records and offsets go.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSettings {
-    /// Comma-separated `host:port` list.
-    pub bootstrap_servers: String,
-    /// Compacted topic holding the source offsets.
-    pub offsets_topic: String,
-    /// This worker's identity; `transactional.id` is `{name}-{worker_id}`.
-    /// Default: `$HOSTNAME` (a StatefulSet pod name), else `worker-0`.
-    #[serde(default)]
-    pub worker_id: Option<String>,
-    /// Create missing topics (compacted) at start.
-    pub create_topics: bool,
-    /// Partitions of the data topics it creates.
-    pub topic_partitions: i32,
-    /// Replication factor of the topics it creates (3 in production).
-    pub replication_factor: i32,
-    /// `transaction.timeout.ms` of the producer.
-    pub transaction_timeout: Dur,
-    pub topics: TopicSettings,
-    /// Any librdkafka property, passed to every client (`"security.protocol" = "SASL_SSL"`).
-    #[serde(default)]
-    pub options: KafkaOptions,
-}
-
-/// `[kafka.topics]`: the topic of each kind of record.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicSettings {
-    /// Calendar-view events.
-    pub events: String,
-    /// Calendars of calendar lists.
-    pub calendars: String,
-    /// To Do task lists.
-    pub task_lists: String,
-    /// To Do tasks.
-    pub tasks: String,
 }
 
 /// `[worker]`: transactions and pacing.
@@ -325,68 +296,6 @@ pub enum Source {
 
 fn primary() -> String {
     "primary".into()
-}
-
-/// librdkafka properties; `Debug` masks values whose name says password, secret, token or key.
-#[derive(Clone, Default, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct KafkaOptions(pub BTreeMap<String, String>);
-
-/// Whether a librdkafka property holds a secret.
-pub fn is_sensitive(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "key"]
-        .iter()
-        .any(|s| k.contains(s))
-}
-
-impl fmt::Debug for KafkaOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(k, v)| (k, if is_sensitive(k) { "***" } else { v.as_str() })),
-            )
-            .finish()
-    }
-}
-
-impl<'de> Deserialize<'de> for KafkaOptions {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flat_options(d).map(KafkaOptions)
-    }
-}
-
-/// librdkafka names contain dots, which the `config` crate turns into nested tables (and
-/// environment variables into `_`): flatten them back to `a.b.c`.
-fn flat_options<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            // No librdkafka property has an underscore: those come from environment names.
-            Value::String(s) => {
-                out.insert(prefix.replace('_', "."), s.clone());
-            }
-            Value::Null => {}
-            other => {
-                out.insert(prefix.replace('_', "."), other.to_string());
-            }
-        }
-    }
-    let v = Value::deserialize(d)?;
-    let mut out = BTreeMap::new();
-    walk("", &v, &mut out);
-    Ok(out)
 }
 
 /// How the app authenticates, read from the settings (and files) at load time.
@@ -651,6 +560,25 @@ impl Settings {
                 self.log.format
             ));
         }
+        self.kafka.check_owned(&mut errs);
+        match (&self.errors.tolerance, &self.errors.dead_letter_topic) {
+            (Tolerance::All, None) => errs.push(
+                "errors.dead_letter_topic: required with errors.tolerance = \"all\" (refused records go there)".into(),
+            ),
+            (_, Some(t)) if t.trim().is_empty() => {
+                errs.push("errors.dead_letter_topic: must not be empty".into())
+            }
+            (_, Some(t)) => {
+                let k = &self.kafka.topics;
+                let taken = [&k.events, &k.calendars, &k.task_lists, &k.tasks, &self.kafka.offsets_topic];
+                if taken.contains(&t) {
+                    errs.push(format!(
+                        "errors.dead_letter_topic: '{t}' is already a data or offsets topic"
+                    ));
+                }
+            }
+            _ => {}
+        }
         if self.sources.is_empty() {
             errs.push("sources: nothing to track: add at least one [[sources]] entry".into());
         }
@@ -757,10 +685,17 @@ impl Settings {
     /// The settings as JSON with every secret masked (for the REST API and `validate`).
     pub fn redacted_json(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Some(Value::Object(opts)) = v.pointer_mut("/kafka/options") {
-            for (k, val) in opts.iter_mut() {
-                if is_sensitive(k) {
-                    *val = Value::from("***");
+        for table in [
+            "options",
+            "producer_options",
+            "consumer_options",
+            "admin_options",
+        ] {
+            if let Some(Value::Object(opts)) = v.pointer_mut(&format!("/kafka/{table}")) {
+                for (k, val) in opts.iter_mut() {
+                    if is_sensitive(k) {
+                        *val = Value::from("***");
+                    }
                 }
             }
         }

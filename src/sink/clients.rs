@@ -1,0 +1,217 @@
+//! The librdkafka configuration of each client the sink creates, and the check `validate`
+//! and start-up run on it.
+//!
+//! Order (a later layer wins): `bootstrap.servers`, the connector's defaults (producer),
+//! `[kafka.options]`, the client's own table, then the properties the connector owns
+//! (producer; the consumers add theirs where they are created). Validation has refused
+//! user options that would collide with an owned one.
+
+use std::collections::BTreeMap;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::BaseProducer;
+
+use super::health::HealthContext;
+use super::SinkOptions;
+use crate::config::{is_sensitive, ClientRole, PRODUCER_DEFAULTS};
+
+/// librdkafka's `message.max.bytes` default.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The user's librdkafka properties, by table (see `config::kafka`).
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// `[kafka.options]`: every client.
+    pub all: BTreeMap<String, String>,
+    /// `[kafka.producer_options]`.
+    pub producer: BTreeMap<String, String>,
+    /// `[kafka.consumer_options]`.
+    pub consumer: BTreeMap<String, String>,
+    /// `[kafka.admin_options]`.
+    pub admin: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = if is_sensitive(k) { "***" } else { v.as_str() };
+                    (k.clone(), v.to_string())
+                })
+                .collect()
+        };
+        f.debug_struct("ClientOptions")
+            .field("all", &masked(&self.all))
+            .field("producer", &masked(&self.producer))
+            .field("consumer", &masked(&self.consumer))
+            .field("admin", &masked(&self.admin))
+            .finish()
+    }
+}
+
+impl ClientOptions {
+    /// The user's tables for one client, in the order they apply, with their names.
+    fn layers(&self, role: ClientRole) -> [(&'static str, &BTreeMap<String, String>); 2] {
+        let own = match role {
+            ClientRole::Producer => &self.producer,
+            ClientRole::Consumer => &self.consumer,
+            ClientRole::Admin => &self.admin,
+        };
+        [("kafka.options", &self.all), (role.table(), own)]
+    }
+
+    /// The value one client ends up with for `key`, if the user set it.
+    pub fn effective(&self, role: ClientRole, key: &str) -> Option<&str> {
+        self.layers(role)
+            .iter()
+            .rev()
+            .find_map(|(_, t)| t.get(key))
+            .map(String::as_str)
+    }
+}
+
+impl SinkOptions {
+    fn config(&self, role: ClientRole) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        if role == ClientRole::Producer {
+            for (k, v) in PRODUCER_DEFAULTS {
+                c.set(*k, *v);
+            }
+        }
+        for (_, table) in self.kafka.layers(role) {
+            for (k, v) in table {
+                c.set(k, v);
+            }
+        }
+        c
+    }
+
+    /// The transactional producer's configuration, owned properties included.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.config(ClientRole::Producer);
+        c.set("transactional.id", &self.transactional_id)
+            .set("enable.idempotence", "true")
+            .set(
+                "transaction.timeout.ms",
+                self.transaction_timeout.as_millis().to_string(),
+            );
+        c
+    }
+
+    /// The consumers' configuration (the reader adds its group and isolation level).
+    pub fn consumer_config(&self) -> ClientConfig {
+        self.config(ClientRole::Consumer)
+    }
+
+    /// The admin client's configuration (topic creation, probes).
+    pub fn admin_config(&self) -> ClientConfig {
+        self.config(ClientRole::Admin)
+    }
+
+    /// The largest record the producer accepts (`message.max.bytes`, uncompressed).
+    pub fn max_message_bytes(&self) -> usize {
+        self.kafka
+            .effective(ClientRole::Producer, "message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+}
+
+/// Builds every client the worker would create from these options, without connecting
+/// anywhere, and reports each property librdkafka refuses, naming its table and key.
+pub fn check(opts: &SinkOptions) -> Result<(), Vec<String>> {
+    let mut errs = Vec::new();
+    // One property at a time first: librdkafka stops at the first bad one.
+    for role in ClientRole::ALL {
+        for (table, map) in opts.kafka.layers(role) {
+            if table == "kafka.options" && role != ClientRole::Producer {
+                continue; // checked once, with the producer
+            }
+            for (k, v) in map {
+                if let Err(e) = ClientConfig::new().set(k, v).create_native_config() {
+                    errs.push(explain(opts, role, &e, Some((table, k))));
+                }
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    // Then whole clients: properties that only fail together (a protocol without its
+    // mechanism, a CA file that does not exist or does not parse, OIDC without its URL).
+    let ctx = HealthContext::default();
+    let producer: Result<BaseProducer<HealthContext>, _> =
+        opts.producer_config().create_with_context(ctx.clone());
+    if let Err(e) = producer {
+        errs.push(explain(opts, ClientRole::Producer, &e, None));
+    }
+    let consumer: Result<BaseConsumer<HealthContext>, _> = opts
+        .consumer_config()
+        .set("group.id", format!("{}-validate", opts.connector))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(ctx.clone());
+    if let Err(e) = consumer {
+        errs.push(explain(opts, ClientRole::Consumer, &e, None));
+    }
+    let admin: Result<AdminClient<HealthContext>, _> = opts.admin_config().create_with_context(ctx);
+    if let Err(e) = admin {
+        errs.push(explain(opts, ClientRole::Admin, &e, None));
+    }
+    errs.dedup();
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
+/// librdkafka's refusal, prefixed with the table and key it concerns, secrets masked.
+fn explain(
+    opts: &SinkOptions,
+    role: ClientRole,
+    e: &KafkaError,
+    at: Option<(&str, &String)>,
+) -> String {
+    let what = match e {
+        KafkaError::ClientConfig(_, desc, _, _) => desc.clone(),
+        KafkaError::ClientCreation(msg) => msg.clone(),
+        other => other.to_string(),
+    };
+    let mut what = what.trim().to_string();
+    let layers = opts.kafka.layers(role);
+    for (_, table) in &layers {
+        for (k, v) in table.iter() {
+            if is_sensitive(k) && !v.is_empty() {
+                what = what.replace(v.as_str(), "***");
+            }
+        }
+    }
+    let named = at.map(|(t, k)| (t.to_string(), k.clone())).or_else(|| {
+        // The last table setting a property the message mentions is the one to fix.
+        layers.iter().rev().find_map(|(t, map)| {
+            map.keys()
+                .filter(|k| what.contains(k.as_str()))
+                .max_by_key(|k| k.len())
+                .map(|k| (t.to_string(), k.clone()))
+        })
+    });
+    match named {
+        Some((table, key)) => format!("{table}.\"{key}\": {what}"),
+        None => {
+            let client = match role {
+                ClientRole::Producer => "producer",
+                ClientRole::Consumer => "consumer",
+                ClientRole::Admin => "admin client",
+            };
+            format!("kafka.options: the {client} refuses this configuration: {what}")
+        }
+    }
+}
