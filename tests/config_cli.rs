@@ -131,3 +131,76 @@ fn bad_configurations_name_their_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.toml"));
 }
+
+/// `GOOD` with a TOML fragment appended to its `[kafka]` table.
+fn with_kafka(fragment: &str) -> String {
+    GOOD.replace(
+        "bootstrap_servers = \"127.0.0.1:9092\"",
+        &format!("bootstrap_servers = \"127.0.0.1:9092\"\n{fragment}"),
+    )
+}
+
+#[test]
+fn validate_builds_the_real_kafka_clients_and_names_what_librdkafka_refuses() {
+    let env = [("GRAPH_CDC__GRAPH__CLIENT_SECRET", "TopSecret-123")];
+    // Accepted: every secured setup the README shows, built into real clients.
+    let dir = std::env::temp_dir().join(format!("graph-cdc-ca-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, include_str!("fixtures/test-client.crt")).unwrap();
+    for ok in [
+        format!("[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"pw-Secret-9\"\n\"ssl.ca.location\" = \"{}\"", ca.display()),
+        "[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"KEY\"\n\"sasl.password\" = \"pw-Secret-9\"".into(),
+        "[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"OAUTHBEARER\"\n\"sasl.oauthbearer.method\" = \"oidc\"\n\"sasl.oauthbearer.client.id\" = \"app\"\n\"sasl.oauthbearer.client.secret\" = \"pw-Secret-9\"\n\"sasl.oauthbearer.token.endpoint.url\" = \"https://login.example.com/t/oauth2/v2.0/token\"".into(),
+        "[kafka.producer_options]\n\"compression.type\" = \"lz4\"\n\"message.max.bytes\" = \"4000000\"\n[kafka.consumer_options]\n\"fetch.max.bytes\" = \"10000000\"".into(),
+        "[kafka.options]\n\"compression.type\" = \"zstd\"\n\"sasl.mechanism\" = \"SCRAM-SHA-256\"".into(),
+    ] {
+        let (ok_, _, err) = validate(&with_kafka(&ok), &env);
+        assert!(ok_, "refused:\n{ok}\n{err}");
+        assert!(!err.contains("pw-Secret-9"), "{err}");
+    }
+    // Refused, each naming its table and key, with librdkafka's reason.
+    for (bad, names, why) in [
+        ("[kafka.options]\n\"no.such.property\" = \"1\"", "kafka.options.\"no.such.property\"", "No such configuration property"),
+        ("[kafka.producer_options]\n\"compression.type\" = \"brotli\"", "kafka.producer_options.\"compression.type\"", "Invalid value"),
+        ("[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"GSSAPI\"", "sasl.mechanism", "GSSAPI"),
+        ("[kafka.options]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"/nonexistent/ca.pem\"", "kafka.options.\"ssl.ca.location\"", ""),
+        ("[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"OAUTHBEARER\"\n\"sasl.oauthbearer.method\" = \"oidc\"", "sasl.oauthbearer", ""),
+        ("[kafka.options]\n\"transactional.id\" = \"mine\"", "kafka.options.\"transactional.id\"", "set by the connector"),
+        ("[kafka.producer_options]\n\"enable.idempotence\" = \"false\"", "kafka.producer_options.\"enable.idempotence\"", "transactions"),
+        ("[kafka.consumer_options]\n\"isolation.level\" = \"read_uncommitted\"", "kafka.consumer_options.\"isolation.level\"", "read_committed"),
+        ("[kafka.options]\n\"bootstrap.servers\" = \"x:1\"", "kafka.options.\"bootstrap.servers\"", "kafka.bootstrap_servers"),
+    ] {
+        let (ok, _, err) = validate(&with_kafka(bad), &env);
+        assert!(!ok, "accepted:\n{bad}");
+        assert!(err.contains(names), "expected '{names}' in: {err}");
+        assert!(err.contains(why), "expected '{why}' in: {err}");
+    }
+    // A password that librdkafka would echo in its refusal stays masked.
+    let (ok, _, err) = validate(
+        &with_kafka("[kafka.options]\n\"sasl.password\" = \"pw-Secret-9\"\n\"security.protocol\" = \"carrier-pigeon\""),
+        &env,
+    );
+    assert!(!ok);
+    assert!(err.contains("security.protocol") && !err.contains("pw-Secret-9"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn errors_tolerance_all_needs_a_dead_letter_topic() {
+    let env = [("GRAPH_CDC__GRAPH__CLIENT_SECRET", "TopSecret-123")];
+    let (ok, _, err) = validate(&format!("{GOOD}\n[errors]\ntolerance = \"all\"\n"), &env);
+    assert!(!ok && err.contains("errors.dead_letter_topic"), "{err}");
+    let (ok, _, err) = validate(&format!("{GOOD}\n[errors]\ntolerance = \"some\"\n"), &env);
+    assert!(!ok && err.contains("errors.tolerance"), "{err}");
+    let (ok, _, err) = validate(
+        &format!("{GOOD}\n[errors]\ntolerance = \"all\"\ndead_letter_topic = \"graph.events\"\n"),
+        &env,
+    );
+    assert!(!ok && err.contains("already a data or offsets topic"), "{err}");
+    let (ok, _, err) = validate(
+        &format!("{GOOD}\n[errors]\ntolerance = \"all\"\ndead_letter_topic = \"graph-cdc.dlq\"\n"),
+        &env,
+    );
+    assert!(ok, "{err}");
+}

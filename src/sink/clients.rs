@@ -197,14 +197,29 @@ fn explain(
     let named = at.map(|(t, k)| (t.to_string(), k.clone())).or_else(|| {
         // The last table setting a property the message mentions is the one to fix.
         layers.iter().rev().find_map(|(t, map)| {
+            let lower = what.to_ascii_lowercase();
+            // "SASL mechanism GSSAPI" is about `sasl.mechanism`.
             map.keys()
-                .filter(|k| what.contains(k.as_str()))
+                .filter(|k| lower.contains(k.as_str()) || lower.contains(&k.replace('.', " ")))
                 .max_by_key(|k| k.len())
                 .map(|k| (t.to_string(), k.clone()))
         })
     });
     match named {
-        Some((table, key)) => format!("{table}.\"{key}\": {what}"),
+        Some((table, key)) => {
+            let value = layers
+                .iter()
+                .find(|(t, _)| *t == table)
+                .and_then(|(_, m)| m.get(&key))
+                .filter(|_| !is_sensitive(&key) || key.ends_with(".location"));
+            match value {
+                // Paths and plain values help; secrets are never shown.
+                Some(v) if !what.contains(v.as_str()) => {
+                    format!("{table}.\"{key}\" = \"{v}\": {what}")
+                }
+                _ => format!("{table}.\"{key}\": {what}"),
+            }
+        }
         None => {
             let client = match role {
                 ClientRole::Producer => "producer",

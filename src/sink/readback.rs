@@ -11,6 +11,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::health::HealthContext;
+
 /// Why a topic could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -37,14 +39,16 @@ pub fn read_to_end(
         topic: topic.to_string(),
         source,
     };
-    let consumer: BaseConsumer = config
+    // Its context keeps librdkafka's error events (end of partition among them) out of the
+    // error log.
+    let consumer: BaseConsumer<HealthContext> = config
         .clone()
         .set("group.id", group)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(HealthContext::default())
         .map_err(err)?;
     // Right after the topic is created (or while the broker settles) metadata and
     // watermarks can fail for a while (NotLeaderForPartition, LeaderNotAvailable…): retry
@@ -86,7 +90,7 @@ pub fn read_to_end(
 
 /// The partitions of `topic` that hold records, assigned from their beginning.
 fn plan(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<HealthContext>,
     topic: &str,
 ) -> Result<(TopicPartitionList, HashSet<i32>), KafkaError> {
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
