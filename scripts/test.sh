@@ -10,11 +10,12 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 step "prerequisites"
 if ! have cargo; then echo "cargo not found: install Rust with rustup" >&2; exit 1; fi
-if ! have java || ! have mvn; then
+# java and mvn run the Kafka broker; openssl makes the certificates of its TLS listeners.
+if ! have java || ! have mvn || ! have openssl; then
   if have apt-get && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
+    apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven openssl >/dev/null
   else
-    echo "java and mvn are needed for the Kafka broker (apt-get install openjdk-17-jre-headless maven)" >&2
+    echo "java, mvn and openssl are needed for the Kafka broker (apt-get install openjdk-17-jre-headless maven openssl)" >&2
     exit 1
   fi
 fi
@@ -24,7 +25,7 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 # (installing it from source would cost CI ten minutes).
 runner=(cargo test)
 if cargo nextest --version >/dev/null 2>&1; then runner=(cargo nextest run --no-fail-fast); fi
-{ java -version 2>&1 | head -1; mvn -v 2>/dev/null | head -1; cargo --version; } || true
+{ java -version 2>&1 | head -1; mvn -v 2>/dev/null | head -1; openssl version; cargo --version; } || true
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -48,7 +49,7 @@ if [ ! -s "$spec" ]; then
 fi
 "$venv/bin/python" scripts/check_packaging.py target/debug/graph-cdc "$spec"
 
-step "Kafka broker (Apache Kafka from Maven Central, KRaft, loopback)"
+step "Kafka broker (Apache Kafka from Maven Central, KRaft, loopback; plaintext, SASL_SSL/SCRAM, mTLS)"
 work=$(mktemp -d)
 broker_pid=
 cleanup() {
@@ -62,7 +63,8 @@ cleanup() {
 }
 trap cleanup EXIT
 mkfifo "$work/stdin"
-./target/debug/examples/kafka-broker "$work/bootstrap" < "$work/stdin" &
+# It writes broker.json (listeners, certificates, SCRAM users) before the bootstrap file.
+./target/debug/examples/kafka-broker "$work/bootstrap" "$work/broker.json" < "$work/stdin" &
 broker_pid=$!
 exec 3>"$work/stdin"
 for _ in $(seq 1 600); do
@@ -72,7 +74,8 @@ for _ in $(seq 1 600); do
 done
 [ -s "$work/bootstrap" ] || { echo "the Kafka broker did not start in time" >&2; exit 1; }
 export GRAPH_CDC_TEST_KAFKA=$(cat "$work/bootstrap")
-echo "broker at $GRAPH_CDC_TEST_KAFKA"
+export GRAPH_CDC_TEST_KAFKA_INFO="$work/broker.json"
+echo "broker at $GRAPH_CDC_TEST_KAFKA (secured listeners: $GRAPH_CDC_TEST_KAFKA_INFO)"
 
 step "tests"
 "${runner[@]}" "$@"

@@ -147,8 +147,7 @@ fn load(a: &ConfigArgs) -> anyhow::Result<graph_cdc::config::Settings> {
 fn load_checked(a: &ConfigArgs) -> anyhow::Result<(graph_cdc::config::Settings, WorkerSpec)> {
     let settings = load(a)?;
     let spec = WorkerSpec::from_settings(&settings)?;
-    graph_cdc::sink::clients::check(&spec.sink)
-        .map_err(graph_cdc::config::ConfigError::Invalid)?;
+    graph_cdc::sink::clients::check(&spec.sink).map_err(graph_cdc::config::ConfigError::Invalid)?;
     Ok((settings, spec))
 }
 

@@ -182,7 +182,10 @@ fn validate_builds_the_real_kafka_clients_and_names_what_librdkafka_refuses() {
         &env,
     );
     assert!(!ok);
-    assert!(err.contains("security.protocol") && !err.contains("pw-Secret-9"), "{err}");
+    assert!(
+        err.contains("security.protocol") && !err.contains("pw-Secret-9"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -197,7 +200,10 @@ fn errors_tolerance_all_needs_a_dead_letter_topic() {
         &format!("{GOOD}\n[errors]\ntolerance = \"all\"\ndead_letter_topic = \"graph.events\"\n"),
         &env,
     );
-    assert!(!ok && err.contains("already a data or offsets topic"), "{err}");
+    assert!(
+        !ok && err.contains("already a data or offsets topic"),
+        "{err}"
+    );
     let (ok, _, err) = validate(
         &format!("{GOOD}\n[errors]\ntolerance = \"all\"\ndead_letter_topic = \"graph-cdc.dlq\"\n"),
         &env,

@@ -314,7 +314,7 @@ impl Committer {
                 Err(WriteError::Unattributed { class, message }) if txn.batches.len() > 1 => {
                     // Whose record it is can only be learnt by trying each batch alone.
                     metrics::transaction_aborted(&message, txn.batches.len());
-                    if let Err(e) = self.producer.abort() {
+                    if let Err(e) = self.abort() {
                         tracing::error!(error = %e, "Kafka producer failed; stopping");
                         txn.answer(Err(e.clone()));
                         return Err(e);
@@ -340,7 +340,7 @@ impl Committer {
                 }
             };
             metrics::transaction_aborted(&why, txn.batches.len());
-            if let Err(e) = self.producer.abort() {
+            if let Err(e) = self.abort() {
                 txn.answer(Err(e.clone()));
                 return Err(e);
             }
@@ -354,6 +354,20 @@ impl Committer {
                 return Ok(());
             }
         }
+    }
+
+    /// Aborts the open transaction, replacing the producer when librdkafka cannot (see
+    /// [`TxnProducer::abort`]): a new producer with the same `transactional.id` fences the
+    /// old one and aborts whatever it left open.
+    fn abort(&mut self) -> Result<(), SinkError> {
+        if self.producer.abort()? {
+            return Ok(());
+        }
+        tracing::warn!("the broker refused to abort an empty transaction; replacing the producer");
+        let health = self.producer.health();
+        // The new instance fences the old one, which is dropped right after.
+        self.producer = TxnProducer::new(&self.opts, health)?;
+        Ok(())
     }
 
     /// Runs each batch in a transaction of its own (after an unattributed refusal).

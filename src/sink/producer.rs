@@ -264,13 +264,33 @@ impl TxnProducer {
         self.inner.context().refused.lock().clone()
     }
 
-    /// Aborts the open transaction; failing to abort is fatal.
-    pub fn abort(&self) -> Result<(), SinkError> {
-        self.retrying(|p| p.inner.abort_transaction(Timeout::After(p.timeout)))
-            .map_err(|e| match e {
-                SinkError::Aborted(m) => SinkError::Fatal(format!("abort failed: {m}")),
-                other => other,
-            })
+    /// Aborts the open transaction; failing to abort is fatal. `Ok(false)`: the broker
+    /// answered the abort with `INVALID_TXN_STATE`, which librdkafka takes as fatal although
+    /// nothing of the transaction reached any partition: it sends `EndTxn` even when every
+    /// `AddPartitionsToTxn` failed (librdkafka#4849, seen here after a topic authorization
+    /// failure). Such a producer must be replaced, not the worker stopped.
+    pub fn abort(&self) -> Result<bool, SinkError> {
+        let invalid_state = std::cell::Cell::new(false);
+        let r = self.retrying(|p| {
+            p.inner
+                .abort_transaction(Timeout::After(p.timeout))
+                .inspect_err(|e| {
+                    invalid_state.set(
+                        e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidTransactionalState),
+                    )
+                })
+        });
+        match r {
+            Ok(()) => Ok(true),
+            Err(_) if invalid_state.get() => Ok(false),
+            Err(SinkError::Aborted(m)) => Err(SinkError::Fatal(format!("abort failed: {m}"))),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The connection health this producer reports into.
+    pub fn health(&self) -> Arc<KafkaHealth> {
+        self.inner.context().health.clone()
     }
 
     /// Messages queued and not yet delivered.

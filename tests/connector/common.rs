@@ -336,6 +336,24 @@ pub fn duplicates(records: &[Committed]) -> Vec<String> {
 
 pub const WINDOW: &str = "2026-05-01T00:00:00Z/2026-06-01T00:00:00Z";
 
+/// [`config`] with librdkafka options (security) and another bootstrap address.
+pub fn config_secured(
+    spec: &WorkerSpec,
+    users: &[String],
+    bootstrap: &str,
+    options: &[(String, String)],
+) -> String {
+    let mut toml = config(spec, users).replace(
+        &format!("bootstrap_servers = \"{}\"", spec.sink.bootstrap_servers),
+        &format!("bootstrap_servers = \"{bootstrap}\""),
+    );
+    toml.push_str("\n[kafka.options]\n");
+    for (k, v) in options {
+        toml.push_str(&format!("{k:?} = {v:?}\n"));
+    }
+    toml
+}
+
 /// The TOML configuration of a worker process for `spec`'s topics and these users.
 pub fn config(spec: &WorkerSpec, users: &[String]) -> String {
     let t = &spec.sink.topics;

@@ -16,6 +16,13 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
+    crash_resume(None, 10).await;
+}
+
+/// Runs `graph-cdc run` (over `secured`: a bootstrap address and librdkafka options, else
+/// the plaintext listener) and SIGKILLs it `kills` times at random points, then lets it
+/// converge; checks the compacted view against the truth and that nothing was committed twice.
+pub async fn crash_resume(secured: Option<(String, Vec<(String, String)>)>, kills: u64) {
     let sim = SimServer::start("127.0.0.1:0", SimSettings::default())
         .await
         .unwrap();
@@ -36,17 +43,30 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         .into_iter()
         .map(|u| u.user_principal_name)
         .collect();
-    let mut spec = spec(&sim, &bootstrap(), Vec::<PartitionId>::new());
+    // Read back over the plaintext listener of the same broker.
+    let plain = match &secured {
+        Some(_) => {
+            graph_cdc::testkit::broker::shared_broker()
+                .expect("the test broker")
+                .plaintext
+        }
+        None => bootstrap(),
+    };
+    let mut spec = spec(&sim, &plain, Vec::<PartitionId>::new());
     spec.sink.transactional_id = format!("{}-w", spec.sink.connector);
     let dir =
         std::env::temp_dir().join(format!("graph-cdc-crash-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("worker.toml");
-    std::fs::write(&cfg, config(&spec, &users)).unwrap();
+    let toml = match &secured {
+        Some((bootstrap, options)) => config_secured(&spec, &users, bootstrap, options),
+        None => config(&spec, &users),
+    };
+    std::fs::write(&cfg, toml).unwrap();
 
     let mut rng = rand::rng();
-    let mut kills = 0;
-    for i in 0..10u64 {
+    let mut killed = 0;
+    for i in 0..kills {
         let child = launch(&cfg);
         // Early kills land in the initial sync, later ones in incremental rounds.
         let ms = rng.random_range(300..2500);
@@ -54,8 +74,8 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         signal(&child, libc::SIGKILL);
         let mut child = child;
         let _ = child.wait();
-        kills += 1;
-        if i >= 3 {
+        killed += 1;
+        if i >= kills / 3 {
             let m = MutateSpec {
                 count: 25,
                 start,
@@ -98,6 +118,11 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         !logged.contains(SECRET),
         "the client secret appears in the logs"
     );
+    for (k, v) in secured.iter().flat_map(|(_, o)| o) {
+        if k.contains("password") {
+            assert!(!logged.contains(v.as_str()), "{k} appears in the logs");
+        }
+    }
     let records: Vec<Committed> = tokio::task::block_in_place(|| {
         spec.sink
             .topics
@@ -106,7 +131,7 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             .flat_map(|t| read_all(&spec.sink.bootstrap_servers, t))
             .collect()
     });
-    assert_eq!(kills, 10);
+    assert_eq!(killed, kills);
     assert!(records.len() > 300, "{} records", records.len());
     assert_eq!(duplicates(&records), Vec::<String>::new());
     let _ = std::fs::remove_dir_all(&dir);

@@ -2,7 +2,8 @@
 
 mod chaos;
 mod common;
-mod crash;
+pub mod crash;
 mod e2e;
 mod ops;
 mod oversize;
+mod secure;
