@@ -19,6 +19,21 @@ if ! have java || ! have mvn || ! have openssl; then
     exit 1
   fi
 fi
+# librdkafka's build: OpenSSL (TLS, SASL SCRAM), and libcurl's headers, without which its
+# configure step quietly leaves out OIDC token fetching (sasl.oauthbearer.method=oidc; the
+# curl linked in is still the static one the curl-sys crate builds).
+missing=()
+for pkg in libssl-dev libcurl4-openssl-dev pkg-config zlib1g-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if have apt-get && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "the Kafka client build needs: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 # cargo-nextest runs the tests in parallel processes when present; plain cargo test otherwise
