@@ -113,7 +113,13 @@ pub struct Committer {
     last_heartbeat: Instant,
     /// `message.max.bytes` of the producer.
     max_message_bytes: usize,
+    /// Records Kafka refused, by partition and item, with their size: a page fetched again
+    /// after an abort brings them back, and they must not be sent again.
+    known_refused: HashMap<(Arc<PartitionId>, String), (usize, Fault)>,
 }
+
+/// Refused records remembered at most (a few per partition at worst).
+const KNOWN_REFUSED_MAX: usize = 10_000;
 
 /// A batch waiting for its transaction, with the records to dead-letter instead of writing.
 struct Pending {
@@ -195,6 +201,7 @@ impl Committer {
             rx,
             idle: HashMap::new(),
             last_heartbeat: Instant::now(),
+            known_refused: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("graph-cdc-committer".into())
@@ -331,7 +338,7 @@ impl Committer {
                             message: message.clone(),
                         })
                         .collect::<Vec<_>>();
-                    (message, all)
+                    (message, suspects(&txn, all))
                 }
                 Err(WriteError::Sink(e)) => {
                     tracing::error!(error = %e, "Kafka producer failed; stopping");
@@ -343,6 +350,15 @@ impl Committer {
             if let Err(e) = self.abort() {
                 txn.answer(Err(e.clone()));
                 return Err(e);
+            }
+            if !refused.is_empty() {
+                // librdkafka's idempotence state after a refused produce request can make the
+                // retry fail with "skipped sequence numbers" (OUT_OF_ORDER_SEQUENCE_NUMBER):
+                // a fresh producer (same transactional.id, which fences the old one) has none.
+                if let Err(e) = self.renew_producer() {
+                    txn.answer(Err(e.clone()));
+                    return Err(e);
+                }
             }
             if refused.is_empty() || attempt >= MAX_ATTEMPTS {
                 // Idle offsets stay pending for the next transaction; batches are refetched.
@@ -364,8 +380,13 @@ impl Committer {
             return Ok(());
         }
         tracing::warn!("the broker refused to abort an empty transaction; replacing the producer");
+        self.renew_producer()
+    }
+
+    /// Replaces the producer by a new one with the same `transactional.id` (which fences the
+    /// old instance, dropped right after).
+    fn renew_producer(&mut self) -> Result<(), SinkError> {
         let health = self.producer.health();
-        // The new instance fences the old one, which is dropped right after.
         self.producer = TxnProducer::new(&self.opts, health)?;
         Ok(())
     }
@@ -404,7 +425,18 @@ impl Committer {
                 if p.dead.contains_key(&j) {
                     continue;
                 }
-                if let Some(size) = over_limit(r, &p.batch.partition, self.max_message_bytes) {
+                let known = self
+                    .known_refused
+                    .get(&(p.batch.partition.clone(), r.id.clone()))
+                    .filter(|(size, _)| *size == data_size(r));
+                if let Some((_, f)) = known {
+                    out.push(Refused {
+                        tag: Tag::new(i, j),
+                        class: f.class,
+                        message: f.message.clone(),
+                    });
+                } else if let Some(size) = over_limit(r, &p.batch.partition, self.max_message_bytes)
+                {
                     out.push(Refused {
                         tag: Tag::new(i, j),
                         class: "record_too_large",
@@ -421,8 +453,11 @@ impl Committer {
 
     /// Moves refused records to the dead-letter topic, or fails their batches when errors
     /// are not tolerated (or the dead letter itself was refused).
-    fn set_aside(&self, mut txn: Txn, refused: Vec<Refused>) -> Txn {
+    fn set_aside(&mut self, mut txn: Txn, refused: Vec<Refused>) -> Txn {
         let mut failed: HashMap<usize, String> = HashMap::new();
+        if self.known_refused.len() + refused.len() > KNOWN_REFUSED_MAX {
+            self.known_refused.clear();
+        }
         for r in refused {
             let Some(p) = txn.batches.get_mut(r.tag.batch()) else {
                 continue;
@@ -430,6 +465,16 @@ impl Committer {
             let Some(rec) = p.batch.records.get(r.tag.record()) else {
                 continue;
             };
+            self.known_refused.insert(
+                (p.batch.partition.clone(), rec.id.clone()),
+                (
+                    data_size(rec),
+                    Fault {
+                        class: r.class,
+                        message: r.message.clone(),
+                    },
+                ),
+            );
             let topic = self.opts.topics.for_kind(p.batch.partition.kind());
             let reason = format!(
                 "{}: item {} of partition {} to topic '{topic}': {}",
@@ -603,6 +648,11 @@ fn suspects(txn: &Txn, refused: Vec<Refused>) -> Vec<Refused> {
         other.push(large.swap_remove(i));
     }
     other
+}
+
+/// Key and value bytes of a record.
+fn data_size(r: &crate::source::SourceRecord) -> usize {
+    r.key.len() + r.value.as_ref().map_or(0, |v| v.len())
 }
 
 /// The size librdkafka counts against `message.max.bytes` (key, value, headers and the

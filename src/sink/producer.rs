@@ -259,8 +259,10 @@ impl TxnProducer {
 
     /// The records refused for good since the transaction began (after a failed commit).
     pub fn refused(&self) -> Vec<Refused> {
-        // Serve delivery reports still queued.
-        self.inner.poll(Duration::ZERO);
+        // Serve delivery reports still queued: a commit can fail before they are served.
+        for _ in 0..10 {
+            self.inner.poll(Duration::from_millis(10));
+        }
         self.inner.context().refused.lock().clone()
     }
 
