@@ -85,7 +85,7 @@ async fn start(
 }
 
 #[tokio::test]
-async fn a_failed_produce_aborts_the_transaction_and_the_retry_commits() {
+async fn a_record_the_broker_refuses_fails_its_batch_and_the_producer_goes_on() {
     let mock = cluster();
     let (sink, _thread) = start(&mock).await;
     sink.commit(batch(0)).await.expect("a clean commit");
@@ -93,36 +93,43 @@ async fn a_failed_produce_aborts_the_transaction_and_the_retry_commits() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD; 4],
     );
+    // A refusal for good (not a retriable error): the batch fails with the reason, instead
+    // of its transaction being aborted and redone forever.
     let err = sink
         .commit(batch(1))
         .await
-        .expect_err("the produce failure aborts");
-    assert!(matches!(err, SinkError::Aborted(_)), "{err}");
+        .expect_err("the refused record fails its batch");
+    assert!(
+        matches!(&err, SinkError::Rejected(r) if r.contains("invalid_record") && r.contains("item-1-")),
+        "{err}"
+    );
     mock.clear_request_errors(RDKafkaApiKey::Produce);
-    // librdkafka may need one more aborted round to resynchronise the idempotence sequence;
-    // the worker redoes aborted batches the same way.
+    // The committer recovers (a fresh producer) and commits the next batch.
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match sink.commit(batch(1)).await {
+        match sink.commit(batch(2)).await {
             Ok(()) => break,
             Err(SinkError::Aborted(e)) if attempts < 5 => eprintln!("retry {attempts}: {e}"),
-            Err(e) => panic!("the batch never committed: {e}"),
+            Err(e) => panic!("the next batch never committed: {e}"),
         }
     }
 }
 
 #[tokio::test]
-async fn add_partitions_to_txn_failure_is_abortable() {
+async fn a_topic_authorization_failure_fails_the_batch_not_the_committer() {
     let mock = cluster();
     let (sink, _thread) = start(&mock).await;
     mock.request_errors(
         RDKafkaApiKey::AddPartitionsToTxn,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
     );
-    let err = sink.commit(batch(1)).await.expect_err("aborted");
-    assert!(matches!(err, SinkError::Aborted(_)), "{err}");
-    sink.commit(batch(1)).await.expect("retry commits");
+    let err = sink.commit(batch(1)).await.expect_err("refused");
+    assert!(
+        matches!(&err, SinkError::Rejected(r) if r.contains("topic_authorization_failed")),
+        "{err}"
+    );
+    sink.commit(batch(2)).await.expect("the next batch commits");
 }
 
 #[tokio::test]
