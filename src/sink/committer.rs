@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::health::KafkaHealth;
 use super::producer::{Refused, Tag, TxnProducer};
 use super::records::{dead_letter_headers, headers};
+use super::refusals::{data_size, screen, suspects, Fault, Known, KNOWN_REFUSED_MAX};
 use super::{SinkError, SinkOptions};
 use crate::metrics;
 use crate::offsets::{encode_key, encode_value};
@@ -113,27 +114,16 @@ pub struct Committer {
     last_heartbeat: Instant,
     /// `message.max.bytes` of the producer.
     max_message_bytes: usize,
-    /// Records Kafka refused, by partition and item, with their size: a page fetched again
-    /// after an abort brings them back, and they must not be sent again.
-    known_refused: HashMap<(Arc<PartitionId>, String), (usize, Fault)>,
+    /// Records Kafka refused (see [`refusals::Known`]).
+    known_refused: Known,
 }
-
-/// Refused records remembered at most (a few per partition at worst).
-const KNOWN_REFUSED_MAX: usize = 10_000;
 
 /// A batch waiting for its transaction, with the records to dead-letter instead of writing.
-struct Pending {
-    batch: SourceBatch,
-    ack: Ack,
+pub(super) struct Pending {
+    pub batch: SourceBatch,
+    pub ack: Ack,
     /// Record index → why Kafka refuses it.
-    dead: HashMap<usize, Fault>,
-}
-
-/// Why Kafka refuses a record.
-#[derive(Debug, Clone)]
-struct Fault {
-    class: &'static str,
-    message: String,
+    pub dead: HashMap<usize, Fault>,
 }
 
 /// One transaction's worth of work.
@@ -302,7 +292,7 @@ impl Committer {
         loop {
             attempt += 1;
             // Records over the known limit are set aside before anything is sent.
-            let oversized = self.screen(&txn);
+            let oversized = screen(&txn.batches, &self.known_refused, self.max_message_bytes);
             if !oversized.is_empty() {
                 txn = self.set_aside(txn, oversized);
                 if txn.is_empty() && self.idle.is_empty() {
@@ -315,9 +305,10 @@ impl Committer {
                     return Ok(());
                 }
                 Err(WriteError::Sink(SinkError::Aborted(why))) => (why, Vec::new()),
-                Err(WriteError::Refused(r)) => {
-                    (format!("{} record(s) refused", r.len()), suspects(&txn, r))
-                }
+                Err(WriteError::Refused(r)) => (
+                    format!("{} record(s) refused", r.len()),
+                    suspects(&txn.batches, r),
+                ),
                 Err(WriteError::Unattributed { class, message }) if txn.batches.len() > 1 => {
                     // Whose record it is can only be learnt by trying each batch alone.
                     metrics::transaction_aborted(&message, txn.batches.len());
@@ -338,7 +329,7 @@ impl Committer {
                             message: message.clone(),
                         })
                         .collect::<Vec<_>>();
-                    (message, suspects(&txn, all))
+                    (message, suspects(&txn.batches, all))
                 }
                 Err(WriteError::Sink(e)) => {
                     tracing::error!(error = %e, "Kafka producer failed; stopping");
@@ -415,40 +406,6 @@ impl Committer {
             })?;
         }
         Ok(())
-    }
-
-    /// Records over the producer's size limit, found before anything is sent.
-    fn screen(&self, txn: &Txn) -> Vec<Refused> {
-        let mut out = Vec::new();
-        for (i, p) in txn.batches.iter().enumerate() {
-            for (j, r) in p.batch.records.iter().enumerate() {
-                if p.dead.contains_key(&j) {
-                    continue;
-                }
-                let known = self
-                    .known_refused
-                    .get(&(p.batch.partition.clone(), r.id.clone()))
-                    .filter(|(size, _)| *size == data_size(r));
-                if let Some((_, f)) = known {
-                    out.push(Refused {
-                        tag: Tag::new(i, j),
-                        class: f.class,
-                        message: f.message.clone(),
-                    });
-                } else if let Some(size) = over_limit(r, &p.batch.partition, self.max_message_bytes)
-                {
-                    out.push(Refused {
-                        tag: Tag::new(i, j),
-                        class: "record_too_large",
-                        message: format!(
-                            "the record is {size} bytes, over the producer's limit of {} bytes (message.max.bytes)",
-                            self.max_message_bytes
-                        ),
-                    });
-                }
-            }
-        }
-        out
     }
 
     /// Moves refused records to the dead-letter topic, or fails their batches when errors
@@ -626,50 +583,6 @@ impl Committer {
             }
         }
     }
-}
-
-/// The records to blame for a refusal. The broker refuses a whole produce request when one
-/// of its records is over the topic's `max.message.bytes`: the innocent records of that
-/// request are reported too. Of the records refused as too large, only the largest is blamed
-/// per attempt; the transaction is then retried and, if still refused, the next one is.
-fn suspects(txn: &Txn, refused: Vec<Refused>) -> Vec<Refused> {
-    let size = |r: &Refused| {
-        txn.batches
-            .get(r.tag.batch())
-            .and_then(|p| p.batch.records.get(r.tag.record()))
-            .map_or(0, |rec| {
-                rec.key.len() + rec.value.as_ref().map_or(0, |v| v.len())
-            })
-    };
-    let (mut large, mut other): (Vec<Refused>, Vec<Refused>) = refused
-        .into_iter()
-        .partition(|r| r.class == "record_too_large");
-    if let Some(i) = (0..large.len()).max_by_key(|&i| size(&large[i])) {
-        other.push(large.swap_remove(i));
-    }
-    other
-}
-
-/// Key and value bytes of a record.
-fn data_size(r: &crate::source::SourceRecord) -> usize {
-    r.key.len() + r.value.as_ref().map_or(0, |v| v.len())
-}
-
-/// The size librdkafka counts against `message.max.bytes` (key, value, headers and the
-/// record's framing, rounded up so a record that passes here is not refused there), when it
-/// is over `max`.
-fn over_limit(
-    r: &crate::source::SourceRecord,
-    partition: &PartitionId,
-    max: usize,
-) -> Option<usize> {
-    const FRAMING: usize = 128;
-    let data = r.key.len() + r.value.as_ref().map_or(0, |v| v.len());
-    if data + 4096 < max {
-        return None; // headers cannot make up the difference: skip the identity's JSON
-    }
-    let size = data + partition.to_json().len() + 160 + FRAMING;
-    (size > max).then_some(size)
 }
 
 /// The offset of a partition that starts from its initial request.

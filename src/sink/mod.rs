@@ -1,11 +1,18 @@
 //! The Kafka side: a transactional producer that commits each page's records together with
 //! the partition's offset.
 //!
-//! - `producer.rs`: the transactional producer and the classification of its errors.
-//! - `records.rs`: a source record as a Kafka record (topic, key, value, headers).
-//! - `topics.rs`: creating missing topics (compacted).
+//! - `clients.rs`: each client's librdkafka configuration (defaults, the user's tables, the
+//!   properties the connector owns) and the check `validate` runs on it.
+//! - `health.rs`: why Kafka cannot be reached, in librdkafka's words (for `/readyz`, logs).
+//! - `producer.rs`: the transactional producer, the classification of its errors, and which
+//!   records Kafka refused for good.
+//! - `records.rs`: a source record as a Kafka record (topic, key, value, headers), and a
+//!   dead letter.
+//! - `refusals.rs`: finding and blaming records Kafka refuses.
+//! - `topics.rs`: creating missing topics (compacted; the dead-letter topic not).
 //! - `committer.rs`: the loop that groups batches into transactions, with the heartbeat
-//!   for idle partitions' offsets.
+//!   for idle partitions' offsets, setting refused records aside.
+//! - `readback.rs`, `scan.rs`: reading a topic to its end, `read_committed`.
 //!
 //! It knows nothing of Graph: it consumes [`crate::source::SourceBatch`]es.
 
@@ -15,6 +22,7 @@ pub mod health;
 pub mod producer;
 pub mod readback;
 pub mod records;
+mod refusals;
 pub mod scan;
 pub mod topics;
 
