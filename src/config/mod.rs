@@ -754,6 +754,10 @@ mod tests {
         [kafka.options]
         "security.protocol" = "SASL_SSL"
         "sasl.password" = "hunter2"
+        [kafka.consumer_options]
+        "ssl.key.password" = "consumer-hunter3"
+        [kafka.producer_options]
+        "sasl.oauthbearer.client.secret" = "producer-hunter4"
         [[sources]]
         kind = "calendar_view"
         users = ["a@contoso.com", "b@contoso.com"]
@@ -790,7 +794,7 @@ mod tests {
         );
         let shown = format!("{s:?} {}", s.redacted_json());
         assert!(
-            !shown.contains("s3cr3t") && !shown.contains("hunter2"),
+            !shown.contains("s3cr3t") && !shown.contains("hunter"),
             "{shown}"
         );
         assert!(s.transactional_id().starts_with("graph-cdc-"));
