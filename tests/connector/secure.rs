@@ -46,6 +46,16 @@ async fn crash_resume_over_mutual_tls() {
     crash_resume(Some((b.ssl.clone(), options)), 6).await;
 }
 
+/// A worker process that dies with the test, even one that panicked.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,7 +106,8 @@ async fn refused(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child: Child = cmd.spawn().unwrap();
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let child = &mut child.0;
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let body = loop {
