@@ -24,7 +24,7 @@ enum Command {
     /// Run the worker: track the configured partitions into Kafka.
     Run(ConfigArgs),
     /// Check a configuration and print the partitions it would track.
-    Validate(ConfigArgs),
+    Validate(ValidateArgs),
     /// Run the whole pipeline on embedded parts (simulator + in-process mock Kafka) and
     /// print each committed record.
     Demo(DemoArgs),
@@ -37,6 +37,16 @@ struct ConfigArgs {
     /// TOML configuration file (layered over the defaults, under GRAPH_CDC__… variables).
     #[arg(long, short)]
     config: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Also connect to Kafka with these settings (credentials, certificates) and report
+    /// librdkafka's reason, naming the broker, if it cannot get in.
+    #[arg(long)]
+    connect: bool,
 }
 
 #[derive(clap::Args)]
@@ -151,8 +161,8 @@ fn load_checked(a: &ConfigArgs) -> anyhow::Result<(graph_cdc::config::Settings, 
     Ok((settings, spec))
 }
 
-fn validate(a: ConfigArgs) -> anyhow::Result<()> {
-    let (settings, _) = load_checked(&a)?;
+fn validate(a: ValidateArgs) -> anyhow::Result<()> {
+    let (settings, spec) = load_checked(&a.config)?;
     let partitions = settings.partitions();
     let mut out = std::io::stdout().lock();
     for p in &partitions {
@@ -169,6 +179,14 @@ fn validate(a: ConfigArgs) -> anyhow::Result<()> {
         settings.kafka.bootstrap_servers,
         settings.transactional_id()
     );
+    if a.connect {
+        graph_cdc::sink::health::probe(&spec.sink.admin_config(), Duration::from_secs(10))
+            .map_err(|why| anyhow::anyhow!("cannot reach Kafka: {why}"))?;
+        eprintln!(
+            "Kafka OK: connected to {}",
+            settings.kafka.bootstrap_servers
+        );
+    }
     Ok(())
 }
 

@@ -368,3 +368,52 @@ async fn a_topic_the_principal_may_not_write_fails_only_its_partitions() {
         .unwrap();
     assert!(r.is_ok(), "{r:?}");
 }
+
+/// `graph-cdc validate --connect`: the same cause before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_connect_reports_the_cause() {
+    let b = broker();
+    let sim = SimServer::start("127.0.0.1:0", SimSettings::default())
+        .await
+        .unwrap();
+    let spec = spec(&sim, &b.plaintext, Vec::<PartitionId>::new());
+    let dir = std::env::temp_dir().join(format!(
+        "graph-cdc-validate-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("worker.toml");
+    let user = b.scram_users[0].0.clone();
+    let run = |password: &str| {
+        let options: Vec<(String, String)> = b
+            .sasl_scram_options(&user)
+            .into_iter()
+            .filter(|(k, _)| k != "sasl.password")
+            .collect();
+        let toml = config_secured(&spec, &["a@contoso.com".to_string()], &b.sasl_ssl, &options);
+        std::fs::write(&cfg, toml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
+            .args(["validate", "--connect", "--config"])
+            .arg(&cfg)
+            .env("GRAPH_CDC__GRAPH__CLIENT_SECRET", SECRET)
+            .env("GRAPH_CDC__KAFKA__OPTIONS__SASL_PASSWORD", password)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = tokio::task::block_in_place(|| run("wrong-Password-7"));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("invalid credentials") && err.contains(&b.sasl_ssl),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-Password-7"), "{err}");
+    let good = b.scram_password(&user).unwrap().to_string();
+    let (ok, err) = tokio::task::block_in_place(|| run(&good));
+    assert!(ok, "{err}");
+    assert!(err.contains("Kafka OK"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
