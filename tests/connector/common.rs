@@ -336,6 +336,37 @@ pub fn duplicates(records: &[Committed]) -> Vec<String> {
 
 pub const WINDOW: &str = "2026-05-01T00:00:00Z/2026-06-01T00:00:00Z";
 
+/// A simulator with the test app registered and `users` users over May 2026 ([`WINDOW`]),
+/// `events` events each and `tasks` tasks per list; returns it and the users' names.
+pub async fn sim_with_users(
+    users: usize,
+    events: usize,
+    tasks: usize,
+    seed: u64,
+) -> (SimServer, Vec<String>) {
+    let sim = SimServer::start("127.0.0.1:0", graph_cdc::sim::SimSettings::default())
+        .await
+        .expect("simulator");
+    sim.state.add_secret_client(TENANT, CLIENT, SECRET);
+    let gen = graph_cdc::sim::generate::GenerateSpec {
+        users,
+        tenant: Some(TENANT.into()),
+        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
+            .expect("time"),
+        days: 31,
+        events_per_user: events,
+        tasks_per_list: tasks,
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let names = graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &gen)
+        .expect("generate")
+        .into_iter()
+        .map(|u| u.user_principal_name)
+        .collect();
+    (sim, names)
+}
+
 /// [`config`] with librdkafka options (security) and another bootstrap address.
 pub fn config_secured(
     spec: &WorkerSpec,

@@ -7,8 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use graph_cdc::sim::generate::{GenerateSpec, MutateSpec};
-use graph_cdc::sim::{SimServer, SimSettings};
+use graph_cdc::sim::generate::MutateSpec;
 use graph_cdc::source::PartitionId;
 use rand::Rng;
 
@@ -23,26 +22,8 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
 /// the plaintext listener) and SIGKILLs it `kills` times at random points, then lets it
 /// converge; checks the compacted view against the truth and that nothing was committed twice.
 pub async fn crash_resume(secured: Option<(String, Vec<(String, String)>)>, kills: u64) {
-    let sim = SimServer::start("127.0.0.1:0", SimSettings::default())
-        .await
-        .unwrap();
-    sim.state.add_secret_client(TENANT, CLIENT, SECRET);
+    let (sim, users) = sim_with_users(3, 60, 20, 21).await;
     let start = NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").unwrap();
-    let gen = GenerateSpec {
-        users: 3,
-        tenant: Some(TENANT.into()),
-        start,
-        days: 31,
-        events_per_user: 60,
-        tasks_per_list: 20,
-        seed: Some(21),
-        ..Default::default()
-    };
-    let users: Vec<String> = graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &gen)
-        .unwrap()
-        .into_iter()
-        .map(|u| u.user_principal_name)
-        .collect();
     // Read back over the plaintext listener of the same broker.
     let plain = match &secured {
         Some(_) => {

@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use graph_cdc::sim::generate::GenerateSpec;
 use graph_cdc::sim::model::EventSpec;
-use graph_cdc::sim::{SimServer, SimSettings};
+use graph_cdc::sim::SimServer;
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::{self, PartitionState, WorkerSpec, WorkerStatus};
 use rand::Rng;
@@ -28,25 +27,7 @@ fn t(s: &str) -> NaiveDateTime {
 /// A simulator with three users, and one event of `body_bytes` of random text (which
 /// compresses little) in the first user's calendar. Returns the users and the event's id.
 async fn sim_with_big_event(body_bytes: usize) -> (SimServer, Vec<String>, String) {
-    let sim = SimServer::start("127.0.0.1:0", SimSettings::default())
-        .await
-        .unwrap();
-    sim.state.add_secret_client(TENANT, CLIENT, SECRET);
-    let gen = GenerateSpec {
-        users: 3,
-        tenant: Some(TENANT.into()),
-        start: t("2026-05-01T00:00:00"),
-        days: 31,
-        events_per_user: 20,
-        tasks_per_list: 5,
-        seed: Some(77),
-        ..Default::default()
-    };
-    let users: Vec<String> = graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &gen)
-        .unwrap()
-        .into_iter()
-        .map(|u| u.user_principal_name)
-        .collect();
+    let (sim, users) = sim_with_users(3, 20, 5, 77).await;
     let mut rng = rand::rng();
     let body: String = (0..body_bytes)
         .map(|_| rng.random_range(b'!'..=b'~') as char)

@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use graph_cdc::sim::generate::GenerateSpec;
 use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::source::{PartitionId, PartitionKind};
 use graph_cdc::testkit::broker::{shared_broker, BrokerInfo};
@@ -178,7 +177,7 @@ async fn refused(
     for t in md.topics() {
         assert!(!mine.contains(&t.name()), "topic {} was created", t.name());
     }
-    signal(&child, libc::SIGTERM);
+    signal(child, libc::SIGTERM);
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -253,26 +252,7 @@ async fn a_topic_the_principal_may_not_write_fails_only_its_partitions() {
             .try_init();
     }
     let b = broker();
-    let sim = SimServer::start("127.0.0.1:0", SimSettings::default())
-        .await
-        .unwrap();
-    sim.state.add_secret_client(TENANT, CLIENT, SECRET);
-    let gen = GenerateSpec {
-        users: 2,
-        tenant: Some(TENANT.into()),
-        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
-            .unwrap(),
-        days: 31,
-        events_per_user: 15,
-        tasks_per_list: 4,
-        seed: Some(9),
-        ..Default::default()
-    };
-    let users: Vec<String> = graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &gen)
-        .unwrap()
-        .into_iter()
-        .map(|u| u.user_principal_name)
-        .collect();
+    let (sim, users) = sim_with_users(2, 15, 4, 9).await;
     let mut partitions = Vec::new();
     for u in &users {
         partitions.push(PartitionId::CalendarView {
