@@ -185,15 +185,19 @@ fn explain(
         KafkaError::ClientCreation(msg) => msg.clone(),
         other => other.to_string(),
     };
-    let mut what = what.trim().to_string();
+    let what = what.trim().to_string();
     let layers = opts.kafka.layers(role);
-    for (_, table) in &layers {
-        for (k, v) in table.iter() {
-            if is_sensitive(k) && !v.is_empty() {
-                what = what.replace(v.as_str(), "***");
+    // Whatever is said below, no secret value is in it (librdkafka may echo a value).
+    let mask = |mut text: String| {
+        for (_, table) in &layers {
+            for (k, v) in table.iter() {
+                if is_sensitive(k) && !v.is_empty() {
+                    text = text.replace(v.as_str(), "***");
+                }
             }
         }
-    }
+        text
+    };
     let named = at.map(|(t, k)| (t.to_string(), k.clone())).or_else(|| {
         // The last table setting a property the message mentions is the one to fix.
         layers.iter().rev().find_map(|(t, map)| {
@@ -205,7 +209,7 @@ fn explain(
                 .map(|k| (t.to_string(), k.clone()))
         })
     });
-    match named {
+    mask(match named {
         Some((table, key)) => {
             let value = layers
                 .iter()
@@ -228,5 +232,109 @@ fn explain(
             };
             format!("kafka.options: the {client} refuses this configuration: {what}")
         }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> SinkOptions {
+        SinkOptions {
+            bootstrap_servers: "b:9092".into(),
+            kafka: ClientOptions::default(),
+            errors: Default::default(),
+            transactional_id: "cdc-w0".into(),
+            connector: "cdc".into(),
+            topics: Default::default(),
+            offsets_topic: "offsets".into(),
+            transaction_timeout: std::time::Duration::from_secs(60),
+            max_batch_records: 10,
+            linger: std::time::Duration::from_millis(5),
+            heartbeat_interval: std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn user_options_win_over_defaults_and_owned_properties_win_over_everything() {
+        let mut o = opts();
+        let p = o.producer_config();
+        assert_eq!(p.get("compression.type"), Some("zstd"));
+        assert_eq!(p.get("linger.ms"), Some("5"));
+        assert_eq!(p.get("transactional.id"), Some("cdc-w0"));
+        assert_eq!(p.get("transaction.timeout.ms"), Some("60000"));
+        o.kafka.all.insert("compression.type".into(), "lz4".into());
+        o.kafka.all.insert("linger.ms".into(), "20".into());
+        o.kafka.producer.insert("linger.ms".into(), "50".into());
+        o.kafka
+            .consumer
+            .insert("fetch.max.bytes".into(), "1000".into());
+        o.kafka
+            .admin
+            .insert("request.timeout.ms".into(), "9000".into());
+        let p = o.producer_config();
+        assert_eq!(
+            p.get("compression.type"),
+            Some("lz4"),
+            "options beat defaults"
+        );
+        assert_eq!(
+            p.get("linger.ms"),
+            Some("50"),
+            "the producer's table beats options"
+        );
+        assert_eq!(
+            p.get("fetch.max.bytes"),
+            None,
+            "consumer options stay with consumers"
+        );
+        assert_eq!(o.consumer_config().get("fetch.max.bytes"), Some("1000"));
+        assert_eq!(o.consumer_config().get("compression.type"), Some("lz4"));
+        assert_eq!(o.consumer_config().get("linger.ms"), Some("20"));
+        assert_eq!(o.admin_config().get("request.timeout.ms"), Some("9000"));
+        assert_eq!(o.admin_config().get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn the_size_limit_is_the_producers() {
+        let mut o = opts();
+        assert_eq!(o.max_message_bytes(), 1_000_000);
+        o.kafka
+            .all
+            .insert("message.max.bytes".into(), "2000000".into());
+        assert_eq!(o.max_message_bytes(), 2_000_000);
+        o.kafka
+            .producer
+            .insert("message.max.bytes".into(), "300000".into());
+        assert_eq!(o.max_message_bytes(), 300_000);
+        o.kafka
+            .consumer
+            .insert("message.max.bytes".into(), "5".into());
+        assert_eq!(o.max_message_bytes(), 300_000);
+    }
+
+    #[test]
+    fn check_names_table_and_key_and_masks_secrets() {
+        let mut o = opts();
+        assert_eq!(check(&o), Ok(()));
+        o.kafka.consumer.insert("no.such.thing".into(), "1".into());
+        o.kafka
+            .all
+            .insert("sasl.password".into(), "pw-123456".into());
+        o.kafka
+            .all
+            .insert("security.protocol".into(), "pw-123456".into());
+        let errs = check(&o).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("kafka.consumer_options.\"no.such.thing\"")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("kafka.options.\"security.protocol\"")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().all(|e| !e.contains("pw-123456")), "{errs:?}");
     }
 }
