@@ -350,14 +350,16 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Rec> {
 
 /// A bare transactional producer configured as the connector's is.
 fn bare_producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let mut cfg = ClientConfig::new();
+    // The connector's own producer defaults (compression, linger, partitioner).
+    for (k, v) in graph_cdc::config::PRODUCER_DEFAULTS {
+        cfg.set(*k, *v);
+    }
+    let p: ThreadedProducer<DefaultProducerContext> = cfg
         .set("bootstrap.servers", bootstrap)
         .set("transactional.id", format!("bare-{}", run_id()))
         .set("enable.idempotence", "true")
         .set("transaction.timeout.ms", "60000")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
         .create()
         .expect("producer");
     p.init_transactions(Timeout::After(Duration::from_secs(30)))

@@ -403,6 +403,12 @@ impl KafkaBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's log directory (`log.dirs`): one `<topic>-<partition>` directory per
+    /// partition (benchmarks measure bytes on disk there).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// Every listener, the certificates and the SCRAM users.
     pub fn info(&self) -> BrokerInfo {
         self.info.clone()
