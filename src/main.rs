@@ -52,7 +52,7 @@ struct ValidateArgs {
 #[derive(clap::Args)]
 struct DemoArgs {
     /// Stop after this long (default: until Ctrl-C).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = graph_cdc::config::parse_duration)]
     duration: Option<Duration>,
     /// Demo users to generate.
     #[arg(long, default_value_t = 3)]
@@ -88,27 +88,11 @@ struct SimulateArgs {
     #[arg(long, default_value_t = 0)]
     mutations: usize,
     /// Interval between bursts of random changes.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = graph_cdc::config::parse_duration)]
     mutate_interval: Duration,
     /// Base URL to put in links (default: from the request's Host header).
     #[arg(long)]
     public_url: Option<String>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num.parse().map_err(|_| format!("bad duration '{s}'"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("bad duration unit in '{s}' (use ms, s or m)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[tokio::main]
