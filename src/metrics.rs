@@ -459,6 +459,10 @@ mod tests {
             PARTITION_STALENESS,
             PARTITION_PAGES,
             PARTITION_STATE,
+            RECORDS_DEAD_LETTERED,
+            RECORDS_REFUSED,
+            COMMIT_RETRIES,
+            KAFKA_CONNECT_FAILURES,
         ];
         let dash = include_str!("../config/grafana/graph-cdc-dashboard.json");
         let mut used = 0;
