@@ -27,7 +27,7 @@ use crate::graph::{
     ClientOptions, Credential, GraphClient, GraphError, PartitionReader, TokenProvider,
 };
 use crate::metrics;
-use crate::offsets::load_offsets;
+use crate::sink::offsets_store::load_offsets;
 use crate::sink::topics::ensure_topics;
 use crate::sink::{Committer, SinkError, SinkHandle, SinkOptions, TopicNames};
 use crate::source::{Op, PartitionId, PartitionKind, SourceOffset};
@@ -129,7 +129,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error(transparent)]
-    Offsets(#[from] crate::offsets::OffsetStoreError),
+    Offsets(#[from] crate::sink::offsets_store::OffsetStoreError),
     #[error("Graph setup: {0}")]
     Graph(#[from] GraphError),
     #[error("internal: {0}")]

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::client::{prefer, ClientOptions};
 use super::delta::{parse_page, DeltaPage};
+use super::options::{prefer, ClientOptions};
 use super::TokenProvider;
 use crate::metrics;
 use crate::source::PartitionKind;

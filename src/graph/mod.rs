@@ -2,6 +2,8 @@
 //!
 //! - `auth.rs`: OAuth2 client credentials (secret or certificate), cached tokens.
 //! - `client.rs`: the HTTP client: throttling, retries, per-mailbox and global concurrency.
+//! - `options.rs`: the client's tunables and `Prefer` headers (shared with batching).
+//! - `batch.rs`: deltaLink polls sent in JSON batches (`graph.batch_polls`).
 //! - `delta.rs`: parsing a delta page without re-serialising its items.
 //! - `partition.rs`: what each partition kind requests first.
 //! - `reader.rs`: a partition's rounds (pages → source records, resync after `410`).
@@ -12,11 +14,13 @@ pub mod auth;
 pub mod batch;
 pub mod client;
 pub mod delta;
+pub mod options;
 pub mod partition;
 pub mod reader;
 
 pub use auth::{Credential, TokenProvider};
-pub use client::{ClientOptions, GraphClient};
+pub use client::GraphClient;
+pub use options::ClientOptions;
 pub use reader::PartitionReader;
 
 /// What can go wrong talking to Graph.

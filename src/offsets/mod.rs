@@ -3,10 +3,9 @@
 //! - key: `["<connector name>", {partition identity}]`
 //! - value: `{"link": …, "delta_link": …, "round": n, "resync": bool}`, or null to reset.
 //!
-//! `codec.rs` is the format; `store.rs` reads the topic back at start.
+//! A pure codec, shared by the sink (which writes offsets and reads them back at start,
+//! `sink/offsets_store.rs`) and the operator API; it imports neither side.
 
 pub mod codec;
-pub mod store;
 
 pub use codec::{decode, encode_key, encode_value, OffsetRecord};
-pub use store::{load_offsets, OffsetStoreError};

@@ -12,13 +12,15 @@
 //! - `topics.rs`: creating missing topics (compacted; the dead-letter topic not).
 //! - `committer.rs`: the loop that groups batches into transactions, with the heartbeat
 //!   for idle partitions' offsets, setting refused records aside.
-//! - `readback.rs`, `scan.rs`: reading a topic to its end, `read_committed`.
+//! - `readback.rs`, `scan.rs`, `offsets_store.rs`: reading a topic to its end,
+//!   `read_committed`: the offsets at start, a partition's keys after a full resync.
 //!
 //! It knows nothing of Graph: it consumes [`crate::source::SourceBatch`]es.
 
 pub mod clients;
 pub mod committer;
 pub mod health;
+pub mod offsets_store;
 pub mod producer;
 pub mod readback;
 pub mod records;

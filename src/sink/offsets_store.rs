@@ -6,8 +6,8 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
 
-use super::codec::decode;
-use crate::sink::readback::{read_to_end, ReadError};
+use super::readback::{read_to_end, ReadError};
+use crate::offsets::decode;
 use crate::source::{PartitionId, SourceOffset};
 
 /// Why the offsets could not be read.
