@@ -232,3 +232,148 @@ impl PartitionReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The resync rules, as NOTES.md and Graph's delta docs give them: a `410` on a nextLink
+    //! falls back to the last complete round's deltaLink; on a deltaLink (or mid-way through
+    //! a first round, which has none) the round restarts from the initial request, preferably
+    //! the one `Location` names, and becomes a full resync that must remember what it sees.
+
+    use super::*;
+
+    const HOST: &str = "https://graph.microsoft.com";
+
+    fn reader(committed: Option<SourceOffset>) -> PartitionReader {
+        let id = Arc::new(PartitionId::CalendarList {
+            user: "a@contoso.com".into(),
+        });
+        PartitionReader::new(id, HOST, committed).unwrap()
+    }
+
+    fn at(link: Option<&str>, delta: Option<&str>, round: u64) -> SourceOffset {
+        SourceOffset {
+            link: link.map(str::to_string),
+            delta_link: delta.map(str::to_string),
+            round,
+            resync: false,
+        }
+    }
+
+    const NEXT: &str = "https://graph.microsoft.com/v1.0/users/a/calendars/delta?$skiptoken=2";
+    const DELTA: &str = "https://graph.microsoft.com/v1.0/users/a/calendars/delta?$deltatoken=1";
+    const LOCATION: &str =
+        "https://graph.microsoft.com/v1.0/users/a/calendars/delta?$deltatoken=fresh";
+
+    #[test]
+    fn gone_on_a_next_link_falls_back_to_the_rounds_delta_link() {
+        let mut r = reader(Some(at(Some(NEXT), Some(DELTA), 4)));
+        assert!(!r.at_round_start());
+        r.resync("resyncRequired", Some(LOCATION.into()));
+        let o = r.offset();
+        assert_eq!(o.link.as_deref(), Some(DELTA), "back to the round's start");
+        assert_eq!(o.delta_link.as_deref(), Some(DELTA));
+        assert_eq!(o.round, 4);
+        assert!(o.resync);
+        assert!(
+            r.seen.is_none(),
+            "not a full round: deletions still come as @removed"
+        );
+        assert!(r.at_round_start());
+    }
+
+    #[test]
+    fn gone_on_a_delta_link_restarts_from_location_as_a_full_resync() {
+        let mut r = reader(Some(at(Some(DELTA), Some(DELTA), 7)));
+        assert!(r.at_round_start());
+        r.resync("syncStateNotFound", Some(LOCATION.into()));
+        let o = r.offset();
+        assert_eq!(o.link.as_deref(), Some(LOCATION));
+        assert_eq!(
+            o.delta_link, None,
+            "the initial request has no deltaLink behind it"
+        );
+        assert_eq!(o.round, 7);
+        assert!(o.resync);
+        assert_eq!(
+            r.seen,
+            Some(HashSet::new()),
+            "a full round remembers what it returns"
+        );
+    }
+
+    #[test]
+    fn a_location_on_another_host_is_not_followed() {
+        let mut r = reader(Some(at(Some(DELTA), Some(DELTA), 2)));
+        r.resync(
+            "syncStateNotFound",
+            Some("https://evil.example/steal".into()),
+        );
+        assert_eq!(r.offset().link, None, "the initial request instead");
+        assert_eq!(r.link(), r.initial_url);
+    }
+
+    #[test]
+    fn gone_in_a_first_round_restarts_it_from_scratch() {
+        let mut r = reader(Some(at(Some(NEXT), None, 1)));
+        r.resync("resyncRequired", None);
+        let o = r.offset();
+        assert_eq!(
+            (o.link.as_deref(), o.delta_link.as_deref(), o.round),
+            (None, None, 1)
+        );
+        assert!(o.resync && r.seen.is_some());
+    }
+
+    #[test]
+    fn a_full_resync_interrupted_by_a_restart_starts_over() {
+        let mut o = at(Some(NEXT), None, 3);
+        o.resync = true;
+        let r = reader(Some(o));
+        assert_eq!(
+            r.offset().link,
+            None,
+            "the ids it had seen died with the process"
+        );
+        assert_eq!(r.seen, Some(HashSet::new()));
+        // A resync from a deltaLink keeps its place: it reports deletions itself.
+        let mut o = at(Some(NEXT), Some(DELTA), 3);
+        o.resync = true;
+        let r = reader(Some(o));
+        assert_eq!(r.offset().link.as_deref(), Some(NEXT));
+        assert!(r.seen.is_none());
+    }
+
+    #[test]
+    fn a_full_round_tracks_what_it_saw_until_the_round_completes() {
+        let mut r = reader(Some(at(Some(DELTA), Some(DELTA), 5)));
+        r.resync("syncStateNotFound", None);
+        let mid = SourceOffset {
+            link: Some(NEXT.into()),
+            delta_link: None,
+            round: 5,
+            resync: true,
+        };
+        r.advance(
+            mid,
+            &[
+                (Op::Upsert, "x".into()),
+                (Op::Upsert, "y".into()),
+                (Op::Delete, "x".into()),
+            ],
+        );
+        assert_eq!(r.seen, Some(HashSet::from(["y".to_string()])));
+        r.advance(at(Some(DELTA), Some(DELTA), 6), &[(Op::Upsert, "z".into())]);
+        assert!(r.seen.is_none(), "a completed round ends the bookkeeping");
+        assert_eq!(r.offset().round, 6);
+    }
+
+    #[test]
+    fn a_resync_signal_restarts_the_round_in_place() {
+        let mut r = reader(Some(at(Some(NEXT), Some(DELTA), 9)));
+        r.restart();
+        let o = r.offset();
+        assert_eq!((o.link.as_deref(), o.round, o.resync), (None, 9, true));
+        assert!(r.seen.is_some());
+    }
+}
