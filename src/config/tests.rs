@@ -1,0 +1,92 @@
+//! Loading, defaults, redaction and key-naming errors.
+
+use super::*;
+
+const OK: &str = r#"
+    [graph]
+    tenant_id = "contoso"
+    client_id = "app"
+    client_secret = "s3cr3t-value"
+    [kafka.options]
+    "security.protocol" = "SASL_SSL"
+    "sasl.password" = "hunter2"
+    [kafka.consumer_options]
+    "ssl.key.password" = "consumer-hunter3"
+    [kafka.producer_options]
+    "sasl.oauthbearer.client.secret" = "producer-hunter4"
+    [[sources]]
+    kind = "calendar_view"
+    users = ["a@contoso.com", "b@contoso.com"]
+    start = "2026-01-01T00:00:00+01:00"
+    end = "2027-01-01T00:00:00Z"
+    [[sources]]
+    kind = "todo"
+    users = ["a@contoso.com"]
+"#;
+
+fn err(toml: &str) -> String {
+    Settings::from_toml_str(toml, false)
+        .expect_err("should be refused")
+        .to_string()
+}
+
+#[test]
+fn defaults_partitions_and_redaction() {
+    let s = Settings::from_toml_str(OK, false).unwrap();
+    assert_eq!(s.graph.page_size, 100);
+    assert_eq!(s.graph.poll_interval.0, Duration::from_secs(60));
+    assert_eq!(s.kafka.topics.events, "graph.events");
+    assert_eq!(s.kafka.options.0["security.protocol"], "SASL_SSL");
+    assert_eq!(s.graph.graph_base_url(), "https://graph.microsoft.com");
+    assert_eq!(
+        s.graph.token_url(),
+        "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+    );
+    let p = s.partitions();
+    assert_eq!(p.len(), 3);
+    assert_eq!(
+        p[0].to_json(),
+        r#"{"kind":"calendar_view","user":"a@contoso.com","calendar":"primary","window":"2025-12-31T23:00:00Z/2027-01-01T00:00:00Z"}"#
+    );
+    let shown = format!("{s:?} {}", s.redacted_json());
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("hunter"),
+        "{shown}"
+    );
+    assert!(s.transactional_id().starts_with("graph-cdc-"));
+}
+
+#[test]
+fn every_error_names_its_key() {
+    let base = OK.replace("page_size", "x");
+    for (bad, key) in [
+        (OK.replace("[graph]", "[graph]\npag_size = 3"), "graph.pag_size"),
+        (OK.replace("[graph]", "[graph]\npage_size = \"many\""), "graph.page_size"),
+        (OK.replace("[graph]", "[graph]\npage_size = 0"), "graph.page_size"),
+        (OK.replace("[graph]", "[graph]\npoll_interval = \"soon\""), "graph.poll_interval"),
+        (OK.replace("[graph]", "[graph]\ncloud = \"mars\""), "graph.cloud"),
+        (OK.replace("end = \"2027-01-01T00:00:00Z\"", "end = \"2025-01-01T00:00:00Z\""), "sources[0].end"),
+        (OK.replace("client_secret = \"s3cr3t-value\"", ""), "graph.client_secret"),
+        (OK.replace("client_secret = \"s3cr3t-value\"", "client_secret = \"x\"\ncertificate_path = \"/nope\"\nprivate_key_path = \"/nope\""), "graph.client_secret"),
+        (OK.replace("users = [\"a@contoso.com\"]", "users = []"), "sources[1].users"),
+        (OK.replace("kind = \"todo\"", "kind = \"mail\""), "sources[1]"),
+        (OK.replace("kind = \"todo\"", "kind = \"todo\"\nstart = \"x\""), "sources[1].start"),
+        (OK.replace("[graph]", "[graph]\ncloud = \"china\""), "sources[1].kind"),
+        (format!("{OK}\n[[sources]]\nkind = \"calendar_view\"\nusers = [\"b@contoso.com\"]\nstart = \"2026-06-01T00:00:00Z\"\nend = \"2026-07-01T00:00:00Z\""), "sources[2]"),
+        (OK.replace("[kafka.options]", "[kafka]\nreplication_factor = 0\n[kafka.options]"), "kafka.replication_factor"),
+    ] {
+        let e = err(&bad);
+        assert!(e.contains(key), "expected '{key}' in: {e}");
+    }
+    let _ = base;
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+    assert!(parse_duration("3 days").is_err());
+    assert!(parse_duration("").is_err());
+}
