@@ -336,6 +336,25 @@ pub fn duplicates(records: &[Committed]) -> Vec<String> {
 
 pub const WINDOW: &str = "2026-05-01T00:00:00Z/2026-06-01T00:00:00Z";
 
+/// The partitions a config lists for these users: each one's primary calendar over
+/// [`WINDOW`], calendar list and To Do lists (task partitions are found at run time).
+pub fn configured_partitions(users: &[String]) -> Vec<PartitionId> {
+    users
+        .iter()
+        .flat_map(|u| {
+            [
+                PartitionId::CalendarView {
+                    user: u.clone(),
+                    calendar: "primary".into(),
+                    window: WINDOW.into(),
+                },
+                PartitionId::CalendarList { user: u.clone() },
+                PartitionId::TaskLists { user: u.clone() },
+            ]
+        })
+        .collect()
+}
+
 /// A simulator with the test app registered and `users` users over May 2026 ([`WINDOW`]),
 /// `events` events each and `tasks` tasks per list; returns it and the users' names.
 pub async fn sim_with_users(

@@ -129,17 +129,7 @@ fn converge_except(sim: &SimServer, spec: &WorkerSpec, w: &Running, skip: &dyn F
 }
 
 fn spec_for(sim: &SimServer, users: &[String]) -> WorkerSpec {
-    let mut partitions = Vec::new();
-    for u in users {
-        partitions.push(PartitionId::CalendarView {
-            user: u.clone(),
-            calendar: "primary".into(),
-            window: WINDOW.into(),
-        });
-        partitions.push(PartitionId::CalendarList { user: u.clone() });
-        partitions.push(PartitionId::TaskLists { user: u.clone() });
-    }
-    let mut spec = spec(sim, &bootstrap(), partitions);
+    let mut spec = spec(sim, &bootstrap(), configured_partitions(users));
     // Pages of several partitions share transactions: the refused one must not drag the
     // others down with it.
     spec.sink.linger = Duration::from_millis(200);

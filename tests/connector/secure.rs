@@ -253,17 +253,7 @@ async fn a_topic_the_principal_may_not_write_fails_only_its_partitions() {
     }
     let b = broker();
     let (sim, users) = sim_with_users(2, 15, 4, 9).await;
-    let mut partitions = Vec::new();
-    for u in &users {
-        partitions.push(PartitionId::CalendarView {
-            user: u.clone(),
-            calendar: "primary".into(),
-            window: WINDOW.into(),
-        });
-        partitions.push(PartitionId::CalendarList { user: u.clone() });
-        partitions.push(PartitionId::TaskLists { user: u.clone() });
-    }
-    let mut spec = spec(&sim, &b.plaintext, partitions);
+    let mut spec = spec(&sim, &b.plaintext, configured_partitions(&users));
     // The topics exist (created over plaintext), but the worker's principal may not write
     // the calendars topic.
     let user = b.scram_users[1].0.clone();
