@@ -29,13 +29,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDateTime;
 use graph_cdc::graph::{ClientOptions, Credential, PartitionReader};
 use graph_cdc::metrics::metrics;
 use graph_cdc::sim::generate::{random_event, GenerateSpec, MutateSpec};
-use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::sink::{SinkOptions, TopicNames};
-use graph_cdc::source::{Op, PartitionId, PartitionKind};
+use graph_cdc::source::{PartitionId, PartitionKind};
 use graph_cdc::testkit::broker::KafkaBroker;
 use graph_cdc::worker::WorkerSpec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -43,6 +41,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+mod common;
+use common::*;
 
 // ---------------------------------------------------------------------------------------
 // Allocation counting (the `cost` bench reads it on one thread while the others are idle).
@@ -69,45 +70,6 @@ static GLOBAL: Counting = Counting;
 
 // ---------------------------------------------------------------------------------------
 // Shared setup.
-
-const TENANT: &str = "contoso";
-const CLIENT: &str = "graph-cdc-bench";
-const SECRET: &str = "graph-cdc-bench-secret";
-const WINDOW_DAYS: i64 = 60;
-
-fn window_start() -> NaiveDateTime {
-    NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").expect("time")
-}
-
-fn window() -> String {
-    let s = window_start();
-    let e = s + chrono::Duration::days(WINDOW_DAYS);
-    format!(
-        "{}Z/{}Z",
-        s.format("%Y-%m-%dT%H:%M:%S"),
-        e.format("%Y-%m-%dT%H:%M:%S")
-    )
-}
-
-/// The simulator on a runtime of its own (threads named `sim`).
-struct Sim {
-    server: SimServer,
-    _rt: tokio::runtime::Runtime,
-}
-
-fn start_sim() -> Sim {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sim")
-        .enable_all()
-        .build()
-        .expect("sim runtime");
-    let server = rt
-        .block_on(SimServer::start("127.0.0.1:0", SimSettings::default()))
-        .expect("simulator");
-    server.state.add_secret_client(TENANT, CLIENT, SECRET);
-    Sim { server, _rt: rt }
-}
 
 /// `users` users (`{prefix}NNN@contoso.com`), each with `events` single events in the window
 /// and `tasks` tasks in one list.
@@ -158,10 +120,6 @@ fn all_kinds(users: &[String]) -> Vec<PartitionId> {
     out
 }
 
-fn run_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
-}
-
 fn worker_spec(sim: &Sim, bootstrap: &str, partitions: Vec<PartitionId>) -> WorkerSpec {
     let run = run_id();
     WorkerSpec {
@@ -201,59 +159,6 @@ fn sink_options(bootstrap: &str, run: &str) -> SinkOptions {
     }
 }
 
-/// A worker running in this process until dropped.
-struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-fn start_worker(rt: &tokio::runtime::Runtime, spec: WorkerSpec) -> Running {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = rt.spawn(async move {
-        if let Err(e) = graph_cdc::worker::run(spec, async {
-            let _ = rx.await;
-        })
-        .await
-        {
-            eprintln!("worker ended: {e}");
-        }
-    });
-    Running {
-        stop: Some(tx),
-        handle,
-    }
-}
-
-impl Running {
-    fn stop(mut self, rt: &tokio::runtime::Runtime) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = rt.block_on(&mut self.handle);
-    }
-}
-
-fn records_written() -> u64 {
-    let m = metrics();
-    let mut n = 0;
-    for k in PartitionKind::ALL {
-        for op in [Op::Upsert, Op::Delete] {
-            n += m
-                .records_written
-                .with_label_values(&[k.as_str(), op.as_str()])
-                .get();
-        }
-    }
-    n
-}
-
-fn transactions() -> u64 {
-    metrics()
-        .transactions
-        .with_label_values(&["committed"])
-        .get()
-}
-
 /// CPU seconds (user + system) of this process's threads, by whether they are the
 /// simulator's.
 fn thread_cpu() -> (f64, f64) {
@@ -278,14 +183,6 @@ fn thread_cpu() -> (f64, f64) {
         }
     }
     (sim, rest)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn consumer(bootstrap: &str) -> BaseConsumer {

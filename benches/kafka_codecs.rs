@@ -33,20 +33,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDateTime;
 use graph_cdc::graph::{ClientOptions, Credential};
-use graph_cdc::metrics::metrics;
 use graph_cdc::sim::generate::{random_event, GenerateSpec};
-use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::sink::{SinkOptions, TopicNames};
-use graph_cdc::source::{Op, PartitionId, PartitionKind};
+use graph_cdc::source::PartitionId;
 use graph_cdc::testkit::broker::{BrokerInfo, KafkaBroker};
 use graph_cdc::worker::WorkerSpec;
 
-const TENANT: &str = "contoso";
-const CLIENT: &str = "graph-cdc-bench";
-const SECRET: &str = "graph-cdc-bench-secret";
-const WINDOW_DAYS: i64 = 60;
+mod common;
+use common::*;
+
 const USERS: usize = 50;
 const EVENTS_PER_USER: usize = 2000;
 const TLS_ROUNDS: usize = 5;
@@ -56,40 +52,6 @@ const CODECS: [&str; 4] = ["none", "lz4", "zstd", "gzip"];
 
 // ---------------------------------------------------------------------------------------
 // Simulator and worker (as in benches/connector.rs).
-
-fn window_start() -> NaiveDateTime {
-    NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").expect("time")
-}
-
-fn window() -> String {
-    let s = window_start();
-    let e = s + chrono::Duration::days(WINDOW_DAYS);
-    format!(
-        "{}Z/{}Z",
-        s.format("%Y-%m-%dT%H:%M:%S"),
-        e.format("%Y-%m-%dT%H:%M:%S")
-    )
-}
-
-/// The simulator on a runtime of its own (threads named `sim`).
-struct Sim {
-    server: SimServer,
-    _rt: tokio::runtime::Runtime,
-}
-
-fn start_sim() -> Sim {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sim")
-        .enable_all()
-        .build()
-        .expect("sim runtime");
-    let server = rt
-        .block_on(SimServer::start("127.0.0.1:0", SimSettings::default()))
-        .expect("simulator");
-    server.state.add_secret_client(TENANT, CLIENT, SECRET);
-    Sim { server, _rt: rt }
-}
 
 /// `users` users, each with `events` single events in the window.
 fn populate(sim: &Sim, users: usize, events: usize) -> Vec<String> {
@@ -117,10 +79,6 @@ fn populate(sim: &Sim, users: usize, events: usize) -> Vec<String> {
         }
     }
     infos.into_iter().map(|u| u.user_principal_name).collect()
-}
-
-fn run_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
 }
 
 /// The connector's default settings (as `benches/connector.rs`'s throughput bench), on topics
@@ -163,67 +121,6 @@ fn worker_spec(sim: &Sim, bootstrap: &str, users: &[String]) -> WorkerSpec {
             .collect(),
         create_topics: Some((6, 1)),
         offsets_load_timeout: Duration::from_secs(60),
-    }
-}
-
-/// A worker running in this process until stopped.
-struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-fn start_worker(rt: &tokio::runtime::Runtime, spec: WorkerSpec) -> Running {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = rt.spawn(async move {
-        if let Err(e) = graph_cdc::worker::run(spec, async {
-            let _ = rx.await;
-        })
-        .await
-        {
-            eprintln!("worker ended: {e}");
-        }
-    });
-    Running {
-        stop: Some(tx),
-        handle,
-    }
-}
-
-impl Running {
-    fn stop(mut self, rt: &tokio::runtime::Runtime) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = rt.block_on(&mut self.handle);
-    }
-}
-
-fn records_written() -> u64 {
-    let m = metrics();
-    let mut n = 0;
-    for k in PartitionKind::ALL {
-        for op in [Op::Upsert, Op::Delete] {
-            n += m
-                .records_written
-                .with_label_values(&[k.as_str(), op.as_str()])
-                .get();
-        }
-    }
-    n
-}
-
-fn transactions() -> u64 {
-    metrics()
-        .transactions
-        .with_label_values(&["committed"])
-        .get()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

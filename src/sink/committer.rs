@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::health::KafkaHealth;
 use super::producer::{Refused, Tag, TxnProducer};
 use super::records::{dead_letter_headers, headers};
-use super::refusals::{data_size, screen, suspects, Fault, Known, KNOWN_REFUSED_MAX};
+use super::refusals::{screen, suspects, Fault, Known};
 use super::{SinkError, SinkOptions};
 use crate::metrics;
 use crate::offsets::{encode_key, encode_value};
@@ -191,7 +191,7 @@ impl Committer {
             rx,
             idle: HashMap::new(),
             last_heartbeat: Instant::now(),
-            known_refused: HashMap::new(),
+            known_refused: Known::default(),
         };
         let thread = std::thread::Builder::new()
             .name("graph-cdc-committer".into())
@@ -412,9 +412,6 @@ impl Committer {
     /// are not tolerated (or the dead letter itself was refused).
     fn set_aside(&mut self, mut txn: Txn, refused: Vec<Refused>) -> Txn {
         let mut failed: HashMap<usize, String> = HashMap::new();
-        if self.known_refused.len() + refused.len() > KNOWN_REFUSED_MAX {
-            self.known_refused.clear();
-        }
         for r in refused {
             let Some(p) = txn.batches.get_mut(r.tag.batch()) else {
                 continue;
@@ -423,14 +420,12 @@ impl Committer {
                 continue;
             };
             self.known_refused.insert(
-                (p.batch.partition.clone(), rec.id.clone()),
-                (
-                    data_size(rec),
-                    Fault {
-                        class: r.class,
-                        message: r.message.clone(),
-                    },
-                ),
+                &p.batch.partition,
+                rec,
+                Fault {
+                    class: r.class,
+                    message: r.message.clone(),
+                },
             );
             let topic = self.opts.topics.for_kind(p.batch.partition.kind());
             let reason = format!(

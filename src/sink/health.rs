@@ -99,22 +99,17 @@ pub fn probe(config: &ClientConfig, timeout: Duration) -> Result<(), String> {
     let client: BaseProducer<HealthContext> = config
         .create_with_context(ctx.clone())
         .map_err(|e| format!("creating a Kafka client: {e}"))?;
-    let result = client
-        .client()
-        .fetch_metadata(None, timeout)
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    // Error events arrive on the client's queue; serve them before asking.
-    for _ in 0..5 {
-        client.poll(Duration::from_millis(20));
+    if let Err(e) = client.client().fetch_metadata(None, timeout) {
+        // Error events arrive on the client's queue; serve them before asking.
+        for _ in 0..5 {
+            client.poll(Duration::from_millis(20));
+        }
+        return Err(ctx
+            .0
+            .recent()
+            .unwrap_or_else(|| format!("no answer from {}: {e}", bootstrap_of(config))));
     }
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => Err(match ctx.0.recent() {
-            Some(why) => why,
-            None => format!("no answer from {}: {e}", bootstrap_of(config)),
-        }),
-    }
+    Ok(())
 }
 
 fn bootstrap_of(config: &ClientConfig) -> String {

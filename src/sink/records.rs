@@ -58,7 +58,7 @@ pub fn dead_letter_headers(
     class: &str,
     message: &str,
 ) -> OwnedHeaders {
-    let size = (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())).to_string();
+    let size = super::refusals::data_size(r).to_string();
     let mut h = headers(r, partition_json);
     for (key, value) in [
         (HEADER_ERROR_CLASS, class),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::committer::Pending;
 use super::producer::{Refused, Tag};
-use crate::source::PartitionId;
+use crate::source::{PartitionId, SourceRecord};
 
 /// Why Kafka refuses a record.
 #[derive(Debug, Clone)]
@@ -18,11 +18,39 @@ pub(super) struct Fault {
 }
 
 /// Records Kafka refused, by partition and item, with their size: a page fetched again
-/// after an abort brings them back, and they must not be sent again.
-pub(super) type Known = HashMap<(Arc<PartitionId>, String), (usize, Fault)>;
+/// after an abort brings them back, and they must not be sent again. Looked up for every
+/// record of every transaction, so by reference, without building a key.
+#[derive(Default)]
+pub(super) struct Known {
+    by_partition: HashMap<Arc<PartitionId>, HashMap<String, (usize, Fault)>>,
+    len: usize,
+}
 
 /// Refused records remembered at most (a few per partition at worst).
-pub(super) const KNOWN_REFUSED_MAX: usize = 10_000;
+const KNOWN_REFUSED_MAX: usize = 10_000;
+
+impl Known {
+    /// The refusal of this very record (same item, same size), if it was refused before.
+    fn get(&self, partition: &PartitionId, r: &SourceRecord) -> Option<&Fault> {
+        self.by_partition
+            .get(partition)?
+            .get(r.id.as_str())
+            .filter(|(size, _)| *size == data_size(r))
+            .map(|(_, f)| f)
+    }
+
+    pub fn insert(&mut self, partition: &Arc<PartitionId>, r: &SourceRecord, fault: Fault) {
+        if self.len >= KNOWN_REFUSED_MAX {
+            *self = Known::default();
+        }
+        let old = self
+            .by_partition
+            .entry(partition.clone())
+            .or_default()
+            .insert(r.id.clone(), (data_size(r), fault));
+        self.len += usize::from(old.is_none());
+    }
+}
 
 /// Records refused before anything is sent: known refusals of the same record, and records
 /// over the producer's size limit.
@@ -33,10 +61,7 @@ pub(super) fn screen(batches: &[Pending], known: &Known, max_message_bytes: usiz
             if p.dead.contains_key(&j) {
                 continue;
             }
-            let known = known
-                .get(&(p.batch.partition.clone(), r.id.clone()))
-                .filter(|(size, _)| *size == data_size(r));
-            if let Some((_, f)) = known {
+            if let Some(f) = known.get(&p.batch.partition, r) {
                 out.push(Refused {
                     tag: Tag::new(i, j),
                     class: f.class,
@@ -66,9 +91,7 @@ pub(super) fn suspects(batches: &[Pending], refused: Vec<Refused>) -> Vec<Refuse
         batches
             .get(r.tag.batch())
             .and_then(|p| p.batch.records.get(r.tag.record()))
-            .map_or(0, |rec| {
-                rec.key.len() + rec.value.as_ref().map_or(0, |v| v.len())
-            })
+            .map_or(0, data_size)
     };
     let (mut large, mut other): (Vec<Refused>, Vec<Refused>) = refused
         .into_iter()
@@ -80,20 +103,16 @@ pub(super) fn suspects(batches: &[Pending], refused: Vec<Refused>) -> Vec<Refuse
 }
 
 /// Key and value bytes of a record.
-pub(super) fn data_size(r: &crate::source::SourceRecord) -> usize {
+pub(super) fn data_size(r: &SourceRecord) -> usize {
     r.key.len() + r.value.as_ref().map_or(0, |v| v.len())
 }
 
 /// The size librdkafka counts against `message.max.bytes` (key, value, headers and the
 /// record's framing, rounded up so a record that passes here is not refused there), when it
 /// is over `max`.
-fn over_limit(
-    r: &crate::source::SourceRecord,
-    partition: &PartitionId,
-    max: usize,
-) -> Option<usize> {
+fn over_limit(r: &SourceRecord, partition: &PartitionId, max: usize) -> Option<usize> {
     const FRAMING: usize = 128;
-    let data = r.key.len() + r.value.as_ref().map_or(0, |v| v.len());
+    let data = data_size(r);
     if data + 4096 < max {
         return None; // headers cannot make up the difference: skip the identity's JSON
     }

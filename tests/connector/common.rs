@@ -9,11 +9,14 @@ use graph_cdc::graph::{ClientOptions, Credential};
 use graph_cdc::sim::SimServer;
 use graph_cdc::sink::{SinkOptions, TopicNames};
 use graph_cdc::source::PartitionId;
-use graph_cdc::worker::WorkerSpec;
+use std::sync::Arc;
+
+use graph_cdc::worker::{self, PartitionState, WorkerSpec, WorkerStatus};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 pub const TENANT: &str = "contoso";
 pub const CLIENT: &str = "graph-cdc-test";
@@ -475,4 +478,74 @@ pub fn signal(child: &Child, sig: i32) {
     unsafe {
         libc::kill(child.id() as i32, sig);
     }
+}
+
+/// A worker running in this test process.
+pub struct Running {
+    pub stop: CancellationToken,
+    pub status: Arc<WorkerStatus>,
+    pub task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
+    /// How the worker ended, if it did by itself.
+    pub ended: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+pub fn start_worker(spec: &WorkerSpec) -> Running {
+    // `TEST_LOG=debug` shows the worker's logs.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    let stop = CancellationToken::new();
+    let status = Arc::new(WorkerStatus::default());
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let ended = Arc::new(parking_lot::Mutex::new(None));
+    let (e, spec, st, s) = (ended.clone(), spec.clone(), status.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let r = worker::run_with_status(spec, st, rx, s.cancelled_owned()).await;
+        *e.lock() = Some(format!("{r:?}"));
+        r
+    });
+    Running {
+        stop,
+        status,
+        task,
+        ended,
+    }
+}
+
+impl Running {
+    pub async fn stop(self) -> Result<(), worker::WorkerError> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("worker stops within 20 s")
+            .expect("worker task")
+    }
+
+    pub fn state(&self, p: &PartitionId) -> Option<PartitionState> {
+        self.status.partitions.lock().get(p).cloned()
+    }
+}
+
+/// Waits until the topics equal the truth except for the keys `skip` names; fails if the
+/// worker ended.
+pub fn converge_except(
+    sim: &SimServer,
+    spec: &WorkerSpec,
+    w: &Running,
+    skip: &dyn Fn(&[u8]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    tokio::task::block_in_place(|| loop {
+        let Some(d) = difference_except(sim, spec, WINDOW, skip) else {
+            return;
+        };
+        if let Some(end) = w.ended.lock().clone() {
+            panic!("the worker stopped by itself ({end}): {d}");
+        }
+        assert!(Instant::now() < deadline, "not converged: {d}");
+        std::thread::sleep(Duration::from_millis(500));
+    });
 }

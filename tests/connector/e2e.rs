@@ -1,15 +1,11 @@
-use std::sync::Arc;
 use std::time::Duration;
-
-use parking_lot::Mutex;
 
 use chrono::NaiveDateTime;
 use graph_cdc::sim::faults::{FaultKind, FaultSpec, LinkKind};
 use graph_cdc::sim::generate::{GenerateSpec, MutateSpec};
 use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::source::PartitionId;
-use graph_cdc::worker::{self, WorkerSpec};
-use tokio_util::sync::CancellationToken;
+use graph_cdc::worker::WorkerSpec;
 
 use crate::common::*;
 
@@ -53,44 +49,6 @@ fn mutate(sim: &SimServer, count: usize, seed: u64) {
         ..Default::default()
     };
     graph_cdc::sim::generate::mutate(&mut sim.state.store.write(), &spec);
-}
-
-struct Running {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
-    /// Set if the worker ended on its own, with how it ended.
-    ended: Arc<Mutex<Option<String>>>,
-}
-
-fn start_worker(spec: &WorkerSpec) -> Running {
-    // `TEST_LOG=debug` shows the worker's logs.
-    if let Ok(filter) = std::env::var("TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    }
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let spec = spec.clone();
-    let ended = Arc::new(Mutex::new(None));
-    let e = ended.clone();
-    let task = tokio::spawn(async move {
-        let r = worker::run(spec, s.cancelled_owned()).await;
-        *e.lock() = Some(format!("{r:?}"));
-        r
-    });
-    Running { stop, task, ended }
-}
-
-impl Running {
-    async fn stop(self) -> Result<(), worker::WorkerError> {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("worker stops within 20 s")
-            .expect("worker task")
-    }
 }
 
 /// Waits for the topics to equal the truth; fails at once if the worker stopped by itself.

@@ -5,18 +5,16 @@
 //! Either way every other partition, including those sharing the refused transaction,
 //! converges to the simulator's truth.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use graph_cdc::sim::model::EventSpec;
 use graph_cdc::sim::SimServer;
 use graph_cdc::source::PartitionId;
-use graph_cdc::worker::{self, PartitionState, WorkerSpec, WorkerStatus};
+use graph_cdc::worker::{PartitionState, WorkerSpec};
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 
@@ -63,71 +61,6 @@ fn big_view(users: &[String]) -> PartitionId {
     }
 }
 
-struct Running {
-    stop: CancellationToken,
-    status: Arc<WorkerStatus>,
-    task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
-    /// How the worker ended, if it did by itself.
-    ended: Arc<parking_lot::Mutex<Option<String>>>,
-}
-
-fn start(spec: &WorkerSpec) -> Running {
-    // `TEST_LOG=debug` shows the worker's logs.
-    if let Ok(filter) = std::env::var("TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    }
-    let stop = CancellationToken::new();
-    let status = Arc::new(WorkerStatus::default());
-    let (_tx, rx) = tokio::sync::mpsc::channel(1);
-    let ended = Arc::new(parking_lot::Mutex::new(None));
-    let (e, spec, st, s) = (ended.clone(), spec.clone(), status.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        let r = worker::run_with_status(spec, st, rx, s.cancelled_owned()).await;
-        *e.lock() = Some(format!("{r:?}"));
-        r
-    });
-    Running {
-        stop,
-        status,
-        task,
-        ended,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.cancel();
-        let r = tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("worker stops in time")
-            .expect("worker task");
-        assert!(r.is_ok(), "worker ended with {r:?}");
-    }
-
-    fn state(&self, p: &PartitionId) -> Option<PartitionState> {
-        self.status.partitions.lock().get(p).cloned()
-    }
-}
-
-/// Waits until the topics equal the truth except for the keys `skip` names; fails if the
-/// worker ended.
-fn converge_except(sim: &SimServer, spec: &WorkerSpec, w: &Running, skip: &dyn Fn(&[u8]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    tokio::task::block_in_place(|| loop {
-        let Some(d) = difference_except(sim, spec, WINDOW, skip) else {
-            return;
-        };
-        if let Some(end) = w.ended.lock().clone() {
-            panic!("the worker stopped by itself ({end}): {d}");
-        }
-        assert!(Instant::now() < deadline, "not converged: {d}");
-        std::thread::sleep(Duration::from_millis(500));
-    });
-}
-
 fn spec_for(sim: &SimServer, users: &[String]) -> WorkerSpec {
     let mut spec = spec(sim, &bootstrap(), configured_partitions(users));
     // Pages of several partitions share transactions: the refused one must not drag the
@@ -144,7 +77,7 @@ async fn a_record_over_the_producer_limit_fails_only_its_partition() {
         .kafka
         .producer
         .insert("message.max.bytes".into(), "200000".into());
-    let w = start(&spec);
+    let w = start_worker(&spec);
     let view = big_view(&users);
     let big_key = view.record_key(&big).to_vec();
     // Everything but the failed partition (whose later items wait for it to be fixed).
@@ -183,7 +116,8 @@ async fn a_record_over_the_producer_limit_fails_only_its_partition() {
         ),
         "refusal counted"
     );
-    w.stop().await;
+    let r = w.stop().await;
+    assert!(r.is_ok(), "worker ended with {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +141,7 @@ async fn a_record_the_topic_refuses_is_dead_lettered_with_its_offset() {
         .await
         .unwrap();
     assert!(created[0].is_ok(), "{created:?}");
-    let w = start(&spec);
+    let w = start_worker(&spec);
     let view = big_view(&users);
     let big_key = view.record_key(&big).to_vec();
     converge_except(&sim, &spec, &w, &|k| k == big_key);
@@ -248,5 +182,6 @@ async fn a_record_the_topic_refuses_is_dead_lettered_with_its_offset() {
     }
     let text = graph_cdc::metrics::render();
     assert!(text.contains("graph_cdc_records_dead_lettered_total{class=\"record_too_large\",kind=\"calendar_view\"}"), "dead letter counted");
-    w.stop().await;
+    let r = w.stop().await;
+    assert!(r.is_ok(), "worker ended with {r:?}");
 }
