@@ -327,9 +327,21 @@ async fn chaos(long: Option<Duration>) {
             two_workers(&mut workers, &mut totals).await;
         }
         Some(d) => {
+            // Every kind of trouble once first (a short run could otherwise draw no storm at
+            // all), then at random.
+            let mut round = 0u32;
             while started.elapsed() < d {
                 workers.keep_one(&mut totals);
-                match rng.random_range(0..10) {
+                let pick = match round {
+                    0 => 0,
+                    1 => 4,
+                    2 => 6,
+                    3 => 7,
+                    4 => 8,
+                    _ => rng.random_range(0..10),
+                };
+                round += 1;
+                match pick {
                     0..=3 => workers.kill_all(&mut totals),
                     4..=5 => graph_storm(&sim, Duration::from_secs(20), &mut totals).await,
                     6 => tokio::task::block_in_place(|| {
