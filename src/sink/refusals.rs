@@ -32,6 +32,9 @@ const KNOWN_REFUSED_MAX: usize = 10_000;
 impl Known {
     /// The refusal of this very record (same item, same size), if it was refused before.
     fn get(&self, partition: &PartitionId, r: &SourceRecord) -> Option<&Fault> {
+        if self.len == 0 {
+            return None; // the usual case: nothing was ever refused, nothing to hash
+        }
         self.by_partition
             .get(partition)?
             .get(r.id.as_str())
