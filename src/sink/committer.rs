@@ -313,9 +313,7 @@ impl Committer {
                     // Whose record it is can only be learnt by trying each batch alone.
                     metrics::transaction_aborted(&message, txn.batches.len());
                     if let Err(e) = self.abort() {
-                        tracing::error!(error = %e, "Kafka producer failed; stopping");
-                        txn.answer(Err(e.clone()));
-                        return Err(e);
+                        return give_up(txn, e);
                     }
                     tracing::info!(class, "isolating the batches of a refused transaction");
                     return self.one_by_one(txn);
@@ -331,24 +329,18 @@ impl Committer {
                         .collect::<Vec<_>>();
                     (message, suspects(&txn.batches, all))
                 }
-                Err(WriteError::Sink(e)) => {
-                    tracing::error!(error = %e, "Kafka producer failed; stopping");
-                    txn.answer(Err(e.clone()));
-                    return Err(e);
-                }
+                Err(WriteError::Sink(e)) => return give_up(txn, e),
             };
             metrics::transaction_aborted(&why, txn.batches.len());
             if let Err(e) = self.abort() {
-                txn.answer(Err(e.clone()));
-                return Err(e);
+                return give_up(txn, e);
             }
             if !refused.is_empty() {
                 // librdkafka's idempotence state after a refused produce request can make the
                 // retry fail with "skipped sequence numbers" (OUT_OF_ORDER_SEQUENCE_NUMBER):
                 // a fresh producer (same transactional.id, which fences the old one) has none.
                 if let Err(e) = self.renew_producer() {
-                    txn.answer(Err(e.clone()));
-                    return Err(e);
+                    return give_up(txn, e);
                 }
             }
             if refused.is_empty() || attempt >= MAX_ATTEMPTS {
@@ -578,6 +570,13 @@ impl Committer {
             }
         }
     }
+}
+
+/// The producer cannot go on: every waiter of `txn` hears why, and the committer stops.
+fn give_up(txn: Txn, e: SinkError) -> Result<(), SinkError> {
+    tracing::error!(error = %e, "Kafka producer failed; stopping");
+    txn.answer(Err(e.clone()));
+    Err(e)
 }
 
 /// The offset of a partition that starts from its initial request.

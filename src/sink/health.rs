@@ -64,11 +64,6 @@ impl KafkaHealth {
             .filter(|(at, _, _)| at.elapsed() < RECENT)
             .map(|(_, _, r)| r.clone())
     }
-
-    /// Forgets the last problem (after a successful connection).
-    pub fn clear(&self) {
-        *self.last.lock() = None;
-    }
 }
 
 /// The context of the sink's admin and consumer clients: records connection errors.
