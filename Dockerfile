@@ -1,5 +1,7 @@
 # graph-cdc container image: a release build, then a small non-root runtime.
-# The build stage runs the same release build as `cargo build --release --locked`.
+# It ships two binaries: `graph-cdc` (the connector, with its embedded demo) and `graph-sim`
+# (the Graph simulator the compose stack runs). Only their sources are copied: the test kit's
+# manifest is there because the workspace lists it, its code is neither copied nor built.
 
 FROM rust:1.95-bookworm AS build
 # librdkafka is compiled from source (rdkafka-sys: configure + make) against the system
@@ -14,10 +16,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
-COPY benches benches
-COPY examples examples
-COPY config config
-RUN cargo build --release --locked --bin graph-cdc
+COPY crates/graph-sim crates/graph-sim
+COPY crates/graph-cdc-testkit/Cargo.toml crates/graph-cdc-testkit/Cargo.toml
+RUN cargo build --release --locked --package graph-cdc --package graph-sim --bins
 
 FROM debian:bookworm-slim
 # libssl3: librdkafka's TLS and SASL/SCRAM. ca-certificates: public CAs, so ssl.ca.location
@@ -26,7 +27,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home graph-cdc
-COPY --from=build /src/target/release/graph-cdc /usr/local/bin/graph-cdc
+COPY --from=build /src/target/release/graph-cdc /src/target/release/graph-sim /usr/local/bin/
 COPY config /etc/graph-cdc
 USER 10001
 EXPOSE 8083

@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use graph_cdc::graph::{ClientOptions, Credential, PartitionReader};
 use graph_cdc::metrics::metrics;
-use graph_cdc::sim::generate::{random_event, GenerateSpec, MutateSpec};
 use graph_cdc::sink::{SinkOptions, TopicNames};
 use graph_cdc::source::{PartitionId, PartitionKind};
-use graph_cdc::testkit::broker::KafkaBroker;
 use graph_cdc::worker::WorkerSpec;
+use graph_cdc_testkit::broker::KafkaBroker;
+use graph_sim::generate::{random_event, GenerateSpec, MutateSpec};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -89,7 +89,7 @@ fn populate(sim: &Sim, prefix: &str, users: usize, events: usize, tasks: usize) 
         seed: Some(7),
         ..Default::default()
     };
-    let infos = graph_cdc::sim::generate::generate(&mut store, &spec).expect("generate");
+    let infos = graph_sim::generate::generate(&mut store, &spec).expect("generate");
     let mut rng = rand::rng();
     for u in &infos {
         for _ in 0..events {
@@ -448,7 +448,7 @@ fn bench_throughput(rt: &tokio::runtime::Runtime, bootstrap: &str) {
 // 2. Per-record cost of the hot path, page body → Kafka records.
 
 fn page_bodies(sim: &Sim, user: &str) -> Vec<bytes::Bytes> {
-    use graph_cdc::sim::delta::{self, PageParams, Query, Resource, TokenState};
+    use graph_sim::delta::{self, PageParams, Query, Resource, TokenState};
     let store = sim.server.state.store.read();
     let uid = store.user_id(user).expect("user").to_string();
     let mut st = TokenState {
@@ -475,11 +475,11 @@ fn page_bodies(sim: &Sim, user: &str) -> Vec<bytes::Bytes> {
         replay_probability: 0.0,
         empty_page_probability: 0.0,
     };
-    let pres = graph_cdc::sim::present::Presentation::default();
+    let pres = graph_sim::present::Presentation::default();
     let mut out = Vec::new();
     loop {
         let p = delta::page(&store, &st, &params).expect("page");
-        let body = graph_cdc::sim::http::render_page(
+        let body = graph_sim::http::render_page(
             &sim.server.url(),
             "v1.0",
             "event",
@@ -945,7 +945,7 @@ fn requests_run(
             seed: Some(i),
             ..Default::default()
         };
-        let s = graph_cdc::sim::generate::mutate(&mut sim.server.state.store.write(), &m);
+        let s = graph_sim::generate::mutate(&mut sim.server.state.store.write(), &m);
         changes += s.ops.values().sum::<u64>();
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -1054,7 +1054,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, bootstrap: &str) {
             let mut n = 0u64;
             while !done.load(Ordering::Relaxed) && n < 300 {
                 let (u, id) = &ids[(n as usize * 7) % ids.len()];
-                let patch = graph_cdc::sim::model::EventPatch {
+                let patch = graph_sim::model::EventPatch {
                     subject: Some(format!("latency-probe-{n}-end")),
                     ..Default::default()
                 };
@@ -1122,7 +1122,7 @@ fn main() {
         .build()
         .expect("runtime");
     let mut own = None;
-    let bootstrap = match std::env::var(graph_cdc::testkit::broker::TEST_KAFKA_ENV) {
+    let bootstrap = match std::env::var(graph_cdc_testkit::broker::TEST_KAFKA_ENV) {
         Ok(b) if !b.trim().is_empty() => b,
         _ => {
             let b = KafkaBroker::start().expect("a Kafka broker");

@@ -34,11 +34,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use graph_cdc::graph::{ClientOptions, Credential};
-use graph_cdc::sim::generate::{random_event, GenerateSpec};
 use graph_cdc::sink::{SinkOptions, TopicNames};
 use graph_cdc::source::PartitionId;
-use graph_cdc::testkit::broker::{BrokerInfo, KafkaBroker};
 use graph_cdc::worker::WorkerSpec;
+use graph_cdc_testkit::broker::{BrokerInfo, KafkaBroker};
+use graph_sim::generate::{random_event, GenerateSpec};
 
 mod common;
 use common::*;
@@ -70,7 +70,7 @@ fn populate(sim: &Sim, users: usize, events: usize) -> Vec<String> {
         seed: Some(7),
         ..Default::default()
     };
-    let infos = graph_cdc::sim::generate::generate(&mut store, &spec).expect("generate");
+    let infos = graph_sim::generate::generate(&mut store, &spec).expect("generate");
     let mut rng = rand::rng();
     for u in &infos {
         for _ in 0..events {

@@ -487,7 +487,7 @@ def check_chart(binary):
     ok("Chart.yaml appVersion equals the crate version")
 
 
-def check_compose(spec_path):
+def check_compose(spec_path, graph_cdc_binary):
     spec = json.load(open(spec_path))
     compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
     try:
@@ -500,7 +500,22 @@ def check_compose(spec_path):
             continue
         if not image.startswith("apache/kafka:"):
             fail(f"service {name} uses image {image}, neither apache/kafka nor built here")
-    ok("docker-compose.yml matches the Compose specification; images are apache/kafka or built here")
+    # The image's binaries must accept what compose passes them: run each service's command
+    # through the binary built here (`--help` appended, so nothing is served).
+    for name, svc in compose["services"].items():
+        if "build" not in svc:
+            continue
+        binary = (svc.get("entrypoint") or ["graph-cdc"])[0]
+        path = os.path.join(os.path.dirname(graph_cdc_binary), binary)
+        if not os.path.exists(path):
+            fail(f"service {name} runs {binary}, which this workspace does not build")
+        # `${VAR:-default}` as compose resolves it with VAR unset.
+        argv = [re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", a) for a in svc.get("command", [])]
+        r = subprocess.run([path, *argv, "--help"], capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"service {name}: `{binary} {' '.join(argv)}` is refused: {r.stderr.strip()}")
+    ok("docker-compose.yml matches the Compose specification; images are apache/kafka or built "
+       "here; each service's command is accepted by the binary it runs")
 
 
 DOCKERFILE_INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT",
@@ -550,8 +565,15 @@ def check_dockerfile():
     if "build" not in stages or len(stages) < 2:
         fail("Dockerfile: a `build` stage and a runtime stage expected")
     build, runtime = " ".join(steps["build"]), " ".join(steps[stages[-1]])
-    if "cargo build --release --locked --bin graph-cdc" not in build:
-        fail("the Dockerfile's build stage does not run the release build")
+    if "cargo build --release --locked --package graph-cdc --package graph-sim --bins" not in build:
+        fail("the Dockerfile's build stage does not build the two shipped binaries")
+    # It builds only what it ships: no tests, benchmarks or test kit sources in the image's
+    # build context (the test kit's manifest is needed because the workspace lists it).
+    for ins in steps["build"]:
+        if ins.upper().startswith("COPY") and re.search(r"\s(tests|benches|examples|fuzz|crates/graph-cdc-testkit(?!/Cargo\.toml))(/|\s|$)", ins):
+            fail(f"the Dockerfile copies what it does not ship: {ins!r}")
+    if "/src/target/release/graph-sim" not in runtime:
+        fail("the runtime stage must ship graph-sim (the compose stack's simulator)")
     # librdkafka with system OpenSSL (rdkafka `ssl`), static libcurl, zstd: the build needs
     # these; aws-lc (rustls) needs cmake. The runtime links libssl3 and trusts public CAs.
     # libcurl4-openssl-dev: librdkafka's configure probes -lcurl before it enables OIDC.
@@ -575,6 +597,6 @@ if __name__ == "__main__":
     if not shutil.which("openssl"):
         fail("the openssl CLI is needed to make test certificates (apt-get install openssl)")
     check_chart(os.path.abspath(sys.argv[1]))
-    check_compose(sys.argv[2])
+    check_compose(sys.argv[2], os.path.abspath(sys.argv[1]))
     check_dockerfile()
     print(f"{checks} passed, 0 failed")

@@ -38,18 +38,18 @@ cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 # cargo-nextest runs the tests in parallel processes when present; plain cargo test otherwise
 # (installing it from source would cost CI ten minutes).
-runner=(cargo test)
-if cargo nextest --version >/dev/null 2>&1; then runner=(cargo nextest run --no-fail-fast); fi
+runner=(cargo test --workspace)
+if cargo nextest --version >/dev/null 2>&1; then runner=(cargo nextest run --workspace --no-fail-fast); fi
 { java -version 2>&1 | head -1; mvn -v 2>/dev/null | head -1; openssl version; cargo --version; } || true
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "build"
-cargo build --all-targets
+cargo build --workspace --all-targets
 
 step "packaging: Helm chart, Kubernetes schemas, compose file, Dockerfile"
 venv=.cache/venv
@@ -79,7 +79,7 @@ cleanup() {
 trap cleanup EXIT
 mkfifo "$work/stdin"
 # It writes broker.json (listeners, certificates, SCRAM users) before the bootstrap file.
-./target/debug/examples/kafka-broker "$work/bootstrap" "$work/broker.json" < "$work/stdin" &
+./target/debug/kafka-broker "$work/bootstrap" "$work/broker.json" < "$work/stdin" &
 broker_pid=$!
 exec 3>"$work/stdin"
 for _ in $(seq 1 600); do

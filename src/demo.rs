@@ -16,11 +16,11 @@ use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::graph::{ClientOptions, Credential};
-use crate::sim::generate::{GenerateSpec, MutateSpec};
-use crate::sim::{SimServer, SimSettings};
 use crate::sink::{SinkOptions, TopicNames};
 use crate::source::PartitionId;
 use crate::worker::{self, WorkerSpec};
+use graph_sim::generate::{GenerateSpec, MutateSpec};
+use graph_sim::{SimServer, SimSettings};
 
 /// Demo knobs.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ pub enum DemoError {
     #[error("mock Kafka cluster: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("generating demo data: {0}")]
-    Data(#[from] crate::sim::SimError),
+    Data(#[from] graph_sim::SimError),
     #[error(transparent)]
     Worker(#[from] worker::WorkerError),
 }
@@ -70,7 +70,7 @@ pub async fn run(
         tasks_per_list: 3,
         ..Default::default()
     };
-    let users = crate::sim::generate::generate(&mut sim.state.store.write(), &gen)?;
+    let users = graph_sim::generate::generate(&mut sim.state.store.write(), &gen)?;
     let window_start = gen.start.and_utc();
     let window_end = window_start + chrono::Duration::days(gen.days);
     let window = format!(
@@ -142,7 +142,7 @@ pub async fn run(
                     days,
                     ..Default::default()
                 };
-                crate::sim::generate::mutate(&mut state.store.write(), &spec);
+                graph_sim::generate::mutate(&mut state.store.write(), &spec);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.cancelled() => {}

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use graph_cdc::sim;
 use graph_cdc::worker::WorkerSpec;
 
 #[derive(Parser)]
@@ -27,9 +26,8 @@ enum Command {
     Validate(ValidateArgs),
     /// Run the whole pipeline on embedded parts (simulator + in-process mock Kafka) and
     /// print each committed record.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
-    /// Serve the Graph simulator (the test bed's fake Microsoft Graph).
-    Simulate(SimulateArgs),
 }
 
 #[derive(clap::Args)]
@@ -49,6 +47,7 @@ struct ValidateArgs {
     connect: bool,
 }
 
+#[cfg(feature = "demo")]
 #[derive(clap::Args)]
 struct DemoArgs {
     /// Stop after this long (default: until Ctrl-C).
@@ -62,49 +61,13 @@ struct DemoArgs {
     changes: usize,
 }
 
-#[derive(clap::Args)]
-struct SimulateArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
-    /// Tenant id the demo app is registered in.
-    #[arg(long, default_value = "contoso")]
-    tenant: String,
-    /// Client id of the demo app.
-    #[arg(long, default_value = "graph-cdc")]
-    client_id: String,
-    /// Client secret of the demo app (prefer the environment variable).
-    #[arg(
-        long,
-        env = "GRAPH_CDC_SIM_CLIENT_SECRET",
-        default_value = "sim-secret",
-        hide_env_values = true
-    )]
-    client_secret: String,
-    /// Create this many demo users with calendars, events, lists and tasks.
-    #[arg(long, default_value_t = 0)]
-    users: usize,
-    /// Apply this many random changes every `--mutate-interval` (0: none).
-    #[arg(long, default_value_t = 0)]
-    mutations: usize,
-    /// Interval between bursts of random changes.
-    #[arg(long, default_value = "2s", value_parser = graph_cdc::config::parse_duration)]
-    mutate_interval: Duration,
-    /// Base URL to put in links (default: from the request's Host header).
-    #[arg(long)]
-    public_url: Option<String>,
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(a) => validate(a),
         Command::Run(a) => run(a).await,
-        Command::Simulate(a) => {
-            init_logging("info", "text");
-            simulate(a).await
-        }
+        #[cfg(feature = "demo")]
         Command::Demo(a) => {
             init_logging("info", "text");
             demo(a).await
@@ -221,6 +184,7 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "demo")]
 async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let opts = graph_cdc::demo::DemoOptions {
         users: a.users,
@@ -236,46 +200,6 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         }
     };
     graph_cdc::demo::run(opts, stop, std::io::stdout()).await?;
-    Ok(())
-}
-
-async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
-    let settings = sim::SimSettings {
-        public_url: a.public_url.clone(),
-        ..Default::default()
-    };
-    let state = sim::SimState::new(settings);
-    state.add_secret_client(&a.tenant, &a.client_id, &a.client_secret);
-    if a.users > 0 {
-        let spec = sim::generate::GenerateSpec {
-            users: a.users,
-            tenant: Some(a.tenant.clone()),
-            ..Default::default()
-        };
-        let users = sim::generate::generate(&mut state.store.write(), &spec)?;
-        tracing::info!(users = users.len(), "generated demo data");
-    }
-    let listener = tokio::net::TcpListener::bind(&a.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, tenant = %a.tenant, client_id = %a.client_id, "Graph simulator listening; control API under /_sim");
-    if a.mutations > 0 {
-        let st = state.clone();
-        let tenant = a.tenant.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(a.mutate_interval).await;
-                let spec = sim::generate::MutateSpec {
-                    count: a.mutations,
-                    ..Default::default()
-                };
-                let s = sim::generate::mutate(&mut st.store.write(), &spec);
-                tracing::debug!(tenant = %tenant, ops = ?s.ops, "applied random changes");
-            }
-        });
-    }
-    sim::serve(listener, state, shutdown_signal()).await?;
     Ok(())
 }
 

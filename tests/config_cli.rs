@@ -147,7 +147,7 @@ fn validate_builds_the_real_kafka_clients_and_names_what_librdkafka_refuses() {
     let dir = std::env::temp_dir().join(format!("graph-cdc-ca-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let ca = dir.join("ca.pem");
-    std::fs::write(&ca, include_str!("fixtures/test-client.crt")).unwrap();
+    std::fs::write(&ca, graph_cdc_testkit::fixtures::CLIENT_CERT_PEM).unwrap();
     for ok in [
         format!("[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"pw-Secret-9\"\n\"ssl.ca.location\" = \"{}\"", ca.display()),
         "[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"KEY\"\n\"sasl.password\" = \"pw-Secret-9\"".into(),

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use graph_cdc::testkit::broker::{shared_bootstrap, shared_broker, BrokerInfo, KafkaBroker};
+use graph_cdc_testkit::broker::{shared_bootstrap, shared_broker, BrokerInfo, KafkaBroker};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;

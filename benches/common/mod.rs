@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use graph_cdc::metrics::metrics;
-use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::source::{Op, PartitionKind};
 use graph_cdc::worker::WorkerSpec;
+use graph_sim::{SimServer, SimSettings};
 
 pub const TENANT: &str = "contoso";
 

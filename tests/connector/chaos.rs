@@ -27,11 +27,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use graph_cdc::sim::faults::{FaultKind, FaultSpec, LinkKind};
-use graph_cdc::sim::generate::{GenerateSpec, MutateSpec};
-use graph_cdc::sim::{SimServer, SimSettings, SimState};
 use graph_cdc::source::PartitionId;
-use graph_cdc::testkit::broker::KafkaBroker;
+use graph_cdc_testkit::broker::KafkaBroker;
+use graph_sim::faults::{FaultKind, FaultSpec, LinkKind};
+use graph_sim::generate::{GenerateSpec, MutateSpec};
+use graph_sim::{SimServer, SimSettings, SimState};
 use rand::Rng;
 
 use crate::common::*;
@@ -139,7 +139,7 @@ fn start_mutator(state: Arc<SimState>, stop: Arc<AtomicBool>, done: Arc<AtomicU6
                 seed: Some(10_000 + i),
                 ..Default::default()
             };
-            let s = graph_cdc::sim::generate::mutate(&mut state.store.write(), &m);
+            let s = graph_sim::generate::mutate(&mut state.store.write(), &m);
             done.fetch_add(s.ops.values().sum::<u64>(), Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -282,7 +282,7 @@ async fn chaos(long: Option<Duration>) {
         seed: Some(77),
         ..Default::default()
     };
-    let users: Vec<String> = graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &gen)
+    let users: Vec<String> = graph_sim::generate::generate(&mut sim.state.store.write(), &gen)
         .expect("generate")
         .into_iter()
         .map(|u| u.user_principal_name)

@@ -6,9 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graph_cdc::graph::{ClientOptions, Credential};
-use graph_cdc::sim::SimServer;
 use graph_cdc::sink::{SinkOptions, TopicNames};
 use graph_cdc::source::PartitionId;
+use graph_sim::SimServer;
 use std::sync::Arc;
 
 use graph_cdc::worker::{self, PartitionState, WorkerSpec, WorkerStatus};
@@ -23,7 +23,7 @@ pub const CLIENT: &str = "graph-cdc-test";
 pub const SECRET: &str = "graph-cdc-test-secret";
 
 pub fn bootstrap() -> String {
-    graph_cdc::testkit::broker::shared_bootstrap().expect("a real Kafka broker")
+    graph_cdc_testkit::broker::shared_bootstrap().expect("a real Kafka broker")
 }
 
 /// Unique names for one test's topics, offsets topic and transactional id.
@@ -150,7 +150,7 @@ pub fn compacted(records: &[Committed]) -> HashMap<Vec<u8>, Vec<u8>> {
 
 /// The simulator's truth for one partition, as `record key → parsed JSON`.
 pub fn truth(sim: &SimServer, p: &PartitionId) -> BTreeMap<Vec<u8>, Value> {
-    use graph_cdc::sim::control::{truth_query, TruthParams};
+    use graph_sim::control::{truth_query, TruthParams};
     let (kind, calendar, start, end, list) = match p {
         PartitionId::CalendarView {
             calendar, window, ..
@@ -366,11 +366,11 @@ pub async fn sim_with_users(
     tasks: usize,
     seed: u64,
 ) -> (SimServer, Vec<String>) {
-    let sim = SimServer::start("127.0.0.1:0", graph_cdc::sim::SimSettings::default())
+    let sim = SimServer::start("127.0.0.1:0", graph_sim::SimSettings::default())
         .await
         .expect("simulator");
     sim.state.add_secret_client(TENANT, CLIENT, SECRET);
-    let gen = graph_cdc::sim::generate::GenerateSpec {
+    let gen = graph_sim::generate::GenerateSpec {
         users,
         tenant: Some(TENANT.into()),
         start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
@@ -381,7 +381,7 @@ pub async fn sim_with_users(
         seed: Some(seed),
         ..Default::default()
     };
-    let names = graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &gen)
+    let names = graph_sim::generate::generate(&mut sim.state.store.write(), &gen)
         .expect("generate")
         .into_iter()
         .map(|u| u.user_principal_name)

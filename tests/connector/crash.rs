@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use graph_cdc::sim::generate::MutateSpec;
 use graph_cdc::source::PartitionId;
+use graph_sim::generate::MutateSpec;
 use rand::Rng;
 
 use crate::common::*;
@@ -27,7 +27,7 @@ pub async fn crash_resume(secured: Option<(String, Vec<(String, String)>)>, kill
     // Read back over the plaintext listener of the same broker.
     let plain = match &secured {
         Some(_) => {
-            graph_cdc::testkit::broker::shared_broker()
+            graph_cdc_testkit::broker::shared_broker()
                 .expect("the test broker")
                 .plaintext
         }
@@ -64,7 +64,7 @@ pub async fn crash_resume(secured: Option<(String, Vec<(String, String)>)>, kill
                 seed: Some(500 + i),
                 ..Default::default()
             };
-            graph_cdc::sim::generate::mutate(&mut sim.state.store.write(), &m);
+            graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
         }
     }
     // A last run to convergence with debug logs (scanned for secrets), then a graceful stop.

@@ -1,11 +1,11 @@
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use graph_cdc::sim::faults::{FaultKind, FaultSpec, LinkKind};
-use graph_cdc::sim::generate::{GenerateSpec, MutateSpec};
-use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::WorkerSpec;
+use graph_sim::faults::{FaultKind, FaultSpec, LinkKind};
+use graph_sim::generate::{GenerateSpec, MutateSpec};
+use graph_sim::{SimServer, SimSettings};
 
 use crate::common::*;
 
@@ -28,7 +28,7 @@ async fn sim_with_users(settings: SimSettings, users: usize, seed: u64) -> SimSe
         seed: Some(seed),
         ..Default::default()
     };
-    graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &spec).unwrap();
+    graph_sim::generate::generate(&mut sim.state.store.write(), &spec).unwrap();
     sim
 }
 
@@ -48,7 +48,7 @@ fn mutate(sim: &SimServer, count: usize, seed: u64) {
         seed: Some(seed),
         ..Default::default()
     };
-    graph_cdc::sim::generate::mutate(&mut sim.state.store.write(), &spec);
+    graph_sim::generate::mutate(&mut sim.state.store.write(), &spec);
 }
 
 /// Waits for the topics to equal the truth; fails at once if the worker stopped by itself.
@@ -364,7 +364,7 @@ async fn a_second_worker_fences_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_credentials_work_end_to_end() {
     let sim = sim_with_users(SimSettings::default(), 1, 16).await;
-    let cert = include_str!("../fixtures/test-client.crt");
+    let cert = graph_cdc_testkit::fixtures::CLIENT_CERT_PEM;
     let thumb = {
         use base64::Engine as _;
         use sha2::Digest as _;
@@ -376,10 +376,10 @@ async fn certificate_credentials_work_end_to_end() {
     };
     sim.state.store.write().add_client(
         TENANT,
-        graph_cdc::sim::model::Client {
+        graph_sim::model::Client {
             client_id: "cert-app".into(),
             client_secret: None,
-            public_key_pem: Some(include_str!("../fixtures/test-client.pub.pem").into()),
+            public_key_pem: Some(graph_cdc_testkit::fixtures::CLIENT_PUBLIC_KEY_PEM.into()),
             x5t_s256: Some(thumb),
         },
     );
@@ -387,7 +387,7 @@ async fn certificate_credentials_work_end_to_end() {
     spec.client_id = "cert-app".into();
     spec.credential = graph_cdc::graph::Credential::Certificate {
         cert_pem: cert.into(),
-        key_pem: include_str!("../fixtures/test-client.key").into(),
+        key_pem: graph_cdc_testkit::fixtures::CLIENT_KEY_PEM.into(),
     };
     let w = start_worker(&spec);
     converge(&sim, &spec, &w);

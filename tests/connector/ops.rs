@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use graph_cdc::config::Settings;
 use graph_cdc::server::{self, ServerState};
-use graph_cdc::sim::generate::GenerateSpec;
-use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::{self, WorkerSpec, WorkerStatus};
+use graph_sim::generate::GenerateSpec;
+use graph_sim::{SimServer, SimSettings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ async fn sim() -> SimServer {
         seed: Some(31),
         ..Default::default()
     };
-    graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &spec).unwrap();
+    graph_sim::generate::generate(&mut sim.state.store.write(), &spec).unwrap();
     sim
 }
 
@@ -207,7 +207,7 @@ async fn health_metrics_and_rest_api_of_a_running_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_when_the_broker_stops() {
-    let mut broker = tokio::task::spawn_blocking(graph_cdc::testkit::broker::KafkaBroker::start)
+    let mut broker = tokio::task::spawn_blocking(graph_cdc_testkit::broker::KafkaBroker::start)
         .await
         .unwrap()
         .expect("a broker of its own");

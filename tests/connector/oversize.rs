@@ -8,10 +8,10 @@
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use graph_cdc::sim::model::EventSpec;
-use graph_cdc::sim::SimServer;
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::{PartitionState, WorkerSpec};
+use graph_sim::model::EventSpec;
+use graph_sim::SimServer;
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use graph_cdc::sim::{SimServer, SimSettings};
 use graph_cdc::source::{PartitionId, PartitionKind};
-use graph_cdc::testkit::broker::{shared_broker, BrokerInfo};
 use graph_cdc::worker::{self, PartitionState, WorkerStatus};
+use graph_cdc_testkit::broker::{shared_broker, BrokerInfo};
+use graph_sim::{SimServer, SimSettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::common::*;

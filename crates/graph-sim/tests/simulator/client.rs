@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use graph_cdc::sim::{SimServer, SimSettings};
+use graph_sim::{SimServer, SimSettings};
 use serde_json::Value;
 
 pub const TENANT: &str = "contoso";
@@ -22,7 +22,7 @@ pub fn add_user(sim: &SimServer, upn: &str) -> String {
     sim.state
         .store
         .write()
-        .create_user(graph_cdc::sim::model::UserSpec {
+        .create_user(graph_sim::model::UserSpec {
             tenant: Some(TENANT.into()),
             user_principal_name: upn.into(),
             id: None,

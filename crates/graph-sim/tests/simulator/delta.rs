@@ -1,11 +1,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::NaiveDateTime;
-use graph_cdc::sim::generate::{GenerateSpec, MutateSpec};
-use graph_cdc::sim::model::{
-    EventPatch, EventSpec, NameSpec, Recurrence, RecurrenceKind, TaskSpec,
-};
-use graph_cdc::sim::SimSettings;
+use graph_sim::generate::{GenerateSpec, MutateSpec};
+use graph_sim::model::{EventPatch, EventSpec, NameSpec, Recurrence, RecurrenceKind, TaskSpec};
+use graph_sim::SimSettings;
 use serde_json::Value;
 
 use crate::client::{add_user, apply, start, truth, Graph};
@@ -212,7 +210,7 @@ async fn calendar_views_report_changes_outside_the_window_as_removed_and_expand_
             &user,
             &sid,
             2,
-            graph_cdc::sim::model::OccurrencePatch {
+            graph_sim::model::OccurrencePatch {
                 subject: Some("Moved standup".into()),
                 ..Default::default()
             },
@@ -559,7 +557,7 @@ async fn truth_agrees_with_a_replay_of_all_rounds() {
         seed: Some(7),
         ..Default::default()
     };
-    let users = graph_cdc::sim::generate::generate(&mut sim.state.store.write(), &spec).unwrap();
+    let users = graph_sim::generate::generate(&mut sim.state.store.write(), &spec).unwrap();
     let g = Graph::new(&sim).await;
     let w = "startDateTime=2026-03-01T00:00:00Z&endDateTime=2026-03-21T00:00:00Z";
     // (url of the current round, truth query, replica) per partition.
@@ -604,7 +602,7 @@ async fn truth_agrees_with_a_replay_of_all_rounds() {
             let tr = truth(&sim, query).await;
             assert_eq!(*replica, tr, "round {round}: {query}");
         }
-        let s = graph_cdc::sim::generate::mutate(
+        let s = graph_sim::generate::mutate(
             &mut sim.state.store.write(),
             &MutateSpec {
                 count: 40,

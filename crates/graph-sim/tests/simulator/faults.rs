@@ -1,9 +1,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use graph_cdc::sim::faults::{FaultKind, FaultSpec, LinkKind};
-use graph_cdc::sim::model::TaskSpec;
-use graph_cdc::sim::{SimServer, SimSettings};
+use graph_sim::faults::{FaultKind, FaultSpec, LinkKind};
+use graph_sim::model::TaskSpec;
+use graph_sim::{SimServer, SimSettings};
 use serde_json::{json, Value};
 
 use crate::client::{add_user, start, Graph};

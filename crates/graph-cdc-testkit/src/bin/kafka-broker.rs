@@ -1,13 +1,13 @@
 //! Runs one real Kafka broker for a whole test run (used by `scripts/test.sh`):
-//! `cargo run --example kafka-broker -- BOOTSTRAP_FILE [INFO_FILE]`. Once the broker answers,
-//! writes the [`BrokerInfo`](graph_cdc::testkit::broker::BrokerInfo) JSON (listeners,
+//! `cargo run -p graph-cdc-testkit --bin kafka-broker -- BOOTSTRAP_FILE [INFO_FILE]`. Once the broker answers,
+//! writes the [`BrokerInfo`](graph_cdc_testkit::broker::BrokerInfo) JSON (listeners,
 //! certificates, SCRAM users) to INFO_FILE if given, then the plaintext bootstrap address to
 //! BOOTSTRAP_FILE, and runs until its standard input closes or it is killed.
 
 use std::io::Read;
 use std::path::Path;
 
-use graph_cdc::testkit::broker::KafkaBroker;
+use graph_cdc_testkit::broker::KafkaBroker;
 
 fn main() {
     let mut args = std::env::args().skip(1);

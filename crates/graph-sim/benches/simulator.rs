@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use chrono::NaiveDateTime;
-use graph_cdc::sim::delta::{self, PageParams, Query, Resource, TokenState};
-use graph_cdc::sim::generate::{random_event, GenerateSpec};
-use graph_cdc::sim::present::Presentation;
-use graph_cdc::sim::{SimServer, SimSettings};
+use graph_sim::delta::{self, PageParams, Query, Resource, TokenState};
+use graph_sim::generate::{random_event, GenerateSpec};
+use graph_sim::present::Presentation;
+use graph_sim::{SimServer, SimSettings};
 
 const EVENTS: usize = 10_000;
 const PAGE: usize = 100;
@@ -50,7 +50,7 @@ async fn run() {
             tasks_per_list: 0,
             ..Default::default()
         };
-        let u = graph_cdc::sim::generate::generate(&mut store, &spec).expect("user")[0].clone();
+        let u = graph_sim::generate::generate(&mut store, &spec).expect("user")[0].clone();
         let mut rng = rand::rng();
         for _ in 0..EVENTS {
             let ev = random_event(&mut rng, start(), 60, 0.0, false);
@@ -88,7 +88,7 @@ async fn run() {
     let build = |st: &TokenState| {
         let store = sim.state.store.read();
         let p = delta::page(&store, st, &params).expect("page");
-        let body = graph_cdc::sim::http::render_page(
+        let body = graph_sim::http::render_page(
             "http://127.0.0.1",
             "v1.0",
             "event",

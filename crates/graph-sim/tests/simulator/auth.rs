@@ -1,17 +1,17 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use graph_cdc::sim::model::Client;
-use graph_cdc::sim::SimSettings;
+use graph_sim::model::Client;
+use graph_sim::SimSettings;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
 use crate::client::{add_user, start, Graph, TENANT};
 
-const KEY: &str = include_str!("../fixtures/test-client.key");
-const CERT: &str = include_str!("../fixtures/test-client.crt");
-const PUBKEY: &str = include_str!("../fixtures/test-client.pub.pem");
+const KEY: &str = include_str!("../../../graph-cdc-testkit/fixtures/test-client.key");
+const CERT: &str = include_str!("../../../graph-cdc-testkit/fixtures/test-client.crt");
+const PUBKEY: &str = include_str!("../../../graph-cdc-testkit/fixtures/test-client.pub.pem");
 
 fn thumbprint() -> String {
     let b64: String = CERT.lines().filter(|l| !l.starts_with("-----")).collect();

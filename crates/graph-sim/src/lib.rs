@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! A Microsoft Graph simulator for tests, demos and benchmarks.
 //!
 //! It serves, over real HTTP, everything graph-cdc reads from Graph, following
@@ -227,7 +228,7 @@ impl Drop for SimServer {
     }
 }
 
-/// Serves the simulator on `listener` until `shutdown` completes (the `simulate` command).
+/// Serves the simulator on `listener` until `shutdown` completes (the `graph-sim` command).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<SimState>,

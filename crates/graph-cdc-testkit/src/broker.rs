@@ -1,6 +1,6 @@
 //! A real Apache Kafka broker (KRaft, one node, loopback) for tests and benchmarks.
 //!
-//! The jars come from Maven Central through `testbed/kafka/pom.xml` into
+//! The jars come from Maven Central through `crates/graph-cdc-testkit/kafka/pom.xml` into
 //! `.cache/kafka/<version>/lib` (once; reruns reuse the cache). Each broker gets free ports
 //! and a fresh log directory, and dies with the process that started it: a watchdog shell
 //! kills the JVM when that process is gone, however it ended.
@@ -44,7 +44,7 @@ const ACL_COMMAND: &str = "org.apache.kafka.tools.AclCommand";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("resolving Kafka from Maven Central failed ({0}); is `mvn` installed? see testbed/kafka/pom.xml")]
+    #[error("resolving Kafka from Maven Central failed ({0}); is `mvn` installed? see crates/graph-cdc-testkit/kafka/pom.xml")]
     Resolve(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -66,7 +66,7 @@ pub fn cache_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(".cache/kafka")
+                .join("../../.cache/kafka")
                 .join(KAFKA_VERSION)
         })
 }
@@ -75,7 +75,7 @@ pub fn cache_dir() -> PathBuf {
 pub fn ensure_jars() -> Result<PathBuf, BrokerError> {
     let dir = cache_dir();
     let lib = dir.join("lib");
-    let pom = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/kafka/pom.xml");
+    let pom = Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/pom.xml");
     resolve_once(&dir.join(".complete"), || {
         mvn(Command::new("mvn")
             .args(["-q", "-B", "-f"])
