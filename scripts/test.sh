@@ -48,6 +48,15 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "lean product build: --no-default-features holds neither graph-sim nor graph-cdc-testkit"
+if cargo tree -p graph-cdc -e normal --no-default-features --prefix none | grep -E '^graph-(sim|cdc-testkit) '; then
+  echo "the product's normal dependency tree holds the simulator or the test kit" >&2
+  exit 1
+fi
+# Built first and put aside, so the workspace build below leaves target/debug/graph-cdc whole.
+cargo build -p graph-cdc --no-default-features --bin graph-cdc
+cp target/debug/graph-cdc target/lean-graph-cdc
+
 step "build"
 cargo build --workspace --all-targets
 
@@ -91,6 +100,11 @@ done
 export GRAPH_CDC_TEST_KAFKA=$(cat "$work/bootstrap")
 export GRAPH_CDC_TEST_KAFKA_INFO="$work/broker.json"
 echo "broker at $GRAPH_CDC_TEST_KAFKA (secured listeners: $GRAPH_CDC_TEST_KAFKA_INFO)"
+
+if [ $# -eq 0 ]; then
+  step "shipped binaries: graph-sim, and graph-cdc without the demo, against the broker"
+  bash scripts/shipped_binaries.sh target/lean-graph-cdc target/debug/graph-sim "$GRAPH_CDC_TEST_KAFKA"
+fi
 
 step "tests"
 "${runner[@]}" "$@"
