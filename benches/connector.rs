@@ -29,9 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use graph_cdc::graph::{ClientOptions, Credential, PartitionReader};
+use graph_cdc::graph::PartitionReader;
 use graph_cdc::metrics::metrics;
-use graph_cdc::sink::{SinkOptions, TopicNames};
 use graph_cdc::source::{PartitionId, PartitionKind};
 use graph_cdc::worker::WorkerSpec;
 use graph_cdc_testkit::broker::KafkaBroker;
@@ -120,43 +119,9 @@ fn all_kinds(users: &[String]) -> Vec<PartitionId> {
     out
 }
 
+/// The connector's defaults on topics of their own.
 fn worker_spec(sim: &Sim, bootstrap: &str, partitions: Vec<PartitionId>) -> WorkerSpec {
-    let run = run_id();
-    WorkerSpec {
-        graph_host: sim.server.url(),
-        token_url: format!("{}/{TENANT}/oauth2/v2.0/token", sim.server.url()),
-        client_id: CLIENT.into(),
-        credential: Credential::Secret(SECRET.into()),
-        client: ClientOptions::default(),
-        poll_interval: Duration::from_secs(60),
-        poll_jitter: 0.1,
-        sink: sink_options(bootstrap, &run),
-        partitions,
-        create_topics: Some((6, 1)),
-        offsets_load_timeout: Duration::from_secs(60),
-    }
-}
-
-/// The connector's default sink settings on topics of their own (`run` makes them unique).
-fn sink_options(bootstrap: &str, run: &str) -> SinkOptions {
-    SinkOptions {
-        bootstrap_servers: bootstrap.into(),
-        kafka: Default::default(),
-        errors: Default::default(),
-        transactional_id: format!("bench-{run}"),
-        connector: format!("bench-{run}"),
-        topics: TopicNames {
-            events: format!("events-{run}"),
-            calendars: format!("calendars-{run}"),
-            task_lists: format!("lists-{run}"),
-            tasks: format!("tasks-{run}"),
-        },
-        offsets_topic: format!("offsets-{run}"),
-        transaction_timeout: Duration::from_secs(60),
-        max_batch_records: 5000,
-        linger: Duration::from_millis(100),
-        heartbeat_interval: Duration::from_secs(30),
-    }
+    harness::worker_spec(&sim.server.url(), bootstrap, partitions)
 }
 
 /// CPU seconds (user + system) of this process's threads, by whether they are the
@@ -278,7 +243,7 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, mut r: BaseRecord<'_, [u8]
 }
 
 fn create_topic(rt: &tokio::runtime::Runtime, bootstrap: &str, name: &str) {
-    let mut spec = sink_options(bootstrap, &run_id());
+    let mut spec = harness::settings("http://unused", bootstrap, &run_id()).sink_options();
     spec.topics.events = name.into();
     rt.block_on(graph_cdc::sink::topics::ensure_topics(&spec, 6, 1))
         .expect("topic");

@@ -33,8 +33,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use graph_cdc::graph::{ClientOptions, Credential};
-use graph_cdc::sink::{SinkOptions, TopicNames};
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::WorkerSpec;
 use graph_cdc_testkit::broker::{BrokerInfo, KafkaBroker};
@@ -81,47 +79,18 @@ fn populate(sim: &Sim, users: usize, events: usize) -> Vec<String> {
     infos.into_iter().map(|u| u.user_principal_name).collect()
 }
 
-/// The connector's default settings (as `benches/connector.rs`'s throughput bench), on topics
-/// of their own.
+/// The connector's defaults (as `benches/connector.rs`'s throughput bench), on topics of
+/// their own, tracking each user's primary calendar.
 fn worker_spec(sim: &Sim, bootstrap: &str, users: &[String]) -> WorkerSpec {
-    let run = run_id();
-    WorkerSpec {
-        graph_host: sim.server.url(),
-        token_url: format!("{}/{TENANT}/oauth2/v2.0/token", sim.server.url()),
-        client_id: CLIENT.into(),
-        credential: Credential::Secret(SECRET.into()),
-        client: ClientOptions::default(),
-        poll_interval: Duration::from_secs(60),
-        poll_jitter: 0.1,
-        sink: SinkOptions {
-            bootstrap_servers: bootstrap.into(),
-            kafka: Default::default(),
-            errors: Default::default(),
-            transactional_id: format!("bench-{run}"),
-            connector: format!("bench-{run}"),
-            topics: TopicNames {
-                events: format!("events-{run}"),
-                calendars: format!("calendars-{run}"),
-                task_lists: format!("lists-{run}"),
-                tasks: format!("tasks-{run}"),
-            },
-            offsets_topic: format!("offsets-{run}"),
-            transaction_timeout: Duration::from_secs(60),
-            max_batch_records: 5000,
-            linger: Duration::from_millis(100),
-            heartbeat_interval: Duration::from_secs(30),
-        },
-        partitions: users
-            .iter()
-            .map(|u| PartitionId::CalendarView {
-                user: u.clone(),
-                calendar: "primary".into(),
-                window: window(),
-            })
-            .collect(),
-        create_topics: Some((6, 1)),
-        offsets_load_timeout: Duration::from_secs(60),
-    }
+    let partitions = users
+        .iter()
+        .map(|u| PartitionId::CalendarView {
+            user: u.clone(),
+            calendar: "primary".into(),
+            window: window(),
+        })
+        .collect();
+    harness::worker_spec(&sim.server.url(), bootstrap, partitions)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,14 +10,13 @@ use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
-use crate::graph::{ClientOptions, Credential};
-use crate::sink::{SinkOptions, TopicNames};
-use crate::source::PartitionId;
+use crate::config::{ConfigError, Dur, Secret, Settings, Source};
 use crate::worker::{self, WorkerSpec};
 use graph_sim::generate::{GenerateSpec, MutateSpec};
 use graph_sim::{SimServer, SimSettings};
@@ -49,6 +48,8 @@ pub enum DemoError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("generating demo data: {0}")]
     Data(#[from] graph_sim::SimError),
+    #[error("demo settings: {0}")]
+    Settings(#[from] ConfigError),
     #[error(transparent)]
     Worker(#[from] worker::WorkerError),
 }
@@ -73,58 +74,25 @@ pub async fn run(
     let users = graph_sim::generate::generate(&mut sim.state.store.write(), &gen)?;
     let window_start = gen.start.and_utc();
     let window_end = window_start + chrono::Duration::days(gen.days);
-    let window = format!(
-        "{}/{}",
-        window_start.format("%Y-%m-%dT%H:%M:%SZ"),
-        window_end.format("%Y-%m-%dT%H:%M:%SZ")
-    );
-    let mut partitions = Vec::new();
-    for u in &users {
-        let user = u.user_principal_name.clone();
-        partitions.push(PartitionId::CalendarView {
-            user: user.clone(),
-            calendar: "primary".into(),
-            window: window.clone(),
-        });
-        partitions.push(PartitionId::CalendarList { user: user.clone() });
-        partitions.push(PartitionId::TaskLists { user });
-    }
+    let users: Vec<String> = users.into_iter().map(|u| u.user_principal_name).collect();
 
     let mock = MockCluster::new(1)?;
-    let topics = TopicNames::default();
-    for t in topics.all() {
+    let settings = demo_settings(
+        &sim.url(),
+        &secret,
+        &mock.bootstrap_servers(),
+        &opts,
+        users,
+        (window_start, window_end),
+    );
+    settings.validate()?;
+    let spec = WorkerSpec::from_settings(&settings)?;
+    for t in spec.sink.topics.all() {
         mock.create_topic(t, 3, 1)?;
     }
-    mock.create_topic("graph-cdc-offsets", 1, 1)?;
-    let bootstrap = mock.bootstrap_servers();
-    let spec = WorkerSpec {
-        graph_host: sim.url(),
-        token_url: format!("{}/contoso/oauth2/v2.0/token", sim.url()),
-        client_id: "graph-cdc-demo".into(),
-        credential: Credential::Secret(secret),
-        client: ClientOptions {
-            page_size: 20,
-            ..Default::default()
-        },
-        poll_interval: opts.poll_interval,
-        poll_jitter: 0.2,
-        sink: SinkOptions {
-            bootstrap_servers: bootstrap.clone(),
-            kafka: Default::default(),
-            errors: Default::default(),
-            transactional_id: "graph-cdc-demo-0".into(),
-            connector: "graph-cdc-demo".into(),
-            topics: topics.clone(),
-            offsets_topic: "graph-cdc-offsets".into(),
-            transaction_timeout: Duration::from_secs(30),
-            max_batch_records: 5000,
-            linger: Duration::from_millis(50),
-            heartbeat_interval: Duration::from_secs(10),
-        },
-        partitions,
-        create_topics: None,
-        offsets_load_timeout: Duration::from_secs(10),
-    };
+    mock.create_topic(&spec.sink.offsets_topic, 1, 1)?;
+    let bootstrap = spec.sink.bootstrap_servers.clone();
+    let topics: Vec<String> = spec.sink.topics.all().map(str::to_string).into();
 
     let stop = CancellationToken::new();
     // The change stream.
@@ -153,7 +121,6 @@ pub async fn run(
     // The printing consumer.
     let printer = {
         let stop = stop.clone();
-        let topics: Vec<String> = topics.all().iter().map(|s| s.to_string()).collect();
         tokio::task::spawn_blocking(move || print_records(&bootstrap, &topics, &stop, out))
     };
     let result = worker::run(spec, shutdown).await;
@@ -163,6 +130,54 @@ pub async fn run(
     drop(mock);
     sim.stop().await;
     result.map_err(Into::into)
+}
+
+/// The demo's settings: the built-in defaults ([`Settings::defaults`]) pointed at the
+/// simulator and the mock cluster, with every kind of partition for each user, and shorter
+/// waits so changes show within seconds.
+fn demo_settings(
+    sim_url: &str,
+    secret: &str,
+    bootstrap: &str,
+    opts: &DemoOptions,
+    users: Vec<String>,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> Settings {
+    let mut s = Settings::defaults();
+    s.name = "graph-cdc-demo".into();
+    let g = &mut s.graph;
+    g.tenant_id = "contoso".into();
+    g.client_id = "graph-cdc-demo".into();
+    g.client_secret = Some(Secret::new(secret));
+    g.base_url = Some(sim_url.into());
+    g.authority_url = Some(sim_url.into());
+    g.page_size = 20;
+    g.poll_interval = Dur(opts.poll_interval);
+    g.poll_jitter = 0.2;
+    let k = &mut s.kafka;
+    k.bootstrap_servers = bootstrap.into();
+    k.worker_id = Some("0".into());
+    // The demo creates the topics on the mock cluster itself.
+    k.create_topics = false;
+    k.transaction_timeout = Dur(Duration::from_secs(30));
+    let w = &mut s.worker;
+    w.linger = Dur(Duration::from_millis(50));
+    w.heartbeat_interval = Dur(Duration::from_secs(10));
+    w.offsets_load_timeout = Dur(Duration::from_secs(10));
+    let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    s.sources = vec![
+        Source::CalendarView {
+            users: users.clone(),
+            calendar: "primary".into(),
+            start: rfc3339(start),
+            end: rfc3339(end),
+        },
+        Source::CalendarList {
+            users: users.clone(),
+        },
+        Source::Todo { users },
+    ];
+    s
 }
 
 fn print_records(

@@ -1,11 +1,38 @@
 #![recursion_limit = "256"]
-//! graph-cdc
+//! graph-cdc: Microsoft Graph delta queries into Kafka, exactly once.
+//!
+//! Data flows one way: a Graph delta page becomes source records, the records and the
+//! partition's new offset go into one Kafka transaction, and only an acknowledged commit
+//! moves the partition on. The Graph side and the Kafka side never import each other: they
+//! meet in the shared types of `source` and in the worker that wires them.
+//!
+//! ```text
+//!                     main.rs (CLI) ─────────────┐
+//!                        │                       ▼
+//!                     server.rs (REST) ──▶ worker/ ──────────────┐ runtime: spec, status,
+//!                        │                 │   │                 │ commands, supervisor,
+//!                        ▼                 │   ▼                 │ partition loop
+//!                     config/ ─────────────┼─▶ graph/            ▼
+//!                     (settings, builds    │   (auth, client,   sink/
+//!                      both sides' options)│    paging, To Do   (producer, committer,
+//!                                          │    list rules)      records, offsets store)
+//!                                          │       │               │        │
+//!                                          ▼       ▼               ▼        ▼
+//!                                      source.rs (PartitionId, SourceRecord,  offsets/
+//!                                      SourceBatch, SourceOffset)             (pure codec)
+//!                                      metrics.rs (named events)  redact.rs (secrets)
+//! ```
+//!
+//! Arrows point from a module to what it uses; nothing points back up. `demo` (feature
+//! `demo`, on by default) runs the pipeline on the `graph-sim` simulator and librdkafka's
+//! mock cluster; `--no-default-features` builds the connector alone.
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod graph;
 pub mod metrics;
 pub mod offsets;
+pub mod redact;
 pub mod server;
 pub mod sink;
 pub mod source;

@@ -139,7 +139,7 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
 
 async fn run(a: ConfigArgs) -> anyhow::Result<()> {
     let (settings, spec) = load_checked(&a)?;
-    init_logging(&settings.log.filter, &settings.log.format);
+    init_logging(&settings.log.filter, settings.log.format.as_str());
     let status = std::sync::Arc::new(graph_cdc::worker::WorkerStatus::default());
     status.per_partition_metrics.store(
         settings.server.per_partition_metrics,

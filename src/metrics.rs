@@ -40,6 +40,7 @@ pub const RECORDS_DEAD_LETTERED: &str = "graph_cdc_records_dead_lettered_total";
 pub const RECORDS_REFUSED: &str = "graph_cdc_records_refused_total";
 pub const COMMIT_RETRIES: &str = "graph_cdc_commit_retries_total";
 pub const KAFKA_CONNECT_FAILURES: &str = "graph_cdc_kafka_connect_failures_total";
+pub const SHUTDOWN_TIMEOUTS: &str = "graph_cdc_shutdown_timeouts_total";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -72,6 +73,7 @@ pub struct Metrics {
     pub records_refused: IntCounterVec,
     pub commit_retries: IntCounterVec,
     pub kafka_connect_failures: IntCounter,
+    pub shutdown_timeouts: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -216,6 +218,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             c
         },
         rounds_completed: counter(ROUNDS_COMPLETED, "Delta rounds completed", &["kind"])?,
+        shutdown_timeouts: counter(
+            SHUTDOWN_TIMEOUTS,
+            "Times partition tasks did not end within worker.shutdown_timeout, by when (shutdown or command)",
+            &["during"],
+        )?,
         graph_request_seconds,
         graph_retry_wait,
         token_renewals,
@@ -429,6 +436,36 @@ pub fn kafka_unreachable(reason: &str, wait: Duration) {
     );
 }
 
+/// Partition tasks did not end within `worker.shutdown_timeout` of the worker's shutdown: the
+/// `pending` ones are aborted, then the committer stops. A page is in Kafka with its offset or
+/// not at all, so an aborted partition resumes where its last commit left it.
+pub fn shutdown_timed_out(pending: usize, timeout: Duration) {
+    metrics()
+        .shutdown_timeouts
+        .with_label_values(&["shutdown"])
+        .inc();
+    tracing::warn!(
+        pending,
+        timeout_ms = timeout.as_millis() as u64,
+        "partition tasks did not stop within the shutdown timeout; aborting them"
+    );
+}
+
+/// Partitions an operator command stopped did not end within `worker.shutdown_timeout`; the
+/// command goes on without them (a partition still running is not started twice).
+pub fn halt_timed_out(command: &str, pending: usize, timeout: Duration) {
+    metrics()
+        .shutdown_timeouts
+        .with_label_values(&["command"])
+        .inc();
+    tracing::warn!(
+        command,
+        pending,
+        timeout_ms = timeout.as_millis() as u64,
+        "partitions did not stop within the shutdown timeout; going on without them"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +500,7 @@ mod tests {
             RECORDS_REFUSED,
             COMMIT_RETRIES,
             KAFKA_CONNECT_FAILURES,
+            SHUTDOWN_TIMEOUTS,
         ];
         let dash = include_str!("../config/grafana/graph-cdc-dashboard.json");
         let mut used = 0;

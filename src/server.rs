@@ -2,7 +2,9 @@
 //! metrics, health probes and a read-only Kafka Connect-shaped REST API.
 //!
 //! Errors are `{"error_code": <status>, "message": "..."}` as in Connect. Configuration is
-//! shown with every secret masked.
+//! shown with every secret masked. Partitions are the connector's tasks; a task's id is
+//! derived from its partition's identity ([`task_id`]), so it does not change while other
+//! partitions come and go.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -17,8 +19,10 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::metrics;
-use crate::source::{PartitionId, SourceOffset};
-use crate::worker::{Command, CommandError, PartitionState, Request, WorkerStatus};
+use crate::worker::{
+    task_id, AlterOffsets, BadRequest, Command, CommandError, PartitionState, Request, Restart,
+    RestartQuery, Resync, WorkerStatus,
+};
 
 /// What the handlers read.
 pub struct ServerState {
@@ -161,8 +165,7 @@ async fn connector(State(s): S, Path(name): Path<String>) -> Response {
         .partitions
         .lock()
         .keys()
-        .enumerate()
-        .map(|(i, p)| json!({"connector": s.name, "task": i, "partition": identity(p)}))
+        .map(|p| json!({"connector": s.name, "task": task_id(p), "partition": identity(p)}))
         .collect();
     Json(json!({"name": s.name, "type": "source", "config": s.config, "tasks": tasks}))
         .into_response()
@@ -177,9 +180,9 @@ async fn status(State(s): S, Path(name): Path<String>) -> Response {
         .partitions
         .lock()
         .iter()
-        .enumerate()
-        .map(|(i, (p, st))| {
-            let mut t = json!({"id": i, "worker_id": s.worker_id, "partition": identity(p)});
+        .map(|(p, st)| {
+            let mut t =
+                json!({"id": task_id(p), "worker_id": s.worker_id, "partition": identity(p)});
             match st {
                 PartitionState::Running => t["state"] = json!("RUNNING"),
                 PartitionState::Stopped => t["state"] = json!("UNASSIGNED"),
@@ -194,7 +197,7 @@ async fn status(State(s): S, Path(name): Path<String>) -> Response {
     Json(json!({
         "name": s.name,
         "type": "source",
-        "connector": {"state": *s.status.connector.lock(), "worker_id": s.worker_id},
+        "connector": {"state": s.status.connector.lock().as_str(), "worker_id": s.worker_id},
         "tasks": tasks,
     }))
     .into_response()
@@ -281,14 +284,20 @@ async fn stop(State(s): S, Path(name): Path<String>) -> Response {
     checked_send(&s, &name, Command::Stop, StatusCode::ACCEPTED).await
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RestartParams {
-    #[serde(default)]
-    only_failed: bool,
-    #[serde(default)]
-    #[allow(dead_code)]
-    include_tasks: bool,
+/// [`checked_send`] of a command read from the request body (`400` when it is not one).
+async fn checked_send_parsed(
+    s: &ServerState,
+    name: &str,
+    command: Result<Command, BadRequest>,
+    ok: StatusCode,
+) -> Response {
+    if let Some(r) = check(s, name) {
+        return r;
+    }
+    match command {
+        Ok(c) => send(s, c, ok).await,
+        Err(BadRequest(m)) => error(StatusCode::BAD_REQUEST, m),
+    }
 }
 
 /// Partitions are this connector's tasks, so a restart always restarts them
@@ -296,49 +305,21 @@ struct RestartParams {
 async fn restart(
     State(s): S,
     Path(name): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<RestartParams>,
+    axum::extract::Query(q): axum::extract::Query<RestartQuery>,
 ) -> Response {
-    if let Some(r) = check(&s, &name) {
-        return r;
-    }
-    let c = Command::Restart {
-        only_failed: q.only_failed,
-        partition: None,
-    };
-    send(&s, c, StatusCode::ACCEPTED).await
+    let c = Command::Restart(Restart::from_query(&q));
+    checked_send(&s, &name, c, StatusCode::ACCEPTED).await
 }
 
-async fn restart_task(State(s): S, Path((name, task)): Path<(String, usize)>) -> Response {
-    if let Some(r) = check(&s, &name) {
-        return r;
-    }
-    let Some(p) = s.status.partitions.lock().keys().nth(task).cloned() else {
-        return error(StatusCode::NOT_FOUND, format!("no task {task}"));
-    };
-    let c = Command::Restart {
-        only_failed: false,
-        partition: Some(p),
-    };
-    send(&s, c, StatusCode::ACCEPTED).await
-}
-
-/// Parses a partition identity from a request body.
-fn partition_of(v: &Value) -> Result<PartitionId, Box<Response>> {
-    PartitionId::from_json(v).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))
+/// One partition, by its task id.
+async fn restart_task(State(s): S, Path((name, task)): Path<(String, u64)>) -> Response {
+    let c = Command::Restart(Restart::from_task(task));
+    checked_send(&s, &name, c, StatusCode::ACCEPTED).await
 }
 
 async fn resync(State(s): S, Path(name): Path<String>, body: Option<Json<Value>>) -> Response {
-    if let Some(r) = check(&s, &name) {
-        return r;
-    }
-    let partition = match body.as_ref().and_then(|Json(b)| b.get("partition")) {
-        None | Some(Value::Null) => None,
-        Some(v) => match partition_of(v) {
-            Ok(p) => Some(p),
-            Err(r) => return *r,
-        },
-    };
-    send(&s, Command::Resync { partition }, StatusCode::ACCEPTED).await
+    let c = Resync::from_body(body.as_ref().map(|Json(b)| b)).map(Command::Resync);
+    checked_send_parsed(&s, &name, c, StatusCode::ACCEPTED).await
 }
 
 /// `PATCH` with `{"offsets":[{"partition":{…},"offset":{…} or null}]}` (KIP-875).
@@ -347,35 +328,8 @@ async fn alter_offsets(
     Path(name): Path<String>,
     body: Option<Json<Value>>,
 ) -> Response {
-    if let Some(r) = check(&s, &name) {
-        return r;
-    }
-    let Some(list) = body
-        .as_ref()
-        .and_then(|Json(b)| b.get("offsets"))
-        .and_then(Value::as_array)
-    else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected {\"offsets\": [{\"partition\": {…}, \"offset\": {…}}]}",
-        );
-    };
-    let mut writes = Vec::new();
-    for item in list {
-        let p = match partition_of(&item["partition"]) {
-            Ok(p) => p,
-            Err(r) => return *r,
-        };
-        let o = match &item["offset"] {
-            Value::Null => None,
-            v => match serde_json::from_value::<SourceOffset>(v.clone()) {
-                Ok(o) => Some(o),
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("offset: {e}")),
-            },
-        };
-        writes.push((p, o));
-    }
-    send(&s, Command::AlterOffsets(writes), StatusCode::OK).await
+    let c = AlterOffsets::from_body(body.as_ref().map(|Json(b)| b)).map(Command::AlterOffsets);
+    checked_send_parsed(&s, &name, c, StatusCode::OK).await
 }
 
 async fn reset_offsets(State(s): S, Path(name): Path<String>) -> Response {

@@ -284,22 +284,27 @@ pub struct SourceOffset {
     pub resync: bool,
 }
 
-/// A page's records and the partition offset after them: the unit the sink commits.
+/// A page's records and the partition offset after them: the unit the sink commits, as
+/// the Graph side completes it (the worker adds nothing of its own: see `full_resync_seen`).
 #[derive(Debug, Clone)]
 pub struct SourceBatch {
     pub partition: Arc<PartitionId>,
     pub records: Vec<SourceRecord>,
     pub offset: SourceOffset,
     /// Partitions whose offsets this batch resets (the task partitions of removed lists),
-    /// written in the same transaction.
+    /// written in the same transaction; they stop once it is committed.
     pub resets: Vec<Arc<PartitionId>>,
     /// Partitions this batch discovers (the task partitions of new lists): an offset "start
     /// from the initial request" is written for them in the same transaction, so a crash
     /// right after it cannot forget them.
     pub starts: Vec<Arc<PartitionId>>,
+    /// Partitions that run once this batch is committed (the task partitions of every list
+    /// it upserts, `starts` among them); one already running is left alone.
+    pub runs: Vec<Arc<PartitionId>>,
     /// Set on the last page of a full resync (a round restarted from the initial request):
-    /// the ids that round returned. A full round reports no deletions, so the runtime
-    /// tombstones every other key the partition has in Kafka, in the same transaction.
+    /// the ids that round returned. A full round reports no deletions, so every other key
+    /// the partition has in Kafka is tombstoned in the same transaction: the worker reads
+    /// those keys back, the reader completes the batch (`complete_full_resync`).
     pub full_resync_seen: Option<std::collections::HashSet<String>>,
 }
 

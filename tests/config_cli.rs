@@ -93,6 +93,29 @@ fn environment_overrides_the_file() {
         ],
     );
     assert!(!ok && err.contains("graph.page_size"), "{err}");
+    // Closed sets through the environment too: the value is checked, the key named.
+    let (ok, _, err) = validate(
+        GOOD,
+        &[
+            ("GRAPH_CDC__GRAPH__CLIENT_SECRET", "s"),
+            ("GRAPH_CDC__GRAPH__CLOUD", "usgov-dod"),
+        ],
+    );
+    assert!(
+        ok && err.contains("Graph https://dod-graph.microsoft.us"),
+        "{err}"
+    );
+    let (ok, _, err) = validate(
+        GOOD,
+        &[
+            ("GRAPH_CDC__GRAPH__CLIENT_SECRET", "s"),
+            ("GRAPH_CDC__LOG__FORMAT", "yaml"),
+        ],
+    );
+    assert!(
+        !ok && err.contains("log.format") && err.contains("`json`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -112,6 +135,7 @@ fn bad_configurations_name_their_key() {
         (GOOD.to_string(), "graph.client_secret"),
         (with_secret.replace("client_id = \"app\"", "client_id = \"app\"\ncertificate_path = \"/x.crt\"\nprivate_key_path = \"/x.key\""), "graph.client_secret"),
         (with_secret.replace("client_id = \"app\"", "client_id = \"app\"\ncloud = \"mars\""), "graph.cloud"),
+        (format!("{with_secret}\n[log]\nformat = \"xml\""), "log.format"),
         (with_secret.replace("client_id = \"app\"", "client_id = \"app\"\ncloud = \"china\""), "sources[1].kind"),
         (with_secret.replace("users = [\"a@contoso.com\"]\n\"#", "").replace("kind = \"todo\"\nusers = [\"a@contoso.com\"]", "kind = \"todo\"\nusers = []"), "sources[1].users"),
         (with_secret.replace("client_id = \"app\"", "client_id = \"app\"\nclient_secret_file = \"/nope\""), "graph.client_secret"),

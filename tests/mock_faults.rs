@@ -7,28 +7,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use graph_cdc::sink::{Committer, SinkError, SinkOptions, TopicNames};
+use graph_cdc::sink::{Committer, SinkError, SinkOptions};
 use graph_cdc::source::{Op, PartitionId, SourceBatch, SourceOffset, SourceRecord};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
+/// The default sink options (default topic names), on the mock cluster, with short waits.
 fn options(bootstrap: &str) -> SinkOptions {
-    SinkOptions {
-        bootstrap_servers: bootstrap.into(),
-        kafka: graph_cdc::sink::ClientOptions {
-            all: [("message.timeout.ms".to_string(), "5000".to_string())].into(),
-            ..Default::default()
-        },
-        errors: Default::default(),
-        transactional_id: format!("mock-{}", uuid::Uuid::new_v4().simple()),
-        connector: "mock".into(),
-        topics: TopicNames::default(),
-        offsets_topic: "offsets".into(),
-        transaction_timeout: Duration::from_secs(10),
-        max_batch_records: 100,
-        linger: Duration::from_millis(5),
-        heartbeat_interval: Duration::from_secs(60),
-    }
+    let id = format!("mock-{}", uuid::Uuid::new_v4().simple());
+    let mut o = SinkOptions::new(bootstrap, "mock", id);
+    o.kafka
+        .all
+        .insert("message.timeout.ms".into(), "5000".into());
+    o.offsets_topic = "offsets".into();
+    o.transaction_timeout = Duration::from_secs(10);
+    o.max_batch_records = 100;
+    o.linger = Duration::from_millis(5);
+    o.heartbeat_interval = Duration::from_secs(60);
+    o
 }
 
 fn batch(n: u64) -> SourceBatch {
@@ -58,16 +54,18 @@ fn batch(n: u64) -> SourceBatch {
         },
         resets: vec![],
         starts: vec![],
+        runs: vec![],
         full_resync_seen: None,
     }
 }
 
 fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let mock = MockCluster::new(1).expect("mock cluster");
-    for t in TopicNames::default().all() {
+    let o = options(&mock.bootstrap_servers());
+    for t in o.topics.all() {
         mock.create_topic(t, 1, 1).unwrap();
     }
-    mock.create_topic("offsets", 1, 1).unwrap();
+    mock.create_topic(&o.offsets_topic, 1, 1).unwrap();
     mock
 }
 

@@ -3,19 +3,16 @@
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
-
 use chrono::NaiveDateTime;
-use graph_cdc::metrics::metrics;
-use graph_cdc::source::{Op, PartitionKind};
 use graph_cdc::worker::WorkerSpec;
 use graph_sim::{SimServer, SimSettings};
 
-pub const TENANT: &str = "contoso";
-
-pub const CLIENT: &str = "graph-cdc-bench";
-
-pub const SECRET: &str = "graph-cdc-bench-secret";
+// Not every bench uses every one.
+#[allow(unused_imports)]
+pub use graph_cdc_testkit::harness::{
+    self, records_written, run_id, transactions, wait_until, InProcessWorker, CLIENT, SECRET,
+    TENANT,
+};
 
 pub const WINDOW_DAYS: i64 = 60;
 
@@ -49,71 +46,21 @@ pub fn start_sim() -> Sim {
     let server = rt
         .block_on(SimServer::start("127.0.0.1:0", SimSettings::default()))
         .expect("simulator");
-    server.state.add_secret_client(TENANT, CLIENT, SECRET);
+    harness::register_app(&server);
     Sim { server, _rt: rt }
 }
 
-pub fn run_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
-}
-
-/// A worker running in this process until dropped.
-pub struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<()>,
-}
+/// A worker running in this process until stopped.
+pub struct Running(InProcessWorker);
 
 impl Running {
-    pub fn stop(mut self, rt: &tokio::runtime::Runtime) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+    pub fn stop(self, rt: &tokio::runtime::Runtime) {
+        if let Err(e) = self.0.stop_blocking(rt) {
+            eprintln!("worker ended: {e}");
         }
-        let _ = rt.block_on(&mut self.handle);
     }
 }
 
 pub fn start_worker(rt: &tokio::runtime::Runtime, spec: WorkerSpec) -> Running {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = rt.spawn(async move {
-        if let Err(e) = graph_cdc::worker::run(spec, async {
-            let _ = rx.await;
-        })
-        .await
-        {
-            eprintln!("worker ended: {e}");
-        }
-    });
-    Running {
-        stop: Some(tx),
-        handle,
-    }
-}
-
-pub fn records_written() -> u64 {
-    let m = metrics();
-    let mut n = 0;
-    for k in PartitionKind::ALL {
-        for op in [Op::Upsert, Op::Delete] {
-            n += m
-                .records_written
-                .with_label_values(&[k.as_str(), op.as_str()])
-                .get();
-        }
-    }
-    n
-}
-
-pub fn transactions() -> u64 {
-    metrics()
-        .transactions
-        .with_label_values(&["committed"])
-        .get()
-}
-
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    Running(InProcessWorker::start(rt.handle(), spec))
 }

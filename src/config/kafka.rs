@@ -1,17 +1,25 @@
 //! `[kafka]` and `[errors]`: where records and offsets go, the librdkafka properties of each
 //! client, and what happens to a record Kafka refuses.
 //!
-//! librdkafka properties come in four tables, applied in this order (a later one wins):
-//! the connector's defaults ([`PRODUCER_DEFAULTS`]), `[kafka.options]` (every client), then
+//! librdkafka properties come in four tables, applied in this order (a later one wins): the
+//! connector's defaults ([`PRODUCER_DEFAULTS`]), `[kafka.options]` (every client), then
 //! `[kafka.producer_options]`, `[kafka.consumer_options]` or `[kafka.admin_options]` (that
 //! client only, like Kafka Connect's `producer.override.*`). Properties exactly-once depends
 //! on are the connector's ([`OWNED`]): setting one is refused, naming the key and the reason.
+//! What the sink knows of properties is the sink's (`sink/properties.rs`); this file checks
+//! the user's tables against it.
+//!
+//! [`PRODUCER_DEFAULTS`]: crate::sink::properties::PRODUCER_DEFAULTS
+//! [`OWNED`]: crate::sink::properties::OWNED
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+use crate::redact::MaskedMap;
+use crate::sink::properties::{owned, ClientRole};
 
 /// `[kafka]`: where records and offsets go.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -32,7 +40,8 @@ pub struct KafkaSettings {
     /// Replication factor of the topics it creates (3 in production).
     pub replication_factor: i32,
     /// `transaction.timeout.ms` of the producer.
-    pub transaction_timeout: crate::config::Dur,
+    pub transaction_timeout: super::Dur,
+    /// `[kafka.topics]`: the topic of each kind of record.
     pub topics: TopicSettings,
     /// Any librdkafka property, passed to every client (`"security.protocol" = "SASL_SSL"`).
     #[serde(default)]
@@ -86,94 +95,6 @@ pub enum Tolerance {
     All,
 }
 
-/// Which client a table of options is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientRole {
-    Producer,
-    Consumer,
-    Admin,
-}
-
-impl ClientRole {
-    /// The table of this client's own options.
-    pub fn table(self) -> &'static str {
-        match self {
-            ClientRole::Producer => "kafka.producer_options",
-            ClientRole::Consumer => "kafka.consumer_options",
-            ClientRole::Admin => "kafka.admin_options",
-        }
-    }
-
-    pub const ALL: [ClientRole; 3] = [
-        ClientRole::Producer,
-        ClientRole::Consumer,
-        ClientRole::Admin,
-    ];
-}
-
-/// Producer properties the connector sets unless the user's options say otherwise.
-pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
-    // Large events (HTML bodies) shrink several times: more of them fit the size limits.
-    ("compression.type", "zstd"),
-    ("linger.ms", "5"),
-    // Same partitioning as Java clients, so keys land where Kafka Connect would put them.
-    ("partitioner", "murmur2_random"),
-];
-
-/// Properties the connector owns: `(property, clients it is set on, why)`. Setting one in
-/// any options table is refused.
-pub const OWNED: &[(&str, &[ClientRole], &str)] = &[
-    (
-        "bootstrap.servers",
-        &[
-            ClientRole::Producer,
-            ClientRole::Consumer,
-            ClientRole::Admin,
-        ],
-        "set kafka.bootstrap_servers instead",
-    ),
-    (
-        "transactional.id",
-        &[ClientRole::Producer],
-        "it is {name}-{worker_id}: the identity that fences an older incarnation of this worker",
-    ),
-    (
-        "enable.idempotence",
-        &[ClientRole::Producer],
-        "transactions need the idempotent producer",
-    ),
-    (
-        "transaction.timeout.ms",
-        &[ClientRole::Producer],
-        "set kafka.transaction_timeout instead",
-    ),
-    (
-        "isolation.level",
-        &[ClientRole::Consumer],
-        "offsets and keys must be read read_committed, or aborted writes would count",
-    ),
-    (
-        "group.id",
-        &[ClientRole::Consumer],
-        "the connector's consumers assign partitions themselves and commit nothing",
-    ),
-    (
-        "enable.auto.commit",
-        &[ClientRole::Consumer],
-        "the connector's consumers commit nothing",
-    ),
-    (
-        "enable.partition.eof",
-        &[ClientRole::Consumer],
-        "reading to the end of a topic depends on it",
-    ),
-    (
-        "auto.offset.reset",
-        &[ClientRole::Consumer],
-        "offsets are always read from the beginning",
-    ),
-];
-
 impl KafkaSettings {
     /// Refuses options the connector owns; every message names the table and the key.
     pub fn check_owned(&self, errs: &mut Vec<String>) {
@@ -197,12 +118,10 @@ impl KafkaSettings {
         ];
         for (table, opts, roles) in tables {
             for key in opts.0.keys() {
-                if let Some((_, owners, why)) = OWNED.iter().find(|(k, _, _)| k == key) {
-                    if owners.iter().any(|o| roles.contains(o)) {
-                        errs.push(format!(
-                            "{table}.\"{key}\": set by the connector, not configurable ({why})"
-                        ));
-                    }
+                if let Some(why) = owned(key, roles) {
+                    errs.push(format!(
+                        "{table}.\"{key}\": set by the connector, not configurable ({why})"
+                    ));
                 }
             }
         }
@@ -214,25 +133,9 @@ impl KafkaSettings {
 #[serde(transparent)]
 pub struct KafkaOptions(pub BTreeMap<String, String>);
 
-/// Whether a librdkafka property holds a secret.
-pub fn is_sensitive(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    // `ssl.key.location` and friends name files, not secrets, but masking a path costs
-    // nothing and a rule with exceptions is how secrets leak.
-    ["password", "secret", "token", "key", "jaas"]
-        .iter()
-        .any(|s| k.contains(s))
-}
-
 impl fmt::Debug for KafkaOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(k, v)| (k, if is_sensitive(k) { "***" } else { v.as_str() })),
-            )
-            .finish()
+        MaskedMap(&self.0).fmt(f)
     }
 }
 

@@ -2,26 +2,50 @@
 //! variables, with the `config` crate.
 //!
 //! The structs below are the documentation: every field says what it does; unknown keys
-//! are refused; the defaults live in [`DEFAULTS`] only. Every error names its key
-//! (`graph.page_size: …`, `sources[1].end: …`).
+//! are refused; values from a closed set are enums that refuse anything else, naming the
+//! accepted ones. Every error names its key (`graph.page_size: …`, `sources[1].end: …`).
+//!
+//! # Where defaults live
+//!
+//! Every default of a setting is in [`DEFAULTS`] and nowhere else: a TOML document layered
+//! under the file and the environment. The options of the two sides are built from the
+//! settings here ([`Settings::sink_options`] in `build.rs`, [`GraphSettings::client_options`]
+//! in `graph.rs`), every field from a setting, so neither side's own defaults (the Graph client's
+//! `ClientOptions::default()`, for its tests) ever reach a worker; the sink has none.
+//! [`Settings::defaults`] is [`DEFAULTS`] alone, for what runs without a settings file (the
+//! demo, `SinkOptions::new` in tests). The librdkafka properties the producer starts from
+//! are the sink's ([`crate::sink::properties::PRODUCER_DEFAULTS`]): they are not settings.
+//!
+//! # Files
+//!
+//! - `mod.rs`: [`DEFAULTS`], [`Settings`] and its smaller sections, loading.
+//! - `graph.rs`: `[graph]`, the national cloud, the credentials, the Graph client's options.
+//! - `kafka.rs`: `[kafka]` (with the librdkafka option tables) and `[errors]`.
+//! - `types.rs`: durations (`30s`) and secrets.
+//! - `build.rs`: [`Settings::defaults`], and settings → the sink's options.
+//! - `validate.rs`: what a type cannot express, each problem naming its key.
+//!
+//! Imports run one way: config → `sink`, `graph` (whose options it builds) → `redact`.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::source::PartitionId;
 
+mod build;
+mod graph;
 mod kafka;
+mod types;
 mod validate;
 
-pub use kafka::{
-    is_sensitive, ClientRole, ErrorSettings, KafkaOptions, KafkaSettings, Tolerance, TopicSettings,
-    OWNED, PRODUCER_DEFAULTS,
-};
+/// Where the producer's defaults live now; kept here for callers of the old path.
+pub use crate::sink::properties::PRODUCER_DEFAULTS;
+pub use graph::{Cloud, Credentials, GraphSettings};
+pub use kafka::{ErrorSettings, KafkaOptions, KafkaSettings, Tolerance, TopicSettings};
+pub use types::{parse_duration, Dur, Secret};
 
 /// Every default, in one place (a TOML document layered under the file and the environment).
 pub const DEFAULTS: &str = r#"
@@ -38,6 +62,7 @@ batch_polls = false
 max_concurrency = 64
 request_timeout = "30s"
 max_retries = 10
+base_backoff = "500ms"
 max_backoff = "60s"
 
 [kafka]
@@ -76,88 +101,16 @@ tolerance = "none"
 /// Why settings were refused. Each message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The `--config` file does not exist.
     #[error("config file {0}: not found")]
     Missing(PathBuf),
+    /// A layer could not be read or parsed (TOML syntax, an unreadable file), in the
+    /// `config` crate's words (which name the file and the place).
     #[error("config: {0}")]
     Load(String),
+    /// Values refused, one message per problem, each naming its key.
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
-}
-
-/// A secret string: shown as `***` by `Debug`, `Display` and `Serialize`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
-    }
-}
-
-/// A duration written `250ms`, `30s`, `5m` or `1h`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-/// Parses `250ms`, `30s`, `1.5s`, `5m`, `1h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (use 250ms, 30s, 5m, 1h)"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        u => return Err(format!("unknown unit '{u}' in '{s}' (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("'{s}' is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(Dur)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", self.0.as_millis()))
-    }
 }
 
 /// The whole configuration.
@@ -166,69 +119,21 @@ impl Serialize for Dur {
 pub struct Settings {
     /// Connector name: part of every offset key and of the transactional id.
     pub name: String,
+    /// `[graph]`: the tenant, the credentials, how to talk to Graph.
     pub graph: GraphSettings,
+    /// `[kafka]`: the brokers, topics and librdkafka properties.
     pub kafka: KafkaSettings,
+    /// `[worker]`: transactions and pacing.
     pub worker: WorkerSettings,
+    /// `[server]`: metrics, health and the REST API.
     pub server: ServerSettings,
+    /// `[log]`: format and filter.
     pub log: LogSettings,
-    /// What happens to records Kafka refuses.
+    /// `[errors]`: what happens to records Kafka refuses.
     pub errors: ErrorSettings,
     /// What to track.
     #[serde(default)]
     pub sources: Vec<Source>,
-}
-
-/// `[graph]`: the tenant, the app's credentials and how to talk to Graph.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct GraphSettings {
-    /// Directory (tenant) id or domain.
-    #[serde(default)]
-    pub tenant_id: String,
-    /// Application (client) id of the app registration.
-    #[serde(default)]
-    pub client_id: String,
-    /// Client secret (prefer `GRAPH_CDC__GRAPH__CLIENT_SECRET` or `client_secret_file`).
-    #[serde(default)]
-    pub client_secret: Option<Secret>,
-    /// File holding the client secret (e.g. a mounted Kubernetes secret).
-    #[serde(default)]
-    pub client_secret_file: Option<PathBuf>,
-    /// Certificate (PEM) for certificate credentials, with `private_key_path`.
-    #[serde(default)]
-    pub certificate_path: Option<PathBuf>,
-    /// The certificate's RSA private key (PEM).
-    #[serde(default)]
-    pub private_key_path: Option<PathBuf>,
-    /// National cloud: `global`, `usgov`, `usgov-dod` or `china`.
-    pub cloud: String,
-    /// Override of the Graph host (`/v1.0` and `/beta` are appended), e.g. a simulator.
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// Override of the login host (token URL: `{authority_url}/{tenant_id}/oauth2/v2.0/token`).
-    #[serde(default)]
-    pub authority_url: Option<String>,
-    /// `Prefer: odata.maxpagesize` (1..=1000).
-    pub page_size: usize,
-    /// How often a partition polls its deltaLink.
-    pub poll_interval: Dur,
-    /// Random spread of polls, a fraction of `poll_interval` (0 ≤ jitter < 1).
-    pub poll_jitter: f64,
-    /// `Prefer: outlook.timezone` for calendar views (Windows or IANA name).
-    pub timezone: String,
-    /// Requests in flight per mailbox (Outlook allows 4).
-    pub max_concurrency_per_mailbox: usize,
-    /// Requests in flight overall.
-    pub max_concurrency: usize,
-    /// Send idle deltaLink polls in JSON batches (`POST /$batch`, up to 20 per request);
-    /// items Graph does not answer with 200 are retried one by one.
-    pub batch_polls: bool,
-    /// Timeout of one Graph request.
-    pub request_timeout: Dur,
-    /// Retries of a throttled, failing or malformed request before the partition waits.
-    pub max_retries: u32,
-    /// Longest wait between retries without `Retry-After`.
-    pub max_backoff: Dur,
 }
 
 /// `[worker]`: transactions and pacing.
@@ -268,10 +173,30 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
-    /// `text` or `json`.
-    pub format: String,
+    /// `text` (human-readable lines) or `json` (one object per line).
+    pub format: LogFormat,
     /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
     pub filter: String,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// As written in the settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// `[[sources]]`: one entry per kind and set of users.
@@ -280,6 +205,7 @@ pub struct LogSettings {
 pub enum Source {
     /// One calendar of each user over a fixed window `[start, end)`.
     CalendarView {
+        /// User principal names or ids.
         users: Vec<String>,
         /// `primary` (v1.0 route) or a calendar id (beta route).
         #[serde(default = "primary")]
@@ -290,123 +216,19 @@ pub enum Source {
         end: String,
     },
     /// Each user's calendars.
-    CalendarList { users: Vec<String> },
+    CalendarList {
+        /// User principal names or ids.
+        users: Vec<String>,
+    },
     /// Each user's To Do lists, and the tasks of every list.
-    Todo { users: Vec<String> },
+    Todo {
+        /// User principal names or ids.
+        users: Vec<String>,
+    },
 }
 
 fn primary() -> String {
     "primary".into()
-}
-
-/// How the app authenticates, read from the settings (and files) at load time.
-#[derive(Clone)]
-pub enum Credentials {
-    Secret(Secret),
-    Certificate { cert_pem: String, key_pem: Secret },
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credentials::Secret(_) => f.write_str("Secret(***)"),
-            Credentials::Certificate { .. } => f.write_str("Certificate(***)"),
-        }
-    }
-}
-
-const CLOUDS: &[(&str, &str, &str)] = &[
-    (
-        "global",
-        "https://graph.microsoft.com",
-        "https://login.microsoftonline.com",
-    ),
-    (
-        "usgov",
-        "https://graph.microsoft.us",
-        "https://login.microsoftonline.us",
-    ),
-    (
-        "usgov-dod",
-        "https://dod-graph.microsoft.us",
-        "https://login.microsoftonline.us",
-    ),
-    (
-        "china",
-        "https://microsoftgraph.chinacloudapi.cn",
-        "https://login.chinacloudapi.cn",
-    ),
-];
-
-impl GraphSettings {
-    fn cloud(&self) -> Option<&(&str, &str, &str)> {
-        CLOUDS.iter().find(|c| c.0 == self.cloud)
-    }
-
-    /// The Graph host: the override, or the cloud's.
-    pub fn graph_base_url(&self) -> String {
-        self.base_url
-            .clone()
-            .or_else(|| self.cloud().map(|c| c.1.to_string()))
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_string()
-    }
-
-    /// The token endpoint.
-    pub fn token_url(&self) -> String {
-        let authority = self
-            .authority_url
-            .clone()
-            .or_else(|| self.cloud().map(|c| c.2.to_string()))
-            .unwrap_or_default();
-        format!(
-            "{}/{}/oauth2/v2.0/token",
-            authority.trim_end_matches('/'),
-            self.tenant_id
-        )
-    }
-
-    /// Reads the credentials (secret, secret file or certificate files).
-    pub fn credentials(&self) -> Result<Credentials, String> {
-        let read = |p: &Path, key: &str| {
-            std::fs::read_to_string(p)
-                .map_err(|e| format!("graph.{key}: cannot read {}: {e}", p.display()))
-        };
-        match (
-            &self.client_secret,
-            &self.client_secret_file,
-            &self.certificate_path,
-            &self.private_key_path,
-        ) {
-            (Some(s), None, None, None) if !s.expose().is_empty() => Ok(Credentials::Secret(s.clone())),
-            (None, Some(f), None, None) => {
-                let s = read(f, "client_secret_file")?;
-                let s = s.trim();
-                if s.is_empty() {
-                    return Err(format!("graph.client_secret_file: {} is empty", f.display()));
-                }
-                Ok(Credentials::Secret(Secret::new(s)))
-            }
-            (None, None, Some(c), Some(k)) => {
-                let cert_pem = read(c, "certificate_path")?;
-                if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(format!("graph.certificate_path: {} is not a PEM certificate", c.display()));
-                }
-                let key_pem = read(k, "private_key_path")?;
-                if !key_pem.contains("PRIVATE KEY-----") {
-                    return Err(format!("graph.private_key_path: {} is not a PEM private key", k.display()));
-                }
-                Ok(Credentials::Certificate { cert_pem, key_pem: Secret::new(key_pem) })
-            }
-            (None, None, Some(_), None) => Err("graph.private_key_path: required with certificate_path".into()),
-            (None, None, None, Some(_)) => Err("graph.certificate_path: required with private_key_path".into()),
-            (None, None, None, None) | (Some(_), None, None, None) => Err(
-                "graph.client_secret: no credentials: set client_secret, client_secret_file, or certificate_path and private_key_path".into(),
-            ),
-            _ => Err("graph.client_secret: set exactly one of client_secret, client_secret_file, or certificate_path with private_key_path".into()),
-        }
-    }
 }
 
 /// Normalises an RFC 3339 time to UTC with seconds and `Z`.
@@ -432,8 +254,7 @@ fn window(start: &str, end: &str) -> Result<(DateTime<Utc>, DateTime<Utc>, Strin
 impl Settings {
     /// Defaults → `path` → environment, then validation.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut b = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut b = defaults_layer();
         if let Some(p) = path {
             if !p.exists() {
                 return Err(ConfigError::Missing(p.to_path_buf()));
@@ -445,9 +266,8 @@ impl Settings {
 
     /// Defaults → a TOML string (→ environment when `with_env`), then validation.
     pub fn from_toml_str(toml: &str, with_env: bool) -> Result<Self, ConfigError> {
-        let mut b = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
-            .add_source(config::File::from_str(toml, config::FileFormat::Toml));
+        let mut b =
+            defaults_layer().add_source(config::File::from_str(toml, config::FileFormat::Toml));
         if with_env {
             b = b.add_source(env());
         }
@@ -455,6 +275,15 @@ impl Settings {
     }
 
     fn build(b: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Self, ConfigError> {
+        let s = Self::deserialize_layers(b)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The layers of `b` as settings, unvalidated.
+    fn deserialize_layers(
+        b: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Self, ConfigError> {
         let raw: Value = b
             .build()
             .and_then(|c| c.try_deserialize())
@@ -479,7 +308,6 @@ impl Settings {
             };
             ConfigError::Invalid(vec![msg])
         })?;
-        s.validate()?;
         Ok(s)
     }
 
@@ -492,6 +320,7 @@ impl Settings {
             .collect()
     }
 
+    /// `kafka.worker_id`, else `$HOSTNAME`, else `worker-0`.
     pub fn worker_id(&self) -> String {
         self.kafka
             .worker_id
@@ -507,6 +336,7 @@ impl Settings {
 
     /// The settings as JSON with every secret masked (for the REST API and `validate`).
     pub fn redacted_json(&self) -> Value {
+        // `Secret`s serialise masked; librdkafka properties are masked by name.
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         for table in [
             "options",
@@ -515,11 +345,7 @@ impl Settings {
             "admin_options",
         ] {
             if let Some(Value::Object(opts)) = v.pointer_mut(&format!("/kafka/{table}")) {
-                for (k, val) in opts.iter_mut() {
-                    if is_sensitive(k) {
-                        *val = Value::from("***");
-                    }
-                }
+                crate::redact::mask_object(opts);
             }
         }
         v
@@ -555,6 +381,12 @@ fn source_partitions(s: &Source) -> Result<Vec<PartitionId>, String> {
     })
 }
 
+/// The first layer: [`DEFAULTS`].
+fn defaults_layer() -> config::ConfigBuilder<config::builder::DefaultState> {
+    config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+}
+
+/// The last layer: `GRAPH_CDC__SECTION__KEY` variables.
 fn env() -> config::Environment {
     config::Environment::with_prefix("GRAPH_CDC")
         .prefix_separator("__")

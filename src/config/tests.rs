@@ -1,6 +1,9 @@
 //! Loading, defaults, redaction and key-naming errors.
 
+use std::time::Duration;
+
 use super::*;
+use crate::sink::SinkOptions;
 
 const OK: &str = r#"
     [graph]
@@ -65,6 +68,8 @@ fn every_error_names_its_key() {
         (OK.replace("[graph]", "[graph]\npage_size = 0"), "graph.page_size"),
         (OK.replace("[graph]", "[graph]\npoll_interval = \"soon\""), "graph.poll_interval"),
         (OK.replace("[graph]", "[graph]\ncloud = \"mars\""), "graph.cloud"),
+        (OK.replace("[graph]", "[graph]\nbase_backoff = \"2m\""), "graph.base_backoff"),
+        (format!("{OK}\n[log]\nformat = \"xml\""), "log.format"),
         (OK.replace("end = \"2027-01-01T00:00:00Z\"", "end = \"2025-01-01T00:00:00Z\""), "sources[0].end"),
         (OK.replace("client_secret = \"s3cr3t-value\"", ""), "graph.client_secret"),
         (OK.replace("client_secret = \"s3cr3t-value\"", "client_secret = \"x\"\ncertificate_path = \"/nope\"\nprivate_key_path = \"/nope\""), "graph.client_secret"),
@@ -89,4 +94,116 @@ fn durations() {
     assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
     assert!(parse_duration("3 days").is_err());
     assert!(parse_duration("").is_err());
+}
+
+#[test]
+fn closed_sets_name_the_key_and_what_is_accepted() {
+    let e = err(&OK.replace("[graph]", "[graph]\ncloud = \"mars\""));
+    assert!(
+        e.contains("graph.cloud") && e.contains("`usgov-dod`") && e.contains("`china`"),
+        "{e}"
+    );
+    let e = err(&format!("{OK}\n[log]\nformat = \"xml\""));
+    assert!(
+        e.contains("log.format") && e.contains("`text`") && e.contains("`json`"),
+        "{e}"
+    );
+    let e = err(&format!("{OK}\n[errors]\ntolerance = \"some\""));
+    assert!(e.contains("errors.tolerance") && e.contains("`all`"), "{e}");
+    for (cloud, host, login) in [
+        (
+            "global",
+            "https://graph.microsoft.com",
+            "https://login.microsoftonline.com",
+        ),
+        (
+            "usgov",
+            "https://graph.microsoft.us",
+            "https://login.microsoftonline.us",
+        ),
+        (
+            "usgov-dod",
+            "https://dod-graph.microsoft.us",
+            "https://login.microsoftonline.us",
+        ),
+        (
+            "china",
+            "https://microsoftgraph.chinacloudapi.cn",
+            "https://login.chinacloudapi.cn",
+        ),
+    ] {
+        let toml = OK
+            .replace("[graph]", &format!("[graph]\ncloud = \"{cloud}\""))
+            .replace(
+                "[[sources]]\n    kind = \"todo\"",
+                "[[sources]]\n    kind = \"calendar_list\"",
+            );
+        let s = Settings::from_toml_str(&toml, false).unwrap();
+        assert_eq!(s.graph.graph_base_url(), host);
+        assert!(s.graph.token_url().starts_with(login));
+        assert_eq!(
+            s.redacted_json()["graph"]["cloud"],
+            cloud,
+            "written back the same"
+        );
+    }
+    let s = Settings::from_toml_str(&format!("{OK}\n[log]\nformat = \"json\""), false).unwrap();
+    assert_eq!(s.log.format, LogFormat::Json);
+}
+
+#[test]
+fn defaults_are_settings_and_every_option_comes_from_them() {
+    let d = Settings::defaults();
+    assert_eq!(d.name, "graph-cdc");
+    assert_eq!(d.graph.cloud, Cloud::Global);
+    assert_eq!(d.log.format, LogFormat::Text);
+    // The Graph client's own defaults (for its tests) say the same as the settings'.
+    assert_eq!(
+        format!("{:?}", d.graph.client_options()),
+        format!("{:?}", crate::graph::ClientOptions::default()),
+        "graph::ClientOptions::default() drifted from config::DEFAULTS"
+    );
+    let o = SinkOptions::new("k:9092", "conn", "conn-0");
+    assert_eq!(
+        (
+            o.bootstrap_servers.as_str(),
+            o.connector.as_str(),
+            o.transactional_id.as_str()
+        ),
+        ("k:9092", "conn", "conn-0")
+    );
+    assert_eq!(o.topics.events, d.kafka.topics.events);
+    assert_eq!(o.offsets_topic, "graph-cdc-offsets");
+    assert_eq!(o.max_batch_records, 5000);
+    assert_eq!(o.linger, Duration::from_millis(100));
+    assert_eq!(o.errors.dead_letter_topic, None);
+}
+
+#[test]
+fn sink_options_follow_the_settings() {
+    let toml = format!(
+        "{}\n[errors]\ntolerance = \"all\"\ndead_letter_topic = \"dlq\"\n[worker]\nlinger = \"7ms\"",
+        OK.replace("[kafka.options]", "[kafka]\nworker_id = \"w3\"\n[kafka.topics]\nevents = \"ev\"\n[kafka.options]")
+    );
+    let s = Settings::from_toml_str(&toml, false).unwrap();
+    let o = s.sink_options();
+    assert_eq!(o.transactional_id, "graph-cdc-w3");
+    assert_eq!(o.topics.events, "ev");
+    assert_eq!(o.topics.tasks, "graph.todo.tasks");
+    assert_eq!(o.errors.dead_letter_topic.as_deref(), Some("dlq"));
+    assert_eq!(o.linger, Duration::from_millis(7));
+    assert_eq!(o.kafka.all["security.protocol"], "SASL_SSL");
+    assert_eq!(o.kafka.consumer["ssl.key.password"], "consumer-hunter3");
+    let shown = format!("{o:?}");
+    assert!(!shown.contains("hunter"), "{shown}");
+    let s = Settings::from_toml_str(
+        &toml.replace("tolerance = \"all\"", "tolerance = \"none\""),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        s.sink_options().errors.dead_letter_topic,
+        None,
+        "not tolerated: not used"
+    );
 }

@@ -20,12 +20,6 @@ impl Settings {
         need(&self.kafka.offsets_topic, "kafka.offsets_topic");
         need(&self.graph.timezone, "graph.timezone");
         let g = &self.graph;
-        if g.cloud().is_none() {
-            errs.push(format!(
-                "graph.cloud: unknown cloud '{}' (use global, usgov, usgov-dod or china)",
-                g.cloud
-            ));
-        }
         for (key, url) in [
             ("graph.base_url", &g.base_url),
             ("graph.authority_url", &g.authority_url),
@@ -55,6 +49,7 @@ impl Settings {
         for (key, d) in [
             ("graph.poll_interval", g.poll_interval),
             ("graph.request_timeout", g.request_timeout),
+            ("graph.base_backoff", g.base_backoff),
             ("graph.max_backoff", g.max_backoff),
             ("kafka.transaction_timeout", self.kafka.transaction_timeout),
             ("worker.heartbeat_interval", self.worker.heartbeat_interval),
@@ -68,6 +63,9 @@ impl Settings {
                 errs.push(format!("{key}: must be longer than 0"));
             }
         }
+        if g.base_backoff.0 > g.max_backoff.0 {
+            errs.push("graph.base_backoff: must not be longer than graph.max_backoff".into());
+        }
         if self.worker.max_batch_records == 0 {
             errs.push("worker.max_batch_records: must be at least 1".into());
         }
@@ -76,12 +74,6 @@ impl Settings {
         }
         if self.kafka.replication_factor < 1 {
             errs.push("kafka.replication_factor: must be at least 1".into());
-        }
-        if !["text", "json"].contains(&self.log.format.as_str()) {
-            errs.push(format!(
-                "log.format: '{}' is neither text nor json",
-                self.log.format
-            ));
         }
         self.kafka.check_owned(&mut errs);
         match (&self.errors.tolerance, &self.errors.dead_letter_topic) {
@@ -161,7 +153,7 @@ impl Settings {
                         }
                     }
                 }
-                Source::Todo { .. } if g.cloud == "china" => {
+                Source::Todo { .. } if g.cloud == Cloud::China => {
                     errs.push(format!(
                         "sources[{i}].kind: To Do delta is not offered in the china cloud"
                     ));

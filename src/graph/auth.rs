@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 use tokio::sync::Mutex;
 
-use super::GraphError;
+use super::error::AuthError;
 
 /// How the app proves who it is.
 #[derive(Clone)]
@@ -81,7 +81,7 @@ impl TokenProvider {
     }
 
     /// A valid access token, fetched when none is cached or it is about to expire.
-    pub async fn token(&self) -> Result<Arc<str>, GraphError> {
+    pub async fn token(&self) -> Result<Arc<str>, AuthError> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref() {
             if Instant::now() < c.renew_at {
@@ -107,7 +107,7 @@ impl TokenProvider {
         }
     }
 
-    async fn fetch(&self) -> Result<(Arc<str>, Duration), GraphError> {
+    async fn fetch(&self) -> Result<(Arc<str>, Duration), AuthError> {
         let mut form: Vec<(&str, String)> = vec![
             ("grant_type", "client_credentials".into()),
             ("client_id", self.client_id.clone()),
@@ -130,27 +130,25 @@ impl TokenProvider {
             .form(&form)
             .send()
             .await
-            .map_err(|e| {
-                GraphError::Auth(format!("token endpoint unreachable: {}", e.without_url()))
-            })?;
+            // Without the URL: a token URL names no secret, but the same rule holds everywhere.
+            .map_err(|e| AuthError::Unreachable(e.without_url()))?;
         let status = resp.status();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| GraphError::Auth(format!("reading token answer: {}", e.without_url())))?;
+            .map_err(|e| AuthError::Read(e.without_url()))?;
         if !status.is_success() {
             let e: TokenError = serde_json::from_slice(&body).unwrap_or(TokenError {
                 error: None,
                 error_description: None,
             });
-            return Err(GraphError::Auth(format!(
-                "token endpoint answered {status}: {} {}",
-                e.error.unwrap_or_default(),
-                e.error_description.unwrap_or_default()
-            )));
+            return Err(AuthError::Refused {
+                status,
+                error: e.error.unwrap_or_default(),
+                description: e.error_description.unwrap_or_default(),
+            });
         }
-        let a: TokenAnswer = serde_json::from_slice(&body)
-            .map_err(|e| GraphError::Auth(format!("token answer not understood: {e}")))?;
+        let a: TokenAnswer = serde_json::from_slice(&body).map_err(AuthError::Answer)?;
         Ok((
             a.access_token.into(),
             Duration::from_secs(a.expires_in.max(1)),
@@ -159,7 +157,7 @@ impl TokenProvider {
 }
 
 /// The DER bytes of the first certificate in a PEM file.
-fn cert_der(cert_pem: &str) -> Result<Vec<u8>, GraphError> {
+fn cert_der(cert_pem: &str) -> Result<Vec<u8>, AuthError> {
     let b64: String = cert_pem
         .lines()
         .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
@@ -169,7 +167,7 @@ fn cert_der(cert_pem: &str) -> Result<Vec<u8>, GraphError> {
         .collect();
     base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|_| GraphError::Auth("certificate is not a PEM certificate".into()))
+        .map_err(AuthError::Certificate)
 }
 
 /// A signed JWT client assertion (RS256, `x5t#S256`, lifetime 10 minutes).
@@ -178,7 +176,7 @@ pub fn client_assertion(
     client_id: &str,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<String, GraphError> {
+) -> Result<String, AuthError> {
     let der = cert_der(cert_pem)?;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.x5t_s256 =
@@ -193,8 +191,7 @@ pub fn client_assertion(
         "iat": now,
         "exp": now + 600,
     });
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.as_bytes())
-        .map_err(|_| GraphError::Auth("private key is not an RSA PEM key".into()))?;
-    jsonwebtoken::encode(&header, &claims, &key)
-        .map_err(|e| GraphError::Auth(format!("signing the client assertion: {e}")))
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.as_bytes()).map_err(AuthError::Key)?;
+    jsonwebtoken::encode(&header, &claims, &key).map_err(AuthError::Sign)
 }

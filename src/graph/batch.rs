@@ -18,9 +18,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use super::auth::TokenProvider;
 use super::delta::{parse_page, DeltaPage};
 use super::options::{prefer, ClientOptions};
-use super::TokenProvider;
 use crate::metrics;
 use crate::source::PartitionKind;
 

@@ -18,9 +18,11 @@ use rand::Rng;
 use reqwest::StatusCode;
 use tokio::sync::Semaphore;
 
+use super::auth::TokenProvider;
+use super::batch::Batcher;
 use super::delta::{parse_page, DeltaPage};
+use super::error::{AuthError, GraphError, Transient};
 use super::options::{prefer, ClientOptions};
-use super::{GraphError, TokenProvider};
 use crate::metrics;
 use crate::source::PartitionKind;
 
@@ -31,14 +33,14 @@ pub struct GraphClient {
     opts: ClientOptions,
     global: Semaphore,
     mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
-    batcher: Option<super::batch::Batcher>,
+    batcher: Option<Batcher>,
 }
 
 /// Why one attempt failed and whether to wait before the next.
 enum Attempt {
     Done(DeltaPage),
     Retry {
-        reason: String,
+        reason: Transient,
         after: Option<Duration>,
     },
     RenewToken(Arc<str>),
@@ -49,7 +51,7 @@ impl GraphClient {
     pub fn new(http: reqwest::Client, tokens: Arc<TokenProvider>, opts: ClientOptions) -> Self {
         let batcher = opts
             .batch_polls
-            .then(|| super::batch::Batcher::start(http.clone(), tokens.clone(), opts.clone()));
+            .then(|| Batcher::start(http.clone(), tokens.clone(), opts.clone()));
         Self {
             http,
             tokens,
@@ -102,8 +104,8 @@ impl GraphClient {
         let mut attempt = 0u32;
         loop {
             let outcome = {
-                let _global = self.global.acquire().await.map_err(|_| closed())?;
-                let _mbx = mailbox.acquire().await.map_err(|_| closed())?;
+                let _global = self.global.acquire().await?;
+                let _mbx = mailbox.acquire().await?;
                 self.attempt(kind, url).await
             };
             match outcome {
@@ -115,11 +117,7 @@ impl GraphClient {
                 }
                 // Still refused with a fresh token: the whole app may be affected (consent
                 // revoked, token endpoint trouble), so the partition waits rather than fails.
-                Attempt::RenewToken(_) => {
-                    return Err(GraphError::Auth(
-                        "Graph answered 401 again with a fresh token".into(),
-                    ))
-                }
+                Attempt::RenewToken(_) => return Err(AuthError::FreshTokenRefused.into()),
                 Attempt::Retry { reason, after } => {
                     attempt += 1;
                     if attempt > self.opts.max_retries {
@@ -129,7 +127,7 @@ impl GraphClient {
                         });
                     }
                     let wait = after.unwrap_or_else(|| self.backoff(attempt));
-                    metrics::graph_retry(kind, &reason, wait, after.is_some());
+                    metrics::graph_retry(kind, &reason.to_string(), wait, after.is_some());
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -153,7 +151,7 @@ impl GraphClient {
             // The token endpoint may be throttled or down too: retry those.
             Err(e) => {
                 return Attempt::Retry {
-                    reason: e.to_string(),
+                    reason: Transient::Token(e),
                     after: None,
                 }
             }
@@ -174,8 +172,9 @@ impl GraphClient {
             Err(e) => {
                 in_flight.dec();
                 metrics::graph_request(kind, 0, started.elapsed());
+                // Without the URL: a delta link carries the sync state token.
                 return Attempt::Retry {
-                    reason: format!("request failed: {}", e.without_url()),
+                    reason: Transient::Request(e.without_url()),
                     after: None,
                 };
             }
@@ -200,7 +199,7 @@ impl GraphClient {
             Ok(b) => b,
             Err(e) => {
                 return Attempt::Retry {
-                    reason: format!("body cut short: {}", e.without_url()),
+                    reason: Transient::Body(e.without_url()),
                     after: None,
                 }
             }
@@ -209,7 +208,7 @@ impl GraphClient {
             return match parse_page(body) {
                 Ok(p) => Attempt::Done(p),
                 Err(e) => Attempt::Retry {
-                    reason: e.to_string(),
+                    reason: e.into(),
                     after: None,
                 },
             };
@@ -225,12 +224,12 @@ impl GraphClient {
                     metrics::graph_throttled(kind, retry_after);
                 }
                 Attempt::Retry {
-                    reason: format!("{status} {code}"),
+                    reason: Transient::Status { status, code },
                     after: retry_after,
                 }
             }
             s if s.is_server_error() => Attempt::Retry {
-                reason: format!("{status} {code}"),
+                reason: Transient::Status { status, code },
                 after: retry_after,
             },
             s => Attempt::Fail(GraphError::Client {
@@ -240,10 +239,6 @@ impl GraphClient {
             }),
         }
     }
-}
-
-fn closed() -> GraphError {
-    GraphError::Url("client is shutting down".into())
 }
 
 /// `error.code` and `error.message` of a Graph error body, when there is one.

@@ -25,10 +25,7 @@ pub struct DeltaItem {
     pub raw: Bytes,
 }
 
-/// A page that cannot be used (retried like a transport error).
-#[derive(Debug, thiserror::Error)]
-#[error("malformed delta page: {0}")]
-pub struct MalformedPage(pub String);
+pub use super::error::MalformedPage;
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
@@ -55,20 +52,17 @@ struct Removed {
 
 /// Parses a page body; exactly one of nextLink / deltaLink must be present.
 pub fn parse_page(body: Bytes) -> Result<DeltaPage, MalformedPage> {
-    let text = std::str::from_utf8(&body).map_err(|e| MalformedPage(e.to_string()))?;
-    let env: Envelope = serde_json::from_str(text).map_err(|e| MalformedPage(e.to_string()))?;
+    let text = std::str::from_utf8(&body).map_err(MalformedPage::Utf8)?;
+    let env: Envelope = serde_json::from_str(text).map_err(MalformedPage::Json)?;
     if env.next.is_some() == env.delta.is_some() {
-        return Err(MalformedPage(
-            "expected exactly one of @odata.nextLink and @odata.deltaLink".into(),
-        ));
+        return Err(MalformedPage::Links);
     }
     let mut items = Vec::with_capacity(env.value.len());
     for raw in env.value {
         let head = match scan::head(raw.get()) {
             Some(head) => head,
             // Keys with escapes, duplicate members, not an object: let serde decide.
-            None => serde_json::from_str(raw.get())
-                .map_err(|e| MalformedPage(format!("item without an id: {e}")))?,
+            None => serde_json::from_str(raw.get()).map_err(MalformedPage::Item)?,
         };
         items.push(DeltaItem {
             id: head.id,

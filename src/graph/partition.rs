@@ -2,7 +2,7 @@
 
 use url::Url;
 
-use super::GraphError;
+use super::error::GraphError;
 use crate::source::PartitionId;
 
 /// The initial delta request of a partition on `graph_host` (e.g. `https://graph.microsoft.com`).
@@ -10,8 +10,10 @@ use crate::source::PartitionId;
 /// Primary-calendar views use v1.0; views of another calendar and calendar lists exist only
 /// in beta.
 pub fn initial_url(graph_host: &str, id: &PartitionId) -> Result<String, GraphError> {
-    let mut url =
-        Url::parse(graph_host).map_err(|e| GraphError::Url(format!("{graph_host}: {e}")))?;
+    let mut url = Url::parse(graph_host).map_err(|source| GraphError::Host {
+        host: graph_host.to_string(),
+        source,
+    })?;
     let segments: Vec<&str> = match id {
         PartitionId::CalendarView { user, calendar, .. }
             if calendar.eq_ignore_ascii_case("primary") =>

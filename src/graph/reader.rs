@@ -6,16 +6,22 @@
 //! for a batch without records, once it is safely queued): a failed transaction therefore
 //! re-fetches the same pages. A resync moves it *back* (to the last complete round or the
 //! initial request), which is always safe.
+//!
+//! The batches it yields are complete: records, offset, and for To Do lists what happens
+//! to their task partitions (`lists.rs`), so the worker only commits and carries them out.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::client::GraphClient;
 use super::delta::DeltaPage;
+use super::error::GraphError;
+use super::lists::{task_partitions, KnownLists};
 use super::partition::{initial_url, same_origin};
-use super::GraphError;
 use crate::metrics;
-use crate::source::{Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord};
+use crate::source::{
+    key_id, Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord,
+};
 
 #[derive(Clone)]
 pub struct PartitionReader {
@@ -25,6 +31,8 @@ pub struct PartitionReader {
     offset: SourceOffset,
     /// During a full resync: the ids seen so far in the round (see `SourceBatch`).
     seen: Option<HashSet<String>>,
+    /// A `TaskLists` partition's known lists, once seeded (see [`Self::know_lists`]).
+    lists: Option<KnownLists>,
 }
 
 /// A 410 on a link that was just reset to the initial request would loop forever.
@@ -57,7 +65,19 @@ impl PartitionReader {
             initial_url,
             offset,
             seen,
+            lists: None,
         })
+    }
+
+    /// Seeds a `TaskLists` reader with task partitions the caller knows (running or with a
+    /// committed offset); may be called more than once, it adds up. Until then, the reader
+    /// writes no first offsets for new lists (it could not tell them from known ones).
+    pub fn know_lists<'p>(&mut self, partitions: impl IntoIterator<Item = &'p PartitionId>) {
+        if self.id.kind() == PartitionKind::TaskLists {
+            self.lists
+                .get_or_insert_with(KnownLists::default)
+                .extend(self.id.user(), partitions);
+        }
     }
 
     /// Where the reader stands.
@@ -75,6 +95,9 @@ impl PartitionReader {
                     seen.remove(id);
                 }
             }
+        }
+        if let Some(lists) = &mut self.lists {
+            lists.advance(batch_ids);
         }
         if batch_offset.round > self.offset.round {
             // The round is complete: a full resync's bookkeeping ends with it.
@@ -166,7 +189,6 @@ impl PartitionReader {
     pub fn batch(&self, page: DeltaPage) -> SourceBatch {
         let round = self.offset.round;
         let resync = self.offset.resync;
-        let mut resets = Vec::new();
         let records: Vec<SourceRecord> = page
             .items
             .into_iter()
@@ -176,12 +198,6 @@ impl PartitionReader {
                 } else {
                     Op::Upsert
                 };
-                if op == Op::Delete && self.id.kind() == PartitionKind::TaskLists {
-                    resets.push(Arc::new(PartitionId::Tasks {
-                        user: self.id.user().to_string(),
-                        list: item.id.clone(),
-                    }));
-                }
                 SourceRecord {
                     partition: self.id.clone(),
                     key: self.id.record_key(&item.id),
@@ -222,14 +238,68 @@ impl PartitionReader {
             }
             _ => None,
         };
-        SourceBatch {
+        let mut batch = SourceBatch {
             partition: self.id.clone(),
             records,
             offset,
-            resets,
+            resets: Vec::new(),
             starts: Vec::new(),
+            runs: Vec::new(),
             full_resync_seen,
+        };
+        self.decide_task_partitions(&mut batch);
+        batch
+    }
+
+    /// Completes the last batch of a full resync (`full_resync_seen`): tombstones for the
+    /// partition's `live` keys in Kafka (read back by the caller) that the round no longer
+    /// returned, since a full round reports no deletions; their task partitions follow.
+    pub fn complete_full_resync(
+        &self,
+        batch: &mut SourceBatch,
+        live: impl IntoIterator<Item = Vec<u8>>,
+    ) {
+        let Some(seen) = batch.full_resync_seen.take() else {
+            return;
+        };
+        let round = batch
+            .records
+            .first()
+            .map_or(batch.offset.round.saturating_sub(1), |r| r.round);
+        let in_batch: HashSet<&str> = batch.records.iter().map(|r| r.id.as_str()).collect();
+        let (mut n_live, mut gone) = (0usize, Vec::new());
+        for key in live {
+            n_live += 1;
+            // A key this connector did not write: not ours to delete.
+            let Some(item) = key_id(&key) else {
+                continue;
+            };
+            if seen.contains(&item) || in_batch.contains(item.as_str()) {
+                continue;
+            }
+            gone.push(SourceRecord {
+                partition: self.id.clone(),
+                key: key.into(),
+                id: item,
+                value: None,
+                op: Op::Delete,
+                round,
+                removed_reason: Some("resync".into()),
+                resync: true,
+            });
         }
+        tracing::info!(partition = %self.id, returned = seen.len(), in_kafka = n_live, tombstones = gone.len(), "full resync complete; tombstoning the items it no longer returns");
+        batch.records.extend(gone);
+        self.decide_task_partitions(batch);
+    }
+
+    /// Fills `starts`, `runs` and `resets` from the batch's records (To Do lists only).
+    fn decide_task_partitions(&self, batch: &mut SourceBatch) {
+        if self.id.kind() != PartitionKind::TaskLists {
+            return;
+        }
+        let d = task_partitions(&self.id, &batch.records, self.lists.as_ref());
+        (batch.starts, batch.runs, batch.resets) = (d.starts, d.runs, d.resets);
     }
 }
 

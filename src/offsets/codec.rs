@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::source::{PartitionId, SourceOffset};
+use crate::source::{BadIdentity, PartitionId, SourceOffset};
 
 /// `["<name>",{identity}]`, with the identity's fixed field order so the bytes of a key never
 /// change (compaction keys on bytes).
@@ -24,21 +24,32 @@ pub struct OffsetRecord {
     pub offset: Option<SourceOffset>,
 }
 
+/// Why a record of the offsets topic is not one of ours.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("key is not JSON: {0}")]
+    KeyNotJson(#[source] serde_json::Error),
+    #[error("key is not [name, partition]")]
+    KeyShape,
+    #[error("connector name is not a string")]
+    ConnectorName,
+    #[error("{0}")]
+    Partition(#[from] BadIdentity),
+    #[error("value: {0}")]
+    Value(#[source] serde_json::Error),
+}
+
 /// Decodes a record; `Err` says why it is not one of ours (it is then skipped, not fatal).
-pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<OffsetRecord, String> {
-    let k: Value = serde_json::from_slice(key).map_err(|e| format!("key is not JSON: {e}"))?;
-    let arr = k
-        .as_array()
-        .filter(|a| a.len() == 2)
-        .ok_or("key is not [name, partition]")?;
-    let connector = arr[0]
-        .as_str()
-        .ok_or("connector name is not a string")?
-        .to_string();
-    let partition = PartitionId::from_json(&arr[1]).map_err(|e| e.to_string())?;
+pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<OffsetRecord, DecodeError> {
+    let k: Value = serde_json::from_slice(key).map_err(DecodeError::KeyNotJson)?;
+    let [name, identity] = k.as_array().map(Vec::as_slice).unwrap_or_default() else {
+        return Err(DecodeError::KeyShape);
+    };
+    let connector = name.as_str().ok_or(DecodeError::ConnectorName)?.to_string();
+    let partition = PartitionId::from_json(identity)?;
     let offset = match value {
         None => None,
-        Some(v) => Some(serde_json::from_slice(v).map_err(|e| format!("value: {e}"))?),
+        Some(v) => Some(serde_json::from_slice(v).map_err(DecodeError::Value)?),
     };
     Ok(OffsetRecord {
         connector,
@@ -74,14 +85,21 @@ mod tests {
             }
         );
         assert_eq!(decode(key.as_bytes(), None).unwrap().offset, None);
-        for bad in [
-            &b"nope"[..],
-            b"[]",
-            b"[1,{}]",
-            br#"["c",{"kind":"x","user":"u"}]"#,
+        for (bad, why) in [
+            (&b"nope"[..], "key is not JSON"),
+            (b"[]", "key is not [name, partition]"),
+            (b"[1,{}]", "connector name"),
+            (
+                br#"["c",{"kind":"x","user":"u"}]"#,
+                "not a partition identity",
+            ),
         ] {
-            assert!(decode(bad, None).is_err());
+            let e = decode(bad, None).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
         }
-        assert!(decode(key.as_bytes(), Some(b"{")).is_err());
+        assert!(matches!(
+            decode(key.as_bytes(), Some(b"{")),
+            Err(DecodeError::Value(_))
+        ));
     }
 }

@@ -8,4 +8,4 @@
 
 pub mod codec;
 
-pub use codec::{decode, encode_key, encode_value, OffsetRecord};
+pub use codec::{decode, encode_key, encode_value, DecodeError, OffsetRecord};

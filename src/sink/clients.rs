@@ -15,13 +15,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::BaseProducer;
 
 use super::health::HealthContext;
+use super::properties::{reader_config, ClientRole, PRODUCER_DEFAULTS};
 use super::SinkOptions;
-use crate::config::{is_sensitive, ClientRole, PRODUCER_DEFAULTS};
+use crate::redact::{is_sensitive, scrub, MaskedMap};
 
 /// librdkafka's `message.max.bytes` default.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
-/// The user's librdkafka properties, by table (see `config::kafka`).
+/// The user's librdkafka properties, by table (`[kafka.options]` and the client tables).
 #[derive(Clone, Default)]
 pub struct ClientOptions {
     /// `[kafka.options]`: every client.
@@ -36,19 +37,11 @@ pub struct ClientOptions {
 
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let masked = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
-            m.iter()
-                .map(|(k, v)| {
-                    let v = if is_sensitive(k) { "***" } else { v.as_str() };
-                    (k.clone(), v.to_string())
-                })
-                .collect()
-        };
         f.debug_struct("ClientOptions")
-            .field("all", &masked(&self.all))
-            .field("producer", &masked(&self.producer))
-            .field("consumer", &masked(&self.consumer))
-            .field("admin", &masked(&self.admin))
+            .field("all", &MaskedMap(&self.all))
+            .field("producer", &MaskedMap(&self.producer))
+            .field("consumer", &MaskedMap(&self.consumer))
+            .field("admin", &MaskedMap(&self.admin))
             .finish()
     }
 }
@@ -150,14 +143,11 @@ pub fn check(opts: &SinkOptions) -> Result<(), Vec<String>> {
     if let Err(e) = producer {
         errs.push(explain(opts, ClientRole::Producer, &e, None));
     }
-    let consumer: Result<BaseConsumer<HealthContext>, _> = opts
-        .consumer_config()
-        .set("group.id", format!("{}-validate", opts.connector))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(ctx.clone());
+    let consumer: Result<BaseConsumer<HealthContext>, _> = reader_config(
+        &opts.consumer_config(),
+        &format!("{}-validate", opts.connector),
+    )
+    .create_with_context(ctx.clone());
     if let Err(e) = consumer {
         errs.push(explain(opts, ClientRole::Consumer, &e, None));
     }
@@ -188,16 +178,7 @@ fn explain(
     let what = what.trim().to_string();
     let layers = opts.kafka.layers(role);
     // Whatever is said below, no secret value is in it (librdkafka may echo a value).
-    let mask = |mut text: String| {
-        for (_, table) in &layers {
-            for (k, v) in table.iter() {
-                if is_sensitive(k) && !v.is_empty() {
-                    text = text.replace(v.as_str(), "***");
-                }
-            }
-        }
-        text
-    };
+    let mask = |text: String| scrub(text, layers.iter().flat_map(|(_, table)| table.iter()));
     let named = at.map(|(t, k)| (t.to_string(), k.clone())).or_else(|| {
         // The last table setting a property the message mentions is the one to fix.
         layers.iter().rev().find_map(|(t, map)| {
@@ -224,14 +205,10 @@ fn explain(
                 _ => format!("{table}.\"{key}\": {what}"),
             }
         }
-        None => {
-            let client = match role {
-                ClientRole::Producer => "producer",
-                ClientRole::Consumer => "consumer",
-                ClientRole::Admin => "admin client",
-            };
-            format!("kafka.options: the {client} refuses this configuration: {what}")
-        }
+        None => format!(
+            "kafka.options: the {} refuses this configuration: {what}",
+            role.name()
+        ),
     })
 }
 
@@ -240,19 +217,7 @@ mod tests {
     use super::*;
 
     fn opts() -> SinkOptions {
-        SinkOptions {
-            bootstrap_servers: "b:9092".into(),
-            kafka: ClientOptions::default(),
-            errors: Default::default(),
-            transactional_id: "cdc-w0".into(),
-            connector: "cdc".into(),
-            topics: Default::default(),
-            offsets_topic: "offsets".into(),
-            transaction_timeout: std::time::Duration::from_secs(60),
-            max_batch_records: 10,
-            linger: std::time::Duration::from_millis(5),
-            heartbeat_interval: std::time::Duration::from_secs(1),
-        }
+        SinkOptions::new("b:9092", "cdc", "cdc-w0")
     }
 
     #[test]
@@ -293,6 +258,23 @@ mod tests {
         assert_eq!(o.consumer_config().get("linger.ms"), Some("20"));
         assert_eq!(o.admin_config().get("request.timeout.ms"), Some("9000"));
         assert_eq!(o.admin_config().get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn the_connector_sets_every_property_it_owns() {
+        use crate::sink::properties::OWNED;
+        let o = opts();
+        let reader = reader_config(&o.consumer_config(), "g");
+        for (key, roles, _) in OWNED {
+            for role in *roles {
+                let c = match role {
+                    ClientRole::Producer => o.producer_config(),
+                    ClientRole::Consumer => reader.clone(),
+                    ClientRole::Admin => o.admin_config(),
+                };
+                assert!(c.get(key).is_some(), "{key} is not set on the {role:?}");
+            }
+        }
     }
 
     #[test]

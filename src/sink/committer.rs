@@ -12,98 +12,28 @@
 //! known size limit are caught before they are sent, and refusals reported by delivery are
 //! traced back to their batch. That batch is then dead-lettered (`errors.tolerance = all`)
 //! or failed alone (`none`), and the transaction is retried with everything else.
+//!
+//! The worker talks to it through a [`SinkHandle`] (`handle.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::BaseRecord;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::handle::{Ack, SinkHandle, SinkMsg};
 use super::health::KafkaHealth;
 use super::producer::{Refused, Tag, TxnProducer};
 use super::records::{dead_letter_headers, headers};
-use super::refusals::{screen, suspects, Fault, Known};
-use super::{SinkError, SinkOptions};
+use super::refusals::{screen, suspects, Fault, Known, Pending};
+use super::{Reason, SinkError, SinkOptions};
 use crate::metrics;
 use crate::offsets::{encode_key, encode_value};
-use crate::source::{Op, PartitionId, SourceBatch, SourceOffset};
+use crate::source::{Op, PartitionId, SourceOffset};
 
-type Ack = oneshot::Sender<Result<(), SinkError>>;
-
-/// Offsets to write directly; `None` resets a partition.
-pub type OffsetWrites = Vec<(PartitionId, Option<SourceOffset>)>;
-
-/// What the committer is asked to do.
-pub enum SinkMsg {
-    /// A page's records and offset; acknowledged once committed or failed.
-    Batch { batch: SourceBatch, ack: Ack },
-    /// An offset with no records: persisted with the next transaction or heartbeat.
-    Idle {
-        partition: Arc<PartitionId>,
-        offset: SourceOffset,
-    },
-    /// Offsets to write now in a transaction of their own (`None` resets a partition).
-    Offsets {
-        offsets: Vec<(PartitionId, Option<SourceOffset>)>,
-        ack: Ack,
-    },
-    /// Write pending idle offsets now, then acknowledge.
-    Flush { ack: Ack },
-}
-
-/// The worker's end of the committer.
-#[derive(Clone)]
-pub struct SinkHandle {
-    tx: mpsc::Sender<SinkMsg>,
-}
-
-impl SinkHandle {
-    /// Commits a batch (records and offset in one transaction).
-    pub async fn commit(&self, batch: SourceBatch) -> Result<(), SinkError> {
-        let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(SinkMsg::Batch { batch, ack })
-            .await
-            .map_err(|_| SinkError::Stopped)?;
-        rx.await.map_err(|_| SinkError::Stopped)?
-    }
-
-    /// Hands over an offset that covers no records.
-    pub async fn idle(
-        &self,
-        partition: Arc<PartitionId>,
-        offset: SourceOffset,
-    ) -> Result<(), SinkError> {
-        self.tx
-            .send(SinkMsg::Idle { partition, offset })
-            .await
-            .map_err(|_| SinkError::Stopped)
-    }
-
-    /// Writes offsets directly (operator changes; `None` resets).
-    pub async fn write_offsets(
-        &self,
-        offsets: Vec<(PartitionId, Option<SourceOffset>)>,
-    ) -> Result<(), SinkError> {
-        let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(SinkMsg::Offsets { offsets, ack })
-            .await
-            .map_err(|_| SinkError::Stopped)?;
-        rx.await.map_err(|_| SinkError::Stopped)?
-    }
-
-    /// Persists idle offsets now.
-    pub async fn flush(&self) -> Result<(), SinkError> {
-        let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(SinkMsg::Flush { ack })
-            .await
-            .map_err(|_| SinkError::Stopped)?;
-        rx.await.map_err(|_| SinkError::Stopped)?
-    }
-}
+/// Where the worker's commands find it.
+pub use super::handle::OffsetWrites;
 
 pub struct Committer {
     producer: TxnProducer,
@@ -114,16 +44,8 @@ pub struct Committer {
     last_heartbeat: Instant,
     /// `message.max.bytes` of the producer.
     max_message_bytes: usize,
-    /// Records Kafka refused (see [`refusals::Known`]).
+    /// Records Kafka refused (see [`Known`]).
     known_refused: Known,
-}
-
-/// A batch waiting for its transaction, with the records to dead-letter instead of writing.
-pub(super) struct Pending {
-    pub batch: SourceBatch,
-    pub ack: Ack,
-    /// Record index → why Kafka refuses it.
-    pub dead: HashMap<usize, Fault>,
 }
 
 /// One transaction's worth of work.
@@ -162,7 +84,7 @@ enum WriteError {
     /// The commit failed for a reason that is some record's fault, without saying whose.
     Unattributed {
         class: &'static str,
-        message: String,
+        message: Reason,
     },
 }
 
@@ -196,15 +118,15 @@ impl Committer {
         let thread = std::thread::Builder::new()
             .name("graph-cdc-committer".into())
             .spawn(move || committer.run())
-            .map_err(|e| SinkError::Setup(format!("starting the committer thread: {e}")))?;
-        Ok((SinkHandle { tx }, thread))
+            .map_err(|e| SinkError::Setup(Reason::because("starting the committer thread", e)))?;
+        Ok((SinkHandle::new(tx), thread))
     }
 
     fn run(mut self) -> Result<(), SinkError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map_err(|e| SinkError::Setup(format!("committer runtime: {e}")))?;
+            .map_err(|e| SinkError::Setup(Reason::because("committer runtime", e)))?;
         loop {
             let heartbeat_due = self.last_heartbeat + self.opts.heartbeat_interval;
             let first = if self.idle.is_empty() {
@@ -306,7 +228,7 @@ impl Committer {
                 }
                 Err(WriteError::Sink(SinkError::Aborted(why))) => (why, Vec::new()),
                 Err(WriteError::Refused(r)) => (
-                    format!("{} record(s) refused", r.len()),
+                    Reason::new(format!("{} record(s) refused", r.len())),
                     suspects(&txn.batches, r),
                 ),
                 Err(WriteError::Unattributed { class, message }) if txn.batches.len() > 1 => {
@@ -324,7 +246,7 @@ impl Committer {
                         .map(|i| Refused {
                             tag: Tag::new(0, i),
                             class,
-                            message: message.clone(),
+                            message: message.to_string(),
                         })
                         .collect::<Vec<_>>();
                     (message, suspects(&txn.batches, all))

@@ -1,8 +1,11 @@
 //! The Kafka side: a transactional producer that commits each page's records together with
 //! the partition's offset.
 //!
+//! - `properties.rs`: what it knows of librdkafka properties: its clients, the producer's
+//!   defaults, the properties it owns (the settings refuse them in the user's tables).
 //! - `clients.rs`: each client's librdkafka configuration (defaults, the user's tables, the
 //!   properties the connector owns) and the check `validate` runs on it.
+//! - `error.rs`: [`SinkError`], with the librdkafka (or I/O) error behind it as its source.
 //! - `health.rs`: why Kafka cannot be reached, in librdkafka's words (for `/readyz`, logs).
 //! - `producer.rs`: the transactional producer, the classification of its errors, and which
 //!   records Kafka refused for good.
@@ -10,18 +13,23 @@
 //!   dead letter.
 //! - `refusals.rs`: finding and blaming records Kafka refuses.
 //! - `topics.rs`: creating missing topics (compacted; the dead-letter topic not).
+//! - `handle.rs`: the worker's end of the committer ([`SinkHandle`]) and what it can ask.
 //! - `committer.rs`: the loop that groups batches into transactions, with the heartbeat
 //!   for idle partitions' offsets, setting refused records aside.
 //! - `readback.rs`, `scan.rs`, `offsets_store.rs`: reading a topic to its end,
 //!   `read_committed`: the offsets at start, a partition's keys after a full resync.
 //!
-//! It knows nothing of Graph: it consumes [`crate::source::SourceBatch`]es.
+//! It knows nothing of Graph (it consumes [`crate::source::SourceBatch`]es) nor of the
+//! settings: `config` builds its [`SinkOptions`].
 
 pub mod clients;
 pub mod committer;
+mod error;
+pub mod handle;
 pub mod health;
 pub mod offsets_store;
 pub mod producer;
+pub mod properties;
 pub mod readback;
 pub mod records;
 mod refusals;
@@ -31,30 +39,21 @@ pub mod topics;
 use std::time::Duration;
 
 pub use clients::ClientOptions;
-pub use committer::{Committer, SinkHandle, SinkMsg};
+pub use committer::Committer;
+pub use error::{Cause, Reason, SinkError};
+pub use handle::{SinkHandle, SinkMsg};
 pub use health::KafkaHealth;
 pub use producer::{classify, TxnErrorClass, TxnProducer};
 
 use crate::source::PartitionKind;
 
-/// Topic of each partition kind.
+/// Topic of each partition kind (`[kafka.topics]`; the settings hold the defaults).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicNames {
     pub events: String,
     pub calendars: String,
     pub task_lists: String,
     pub tasks: String,
-}
-
-impl Default for TopicNames {
-    fn default() -> Self {
-        Self {
-            events: "graph.events".into(),
-            calendars: "graph.calendars".into(),
-            task_lists: "graph.todo.lists".into(),
-            tasks: "graph.todo.tasks".into(),
-        }
-    }
 }
 
 impl TopicNames {
@@ -72,7 +71,10 @@ impl TopicNames {
     }
 }
 
-/// What the sink needs (built from the `[kafka]` and `[worker]` settings).
+/// What the sink needs, built from the `[kafka]`, `[worker]` and `[errors]` settings: the
+/// sink knows no defaults of its own. `Settings::sink_options` builds it from settings, and
+/// `SinkOptions::new` from the built-in defaults with a broker and an identity (tests and
+/// tools without a settings file); both are in `config::build`.
 #[derive(Clone)]
 pub struct SinkOptions {
     pub bootstrap_servers: String,
@@ -112,25 +114,4 @@ impl std::fmt::Debug for SinkOptions {
 pub struct ErrorPolicy {
     /// `None`: the record's partition fails. `Some(topic)`: the record is dead-lettered there.
     pub dead_letter_topic: Option<String>,
-}
-
-/// Errors of the Kafka side.
-#[derive(Debug, thiserror::Error, Clone)]
-pub enum SinkError {
-    /// The transaction was aborted; its batches must be fetched again.
-    #[error("transaction aborted: {0}")]
-    Aborted(String),
-    /// Kafka refuses a record of this batch for good (too large, topic not writable) and
-    /// errors are not tolerated: the partition stops with this reason.
-    #[error("record refused: {0}")]
-    Rejected(String),
-    /// The producer cannot go on (fenced by another worker, fatal broker error…).
-    #[error("fatal Kafka error: {0}")]
-    Fatal(String),
-    /// Creating the producer or the topics failed.
-    #[error("Kafka setup failed: {0}")]
-    Setup(String),
-    /// The sink stopped (shutdown).
-    #[error("sink stopped")]
-    Stopped,
 }

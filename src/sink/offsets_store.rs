@@ -39,7 +39,7 @@ pub fn load_offsets(
                 topic,
                 partition = m.partition(),
                 offset = m.offset(),
-                why,
+                why = %why,
                 "skipping a record of the offsets topic"
             ),
         }

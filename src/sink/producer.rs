@@ -15,7 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::util::Timeout;
 
 use super::health::KafkaHealth;
-use super::{SinkError, SinkOptions};
+use super::{Reason, SinkError, SinkOptions};
 
 /// What to do about a failed transactional call (librdkafka's own classification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,7 @@ impl TxnProducer {
         let inner: Arc<BaseProducer<TxnContext>> = Arc::new(
             opts.producer_config()
                 .create_with_context(ctx)
-                .map_err(|e| SinkError::Setup(format!("creating the producer: {e}")))?,
+                .map_err(|e| SinkError::Setup(Reason::because("creating the producer", e)))?,
         );
         let timeout = Duration::from_secs(30).max(opts.transaction_timeout);
         let stop = Arc::new(AtomicBool::new(false));
@@ -167,7 +167,7 @@ impl TxnProducer {
                         std::thread::sleep(POLL_EVERY);
                     }
                 })
-                .map_err(|e| SinkError::Setup(format!("starting the poll thread: {e}")))?
+                .map_err(|e| SinkError::Setup(Reason::because("starting the poll thread", e)))?
         };
         let p = Self {
             inner,
@@ -179,11 +179,11 @@ impl TxnProducer {
             .map_err(|e| {
                 let why = p.inner.context().health.recent();
                 match (e, why) {
-                    (SinkError::Aborted(m) | SinkError::Fatal(m), Some(why)) => {
-                        SinkError::Setup(format!("initialising transactions: {m}: {why}"))
-                    }
+                    (SinkError::Aborted(m) | SinkError::Fatal(m), Some(why)) => SinkError::Setup(
+                        m.reworded(|m| format!("initialising transactions: {m}: {why}")),
+                    ),
                     (SinkError::Aborted(m), None) => {
-                        SinkError::Setup(format!("initialising transactions: {m}"))
+                        SinkError::Setup(m.reworded(|m| format!("initialising transactions: {m}")))
                     }
                     (other, _) => other,
                 }
@@ -202,8 +202,8 @@ impl TxnProducer {
                         tries += 1;
                         std::thread::sleep(Duration::from_millis(100 << tries));
                     }
-                    TxnErrorClass::Fatal => return Err(SinkError::Fatal(e.to_string())),
-                    _ => return Err(SinkError::Aborted(e.to_string())),
+                    TxnErrorClass::Fatal => return Err(SinkError::Fatal(Reason::from_cause(e))),
+                    _ => return Err(SinkError::Aborted(Reason::from_cause(e))),
                 },
             }
         }
@@ -237,8 +237,8 @@ impl TxnProducer {
                             message: e.to_string(),
                         }),
                         _ => Err(match classify(&e) {
-                            TxnErrorClass::Fatal => SinkError::Fatal(e.to_string()),
-                            _ => SinkError::Aborted(e.to_string()),
+                            TxnErrorClass::Fatal => SinkError::Fatal(Reason::from_cause(e)),
+                            _ => SinkError::Aborted(Reason::from_cause(e)),
                         }),
                     });
                 }
@@ -285,7 +285,9 @@ impl TxnProducer {
         match r {
             Ok(()) => Ok(true),
             Err(_) if invalid_state.get() => Ok(false),
-            Err(SinkError::Aborted(m)) => Err(SinkError::Fatal(format!("abort failed: {m}"))),
+            Err(SinkError::Aborted(m)) => Err(SinkError::Fatal(
+                m.reworded(|m| format!("abort failed: {m}")),
+            )),
             Err(other) => Err(other),
         }
     }

@@ -12,9 +12,10 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::health::HealthContext;
+use super::properties::reader_config;
 
 /// Why a topic could not be read to its end.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     #[error("reading '{topic}': {source}")]
     Kafka {
@@ -41,13 +42,7 @@ pub fn read_to_end(
     };
     // Its context keeps librdkafka's error events (end of partition among them) out of the
     // error log.
-    let consumer: BaseConsumer<HealthContext> = config
-        .clone()
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
+    let consumer: BaseConsumer<HealthContext> = reader_config(config, group)
         .create_with_context(HealthContext::default())
         .map_err(err)?;
     // Right after the topic is created (or while the broker settles) metadata and

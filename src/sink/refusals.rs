@@ -6,9 +6,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::committer::Pending;
+use super::handle::Ack;
 use super::producer::{Refused, Tag};
-use crate::source::{PartitionId, SourceRecord};
+use crate::source::{PartitionId, SourceBatch, SourceRecord};
+
+/// A batch waiting for its transaction, with the records to dead-letter instead of writing.
+pub(super) struct Pending {
+    pub batch: SourceBatch,
+    pub ack: Ack,
+    /// Record index → why Kafka refuses it.
+    pub dead: HashMap<usize, Fault>,
+}
 
 /// Why Kafka refuses a record.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::message::Message;
 
 use super::readback::read_to_end;
-use super::{SinkError, SinkOptions};
+use super::{Reason, SinkError, SinkOptions};
 
 /// The keys starting with `prefix` that are live (not tombstoned) in `topic`, as a
 /// `read_committed` consumer sees it now. Reads the whole topic: full resyncs are rare.
@@ -29,6 +29,6 @@ pub fn live_keys(
             live.remove(key);
         }
     })
-    .map_err(|e| SinkError::Aborted(e.to_string()))?;
+    .map_err(|e| SinkError::Aborted(Reason::from_cause(e)))?;
     Ok(live)
 }

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{SinkError, SinkOptions};
+use super::{Reason, SinkError, SinkOptions};
 
 /// Creates each topic that does not exist yet (compacted). Existing topics are left alone.
 pub async fn ensure_topics(
@@ -18,7 +19,7 @@ pub async fn ensure_topics(
     let admin: AdminClient<DefaultClientContext> = opts
         .admin_config()
         .create()
-        .map_err(|e| SinkError::Setup(format!("creating the admin client: {e}")))?;
+        .map_err(|e| SinkError::Setup(Reason::because("creating the admin client", e)))?;
     let mut names: Vec<(&str, i32)> = opts.topics.all().iter().map(|t| (*t, partitions)).collect();
     // The offsets topic is small and read whole at start: one partition keeps that fast.
     names.push((&opts.offsets_topic, 1));
@@ -44,12 +45,15 @@ pub async fn ensure_topics(
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
-        .map_err(|e| SinkError::Setup(format!("creating topics: {e}")))?;
+        .map_err(|e| SinkError::Setup(Reason::because("creating topics", e)))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
-                return Err(SinkError::Setup(format!("creating topic '{t}': {code}")))
+                return Err(SinkError::Setup(Reason::because(
+                    format_args!("creating topic '{t}'"),
+                    KafkaError::AdminOp(code),
+                )))
             }
         }
     }

@@ -1,11 +1,15 @@
-//! Operator commands from the REST API: pause, resume, stop, restart, resync, offsets.
+//! Operator commands from the REST API, applied: one function per command, behind a short
+//! dispatch. The commands themselves and how they are read from requests: `commands.rs`.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::sink::SinkError;
 use crate::source::PartitionId;
 
+use super::commands::{AlterOffsets, Command, Restart, Resync};
+use super::status::{task_id, ConnectorState};
 use super::supervisor::{spawn_partition, start_all};
 use super::{PartitionState, Shared};
 
@@ -13,28 +17,6 @@ use super::{PartitionState, Shared};
 pub struct Request {
     pub command: Command,
     pub reply: tokio::sync::oneshot::Sender<Result<String, CommandError>>,
-}
-
-/// What an operator can ask of a running worker.
-#[derive(Debug, Clone)]
-pub enum Command {
-    /// Partitions stop fetching and keep their place.
-    Pause,
-    /// Paused or stopped partitions go on (stopped ones from their committed offsets).
-    Resume,
-    /// Partitions stop and their offsets are persisted; offsets may then be changed.
-    Stop,
-    /// Restarts partitions (all, only failed ones, or one) from their committed offsets.
-    Restart {
-        only_failed: bool,
-        partition: Option<PartitionId>,
-    },
-    /// Restarts the rounds of one or all partitions from the initial request.
-    Resync { partition: Option<PartitionId> },
-    /// Writes offsets (`None` resets); only while stopped.
-    AlterOffsets(crate::sink::committer::OffsetWrites),
-    /// Resets every partition's offset; only while stopped.
-    ResetOffsets,
 }
 
 /// Why a command was refused.
@@ -51,109 +33,147 @@ pub enum CommandError {
 /// Carries out an operator's command.
 pub(super) async fn command(shared: &Arc<Shared>, c: Command) -> Result<String, CommandError> {
     tracing::info!(command = ?c, "operator command");
-    let all: Vec<PartitionId> = shared.tracked.lock().keys().cloned().collect();
-    let need_stopped = || {
-        if shared.stopped() {
-            Ok(())
-        } else {
-            Err(CommandError::Conflict(
-                "offsets can only be changed while the connector is STOPPED".into(),
-            ))
-        }
-    };
-    let failed = |e: SinkError| CommandError::Failed(e.to_string());
     match c {
-        Command::Pause => {
-            shared.paused.send_replace(true);
-            *shared.status.connector.lock() = "PAUSED";
-            Ok("paused".into())
-        }
-        Command::Resume => {
-            shared.paused.send_replace(false);
-            let was_stopped = shared.stopped();
-            *shared.status.connector.lock() = "RUNNING";
-            if was_stopped {
-                start_all(shared);
-            }
-            Ok("resumed".into())
-        }
-        Command::Stop => {
-            shared.halt(&all).await;
-            shared.sink.flush().await.map_err(failed)?;
-            shared.paused.send_replace(false);
-            *shared.status.connector.lock() = "STOPPED";
-            Ok("stopped".into())
-        }
-        Command::Restart {
-            only_failed,
-            partition,
-        } => {
-            if shared.stopped() {
-                return Err(CommandError::Conflict(
-                    "the connector is STOPPED: resume it".into(),
-                ));
-            }
-            let targets: Vec<PartitionId> = {
-                let tracked = shared.tracked.lock();
-                tracked
-                    .iter()
-                    .filter(|(p, _)| partition.as_ref().is_none_or(|q| q == *p))
-                    .filter(|(_, t)| {
-                        !only_failed || matches!(*t.state.lock(), PartitionState::Failed(_))
-                    })
-                    .map(|(p, _)| p.clone())
-                    .collect()
-            };
-            if let Some(p) = &partition {
-                if targets.is_empty() && !shared.knows(p) {
-                    return Err(CommandError::NotFound(format!("no partition {p}")));
-                }
-            }
-            shared.halt(&targets).await;
-            for p in &targets {
-                spawn_partition(shared, p.clone());
-            }
-            Ok(format!("restarted {} partitions", targets.len()))
-        }
-        Command::Resync { partition } => {
-            let tracked = shared.tracked.lock();
-            let mut n = 0;
-            for (p, t) in tracked.iter() {
-                if partition.as_ref().is_none_or(|q| q == p) {
-                    t.resync.store(true, Ordering::SeqCst);
-                    n += 1;
-                }
-            }
-            if n == 0 {
-                return Err(CommandError::NotFound("no such partition running".into()));
-            }
-            Ok(format!("resync requested for {n} partitions"))
-        }
-        Command::AlterOffsets(writes) => {
-            need_stopped()?;
-            shared
-                .sink
-                .write_offsets(writes.clone())
-                .await
-                .map_err(failed)?;
-            let mut offsets = shared.status.offsets.lock();
-            for (p, o) in writes {
-                match o {
-                    Some(o) => offsets.insert(p, o),
-                    None => offsets.remove(&p),
-                };
-            }
-            Ok("The offsets for this connector have been altered successfully".into())
-        }
-        Command::ResetOffsets => {
-            need_stopped()?;
-            let mut targets: std::collections::BTreeSet<PartitionId> =
-                shared.status.offsets.lock().keys().cloned().collect();
-            targets.extend(shared.spec.partitions.iter().cloned());
-            let writes = targets.into_iter().map(|p| (p, None)).collect();
-            shared.sink.write_offsets(writes).await.map_err(failed)?;
-            shared.status.offsets.lock().clear();
-            Ok("The offsets for this connector have been reset successfully".into())
+        Command::Pause => Ok(pause(shared)),
+        Command::Resume => Ok(resume(shared)),
+        Command::Stop => stop(shared).await,
+        Command::Restart(r) => restart(shared, r).await,
+        Command::Resync(r) => resync(shared, r),
+        Command::AlterOffsets(a) => alter_offsets(shared, a).await,
+        Command::ResetOffsets => reset_offsets(shared).await,
+    }
+}
+
+fn failed(e: SinkError) -> CommandError {
+    CommandError::Failed(e.to_string())
+}
+
+fn need_stopped(shared: &Shared) -> Result<(), CommandError> {
+    if shared.stopped() {
+        Ok(())
+    } else {
+        Err(CommandError::Conflict(
+            "offsets can only be changed while the connector is STOPPED".into(),
+        ))
+    }
+}
+
+fn pause(shared: &Shared) -> String {
+    shared.paused.send_replace(true);
+    *shared.status.connector.lock() = ConnectorState::Paused;
+    "paused".into()
+}
+
+fn resume(shared: &Arc<Shared>) -> String {
+    shared.paused.send_replace(false);
+    let was_stopped = shared.stopped();
+    *shared.status.connector.lock() = ConnectorState::Running;
+    if was_stopped {
+        start_all(shared);
+    }
+    "resumed".into()
+}
+
+async fn stop(shared: &Shared) -> Result<String, CommandError> {
+    let all: Vec<PartitionId> = shared.tracked.lock().keys().cloned().collect();
+    shared.halt("stop", &all).await;
+    shared.sink.flush().await.map_err(failed)?;
+    shared.paused.send_replace(false);
+    *shared.status.connector.lock() = ConnectorState::Stopped;
+    Ok("stopped".into())
+}
+
+async fn restart(shared: &Arc<Shared>, r: Restart) -> Result<String, CommandError> {
+    let (only_failed, partition) = match r {
+        Restart::All { only_failed } => (only_failed, None),
+        Restart::Task(id) => (false, Some(partition_of_task(shared, id)?)),
+    };
+    if shared.stopped() {
+        return Err(CommandError::Conflict(
+            "the connector is STOPPED: resume it".into(),
+        ));
+    }
+    let targets: Vec<PartitionId> = {
+        let tracked = shared.tracked.lock();
+        tracked
+            .iter()
+            .filter(|(p, _)| partition.as_ref().is_none_or(|q| q == *p))
+            .filter(|(_, t)| !only_failed || matches!(*t.state.lock(), PartitionState::Failed(_)))
+            .map(|(p, _)| p.clone())
+            .collect()
+    };
+    if let Some(p) = &partition {
+        if targets.is_empty() && !shared.knows(p) {
+            return Err(CommandError::NotFound(format!("no partition {p}")));
         }
     }
+    shared.halt("restart", &targets).await;
+    for p in &targets {
+        spawn_partition(shared, p.clone());
+    }
+    Ok(format!("restarted {} partitions", targets.len()))
+}
+
+/// The partition a task id names, among those the status endpoint lists (where ids are
+/// read from).
+fn partition_of_task(shared: &Shared, id: u64) -> Result<PartitionId, CommandError> {
+    let matching: Vec<PartitionId> = shared
+        .status
+        .partitions
+        .lock()
+        .keys()
+        .filter(|p| task_id(p) == id)
+        .cloned()
+        .collect();
+    match <[PartitionId; 1]>::try_from(matching) {
+        Ok([p]) => Ok(p),
+        Err(m) if m.is_empty() => Err(CommandError::NotFound(format!("no task {id}"))),
+        // Two identities sharing 52 bits of a hash: name the partition instead.
+        Err(_) => Err(CommandError::Conflict(format!(
+            "task id {id} names more than one partition: use the connector restart or a resync by partition"
+        ))),
+    }
+}
+
+fn resync(shared: &Shared, r: Resync) -> Result<String, CommandError> {
+    let tracked = shared.tracked.lock();
+    let mut n = 0;
+    for (p, t) in tracked.iter() {
+        if r.partition.as_ref().is_none_or(|q| q == p) {
+            t.resync.store(true, Ordering::SeqCst);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(CommandError::NotFound("no such partition running".into()));
+    }
+    Ok(format!("resync requested for {n} partitions"))
+}
+
+async fn alter_offsets(shared: &Shared, a: AlterOffsets) -> Result<String, CommandError> {
+    need_stopped(shared)?;
+    let AlterOffsets(writes) = a;
+    shared
+        .sink
+        .write_offsets(writes.clone())
+        .await
+        .map_err(failed)?;
+    let mut offsets = shared.status.offsets.lock();
+    for (p, o) in writes {
+        match o {
+            Some(o) => offsets.insert(p, o),
+            None => offsets.remove(&p),
+        };
+    }
+    Ok("The offsets for this connector have been altered successfully".into())
+}
+
+async fn reset_offsets(shared: &Shared) -> Result<String, CommandError> {
+    need_stopped(shared)?;
+    let mut targets: BTreeSet<PartitionId> = shared.status.offsets.lock().keys().cloned().collect();
+    targets.extend(shared.spec.partitions.iter().cloned());
+    let writes = targets.into_iter().map(|p| (p, None)).collect();
+    shared.sink.write_offsets(writes).await.map_err(failed)?;
+    shared.status.offsets.lock().clear();
+    Ok("The offsets for this connector have been reset successfully".into())
 }

@@ -12,32 +12,40 @@
 //! once: transactions are initialised first (fencing any older incarnation and aborting its
 //! open transaction), then the offsets topic is read to its end with `read_committed`.
 //!
+//! Partition tasks are owned by the worker (a `JoinSet`), never detached: shutdown cancels
+//! them and waits until they have ended, at most `worker.shutdown_timeout`, before the
+//! committer stops.
+//!
 //! - `spec.rs`: settings → [`WorkerSpec`].
-//! - `status.rs`: [`WorkerStatus`], partition states and the gauges derived from them.
-//! - `control.rs`: operator commands.
+//! - `status.rs`: [`WorkerStatus`], partition and connector states, task ids, the gauges.
+//! - `commands.rs`: operator commands, each read from its REST request.
+//! - `control.rs`: applying operator commands.
 //! - `supervisor.rs`: starting and stopping partition tasks.
 //! - `partition.rs`: a partition's loop.
 
+mod commands;
 mod control;
 mod partition;
 mod spec;
 mod status;
 mod supervisor;
 
-pub use control::{Command, CommandError, Request};
+pub use commands::{AlterOffsets, BadRequest, Command, Restart, RestartQuery, Resync};
+pub use control::{CommandError, Request};
 pub use spec::WorkerSpec;
-pub use status::{PartitionState, WorkerStatus};
+pub use status::{task_id, ConnectorState, PartitionState, WorkerStatus};
 
 use control::command;
-use supervisor::start_all;
+use supervisor::{start_all, stop_all};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::graph::{GraphClient, GraphError, TokenProvider};
@@ -55,8 +63,13 @@ pub enum WorkerError {
     Offsets(#[from] crate::sink::offsets_store::OffsetStoreError),
     #[error("Graph setup: {0}")]
     Graph(#[from] GraphError),
-    #[error("internal: {0}")]
-    Internal(String),
+    /// A blocking step (Kafka probe, committer start or stop, offsets load) did not finish.
+    #[error("worker task panicked or was cancelled")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("building the HTTP client for Graph")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("the committer thread panicked: {0}")]
+    CommitterPanicked(String),
 }
 
 struct Tracked {
@@ -64,6 +77,15 @@ struct Tracked {
     state: Arc<Mutex<PartitionState>>,
     /// Set by a resync signal: the partition restarts its round from scratch.
     resync: Arc<AtomicBool>,
+    /// Cancelled once the task has ended (returned, panicked or aborted).
+    ended: CancellationToken,
+}
+
+impl Tracked {
+    /// The partition's task has not ended yet.
+    fn alive(&self) -> bool {
+        !self.ended.is_cancelled()
+    }
 }
 
 /// What every partition task shares.
@@ -75,6 +97,8 @@ struct Shared {
     /// `true` while the connector is paused.
     paused: tokio::sync::watch::Sender<bool>,
     tracked: Mutex<HashMap<PartitionId, Tracked>>,
+    /// Every partition task (see `supervisor.rs`).
+    tasks: Mutex<JoinSet<()>>,
     shutdown: CancellationToken,
     /// Set when the sink failed fatally: the worker must stop with an error.
     fatal: Mutex<Option<SinkError>>,
@@ -93,7 +117,7 @@ pub async fn run_with_status(
     mut commands: tokio::sync::mpsc::Receiver<Request>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    *status.connector.lock() = "RUNNING";
+    *status.connector.lock() = ConnectorState::Running;
     tokio::pin!(shutdown);
     // 0. Kafka reachable (credentials, certificates): until it is, say why and wait.
     let mut attempt = 0u32;
@@ -102,8 +126,7 @@ pub async fn run_with_status(
         let probe = tokio::task::spawn_blocking(move || {
             crate::sink::health::probe(&cfg, Duration::from_secs(10))
         })
-        .await
-        .map_err(|e| WorkerError::Internal(e.to_string()))?;
+        .await?;
         let Err(why) = probe else { break };
         attempt += 1;
         let wait = Duration::from_secs(2u64.saturating_pow(attempt.min(5)).min(30));
@@ -122,9 +145,7 @@ pub async fn run_with_status(
     let sink_opts = spec.sink.clone();
     let health = status.kafka.clone();
     let (sink, committer) =
-        tokio::task::spawn_blocking(move || Committer::start(sink_opts, health))
-            .await
-            .map_err(|e| WorkerError::Internal(e.to_string()))??;
+        tokio::task::spawn_blocking(move || Committer::start(sink_opts, health)).await??;
     // 2. Then the committed offsets.
     let cfg = spec.sink.consumer_config();
     let (topic, name, timeout) = (
@@ -132,9 +153,8 @@ pub async fn run_with_status(
         spec.sink.connector.clone(),
         spec.offsets_load_timeout,
     );
-    let loaded = tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout))
-        .await
-        .map_err(|e| WorkerError::Internal(e.to_string()))??;
+    let loaded =
+        tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??;
     status
         .offsets_loaded
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -147,7 +167,7 @@ pub async fn run_with_status(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(spec.client.max_concurrency.max(1))
         .build()
-        .map_err(|e| WorkerError::Internal(format!("HTTP client: {e}")))?;
+        .map_err(WorkerError::HttpClient)?;
     let tokens = Arc::new(TokenProvider::new(
         http.clone(),
         spec.token_url.clone(),
@@ -162,10 +182,13 @@ pub async fn run_with_status(
         sink,
         paused: tokio::sync::watch::channel(false).0,
         tracked: Mutex::new(HashMap::new()),
+        tasks: Mutex::new(JoinSet::new()),
         shutdown: CancellationToken::new(),
         fatal: Mutex::new(None),
         spec,
     });
+    // Should this future be dropped half-way, the tasks (which hold `shared`) go too.
+    let abort_tasks = AbortTasksOnDrop(Arc::downgrade(&shared));
     start_all(&shared);
     loop {
         tokio::select! {
@@ -181,29 +204,42 @@ pub async fn run_with_status(
         }
     }
     shared.shutdown.cancel();
-    // Give partition tasks a moment to drop their handles to the committer.
-    for _ in 0..50 {
-        if shared
-            .tracked
-            .lock()
-            .values()
-            .all(|t| *t.state.lock() != PartitionState::Running)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // In-flight commits are waited for; tasks still there after the timeout are aborted, so
+    // that none holds the committer's handle any more.
+    stop_all(&shared, shared.spec.shutdown_timeout).await;
     let fatal = shared.fatal.lock().take();
+    drop(abort_tasks);
+    // The last handle to the committer: it commits what it holds and stops.
     drop(shared);
-    let joined = tokio::task::spawn_blocking(move || committer.join())
-        .await
-        .map_err(|e| WorkerError::Internal(e.to_string()))?;
+    let joined = tokio::task::spawn_blocking(move || committer.join()).await?;
     match (fatal, joined) {
         (Some(e), _) => Err(e.into()),
         (None, Ok(Ok(()))) => Ok(()),
         (None, Ok(Err(e))) => Err(e.into()),
-        (None, Err(_)) => Err(WorkerError::Internal("committer thread panicked".into())),
+        (None, Err(panic)) => Err(WorkerError::CommitterPanicked(
+            panic_message(&*panic).into(),
+        )),
     }
+}
+
+/// Aborts the partition tasks when dropped, unless they are already gone.
+struct AbortTasksOnDrop(Weak<Shared>);
+
+impl Drop for AbortTasksOnDrop {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.tasks.lock().abort_all();
+        }
+    }
+}
+
+/// The message a panic carried, if it was a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The scope's resource host: Graph's own host for the national clouds, else the given host.
@@ -218,26 +254,27 @@ impl Shared {
     }
 
     fn stopped(&self) -> bool {
-        *self.status.connector.lock() == "STOPPED"
+        *self.status.connector.lock() == ConnectorState::Stopped
     }
 
-    /// Cancels the given partitions and waits (a few seconds at most) until they ended.
-    async fn halt(&self, ids: &[PartitionId]) {
-        let states: Vec<Arc<Mutex<PartitionState>>> = {
+    /// Cancels the given partitions and waits until their tasks ended (in-flight commits
+    /// included), at most `worker.shutdown_timeout`.
+    async fn halt(&self, command: &str, ids: &[PartitionId]) {
+        let ended: Vec<CancellationToken> = {
             let tracked = self.tracked.lock();
             ids.iter()
                 .filter_map(|p| tracked.get(p))
                 .map(|t| {
                     t.cancel.cancel();
-                    t.state.clone()
+                    t.ended.clone()
                 })
                 .collect()
         };
-        for _ in 0..500 {
-            if states.iter().all(|s| *s.lock() != PartitionState::Running) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let timeout = self.spec.shutdown_timeout;
+        let all = futures_util::future::join_all(ended.iter().map(|e| e.cancelled()));
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            let pending = ended.iter().filter(|e| !e.is_cancelled()).count();
+            metrics::halt_timed_out(command, pending, timeout);
         }
     }
 }

@@ -1,8 +1,12 @@
-//! One partition's loop: fetch a page, commit it with its offset, move on; pace rounds.
+//! One partition's task: fetch a batch, commit it with its offset, move on; pace rounds.
+//!
+//! The batches come complete from the Graph side (records, offset, and for To Do lists the
+//! task partitions their commit starts, runs and resets): the task commits them and carries
+//! out what they say. Its position moves only once a commit is acknowledged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -10,9 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::graph::{GraphError, PartitionReader};
 use crate::metrics;
 use crate::sink::SinkError;
-use crate::source::{Op, PartitionId, PartitionKind};
+use crate::source::{Op, PartitionId, PartitionKind, SourceBatch};
 
-use super::supervisor::{spawn_partition, stop_partition};
 use super::{PartitionState, Shared};
 
 pub(super) async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
@@ -30,276 +33,340 @@ pub(super) fn jittered(base: Duration, jitter: f64) -> Duration {
     base.mul_f64(f.max(0.0))
 }
 
+/// Runs a partition until it is cancelled, fails, or (a task partition whose list is gone)
+/// ends; `resync` restarts its round from scratch when set.
+/// What a partition's loop asks of whoever runs it once a commit is acknowledged: the task
+/// partitions its batch named must run, those it reset must stop (To Do lists come and go).
+/// The supervisor implements it, so this file never calls back up into it.
+pub(super) trait Supervise: Sync {
+    fn run(&self, partition: PartitionId);
+    fn stop(&self, partition: &PartitionId);
+}
+
 pub(super) async fn partition_loop(
     shared: &Arc<Shared>,
     reader: &mut PartitionReader,
     cancel: &CancellationToken,
     resync: &AtomicBool,
+    supervisor: &dyn Supervise,
 ) -> PartitionState {
-    let id = reader.id.clone();
-    let mut failures = 0u32;
-    let mut aborts = 0u32;
-    let mut paused = shared.paused.subscribe();
-    // Initial-sync progress, logged at most every 10 seconds.
-    let (mut pages, mut records) = (0u64, 0u64);
-    let mut last_progress = std::time::Instant::now();
-    // The next page, fetched while the previous one was being committed (see below).
-    let mut prefetched: Option<Result<crate::source::SourceBatch, GraphError>> = None;
-    loop {
-        if cancel.is_cancelled() {
-            return PartitionState::Stopped;
+    PartitionTask::new(shared, reader, cancel, supervisor)
+        .run(resync)
+        .await
+}
+
+/// What the loop does after a step.
+enum Step<T = ()> {
+    /// Go on, with the step's result.
+    Next(T),
+    /// Start the iteration over: the position did not move, the same page is fetched again.
+    Again,
+    /// The task ends in this state.
+    End(PartitionState),
+}
+
+/// Unwraps a [`Step`] inside the loop: `Again` continues it, `End` returns.
+macro_rules! step {
+    ($e:expr) => {
+        match $e {
+            Step::Next(v) => v,
+            Step::Again => continue,
+            Step::End(state) => return state,
         }
-        // Paused: keep the place and wait.
-        while *paused.borrow_and_update() {
-            prefetched = None;
-            tokio::select! {
-                r = paused.changed() => if r.is_err() { return PartitionState::Stopped },
-                _ = cancel.cancelled() => return PartitionState::Stopped,
+    };
+}
+
+/// What a committed (or idle) batch leaves for [`PartitionTask::pace`].
+struct Committed {
+    /// The round the batch belonged to.
+    round: u64,
+    records: u64,
+    /// The batch was the last page of its round.
+    round_done: bool,
+}
+
+/// A partition's loop state.
+struct PartitionTask<'a> {
+    shared: &'a Arc<Shared>,
+    reader: &'a mut PartitionReader,
+    cancel: &'a CancellationToken,
+    supervisor: &'a dyn Supervise,
+    id: Arc<PartitionId>,
+    /// Fetches failed in a row (throttled, failing past every retry, auth trouble).
+    failures: u32,
+    /// Transactions aborted in a row.
+    aborts: u32,
+    /// The next page, fetched while the previous one was being committed (see `commit`).
+    prefetched: Option<Result<SourceBatch, GraphError>>,
+    /// Initial-sync progress, logged at most every 10 seconds.
+    pages: u64,
+    records: u64,
+    last_progress: Instant,
+}
+
+impl<'a> PartitionTask<'a> {
+    fn new(
+        shared: &'a Arc<Shared>,
+        reader: &'a mut PartitionReader,
+        cancel: &'a CancellationToken,
+        supervisor: &'a dyn Supervise,
+    ) -> Self {
+        // A To Do lists reader decides which task partitions are new: it starts from those
+        // the worker runs or has offsets for. (Two locks in turn, never both at once.)
+        reader.know_lists(shared.tracked.lock().keys());
+        reader.know_lists(shared.status.offsets.lock().keys());
+        Self {
+            id: reader.id.clone(),
+            shared,
+            reader,
+            cancel,
+            supervisor,
+            failures: 0,
+            aborts: 0,
+            prefetched: None,
+            pages: 0,
+            records: 0,
+            last_progress: Instant::now(),
+        }
+    }
+
+    async fn run(mut self, resync: &AtomicBool) -> PartitionState {
+        let mut paused = self.shared.paused.subscribe();
+        loop {
+            if self.cancel.is_cancelled() {
+                return PartitionState::Stopped;
             }
+            // Paused: keep the place and wait.
+            while *paused.borrow_and_update() {
+                self.prefetched = None;
+                tokio::select! {
+                    r = paused.changed() => if r.is_err() { return PartitionState::Stopped },
+                    _ = self.cancel.cancelled() => return PartitionState::Stopped,
+                }
+            }
+            if resync.swap(false, Ordering::SeqCst) {
+                metrics::resync(&self.id, "signal", "initial");
+                self.reader.restart();
+                self.prefetched = None;
+            }
+            let mut batch = step!(self.fetch().await);
+            step!(self.complete_resync(&mut batch).await);
+            let committed = step!(self.commit(batch).await);
+            step!(self.pace(committed).await);
         }
-        if resync.swap(false, Ordering::SeqCst) {
-            metrics::resync(&id, "signal", "initial");
-            reader.restart();
-            prefetched = None;
-        }
-        let round = reader.offset().round;
-        let fetched = match prefetched.take() {
+    }
+
+    /// The next batch: the one prefetched during the last commit, or a fresh fetch. On a
+    /// Graph error: a task partition whose list is gone (404) resets its offset and stops;
+    /// a fault of the partition's own fails it; anything else is retried later, from the
+    /// same position, after a backoff that grows while fetches keep failing.
+    async fn fetch(&mut self) -> Step<SourceBatch> {
+        let fetched = match self.prefetched.take() {
             Some(r) => r,
             // Boxed, like the other large sub-futures below: a parked partition (10,000 of
             // them) then holds a small future instead of room for an HTTP request.
             None => tokio::select! {
-                r = Box::pin(reader.next_batch(&shared.client)) => r,
-                _ = cancel.cancelled() => return PartitionState::Stopped,
+                r = Box::pin(self.reader.next_batch(&self.shared.client)) => r,
+                _ = self.cancel.cancelled() => return Step::End(PartitionState::Stopped),
             },
         };
-        let batch = match fetched {
-            Ok(b) => {
-                shared
-                    .status
-                    .graph_ok
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                b
+        let e = match fetched {
+            Ok(batch) => {
+                self.shared.status.graph_ok.store(true, Ordering::Relaxed);
+                self.failures = 0;
+                return Step::Next(batch);
             }
-            // The list of a task partition is gone: stop tracking it and forget its offset.
-            Err(GraphError::Client { status: 404, .. }) if id.kind() == PartitionKind::Tasks => {
-                tracing::info!(partition = %id, "task list no longer exists; resetting its offset");
-                let _ = Box::pin(shared.sink.write_offsets(vec![((*id).clone(), None)])).await;
-                shared.tracked.lock().remove(&*id);
-                return PartitionState::Stopped;
-            }
-            Err(e) if e.is_partition_fault() => {
-                metrics::partition_failed(&id, &e.to_string());
-                return PartitionState::Failed(e.to_string());
-            }
-            Err(e) => {
-                // Throttled or failing past every retry, auth trouble: try again later,
-                // from the same position.
-                failures += 1;
-                let wait = jittered(Duration::from_secs(5).saturating_mul(failures.min(12)), 0.2);
-                tracing::warn!(partition = %id, error = %e, wait_secs = wait.as_secs(), "fetch failed; retrying later");
-                if !Box::pin(sleep_or_cancel(wait, cancel)).await {
-                    return PartitionState::Stopped;
-                }
-                continue;
-            }
+            Err(e) => e,
         };
-        failures = 0;
-        let mut batch = batch;
-        if let Some(seen) = batch.full_resync_seen.take() {
-            match Box::pin(tombstones_after_full_resync(shared, &batch, &seen)).await {
-                Ok(extra) => batch.records.extend(extra),
-                // The same page is fetched again and the comparison retried.
-                Err(e) => {
-                    tracing::warn!(partition = %id, error = %e, "reading back keys after a full resync failed; retrying");
-                    if !Box::pin(sleep_or_cancel(Duration::from_secs(1), cancel)).await {
-                        return PartitionState::Stopped;
-                    }
-                    continue;
-                }
+        let id = &self.id;
+        match e {
+            // The list of a task partition is gone: stop tracking it and forget its offset.
+            GraphError::Client { status: 404, .. } if id.kind() == PartitionKind::Tasks => {
+                tracing::info!(partition = %id, "task list no longer exists; resetting its offset");
+                let reset = vec![((**id).clone(), None)];
+                let _ = Box::pin(self.shared.sink.write_offsets(reset)).await;
+                self.shared.tracked.lock().remove(&**id);
+                Step::End(PartitionState::Stopped)
             }
-            if id.kind() == PartitionKind::TaskLists {
-                for r in batch.records.iter().filter(|r| r.op == Op::Delete) {
-                    batch.resets.push(Arc::new(PartitionId::Tasks {
-                        user: id.user().to_string(),
-                        list: r.id.clone(),
-                    }));
-                }
+            e if e.is_partition_fault() => {
+                metrics::partition_failed(id, &e.to_string());
+                Step::End(PartitionState::Failed(e.to_string()))
+            }
+            e => {
+                self.failures += 1;
+                let wait = jittered(
+                    Duration::from_secs(5).saturating_mul(self.failures.min(12)),
+                    0.2,
+                );
+                tracing::warn!(partition = %id, error = %e, wait_secs = wait.as_secs(), "fetch failed; retrying later");
+                again_after(wait, self.cancel).await
             }
         }
+    }
+
+    /// After the last page of a full resync: the partition's keys in Kafka are read back
+    /// and the reader adds tombstones for those the round no longer returned (and what they
+    /// mean for task partitions). If reading fails, the page is fetched again and the
+    /// comparison retried.
+    async fn complete_resync(&mut self, batch: &mut SourceBatch) -> Step {
+        if batch.full_resync_seen.is_none() {
+            return Step::Next(());
+        }
+        let p = batch.partition.clone();
+        let opts = self.shared.spec.sink.clone();
+        let topic = opts.topics.for_kind(p.kind()).to_string();
+        let prefix = p.key_prefix();
+        let read = tokio::task::spawn_blocking(move || {
+            crate::sink::scan::live_keys(&opts, &topic, &prefix, Duration::from_secs(120))
+        });
+        let why = match Box::pin(read).await {
+            Ok(Ok(live)) => {
+                self.reader.complete_full_resync(batch, live);
+                return Step::Next(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(partition = %self.id, error = %why, "reading back keys after a full resync failed; retrying");
+        again_after(Duration::from_secs(1), self.cancel).await
+    }
+
+    /// Hands the batch to the sink and waits for the acknowledgement; only then does the
+    /// position move and are the batch's task partitions run or stopped. An aborted
+    /// transaction leaves the position where it was: the page is fetched again after a
+    /// backoff that grows while transactions keep failing.
+    async fn commit(&mut self, batch: SourceBatch) -> Step<Committed> {
         let ids: Vec<(Op, String)> = batch.records.iter().map(|r| (r.op, r.id.clone())).collect();
         let offset = batch.offset.clone();
-        let round_done = offset.round > round;
+        let round = self.reader.offset().round;
+        let done = Committed {
+            round,
+            records: ids.len() as u64,
+            round_done: offset.round > round,
+        };
+        let shared = self.shared;
         if batch.records.is_empty() && batch.resets.is_empty() {
-            if Box::pin(shared.sink.idle(id.clone(), offset.clone()))
+            if Box::pin(shared.sink.idle(self.id.clone(), offset.clone()))
                 .await
                 .is_err()
             {
-                return PartitionState::Stopped;
+                return Step::End(PartitionState::Stopped);
             }
-            reader.advance(offset, &ids);
-        } else {
-            let lists: Vec<(Op, String)> = if id.kind() == PartitionKind::TaskLists {
-                ids.clone()
-            } else {
-                Vec::new()
-            };
-            // New lists get their task partition's first offset in this same transaction.
-            for (op, list) in &lists {
-                let p = PartitionId::Tasks {
-                    user: id.user().to_string(),
-                    list: list.clone(),
+            self.reader.advance(offset, &ids);
+            return Step::Next(done);
+        }
+        let (runs, resets) = (batch.runs.clone(), batch.resets.clone());
+        // Mid-round, the next page is fetched while this one commits, on a copy of the
+        // reader that assumes the commit: a partition would otherwise wait a whole
+        // transaction between pages. Nothing of it reaches the sink before the commit is
+        // acknowledged; if the commit fails, it is dropped and the page refetched.
+        let mut ahead = (!done.round_done).then(|| {
+            let mut a = self.reader.clone();
+            a.advance(offset.clone(), &ids);
+            a
+        });
+        let cancel = self.cancel;
+        let (committed, next) = match ahead.as_mut() {
+            Some(a) => {
+                let fetch = async {
+                    tokio::select! {
+                        r = a.next_batch(&shared.client) => Some(r),
+                        _ = cancel.cancelled() => None,
+                    }
                 };
-                if *op == Op::Upsert && !shared.knows(&p) {
-                    batch.starts.push(Arc::new(p));
-                }
+                Box::pin(async { tokio::join!(shared.sink.commit(batch), fetch) }).await
             }
-            // Mid-round, the next page is fetched while this one commits, on a copy of the
-            // reader that assumes the commit: a partition would otherwise wait a whole
-            // transaction between pages. Nothing of it reaches the sink before the commit is
-            // acknowledged; if the commit fails, it is dropped and the page refetched.
-            let mut ahead = (!round_done).then(|| {
-                let mut a = reader.clone();
-                a.advance(offset.clone(), &ids);
-                a
-            });
-            let (committed, next) = match ahead.as_mut() {
-                Some(a) => {
-                    let fetch = async {
-                        tokio::select! {
-                            r = a.next_batch(&shared.client) => Some(r),
-                            _ = cancel.cancelled() => None,
-                        }
-                    };
-                    Box::pin(async { tokio::join!(shared.sink.commit(batch), fetch) }).await
-                }
-                None => (Box::pin(shared.sink.commit(batch)).await, None),
-            };
-            match committed {
-                Ok(()) => {
-                    aborts = 0;
-                    shared
-                        .status
-                        .offsets
-                        .lock()
-                        .insert((*id).clone(), offset.clone());
-                    match (ahead, next) {
-                        (Some(a), Some(next)) => {
-                            *reader = a;
-                            prefetched = Some(next);
-                        }
-                        _ => reader.advance(offset, &ids),
+            None => (Box::pin(shared.sink.commit(batch)).await, None),
+        };
+        match committed {
+            Ok(()) => {
+                self.aborts = 0;
+                shared
+                    .status
+                    .offsets
+                    .lock()
+                    .insert((*self.id).clone(), offset.clone());
+                match (ahead, next) {
+                    (Some(a), Some(next)) => {
+                        *self.reader = a;
+                        self.prefetched = Some(next);
                     }
-                    for (op, list) in lists {
-                        let p = PartitionId::Tasks {
-                            user: id.user().to_string(),
-                            list,
-                        };
-                        match op {
-                            Op::Upsert => spawn_partition(shared, p),
-                            Op::Delete => stop_partition(shared, &p),
-                        }
-                    }
+                    _ => self.reader.advance(offset, &ids),
                 }
-                Err(SinkError::Aborted(why)) => {
-                    // The position did not move: the same page is fetched again, after a
-                    // backoff that grows while its transactions keep failing.
-                    aborts += 1;
-                    let wait = jittered(
-                        Duration::from_millis(100)
-                            .saturating_mul(1 << aborts.min(9))
-                            .min(Duration::from_secs(30)),
-                        0.2,
-                    );
-                    metrics::commit_retry(&id, aborts, wait, &why);
-                    if !Box::pin(sleep_or_cancel(wait, cancel)).await {
-                        return PartitionState::Stopped;
-                    }
-                    continue;
+                for p in runs {
+                    self.supervisor.run((*p).clone());
                 }
-                Err(SinkError::Rejected(why)) => {
-                    metrics::partition_failed(&id, &why);
-                    return PartitionState::Failed(why);
+                for p in resets {
+                    self.supervisor.stop(&p);
                 }
-                Err(e) => {
-                    if matches!(e, SinkError::Fatal(_)) {
-                        *shared.fatal.lock() = Some(e);
-                        shared.shutdown.cancel();
-                    }
-                    return PartitionState::Stopped;
+                Step::Next(done)
+            }
+            Err(SinkError::Aborted(why)) => {
+                self.aborts += 1;
+                let wait = jittered(
+                    Duration::from_millis(100)
+                        .saturating_mul(1 << self.aborts.min(9))
+                        .min(Duration::from_secs(30)),
+                    0.2,
+                );
+                metrics::commit_retry(&self.id, self.aborts, wait, &why);
+                again_after(wait, self.cancel).await
+            }
+            Err(SinkError::Rejected(why)) => {
+                metrics::partition_failed(&self.id, &why);
+                Step::End(PartitionState::Failed(why))
+            }
+            Err(e) => {
+                if matches!(e, SinkError::Fatal(_)) {
+                    *shared.fatal.lock() = Some(e);
+                    shared.shutdown.cancel();
                 }
+                Step::End(PartitionState::Stopped)
             }
         }
+    }
+
+    /// Round bookkeeping after a batch: pages into the round, initial-sync progress, and at
+    /// a round's end its freshness, then the poll interval (with jitter) before the next.
+    async fn pace(&mut self, done: Committed) -> Step {
+        let status = &self.shared.status;
         {
-            let mut rp = shared.status.round_pages.lock();
-            let n = rp.entry((*id).clone()).or_default();
-            *n = if round_done { 0 } else { *n + 1 };
+            let mut rp = status.round_pages.lock();
+            let n = rp.entry((*self.id).clone()).or_default();
+            *n = if done.round_done { 0 } else { *n + 1 };
         }
-        if round == 1 {
-            pages += 1;
-            records += ids.len() as u64;
-            if round_done || last_progress.elapsed() >= Duration::from_secs(10) {
-                metrics::initial_sync_progress(&id, pages, records);
-                last_progress = std::time::Instant::now();
+        if done.round == 1 {
+            self.pages += 1;
+            self.records += done.records;
+            if done.round_done || self.last_progress.elapsed() >= Duration::from_secs(10) {
+                metrics::initial_sync_progress(&self.id, self.pages, self.records);
+                self.last_progress = Instant::now();
             }
         }
-        if round_done {
-            let now = std::time::Instant::now();
-            let age = shared
-                .status
-                .fresh_at
-                .lock()
-                .insert((*id).clone(), now)
-                .map_or(Duration::ZERO, |t| now.duration_since(t));
-            metrics::round_completed(&id, round, age);
-            let wait = jittered(shared.spec.poll_interval, shared.spec.poll_jitter);
-            if !Box::pin(sleep_or_cancel(wait, cancel)).await {
-                return PartitionState::Stopped;
-            }
+        if !done.round_done {
+            return Step::Next(());
+        }
+        let now = Instant::now();
+        let age = status
+            .fresh_at
+            .lock()
+            .insert((*self.id).clone(), now)
+            .map_or(Duration::ZERO, |t| now.duration_since(t));
+        metrics::round_completed(&self.id, done.round, age);
+        let wait = jittered(self.shared.spec.poll_interval, self.shared.spec.poll_jitter);
+        if Box::pin(sleep_or_cancel(wait, self.cancel)).await {
+            Step::Next(())
+        } else {
+            Step::End(PartitionState::Stopped)
         }
     }
 }
 
-/// After a full resync round: tombstones for the partition's keys in Kafka that the round
-/// did not return (Graph reports no deletions in a full round).
-async fn tombstones_after_full_resync(
-    shared: &Arc<Shared>,
-    batch: &crate::source::SourceBatch,
-    seen: &std::collections::HashSet<String>,
-) -> Result<Vec<crate::source::SourceRecord>, SinkError> {
-    let p = batch.partition.clone();
-    let opts = shared.spec.sink.clone();
-    let topic = opts.topics.for_kind(p.kind()).to_string();
-    let prefix = p.key_prefix();
-    let live = tokio::task::spawn_blocking(move || {
-        crate::sink::scan::live_keys(&opts, &topic, &prefix, Duration::from_secs(120))
-    })
-    .await
-    .map_err(|e| SinkError::Aborted(e.to_string()))??;
-    let n_live = live.len();
-    let in_batch: std::collections::HashSet<&str> =
-        batch.records.iter().map(|r| r.id.as_str()).collect();
-    let mut out = Vec::new();
-    for key in live {
-        let Some(item) = crate::source::key_id(&key) else {
-            continue;
-        };
-        if seen.contains(&item) || in_batch.contains(item.as_str()) {
-            continue;
-        }
-        out.push(crate::source::SourceRecord {
-            partition: p.clone(),
-            key: key.into(),
-            id: item,
-            value: None,
-            op: Op::Delete,
-            round: batch
-                .records
-                .first()
-                .map_or(batch.offset.round.saturating_sub(1), |r| r.round),
-            removed_reason: Some("resync".into()),
-            resync: true,
-        });
+/// Waits `wait`, then starts the iteration over (or ends, if cancelled meanwhile).
+async fn again_after<T>(wait: Duration, cancel: &CancellationToken) -> Step<T> {
+    if Box::pin(sleep_or_cancel(wait, cancel)).await {
+        Step::Again
+    } else {
+        Step::End(PartitionState::Stopped)
     }
-    tracing::info!(partition = %p, returned = seen.len(), in_kafka = n_live, tombstones = out.len(), "full resync complete; tombstoning the items it no longer returns");
-    Ok(out)
 }

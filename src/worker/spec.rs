@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::{ConfigError, Credentials, Settings};
 use crate::graph::{ClientOptions, Credential};
-use crate::sink::{SinkOptions, TopicNames};
+use crate::sink::SinkOptions;
 use crate::source::PartitionId;
 
 /// Everything a worker needs, resolved from the settings.
@@ -26,6 +26,8 @@ pub struct WorkerSpec {
     pub create_topics: Option<(i32, i32)>,
     /// How long reading the offsets topic may take at start.
     pub offsets_load_timeout: Duration,
+    /// How long shutdown (and halting partitions for a command) waits for partition tasks.
+    pub shutdown_timeout: Duration,
 }
 
 impl WorkerSpec {
@@ -49,52 +51,16 @@ impl WorkerSpec {
             token_url: g.token_url(),
             client_id: g.client_id.clone(),
             credential,
-            client: ClientOptions {
-                page_size: g.page_size,
-                timezone: Some(g.timezone.clone()).filter(|t| !t.eq_ignore_ascii_case("utc")),
-                max_concurrency_per_mailbox: g.max_concurrency_per_mailbox,
-                max_concurrency: g.max_concurrency,
-                batch_polls: g.batch_polls,
-                request_timeout: g.request_timeout.0,
-                max_retries: g.max_retries,
-                max_backoff: g.max_backoff.0,
-                ..Default::default()
-            },
+            client: g.client_options(),
             poll_interval: g.poll_interval.0,
             poll_jitter: g.poll_jitter,
-            sink: SinkOptions {
-                bootstrap_servers: k.bootstrap_servers.clone(),
-                kafka: crate::sink::ClientOptions {
-                    all: k.options.0.clone(),
-                    producer: k.producer_options.0.clone(),
-                    consumer: k.consumer_options.0.clone(),
-                    admin: k.admin_options.0.clone(),
-                },
-                errors: crate::sink::ErrorPolicy {
-                    dead_letter_topic: match s.errors.tolerance {
-                        crate::config::Tolerance::All => s.errors.dead_letter_topic.clone(),
-                        crate::config::Tolerance::None => None,
-                    },
-                },
-                transactional_id: s.transactional_id(),
-                connector: s.name.clone(),
-                topics: TopicNames {
-                    events: k.topics.events.clone(),
-                    calendars: k.topics.calendars.clone(),
-                    task_lists: k.topics.task_lists.clone(),
-                    tasks: k.topics.tasks.clone(),
-                },
-                offsets_topic: k.offsets_topic.clone(),
-                transaction_timeout: k.transaction_timeout.0,
-                max_batch_records: s.worker.max_batch_records,
-                linger: s.worker.linger.0,
-                heartbeat_interval: s.worker.heartbeat_interval.0,
-            },
+            sink: s.sink_options(),
             partitions: s.partitions(),
             create_topics: k
                 .create_topics
                 .then_some((k.topic_partitions, k.replication_factor)),
             offsets_load_timeout: s.worker.offsets_load_timeout.0,
+            shutdown_timeout: s.worker.shutdown_timeout.0,
         })
     }
 }

@@ -5,9 +5,45 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use sha2::Digest as _;
 
 use crate::metrics;
 use crate::source::{PartitionId, SourceOffset};
+
+/// The connector's state, as the REST API reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConnectorState {
+    /// The worker has not started yet.
+    #[default]
+    Unassigned,
+    Running,
+    /// Partitions keep their place and fetch nothing.
+    Paused,
+    /// Partitions ended with their offsets persisted; offsets may be changed.
+    Stopped,
+}
+
+impl ConnectorState {
+    /// The Kafka Connect name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectorState::Unassigned => "UNASSIGNED",
+            ConnectorState::Running => "RUNNING",
+            ConnectorState::Paused => "PAUSED",
+            ConnectorState::Stopped => "STOPPED",
+        }
+    }
+}
+
+/// A partition's task id in the REST API: the first 52 bits of the SHA-256 of its canonical
+/// identity ([`PartitionId::to_json`]). It depends on nothing else, so it stays the same while
+/// other partitions come and go, and it is a JSON number any client reads exactly (< 2^53).
+pub fn task_id(p: &PartitionId) -> u64 {
+    let digest = sha2::Sha256::digest(p.to_json().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) >> 12
+}
 
 /// A partition's state, as the REST API will report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +65,8 @@ pub struct WorkerStatus {
     /// Offsets as last committed by this worker (or read at start); where partitions
     /// (re)start from.
     pub offsets: Mutex<std::collections::BTreeMap<PartitionId, SourceOffset>>,
-    /// `RUNNING`, `PAUSED` or `STOPPED`.
-    pub connector: Mutex<&'static str>,
+    /// Running, paused or stopped (unassigned until the worker starts).
+    pub connector: Mutex<ConnectorState>,
     /// When each partition last completed a round (or started).
     pub fresh_at: Mutex<HashMap<PartitionId, std::time::Instant>>,
     /// Pages fetched in each partition's current round.
@@ -75,7 +111,7 @@ impl WorkerStatus {
             }
         }
         drop(fresh);
-        let paused = *self.connector.lock() == "PAUSED";
+        let paused = *self.connector.lock() == ConnectorState::Paused;
         let offsets = self.offsets.lock();
         let partitions = self.partitions.lock();
         m.partitions.reset();
@@ -99,5 +135,53 @@ impl WorkerStatus {
                     .set(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lists(user: &str) -> PartitionId {
+        PartitionId::TaskLists { user: user.into() }
+    }
+
+    #[test]
+    fn task_ids_depend_on_the_partition_only() {
+        let p = PartitionId::Tasks {
+            user: "alice@contoso.com".into(),
+            list: "AQMkADTaskList1".into(),
+        };
+        let id = task_id(&p);
+        // A fixed function of the identity: the same in every process and release.
+        assert_eq!(id, task_id(&p.clone()));
+        assert!(id < 1 << 52, "exact as a JSON number");
+        assert_eq!(
+            task_id(&lists("alice@contoso.com")),
+            0xb_d91d_e886_862b,
+            "the first 52 bits of SHA-256 of the canonical identity"
+        );
+        // Others appearing or disappearing cannot move it: there is no position in it.
+        let others: Vec<PartitionId> = (0..200).map(|i| lists(&format!("u{i}@x"))).collect();
+        let mut ids: Vec<u64> = others.iter().map(task_id).collect();
+        assert!(!ids.contains(&id));
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), others.len(), "distinct");
+    }
+
+    #[test]
+    fn connector_states_keep_their_rest_names() {
+        let names: Vec<&str> = [
+            ConnectorState::Unassigned,
+            ConnectorState::Running,
+            ConnectorState::Paused,
+            ConnectorState::Stopped,
+        ]
+        .into_iter()
+        .map(ConnectorState::as_str)
+        .collect();
+        assert_eq!(names, ["UNASSIGNED", "RUNNING", "PAUSED", "STOPPED"]);
+        assert_eq!(ConnectorState::default(), ConnectorState::Unassigned);
     }
 }

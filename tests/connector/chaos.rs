@@ -361,14 +361,7 @@ async fn chaos(long: Option<Duration>) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     workers.keep_one(&mut totals);
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(120)));
-    let records: Vec<Committed> = tokio::task::block_in_place(|| {
-        spec.sink
-            .topics
-            .all()
-            .iter()
-            .flat_map(|t| read_all(&spec.sink.bootstrap_servers, t))
-            .collect()
-    });
+    let records: Vec<Committed> = all_records(&spec);
     totals.mutations = mutations.load(Ordering::Relaxed);
     totals.records_checked = records.len();
     totals.partitions_checked = all_partitions(&sim, WINDOW).len();

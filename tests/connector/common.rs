@@ -5,147 +5,48 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use graph_cdc::graph::{ClientOptions, Credential};
-use graph_cdc::sink::{SinkOptions, TopicNames};
 use graph_cdc::source::PartitionId;
+use graph_cdc::worker::WorkerSpec;
 use graph_sim::SimServer;
-use std::sync::Arc;
-
-use graph_cdc::worker::{self, PartitionState, WorkerSpec, WorkerStatus};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-pub const TENANT: &str = "contoso";
-pub const CLIENT: &str = "graph-cdc-test";
-pub const SECRET: &str = "graph-cdc-test-secret";
+pub use graph_cdc_testkit::harness::{
+    compacted, read_committed as read_all, Committed, CLIENT, SECRET, TENANT,
+};
+
+/// Every committed record of the spec's topics (from inside the test runtime too).
+pub fn all_records(spec: &WorkerSpec) -> Vec<Committed> {
+    tokio::task::block_in_place(|| {
+        spec.sink
+            .topics
+            .all()
+            .iter()
+            .flat_map(|t| read_all(&spec.sink.bootstrap_servers, t))
+            .collect()
+    })
+}
 
 pub fn bootstrap() -> String {
     graph_cdc_testkit::broker::shared_bootstrap().expect("a real Kafka broker")
 }
 
-/// Unique names for one test's topics, offsets topic and transactional id.
+/// A worker on topics of its own, tuned to converge fast: small pages, quick polls and
+/// retries, small transactions.
 pub fn spec(sim: &SimServer, bootstrap: &str, partitions: Vec<PartitionId>) -> WorkerSpec {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let run = &run[..10];
-    WorkerSpec {
-        graph_host: sim.url(),
-        token_url: format!("{}/{TENANT}/oauth2/v2.0/token", sim.url()),
-        client_id: CLIENT.into(),
-        credential: Credential::Secret(SECRET.into()),
-        client: ClientOptions {
-            page_size: 7,
-            base_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(500),
-            max_retries: 30,
-            ..Default::default()
-        },
-        poll_interval: Duration::from_millis(300),
-        poll_jitter: 0.2,
-        sink: SinkOptions {
-            bootstrap_servers: bootstrap.into(),
-            kafka: Default::default(),
-            errors: Default::default(),
-            transactional_id: format!("test-{run}"),
-            connector: format!("conn-{run}"),
-            topics: TopicNames {
-                events: format!("events-{run}"),
-                calendars: format!("calendars-{run}"),
-                task_lists: format!("lists-{run}"),
-                tasks: format!("tasks-{run}"),
-            },
-            offsets_topic: format!("offsets-{run}"),
-            transaction_timeout: Duration::from_secs(30),
-            max_batch_records: 500,
-            linger: Duration::from_millis(20),
-            heartbeat_interval: Duration::from_secs(1),
-        },
-        partitions,
-        create_topics: Some((3, 1)),
-        offsets_load_timeout: Duration::from_secs(30),
-    }
-}
-
-/// Every committed record of a topic, in order: (key, value, headers).
-pub struct Committed {
-    pub key: Vec<u8>,
-    pub value: Option<Vec<u8>>,
-    pub headers: HashMap<String, String>,
-}
-
-/// Reads `topic` from the beginning to its end with `read_committed`.
-pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Committed> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in &parts {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut eof = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while eof.len() < parts.len() && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Committed {
-                    key: m.key().unwrap_or_default().to_vec(),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                eof.insert(p);
-            }
-            Some(Err(e)) => panic!("consuming {topic}: {e}"),
-            None => {}
-        }
-    }
-    assert_eq!(eof.len(), parts.len(), "{topic} read to its end");
-    out
-}
-
-/// The compacted view: key → value (tombstones remove).
-pub fn compacted(records: &[Committed]) -> HashMap<Vec<u8>, Vec<u8>> {
-    let mut view = HashMap::new();
-    for r in records {
-        match &r.value {
-            Some(v) => {
-                view.insert(r.key.clone(), v.clone());
-            }
-            None => {
-                view.remove(&r.key);
-            }
-        }
-    }
-    view
+    let mut spec = graph_cdc_testkit::harness::worker_spec(&sim.url(), bootstrap, partitions);
+    spec.client.page_size = 7;
+    spec.client.base_backoff = Duration::from_millis(20);
+    spec.client.max_backoff = Duration::from_millis(500);
+    spec.client.max_retries = 30;
+    spec.poll_interval = Duration::from_millis(300);
+    spec.poll_jitter = 0.2;
+    spec.sink.transaction_timeout = Duration::from_secs(30);
+    spec.sink.max_batch_records = 500;
+    spec.sink.linger = Duration::from_millis(20);
+    spec.sink.heartbeat_interval = Duration::from_secs(1);
+    spec.create_topics = Some((3, 1));
+    spec.offsets_load_timeout = Duration::from_secs(30);
+    spec
 }
 
 /// The simulator's truth for one partition, as `record key → parsed JSON`.
@@ -366,10 +267,7 @@ pub async fn sim_with_users(
     tasks: usize,
     seed: u64,
 ) -> (SimServer, Vec<String>) {
-    let sim = SimServer::start("127.0.0.1:0", graph_sim::SimSettings::default())
-        .await
-        .expect("simulator");
-    sim.state.add_secret_client(TENANT, CLIENT, SECRET);
+    let sim = graph_cdc_testkit::harness::start_sim().await;
     let gen = graph_sim::generate::GenerateSpec {
         users,
         tenant: Some(TENANT.into()),
@@ -481,52 +379,10 @@ pub fn signal(child: &Child, sig: i32) {
 }
 
 /// A worker running in this test process.
-pub struct Running {
-    pub stop: CancellationToken,
-    pub status: Arc<WorkerStatus>,
-    pub task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
-    /// How the worker ended, if it did by itself.
-    pub ended: Arc<parking_lot::Mutex<Option<String>>>,
-}
+pub type Running = graph_cdc_testkit::harness::InProcessWorker;
 
 pub fn start_worker(spec: &WorkerSpec) -> Running {
-    // `TEST_LOG=debug` shows the worker's logs.
-    if let Ok(filter) = std::env::var("TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    }
-    let stop = CancellationToken::new();
-    let status = Arc::new(WorkerStatus::default());
-    let (_tx, rx) = tokio::sync::mpsc::channel(1);
-    let ended = Arc::new(parking_lot::Mutex::new(None));
-    let (e, spec, st, s) = (ended.clone(), spec.clone(), status.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        let r = worker::run_with_status(spec, st, rx, s.cancelled_owned()).await;
-        *e.lock() = Some(format!("{r:?}"));
-        r
-    });
-    Running {
-        stop,
-        status,
-        task,
-        ended,
-    }
-}
-
-impl Running {
-    pub async fn stop(self) -> Result<(), worker::WorkerError> {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("worker stops within 20 s")
-            .expect("worker task")
-    }
-
-    pub fn state(&self, p: &PartitionId) -> Option<PartitionState> {
-        self.status.partitions.lock().get(p).cloned()
-    }
+    Running::start(&tokio::runtime::Handle::current(), spec.clone())
 }
 
 /// Waits until the topics equal the truth except for the keys `skip` names; fails if the

@@ -104,14 +104,7 @@ pub async fn crash_resume(secured: Option<(String, Vec<(String, String)>)>, kill
             assert!(!logged.contains(v.as_str()), "{k} appears in the logs");
         }
     }
-    let records: Vec<Committed> = tokio::task::block_in_place(|| {
-        spec.sink
-            .topics
-            .all()
-            .iter()
-            .flat_map(|t| read_all(&spec.sink.bootstrap_servers, t))
-            .collect()
-    });
+    let records: Vec<Committed> = all_records(&spec);
     assert_eq!(killed, kills);
     assert!(records.len() > 300, "{} records", records.len());
     assert_eq!(duplicates(&records), Vec::<String>::new());

@@ -66,17 +66,6 @@ fn converge(sim: &SimServer, spec: &WorkerSpec, w: &Running) {
     });
 }
 
-fn all_records(spec: &WorkerSpec) -> Vec<Committed> {
-    tokio::task::block_in_place(|| {
-        spec.sink
-            .topics
-            .all()
-            .iter()
-            .flat_map(|t| read_all(&spec.sink.bootstrap_servers, t))
-            .collect()
-    })
-}
-
 /// A full initial sync and incremental rounds of all three kinds, several users and pages:
 /// the compacted topics equal the simulator's truth, and nothing was committed twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

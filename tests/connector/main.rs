@@ -7,3 +7,4 @@ mod e2e;
 mod ops;
 mod oversize;
 mod secure;
+mod shutdown;

@@ -1,6 +1,7 @@
 //! The HTTP surface of a running worker: health, readiness, metrics and the read-only REST
 //! API, with no secret in any answer.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -384,10 +385,16 @@ async fn operator_commands_and_offset_changes() {
         .0,
         202
     );
+    let first = tasks(&u, &name).await.into_keys().next().unwrap();
     assert_eq!(
-        call(Method::POST, &c("/tasks/0/restart"), Some(OP_TOKEN), None)
-            .await
-            .0,
+        call(
+            Method::POST,
+            &c(&format!("/tasks/{first}/restart")),
+            Some(OP_TOKEN),
+            None
+        )
+        .await
+        .0,
         202
     );
     assert_eq!(
@@ -409,6 +416,204 @@ async fn operator_commands_and_offset_changes() {
         .create_list(&user, Default::default())
         .unwrap();
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
+    ops.stop.cancel();
+    ops.task.await.unwrap().unwrap();
+}
+
+/// The tasks of `GET /connectors/{name}/status`, by id: (partition, state). Checks that each
+/// id is the one derived from its partition and that `GET /connectors/{name}` lists the same.
+async fn tasks(url: &str, name: &str) -> BTreeMap<u64, (PartitionId, String)> {
+    let (code, v) = call(
+        reqwest::Method::GET,
+        &format!("{url}/connectors/{name}/status"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let mut out = BTreeMap::new();
+    for t in v["tasks"].as_array().unwrap() {
+        let p = PartitionId::from_json(&t["partition"]).unwrap();
+        let id = t["id"].as_u64().unwrap();
+        assert_eq!(id, worker::task_id(&p), "the id of {p}");
+        let state = t["state"].as_str().unwrap().to_string();
+        assert!(out.insert(id, (p, state)).is_none(), "ids are unique");
+    }
+    let (_, v) = call(
+        reqwest::Method::GET,
+        &format!("{url}/connectors/{name}"),
+        None,
+        None,
+    )
+    .await;
+    let listed: BTreeMap<u64, PartitionId> = v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let p = PartitionId::from_json(&t["partition"]).unwrap();
+            (t["task"].as_u64().unwrap(), p)
+        })
+        .collect();
+    // Read one after the other: a partition may have appeared in between.
+    for (id, p) in &listed {
+        if let Some((q, _)) = out.get(id) {
+            assert_eq!(p, q, "task {id} is the same partition in both listings");
+        }
+    }
+    out
+}
+
+/// Polls the status until `done` holds for the tasks (30 s at most).
+async fn wait_tasks(
+    url: &str,
+    name: &str,
+    what: &str,
+    done: impl Fn(&BTreeMap<u64, (PartitionId, String)>) -> bool,
+) -> BTreeMap<u64, (PartitionId, String)> {
+    for _ in 0..150 {
+        let t = tasks(url, name).await;
+        if done(&t) {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: {:?}", tasks(url, name).await);
+}
+
+/// Task ids come from the partitions, not from their positions: they stay the same while task
+/// partitions of To Do lists appear (one sorting before the others) and disappear, and a
+/// restart by id restarts that partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_ids_are_stable_and_restart_by_id_hits_its_partition() {
+    use graph_sim::model::NameSpec;
+    use reqwest::Method;
+    let sim = sim().await;
+    let user = sim
+        .state
+        .store
+        .read()
+        .user_id("user001@contoso.com")
+        .unwrap()
+        .to_string();
+    // A list that can be deleted (the default one cannot).
+    let gone = sim
+        .state
+        .store
+        .write()
+        .create_list(&user, NameSpec::default())
+        .unwrap();
+    let mut partitions: Vec<PartitionId> = all_partitions(&sim, WINDOW)
+        .into_iter()
+        .filter(|p| !matches!(p, PartitionId::Tasks { .. }))
+        .collect();
+    // A mailbox Graph does not know yet: its partition fails (404) until it exists.
+    let ghost = PartitionId::CalendarList {
+        user: "ghost@contoso.com".into(),
+    };
+    partitions.push(ghost.clone());
+    let spec = spec(&sim, &bootstrap(), partitions);
+    let ops = start(&spec).await;
+    let (u, name) = (ops.url.clone(), spec.sink.connector.clone());
+    let ghost_id = worker::task_id(&ghost);
+    tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
+    let before = wait_tasks(&u, &name, "the unknown mailbox fails", |t| {
+        t.get(&ghost_id).is_some_and(|(_, s)| s == "FAILED")
+    })
+    .await;
+    assert_eq!(before.len(), all_partitions(&sim, WINDOW).len() + 1);
+
+    // A new list (its partition sorts before user002's task partitions) and a deleted one.
+    let new_list = sim
+        .state
+        .store
+        .write()
+        .create_list(&user, NameSpec::default())
+        .unwrap();
+    sim.state.store.write().delete_list(&user, &gone).unwrap();
+    let new_p = PartitionId::Tasks {
+        user: "user001@contoso.com".into(),
+        list: new_list,
+    };
+    let gone_p = PartitionId::Tasks {
+        user: "user001@contoso.com".into(),
+        list: gone,
+    };
+    let (new_id, gone_id) = (worker::task_id(&new_p), worker::task_id(&gone_p));
+    let after = wait_tasks(&u, &name, "the new list's partition runs", |t| {
+        t.get(&new_id).is_some_and(|(_, s)| s == "RUNNING")
+            && t.get(&gone_id).is_none_or(|(_, s)| s != "RUNNING")
+    })
+    .await;
+    assert_eq!(after[&new_id].0, new_p);
+    for (id, (p, _)) in &before {
+        if let Some((q, _)) = after.get(id) {
+            assert_eq!(p, q, "task {id} still names the same partition");
+        } else {
+            assert_eq!(*id, gone_id, "only the deleted list's partition may go");
+        }
+    }
+
+    // The mailbox appears; restarting the failed task by its id brings that partition back.
+    sim.state
+        .store
+        .write()
+        .create_user(graph_sim::model::UserSpec {
+            tenant: Some(TENANT.into()),
+            user_principal_name: "ghost@contoso.com".into(),
+            id: None,
+            display_name: None,
+        })
+        .unwrap();
+    let c = |path: &str| format!("{u}/connectors/{name}{path}");
+    let (code, v) = call(
+        Method::POST,
+        &c(&format!("/tasks/{ghost_id}/restart")),
+        Some(OP_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, v["message"].as_str()),
+        (202, Some("restarted 1 partitions"))
+    );
+    let restarted = wait_tasks(&u, &name, "the restarted task runs", |t| {
+        t.get(&ghost_id).is_some_and(|(_, s)| s == "RUNNING")
+    })
+    .await;
+    assert_eq!(restarted[&ghost_id].0, ghost);
+    // Its calendars reach Kafka (only this partition of the new mailbox is configured).
+    let topic = spec.sink.topics.for_kind(ghost.kind()).to_string();
+    let want = truth(&sim, &ghost);
+    assert!(!want.is_empty(), "a new mailbox has its primary calendar");
+    let mut got = BTreeMap::new();
+    for _ in 0..150 {
+        got = tokio::task::block_in_place(|| {
+            view_of(
+                &compacted(&read_all(&spec.sink.bootstrap_servers, &topic)),
+                &ghost,
+            )
+        });
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(got, want, "the restarted partition caught up");
+    assert!(ops.status.offsets.lock().contains_key(&ghost));
+    // An id no partition has.
+    let unknown = (0..).find(|i| !restarted.contains_key(i)).unwrap();
+    let (code, v) = call(
+        Method::POST,
+        &c(&format!("/tasks/{unknown}/restart")),
+        Some(OP_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, v["message"].as_str()),
+        (404, Some(&*format!("no task {unknown}")))
+    );
     ops.stop.cancel();
     ops.task.await.unwrap().unwrap();
 }

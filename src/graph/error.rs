@@ -1,0 +1,182 @@
+//! What can go wrong talking to Graph, with the error behind each failure kept as its
+//! `source`.
+//!
+//! Display texts name the cause as well (logs and partition states print `%e` only), but
+//! never a link (delta links carry state tokens: reqwest errors are stored `without_url`),
+//! an access token or a secret.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use reqwest::StatusCode;
+
+/// What can go wrong talking to Graph.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// The state token is gone (`410`): the round must restart.
+    #[error("sync state gone ({code}); resync required")]
+    Gone {
+        code: String,
+        /// The initial request Graph suggests restarting from.
+        location: Option<String>,
+    },
+    /// A `4xx` other than 401/410/429: this partition's request is wrong (bad user, no access…).
+    #[error("Graph answered {status} {code}: {message}")]
+    Client {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Still throttled, failing or malformed after every retry.
+    #[error("giving up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        attempts: u32,
+        #[source]
+        last: Transient,
+    },
+    /// The token endpoint refused us (bad credentials, unknown tenant…).
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    /// A link or URL that cannot be used.
+    #[error("bad URL: {0}")]
+    Url(String),
+    /// The configured Graph host is not a URL.
+    #[error("bad URL: {host}: {source}")]
+    Host {
+        host: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// The client's request slots are closed: it is shutting down.
+    #[error("client is shutting down")]
+    Closed(#[from] tokio::sync::AcquireError),
+}
+
+impl GraphError {
+    /// Errors that mark the partition failed (rather than being retried later).
+    pub fn is_partition_fault(&self) -> bool {
+        matches!(
+            self,
+            GraphError::Client { .. }
+                | GraphError::Url(_)
+                | GraphError::Host { .. }
+                | GraphError::Closed(_)
+        )
+    }
+}
+
+/// Why one attempt at a page failed in a way worth retrying (the last one is kept when the
+/// retries run out).
+#[derive(Debug, thiserror::Error)]
+pub enum Transient {
+    /// No answer: connection refused or cut, timeout…
+    #[error("request failed: {}", Chain(.0))]
+    Request(#[source] reqwest::Error),
+    /// The answer's body did not arrive whole.
+    #[error("body cut short: {}", Chain(.0))]
+    Body(#[source] reqwest::Error),
+    /// `429`, `503`, `504` or another `5xx`, with Graph's error code.
+    #[error("{status} {code}")]
+    Status { status: StatusCode, code: String },
+    /// A `2xx` whose body is not a delta page.
+    #[error(transparent)]
+    Malformed(#[from] MalformedPage),
+    /// No access token (the token endpoint may be throttled or down too).
+    #[error("authentication failed: {0}")]
+    Token(#[source] AuthError),
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token endpoint unreachable: {}", Chain(.0))]
+    Unreachable(#[source] reqwest::Error),
+    #[error("reading token answer: {}", Chain(.0))]
+    Read(#[source] reqwest::Error),
+    /// The endpoint's own `error` and `error_description` (they never echo the secret).
+    #[error("token endpoint answered {status}: {error} {description}")]
+    Refused {
+        status: StatusCode,
+        error: String,
+        description: String,
+    },
+    /// A `2xx` answer without a usable token. (serde's text names a field or a type, and
+    /// the value only of a field of the wrong type, never a well-formed `access_token`.)
+    #[error("token answer not understood: {0}")]
+    Answer(#[source] serde_json::Error),
+    /// The certificate's base64 body does not decode.
+    #[error("certificate is not a PEM certificate")]
+    Certificate(#[source] base64::DecodeError),
+    /// The private key cannot be read (the text never quotes the key).
+    #[error("private key is not an RSA PEM key")]
+    Key(#[source] jsonwebtoken::errors::Error),
+    #[error("signing the client assertion: {0}")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+    /// Graph refused a freshly issued token: consent revoked, missing permission…
+    #[error("Graph answered 401 again with a fresh token")]
+    FreshTokenRefused,
+}
+
+/// A page that cannot be used (retried like a transport error).
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedPage {
+    #[error("malformed delta page: {0}")]
+    Utf8(#[source] std::str::Utf8Error),
+    #[error("malformed delta page: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("malformed delta page: expected exactly one of @odata.nextLink and @odata.deltaLink")]
+    Links,
+    #[error("malformed delta page: item without an id: {0}")]
+    Item(#[source] serde_json::Error),
+}
+
+/// An error and its sources, `: `-separated: reqwest's own text ("error sending request")
+/// says little, the cause is in its sources.
+struct Chain<'a>(&'a reqwest::Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_kept_as_sources_and_named_in_the_text() {
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let e = GraphError::RetriesExhausted {
+            attempts: 3,
+            last: Transient::Malformed(MalformedPage::Json(json)),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("giving up after 3 attempts: malformed delta page: EOF"));
+        let last = e.source().expect("the last attempt's error");
+        assert!(last.is::<Transient>());
+        // `transparent`: the page's own source (serde's error) comes next.
+        assert!(last.source().is_some_and(|s| s.is::<serde_json::Error>()));
+        let auth = GraphError::from(AuthError::FreshTokenRefused);
+        assert_eq!(
+            auth.to_string(),
+            "authentication failed: Graph answered 401 again with a fresh token"
+        );
+        assert!(auth.source().is_some_and(|s| s.is::<AuthError>()));
+        assert!(!auth.is_partition_fault());
+        let host = url::Url::parse("not a host").unwrap_err();
+        let e = GraphError::Host {
+            host: "not a host".into(),
+            source: host,
+        };
+        assert!(e.is_partition_fault());
+        assert!(e.source().is_some_and(|s| s.is::<url::ParseError>()));
+    }
+}

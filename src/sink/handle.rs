@@ -1,0 +1,85 @@
+//! The worker's end of the committer: what it can ask (commit a batch, hand over an idle
+//! offset, write offsets, flush) and the answers it waits for.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::SinkError;
+use crate::source::{PartitionId, SourceBatch, SourceOffset};
+
+/// Where the committer answers a request.
+pub type Ack = oneshot::Sender<Result<(), SinkError>>;
+
+/// Offsets to write directly; `None` resets a partition.
+pub type OffsetWrites = Vec<(PartitionId, Option<SourceOffset>)>;
+
+/// What the committer is asked to do.
+pub enum SinkMsg {
+    /// A page's records and offset; acknowledged once committed or failed.
+    Batch { batch: SourceBatch, ack: Ack },
+    /// An offset with no records: persisted with the next transaction or heartbeat.
+    Idle {
+        partition: Arc<PartitionId>,
+        offset: SourceOffset,
+    },
+    /// Offsets to write now in a transaction of their own (`None` resets a partition).
+    Offsets { offsets: OffsetWrites, ack: Ack },
+    /// Write pending idle offsets now, then acknowledge.
+    Flush { ack: Ack },
+}
+
+/// The worker's end of the committer.
+#[derive(Clone)]
+pub struct SinkHandle {
+    tx: mpsc::Sender<SinkMsg>,
+}
+
+impl SinkHandle {
+    /// The handle of the committer reading `tx`'s channel.
+    pub(super) fn new(tx: mpsc::Sender<SinkMsg>) -> Self {
+        Self { tx }
+    }
+
+    /// Commits a batch (records and offset in one transaction).
+    pub async fn commit(&self, batch: SourceBatch) -> Result<(), SinkError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(SinkMsg::Batch { batch, ack })
+            .await
+            .map_err(|_| SinkError::Stopped)?;
+        rx.await.map_err(|_| SinkError::Stopped)?
+    }
+
+    /// Hands over an offset that covers no records.
+    pub async fn idle(
+        &self,
+        partition: Arc<PartitionId>,
+        offset: SourceOffset,
+    ) -> Result<(), SinkError> {
+        self.tx
+            .send(SinkMsg::Idle { partition, offset })
+            .await
+            .map_err(|_| SinkError::Stopped)
+    }
+
+    /// Writes offsets directly (operator changes; `None` resets).
+    pub async fn write_offsets(&self, offsets: OffsetWrites) -> Result<(), SinkError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(SinkMsg::Offsets { offsets, ack })
+            .await
+            .map_err(|_| SinkError::Stopped)?;
+        rx.await.map_err(|_| SinkError::Stopped)?
+    }
+
+    /// Persists idle offsets now.
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(SinkMsg::Flush { ack })
+            .await
+            .map_err(|_| SinkError::Stopped)?;
+        rx.await.map_err(|_| SinkError::Stopped)?
+    }
+}
