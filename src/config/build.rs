@@ -57,6 +57,14 @@ impl Settings {
     }
 }
 
+/// The sink's options come from more than `[kafka]` (`[worker]` batching, `[errors]`, the
+/// connector's name), hence from the whole settings.
+impl From<&Settings> for SinkOptions {
+    fn from(s: &Settings) -> Self {
+        s.sink_options()
+    }
+}
+
 impl SinkOptions {
     /// The built-in defaults ([`Settings::defaults`]) with where to connect and who writes:
     /// for tests and tools that have no settings file. Change any field afterwards (unique

@@ -54,7 +54,7 @@ impl WorkerSpec {
             client: g.client_options(),
             poll_interval: g.poll_interval.0,
             poll_jitter: g.poll_jitter,
-            sink: s.sink_options(),
+            sink: SinkOptions::from(s),
             partitions: s.partitions(),
             create_topics: k
                 .create_topics
