@@ -60,7 +60,8 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// `250ms`, `2s`, `5m` or `1h`: the grammar of graph-cdc's own durations.
+/// `250ms`, `2s`, `5m` or `1h`: graph-cdc's duration units, in whole numbers (the simulator
+/// does not depend on the product, so it has this small parser of its own).
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
