@@ -48,6 +48,13 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The dependency audit (deny.toml): RustSec advisories, licences, banned crates, crates.io as the
+# only source, and a self-test that each of those can fail. A run of a subset of tests skips it.
+if [ $# -eq 0 ]; then
+  step "supply chain: cargo deny (advisories, licences, bans, sources); a cold cache first builds cargo-deny (~6 min)"
+  bash scripts/supply_chain.sh
+fi
+
 step "lean product build: --no-default-features holds neither graph-sim nor graph-cdc-testkit"
 if cargo tree -p graph-cdc -e normal --no-default-features --prefix none | grep -E '^graph-(sim|cdc-testkit) '; then
   echo "the product's normal dependency tree holds the simulator or the test kit" >&2
@@ -64,7 +71,7 @@ step "packaging: Helm chart, Kubernetes schemas, compose file, Dockerfile"
 venv=.cache/venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check \
-  helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml jsonschema
+  helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml jsonschema kafka-connect-py==1.0.0
 spec=.cache/compose_spec.json
 if [ ! -s "$spec" ]; then
   # The Compose specification's schema, taken out of the docker-compose 1.29.2 wheel.

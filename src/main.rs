@@ -145,23 +145,25 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
         settings.server.per_partition_metrics,
         std::sync::atomic::Ordering::Relaxed,
     );
+    // HTTPS when both files are set; read now, so a bad certificate stops the start.
+    let tls = match (
+        &settings.server.tls_cert_path,
+        &settings.server.tls_key_path,
+    ) {
+        (Some(cert), Some(key)) => Some(graph_cdc::server::TlsConfig::from_pem_files(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("server.tls_cert_path and server.tls_key_path: set both or neither"),
+    };
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {}", settings.server.listen))?;
     let (commands, rx) = tokio::sync::mpsc::channel(16);
-    let auth_token = match (
-        &settings.server.auth_token,
-        &settings.server.auth_token_file,
-    ) {
-        (Some(t), _) => Some(t.expose().to_string()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("server.auth_token_file: cannot read {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
-    };
+    // `auth_token`, or `auth_token_file` read now (validation read it too).
+    let auth_token = settings
+        .server
+        .token()
+        .map_err(anyhow::Error::msg)?
+        .map(|t| t.expose().to_string());
     let state = std::sync::Arc::new(graph_cdc::server::ServerState {
         commands,
         auth_token,
@@ -169,12 +171,18 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
         worker_id: settings.worker_id(),
         config: settings.redacted_json(),
         status: status.clone(),
-        kafka: spec.sink.admin_config(),
     });
+    tracing::info!(
+        listen = %settings.server.listen,
+        https = tls.is_some(),
+        token = state.auth_token.is_some(),
+        "REST API listening"
+    );
     let stop = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(graph_cdc::server::serve(
+    let server = tokio::spawn(graph_cdc::server::serve_with(
         listener,
         state,
+        tls,
         stop.clone().cancelled_owned(),
     ));
     let result = graph_cdc::worker::run_with_status(spec, status, rx, shutdown_signal()).await;

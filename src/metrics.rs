@@ -41,6 +41,8 @@ pub const RECORDS_REFUSED: &str = "graph_cdc_records_refused_total";
 pub const COMMIT_RETRIES: &str = "graph_cdc_commit_retries_total";
 pub const KAFKA_CONNECT_FAILURES: &str = "graph_cdc_kafka_connect_failures_total";
 pub const SHUTDOWN_TIMEOUTS: &str = "graph_cdc_shutdown_timeouts_total";
+pub const HEALTH_KAFKA_OK: &str = "graph_cdc_health_kafka_ok";
+pub const HEALTH_GRAPH_OK: &str = "graph_cdc_health_graph_ok";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -74,6 +76,8 @@ pub struct Metrics {
     pub commit_retries: IntCounterVec,
     pub kafka_connect_failures: IntCounter,
     pub shutdown_timeouts: IntCounterVec,
+    pub health_kafka_ok: IntGauge,
+    pub health_graph_ok: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -159,6 +163,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["partition", "state"],
     )?;
     r.register(Box::new(partition_state.clone()))?;
+    let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+        let g = IntGauge::new(name, help)?;
+        r.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let health_kafka_ok = gauge(
+        HEALTH_KAFKA_OK,
+        "1 while the background check reached Kafka within its window (what /readyz reads)",
+    )?;
+    let health_graph_ok = gauge(
+        HEALTH_GRAPH_OK,
+        "1 while Graph answers: a recent success, or no failure since the last one",
+    )?;
     Ok(Metrics {
         graph_requests: counter(
             GRAPH_REQUESTS,
@@ -236,6 +253,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         partition_staleness,
         partition_pages,
         partition_state,
+        health_kafka_ok,
+        health_graph_ok,
         registry: r,
     })
 }
@@ -466,6 +485,26 @@ pub fn halt_timed_out(command: &str, pending: usize, timeout: Duration) {
     );
 }
 
+/// The background check's verdict on Kafka changed (logged on changes only, not per probe):
+/// `problem` says why it is failing, `None` when it is reachable again.
+pub fn kafka_health_changed(problem: Option<&str>) {
+    metrics().health_kafka_ok.set(i64::from(problem.is_none()));
+    match problem {
+        Some(reason) => tracing::warn!(reason, "Kafka health check failing; not ready"),
+        None => tracing::info!("Kafka health check passing"),
+    }
+}
+
+/// Whether Graph answers changed (logged on changes only): `problem` says why it is failing,
+/// `None` when it answers again.
+pub fn graph_health_changed(problem: Option<&str>) {
+    metrics().health_graph_ok.set(i64::from(problem.is_none()));
+    match problem {
+        Some(reason) => tracing::warn!(reason, "Graph health check failing; not ready"),
+        None => tracing::info!("Graph health check passing"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +540,8 @@ mod tests {
             COMMIT_RETRIES,
             KAFKA_CONNECT_FAILURES,
             SHUTDOWN_TIMEOUTS,
+            HEALTH_KAFKA_OK,
+            HEALTH_GRAPH_OK,
         ];
         let dash = include_str!("../config/grafana/graph-cdc-dashboard.json");
         let mut used = 0;

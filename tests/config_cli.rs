@@ -234,3 +234,330 @@ fn errors_tolerance_all_needs_a_dead_letter_topic() {
     );
     assert!(ok, "{err}");
 }
+
+/// Runs `graph-cdc ARGS --config <toml>` with `env`: (exit ok, stdout, stderr).
+fn graph_cdc(args: &[&str], toml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = std::env::temp_dir().join(format!("graph-cdc-cfg-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).arg("--config").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn numeric_secrets_from_the_environment_stay_strings_and_never_show() {
+    // What type-guessing used to read as an integer (refused with the token in the message)
+    // and as a float (a client secret of `1.2e35`).
+    let secrets = [
+        ("GRAPH_CDC__SERVER__AUTH_TOKEN", "987654321"),
+        ("GRAPH_CDC__GRAPH__CLIENT_SECRET", "12e34"),
+    ];
+    let public = GOOD.replace("[kafka]", "[server]\nlisten = \"0.0.0.0:8083\"\n[kafka]");
+    let (ok, out, err) = validate(&public, &secrets);
+    assert!(ok, "numeric secrets refused: {err}");
+    // Numbers and booleans from the environment still read as numbers where a key wants one.
+    let mut env = secrets.to_vec();
+    env.extend([
+        ("GRAPH_CDC__GRAPH__PAGE_SIZE", "500"),
+        ("GRAPH_CDC__KAFKA__CREATE_TOPICS", "false"),
+        ("GRAPH_CDC__GRAPH__POLL_JITTER", "0.25"),
+    ]);
+    let (ok2, out2, err2) = validate(&public, &env);
+    assert!(ok2, "{err2}");
+    let mut outputs = vec![out, err, out2, err2];
+    // Every way a run can end early with these secrets set: bad values of other keys, a
+    // secret of the wrong type in the file, a TOML syntax error on a secret's line, both
+    // commands.
+    // The environment overrides the file: a secret in the file comes with only the other
+    // secret in the environment.
+    let (token, secret) = (&secrets[..1], &secrets[1..]);
+    type Case<'a> = (String, &'a str, &'a [(&'a str, &'a str)]);
+    let bad: Vec<Case> = vec![
+        (
+            public.replace("[graph]", "[graph]\npage_size = 0"),
+            "graph.page_size",
+            &secrets,
+        ),
+        (
+            public.replace("[graph]", "[graph]\nclient_secret = 987654321"),
+            "graph.client_secret",
+            token,
+        ),
+        (
+            public.replace("[graph]", "[graph]\nclient_secret = 12e34"),
+            "graph.client_secret",
+            token,
+        ),
+        (
+            public.replace(
+                "listen = \"0.0.0.0:8083\"",
+                "listen = \"0.0.0.0:8083\"\nauth_token = 987654321",
+            ),
+            "server.auth_token",
+            secret,
+        ),
+        (
+            public.replace(
+                "listen = \"0.0.0.0:8083\"",
+                "listen = \"0.0.0.0:8083\"\nauth_token = [\"987654321\"]",
+            ),
+            "server.auth_token",
+            secret,
+        ),
+        (
+            public.replace("[graph]", "[graph]\nclient_secret = \"987654321"),
+            "line",
+            token,
+        ),
+        (
+            public.replace("listen = \"0.0.0.0:8083\"", "listen = \"0.0.0.0:99999\""),
+            "server.listen",
+            &secrets,
+        ),
+    ];
+    for (toml, key, env) in &bad {
+        for cmd in [&["validate"][..], &["run"][..]] {
+            let (ok, out, err) = graph_cdc(cmd, toml, env);
+            assert!(!ok, "{cmd:?} accepted:\n{toml}");
+            assert!(err.contains(key), "{cmd:?}: '{key}' not named in: {err}");
+            outputs.extend([out, err]);
+        }
+    }
+    for (var, bad) in [
+        ("GRAPH_CDC__GRAPH__PAGE_SIZE", "lots"),
+        ("GRAPH_CDC__KAFKA__CREATE_TOPICS", "perhaps"),
+    ] {
+        let mut env = secrets.to_vec();
+        env.push((var, bad));
+        let (ok, out, err) = validate(&public, &env);
+        assert!(
+            !ok && err.contains(&var[11..].replace("__", ".").to_lowercase()),
+            "{err}"
+        );
+        outputs.extend([out, err]);
+    }
+    for o in &outputs {
+        for (_, s) in secrets {
+            assert!(!o.contains(s), "secret {s} shown in:\n{o}");
+        }
+    }
+}
+
+#[test]
+fn a_listener_other_hosts_reach_needs_a_token_or_an_explicit_opt_out() {
+    let env = [("GRAPH_CDC__GRAPH__CLIENT_SECRET", "s")];
+    let with_server =
+        |server: &str| GOOD.replace("[kafka]", &format!("[server]\n{server}\n[kafka]"));
+    // The built-in default is loopback: no token needed.
+    assert!(validate(GOOD, &env).0);
+    for listen in [
+        "0.0.0.0:8083",
+        "[::]:8083",
+        "10.1.2.3:8083",
+        "graph-cdc.example.com:8083",
+    ] {
+        let (ok, _, err) = validate(&with_server(&format!("listen = \"{listen}\"")), &env);
+        assert!(!ok, "{listen} accepted without a token");
+        assert!(
+            err.contains("server.auth_token") && err.contains("allow_unauthenticated"),
+            "{err}"
+        );
+    }
+    for listen in [
+        "127.0.0.1:0",
+        "[::1]:8083",
+        "localhost:8083",
+        "127.8.9.10:1",
+    ] {
+        let (ok, _, err) = validate(&with_server(&format!("listen = \"{listen}\"")), &env);
+        assert!(ok, "{listen}: {err}");
+    }
+    let (ok, _, err) = validate(
+        &with_server("listen = \"0.0.0.0:8083\"\nallow_unauthenticated = true"),
+        &env,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = validate(
+        &with_server("listen = \"0.0.0.0:8083\"\nauth_token = \"t0ken\""),
+        &env,
+    );
+    assert!(ok, "{err}");
+    // A token file: read at validation, empty refused, missing named.
+    let dir = std::env::temp_dir().join(format!("graph-cdc-tok-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "file-token-Secret\n").unwrap();
+    let (ok, _, err) = validate(
+        &with_server(&format!(
+            "listen = \"0.0.0.0:8083\"\nauth_token_file = \"{}\"",
+            file.display()
+        )),
+        &env,
+    );
+    assert!(ok && !err.contains("file-token-Secret"), "{err}");
+    std::fs::write(&file, "  \n").unwrap();
+    let (ok, _, err) = validate(
+        &with_server(&format!(
+            "listen = \"0.0.0.0:8083\"\nauth_token_file = \"{}\"",
+            file.display()
+        )),
+        &env,
+    );
+    assert!(
+        !ok && err.contains("server.auth_token_file") && err.contains("empty"),
+        "{err}"
+    );
+    let (ok, _, err) = validate(
+        &with_server("listen = \"0.0.0.0:8083\"\nauth_token_file = \"/no/such/token\""),
+        &env,
+    );
+    assert!(
+        !ok && err.contains("server.auth_token_file") && err.contains("/no/such/token"),
+        "{err}"
+    );
+    // TLS files: both or neither, and PEM.
+    let (ok, _, err) = validate(
+        &with_server(&format!("tls_cert_path = \"{}\"", file.display())),
+        &env,
+    );
+    assert!(!ok && err.contains("server.tls_key_path"), "{err}");
+    let (ok, _, err) = validate(
+        &with_server(&format!(
+            "tls_cert_path = \"{0}\"\ntls_key_path = \"{0}\"",
+            file.display()
+        )),
+        &env,
+    );
+    assert!(
+        !ok && err.contains("server.tls_cert_path") && err.contains("server.tls_key_path"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn validation_names_bad_zones_topics_addresses_and_intervals() {
+    let env = [("GRAPH_CDC__GRAPH__CLIENT_SECRET", "s")];
+    let graph = |line: &str| GOOD.replace("[graph]", &format!("[graph]\n{line}"));
+    let kafka = |line: &str| with_kafka(line);
+    let server = |line: &str| GOOD.replace("[kafka]", &format!("[server]\n{line}\n[kafka]"));
+    let refused: Vec<(String, &str, &str)> = vec![
+        (
+            graph("timezone = \"Mars/Olympus_Mons\""),
+            "graph.timezone",
+            "Mars/Olympus_Mons",
+        ),
+        (
+            graph("timezone = \"europe/berlin\""),
+            "graph.timezone",
+            "Europe/Berlin",
+        ),
+        (
+            graph("timezone = \"Pacific Standard Time (Mars)\""),
+            "graph.timezone",
+            "",
+        ),
+        (
+            kafka("[kafka.topics]\nevents = \"graph events\""),
+            "kafka.topics.events",
+            "' '",
+        ),
+        (
+            kafka("[kafka.topics]\nevents = \"..\""),
+            "kafka.topics.events",
+            "..",
+        ),
+        (
+            kafka(&format!("[kafka.topics]\ntasks = \"{}\"", "t".repeat(250))),
+            "kafka.topics.tasks",
+            "249",
+        ),
+        (
+            kafka("offsets_topic = \"graph.events\""),
+            "kafka.topics.events",
+            "offsets",
+        ),
+        (
+            kafka("offsets_topic = \"\""),
+            "kafka.offsets_topic",
+            "empty",
+        ),
+        (
+            kafka("[kafka.topics]\ncalendars = \"graph.lists\"\ntask_lists = \"graph.lists\""),
+            "kafka.topics.task_lists",
+            "calendars",
+        ),
+        (
+            kafka("[kafka.topics]\nevents = \"graph.x_y\"\ntasks = \"graph.x.y\""),
+            "kafka.topics.tasks",
+            "'.' and '_'",
+        ),
+        (
+            server("listen = \"0.0.0.0:99999\"\nallow_unauthenticated = true"),
+            "server.listen",
+            "out of range",
+        ),
+        (
+            server("listen = \"http://0.0.0.0:8083\""),
+            "server.listen",
+            "scheme",
+        ),
+        (server("listen = \"8083\""), "server.listen", "port"),
+        (server("listen = \"::1:8083\""), "server.listen", "brackets"),
+        (
+            server("listen = \"256.1.1.1:8083\""),
+            "server.listen",
+            "not an IP address",
+        ),
+        (
+            graph("poll_interval = \"1ms\""),
+            "graph.poll_interval",
+            "floor",
+        ),
+        (graph("poll_interval = \"4s\""), "graph.poll_interval", "5s"),
+        (
+            graph("request_timeout = \"10ms\""),
+            "graph.request_timeout",
+            "1s",
+        ),
+        (
+            kafka("transaction_timeout = \"100ms\""),
+            "kafka.transaction_timeout",
+            "1s",
+        ),
+    ];
+    for (toml, key, why) in refused {
+        let (ok, _, err) = validate(&toml, &env);
+        assert!(!ok, "accepted ({key}):\n{toml}");
+        assert!(
+            err.contains(key) && err.contains(why),
+            "expected '{key}' and '{why}' in: {err}"
+        );
+    }
+    let accepted: Vec<String> = vec![
+        graph("timezone = \"W. Europe Standard Time\""),
+        graph("timezone = \"Europe/Berlin\""),
+        graph("timezone = \"Pacific Standard Time\""),
+        graph("poll_interval = \"5s\""),
+        // Against a simulator (not Microsoft's hosts) the floor does not apply.
+        graph("base_url = \"http://127.0.0.1:9999\"\npoll_interval = \"300ms\""),
+        // Data topics may share one; keys of different shapes do not collide.
+        kafka("[kafka.topics]\nevents = \"graph.all\"\ntasks = \"graph.all\""),
+        server("listen = \"127.0.0.1:65535\""),
+    ];
+    for toml in accepted {
+        let (ok, _, err) = validate(&toml, &env);
+        assert!(ok, "refused:\n{toml}\n{err}");
+    }
+}

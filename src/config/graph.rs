@@ -41,11 +41,13 @@ pub struct GraphSettings {
     pub authority_url: Option<String>,
     /// `Prefer: odata.maxpagesize` (1..=1000).
     pub page_size: usize,
-    /// How often a partition polls its deltaLink.
+    /// How often a partition polls its deltaLink: at least 5s against Microsoft's Graph
+    /// (no floor when `base_url` points at another host, such as a simulator).
     pub poll_interval: Dur,
     /// Random spread of polls, a fraction of `poll_interval` (0 ≤ jitter < 1).
     pub poll_jitter: f64,
-    /// `Prefer: outlook.timezone` for calendar views (Windows or IANA name).
+    /// `Prefer: outlook.timezone` for calendar views: a Windows name (`W. Europe Standard
+    /// Time`) or an IANA one (`Europe/Berlin`), checked against both lists; `UTC` sends none.
     pub timezone: String,
     /// Requests in flight per mailbox (Outlook allows 4).
     pub max_concurrency_per_mailbox: usize,
@@ -54,7 +56,7 @@ pub struct GraphSettings {
     /// Send idle deltaLink polls in JSON batches (`POST /$batch`, up to 20 per request);
     /// items Graph does not answer with 200 are retried one by one.
     pub batch_polls: bool,
-    /// Timeout of one Graph request.
+    /// Timeout of one Graph request (at least 1s).
     pub request_timeout: Dur,
     /// Retries of a throttled, failing or malformed request before the partition waits.
     pub max_retries: u32,
@@ -140,6 +142,26 @@ impl GraphSettings {
             .unwrap_or(self.cloud.graph_host())
             .trim_end_matches('/')
             .to_string()
+    }
+
+    /// Whether requests go to Microsoft's Graph: no `base_url`, or one on a Microsoft
+    /// domain (`*.microsoft.com`, `*.microsoft.us`, `*.chinacloudapi.cn`), rather than a
+    /// simulator. Decides whether `poll_interval` has a floor.
+    pub fn is_microsoft_graph(&self) -> bool {
+        let Some(u) = &self.base_url else {
+            return true;
+        };
+        // An unparsable URL is refused on its own; the floor applies meanwhile.
+        let Some(host) = url::Url::parse(u)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+        else {
+            return true;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        ["microsoft.com", "microsoft.us", "chinacloudapi.cn"]
+            .iter()
+            .any(|d| host == *d || host.ends_with(&format!(".{d}")))
     }
 
     /// The token endpoint.

@@ -27,7 +27,7 @@ use crate::sink::properties::{owned, ClientRole};
 pub struct KafkaSettings {
     /// Comma-separated `host:port` list.
     pub bootstrap_servers: String,
-    /// Compacted topic holding the source offsets.
+    /// Compacted topic holding the source offsets: a topic of its own (not a data topic).
     pub offsets_topic: String,
     /// This worker's identity; `transactional.id` is `{name}-{worker_id}`.
     /// Default: `$HOSTNAME` (a StatefulSet pod name), else `worker-0`.
@@ -39,7 +39,7 @@ pub struct KafkaSettings {
     pub topic_partitions: i32,
     /// Replication factor of the topics it creates (3 in production).
     pub replication_factor: i32,
-    /// `transaction.timeout.ms` of the producer.
+    /// `transaction.timeout.ms` of the producer (at least 1s).
     pub transaction_timeout: super::Dur,
     /// `[kafka.topics]`: the topic of each kind of record.
     pub topics: TopicSettings,
@@ -58,7 +58,9 @@ pub struct KafkaSettings {
     pub admin_options: KafkaOptions,
 }
 
-/// `[kafka.topics]`: the topic of each kind of record.
+/// `[kafka.topics]`: the topic of each kind of record. Names follow Kafka's rule (1 to 249
+/// of `[a-zA-Z0-9._-]`, not `.` or `..`); kinds may share a topic, except `calendars` and
+/// `task_lists`, whose keys have the same shape.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSettings {

@@ -21,9 +21,18 @@
 //! - `mod.rs`: [`DEFAULTS`], [`Settings`] and its smaller sections, loading.
 //! - `graph.rs`: `[graph]`, the national cloud, the credentials, the Graph client's options.
 //! - `kafka.rs`: `[kafka]` (with the librdkafka option tables) and `[errors]`.
+//! - `server.rs`: `[server]`: the listen address, the token rule, the TLS files.
 //! - `types.rs`: durations (`30s`) and secrets.
+//! - `timezones.rs`: the time zone names Graph accepts.
+//! - `lenient.rs`: numbers and booleans from the environment's strings.
 //! - `build.rs`: [`Settings::defaults`], and settings → the sink's options.
 //! - `validate.rs`: what a type cannot express, each problem naming its key.
+//!
+//! # Secrets in errors
+//!
+//! No error shows the value of a secret: type errors under a key that names one
+//! ([`crate::redact::is_sensitive`]: `server.auth_token`, `graph.client_secret`…) have their
+//! quoted values masked, and TOML syntax errors lose the quoted source line.
 //!
 //! Imports run one way: config → `sink`, `graph` (whose options it builds) → `redact`.
 
@@ -38,6 +47,9 @@ use crate::source::PartitionId;
 mod build;
 mod graph;
 mod kafka;
+mod lenient;
+mod server;
+mod timezones;
 mod types;
 mod validate;
 
@@ -45,7 +57,10 @@ mod validate;
 pub use crate::sink::properties::PRODUCER_DEFAULTS;
 pub use graph::{Cloud, Credentials, GraphSettings};
 pub use kafka::{ErrorSettings, KafkaOptions, KafkaSettings, Tolerance, TopicSettings};
+pub use server::{parse_listen, ListenHost};
+pub use timezones::WINDOWS_ZONES;
 pub use types::{parse_duration, Dur, Secret};
+pub use validate::{topic_name, MIN_POLL_INTERVAL, MIN_REQUEST_TIMEOUT};
 
 /// Every default, in one place (a TOML document layered under the file and the environment).
 pub const DEFAULTS: &str = r#"
@@ -85,9 +100,11 @@ max_batch_records = 5000
 linger = "100ms"
 shutdown_timeout = "10s"
 offsets_load_timeout = "60s"
+health_interval = "10s"
 
 [server]
-listen = "0.0.0.0:8083"
+listen = "127.0.0.1:8083"
+allow_unauthenticated = false
 per_partition_metrics = false
 
 [log]
@@ -150,20 +167,38 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Dur,
     /// Time allowed to read the offsets topic at start.
     pub offsets_load_timeout: Dur,
+    /// How often the worker checks in the background that Kafka answers (one metadata
+    /// request on one long-lived client); `/readyz` reads the result. Kafka counts as
+    /// unreachable when no check succeeded for 3 intervals (at least 30 s).
+    pub health_interval: Dur,
 }
 
 /// `[server]`: the HTTP listener (metrics, health, REST).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Address to listen on.
+    /// Address of the HTTP listener, `host:port` (`127.0.0.1:8083`, `[::]:8083`; port 0:
+    /// any free port). Loopback by default; any other address needs `auth_token`,
+    /// `auth_token_file` or `allow_unauthenticated`.
     pub listen: String,
-    /// Bearer token required by mutating REST calls (set it in production).
+    /// Bearer token the REST API requires (every endpoint but `/healthz`, `/readyz` and
+    /// `/metrics`). Required when `listen` is not a loopback address, unless
+    /// `allow_unauthenticated` is set.
     #[serde(default)]
     pub auth_token: Option<Secret>,
-    /// File holding `auth_token`.
+    /// File holding `auth_token` (e.g. a mounted Kubernetes secret); read at start.
     #[serde(default)]
     pub auth_token_file: Option<PathBuf>,
+    /// Serve the REST API without a token on a non-loopback `listen` address: anyone who
+    /// can reach the port can then stop the connector and rewrite its offsets. Off by
+    /// default; set it only behind another access control (a NetworkPolicy, a proxy).
+    pub allow_unauthenticated: bool,
+    /// PEM certificate chain of the REST listener: with `tls_key_path`, it serves HTTPS.
+    #[serde(default)]
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key of `tls_cert_path` (both or neither).
+    #[serde(default)]
+    pub tls_key_path: Option<PathBuf>,
     /// Also export one series per partition (staleness, pages in the current round, state):
     /// off by default, since 10,000 partitions must not mean 10,000 series.
     pub per_partition_metrics: bool,
@@ -287,11 +322,15 @@ impl Settings {
         let raw: Value = b
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        // Through serde_path_to_error so type errors and unknown keys name their path.
-        let s: Settings = serde_path_to_error::deserialize(raw).map_err(|e| {
+            .map_err(|e| ConfigError::Load(without_source_lines(&e.to_string())))?;
+        // Through serde_path_to_error so type errors and unknown keys name their path; the
+        // environment's strings are read as numbers or booleans where a key wants one.
+        let s: Settings = serde_path_to_error::deserialize(lenient::Lenient(raw)).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
+            let mut inner = e.into_inner().to_string();
+            if path.split('.').any(crate::redact::is_sensitive) {
+                inner = without_quoted(&inner);
+            }
             let msg = match inner.strip_prefix("unknown field `") {
                 Some(rest) => {
                     let field = rest.split('`').next().unwrap_or("");
@@ -386,12 +425,55 @@ fn defaults_layer() -> config::ConfigBuilder<config::builder::DefaultState> {
     config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
 }
 
-/// The last layer: `GRAPH_CDC__SECTION__KEY` variables.
+/// The last layer: `GRAPH_CDC__SECTION__KEY` variables, every value the string it is
+/// (`lenient.rs` reads numbers and booleans where a key wants one).
 fn env() -> config::Environment {
     config::Environment::with_prefix("GRAPH_CDC")
         .prefix_separator("__")
         .separator("__")
-        .try_parsing(true)
+        .try_parsing(false)
+}
+
+/// `msg` without the quoted source of a TOML syntax error (`3 | client_secret = "…`): the
+/// line may hold a secret. The position (line and column) and the reason stay.
+fn without_source_lines(msg: &str) -> String {
+    msg.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let t = t
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !t.starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `msg` with every value serde quotes (`` `987654321` ``, `"hunter2"`) masked: for errors
+/// under a key holding a secret.
+fn without_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut quote = None;
+    for c in msg.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str(crate::redact::MASK);
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '`' || c == '"' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push_str(crate::redact::MASK);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ fn every_error_names_its_key() {
         (OK.replace("[graph]", "[graph]\ncloud = \"china\""), "sources[1].kind"),
         (format!("{OK}\n[[sources]]\nkind = \"calendar_view\"\nusers = [\"b@contoso.com\"]\nstart = \"2026-06-01T00:00:00Z\"\nend = \"2026-07-01T00:00:00Z\""), "sources[2]"),
         (OK.replace("[kafka.options]", "[kafka]\nreplication_factor = 0\n[kafka.options]"), "kafka.replication_factor"),
+        (format!("{OK}\n[worker]\nhealth_interval = \"0s\""), "worker.health_interval"),
     ] {
         let e = err(&bad);
         assert!(e.contains(key), "expected '{key}' in: {e}");

@@ -1,8 +1,28 @@
 //! `Settings::validate`: values a type cannot express, every problem reported with its key.
+//!
+//! Floors, and why (each can be lifted only where it says so):
+//! - `graph.poll_interval` ≥ [`MIN_POLL_INTERVAL`] (5 s) against Microsoft's Graph. Outlook
+//!   throttles each app per mailbox at 10,000 requests per 10 minutes (and 4 at a time), and
+//!   a mailbox has several partitions polling (its calendar view, calendar list, To Do lists
+//!   and one partition per task list): at 5 s, one partition makes 120 polls per 10 minutes,
+//!   so even 40 partitions of one mailbox stay under half its budget, leaving room for the
+//!   pages of a round and for retries; below that, a fleet earns 429s instead of fresher
+//!   data. It does not apply when `graph.base_url` points at a host that is not Microsoft's
+//!   (the simulator, whose tests poll every 300 ms).
+//! - `graph.request_timeout` ≥ 1 s: a page of up to 1,000 items is seldom answered faster,
+//!   and a timeout retries the whole request.
+//! - `kafka.transaction_timeout` ≥ 1 s: librdkafka's minimum `transaction.timeout.ms`.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::*;
+
+/// The shortest `graph.poll_interval` against Microsoft's Graph (see the module's comment).
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest `graph.request_timeout`.
+pub const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Settings {
     /// Checks values a type cannot express, section by section; every problem is reported
@@ -13,7 +33,9 @@ impl Settings {
         graph(&mut errs, &self.graph);
         kafka(&mut errs, &self.kafka);
         worker(&mut errs, &self.worker);
+        server::check(&mut errs, &self.server);
         errors(&mut errs, &self.errors, &self.kafka);
+        topics(&mut errs, &self.kafka, &self.errors);
         sources(&mut errs, &self.sources, self.graph.cloud);
         if errs.is_empty() {
             Ok(())
@@ -37,11 +59,22 @@ fn positive(errs: &mut Vec<String>, durations: &[(&str, Dur)]) {
     }
 }
 
+/// `d` as written back (`300ms`, `5s`).
+fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
 /// `[graph]`.
 fn graph(errs: &mut Vec<String>, g: &GraphSettings) {
     need(errs, &g.tenant_id, "graph.tenant_id");
     need(errs, &g.client_id, "graph.client_id");
-    need(errs, &g.timezone, "graph.timezone");
+    if let Err(e) = super::timezones::check(&g.timezone) {
+        errs.push(format!("graph.timezone: {e}"));
+    }
     for (key, url) in [
         ("graph.base_url", &g.base_url),
         ("graph.authority_url", &g.authority_url),
@@ -77,6 +110,20 @@ fn graph(errs: &mut Vec<String>, g: &GraphSettings) {
             ("graph.max_backoff", g.max_backoff),
         ],
     );
+    if g.is_microsoft_graph() && g.poll_interval.0 < MIN_POLL_INTERVAL {
+        errs.push(format!(
+            "graph.poll_interval: {} is below the floor of {} for Microsoft Graph, which throttles each app at 10,000 requests per mailbox per 10 minutes across all of a mailbox's partitions (the floor applies unless graph.base_url points at another host, such as a simulator)",
+            show(g.poll_interval.0),
+            show(MIN_POLL_INTERVAL)
+        ));
+    }
+    if !g.request_timeout.0.is_zero() && g.request_timeout.0 < MIN_REQUEST_TIMEOUT {
+        errs.push(format!(
+            "graph.request_timeout: {} is below the floor of {}: pages of up to 1,000 items are seldom answered that fast, and every timeout retries the request",
+            show(g.request_timeout.0),
+            show(MIN_REQUEST_TIMEOUT)
+        ));
+    }
     if g.base_backoff.0 > g.max_backoff.0 {
         errs.push("graph.base_backoff: must not be longer than graph.max_backoff".into());
     }
@@ -85,11 +132,12 @@ fn graph(errs: &mut Vec<String>, g: &GraphSettings) {
 /// `[kafka]` (its option tables refuse the properties exactly-once owns).
 fn kafka(errs: &mut Vec<String>, k: &KafkaSettings) {
     need(errs, &k.bootstrap_servers, "kafka.bootstrap_servers");
-    need(errs, &k.offsets_topic, "kafka.offsets_topic");
-    positive(
-        errs,
-        &[("kafka.transaction_timeout", k.transaction_timeout)],
-    );
+    if k.transaction_timeout.0 < Duration::from_secs(1) {
+        errs.push(format!(
+            "kafka.transaction_timeout: {} is below librdkafka's minimum transaction.timeout.ms of 1s",
+            show(k.transaction_timeout.0)
+        ));
+    }
     if k.topic_partitions < 1 {
         errs.push("kafka.topic_partitions: must be at least 1".into());
     }
@@ -107,6 +155,7 @@ fn worker(errs: &mut Vec<String>, w: &WorkerSettings) {
             ("worker.heartbeat_interval", w.heartbeat_interval),
             ("worker.shutdown_timeout", w.shutdown_timeout),
             ("worker.offsets_load_timeout", w.offsets_load_timeout),
+            ("worker.health_interval", w.health_interval),
         ],
     );
     if w.max_batch_records == 0 {
@@ -120,9 +169,6 @@ fn errors(errs: &mut Vec<String>, e: &ErrorSettings, k: &KafkaSettings) {
         (Tolerance::All, None) => errs.push(
             "errors.dead_letter_topic: required with errors.tolerance = \"all\" (refused records go there)".into(),
         ),
-        (_, Some(t)) if t.trim().is_empty() => {
-            errs.push("errors.dead_letter_topic: must not be empty".into())
-        }
         (_, Some(t)) => {
             let n = &k.topics;
             let taken = [&n.events, &n.calendars, &n.task_lists, &n.tasks, &k.offsets_topic];
@@ -133,6 +179,84 @@ fn errors(errs: &mut Vec<String>, e: &ErrorSettings, k: &KafkaSettings) {
             }
         }
         _ => {}
+    }
+}
+
+/// Kafka's rule for a topic name, in its words: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn topic_name(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if t == "." || t == ".." {
+        return Err(format!("'{t}' is not a topic name Kafka accepts"));
+    }
+    if t.len() > 249 {
+        return Err(format!(
+            "'{}…' is {} characters long: Kafka allows 249",
+            &t[..t.char_indices().nth(20).map_or(t.len(), |(i, _)| i)],
+            t.chars().count()
+        ));
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "'{t}' contains {c:?}: Kafka allows only ASCII letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Every topic: a name Kafka accepts, no two colliding, the offsets topic its own, and the
+/// calendars and task lists apart.
+///
+/// Data topics may otherwise be shared (`events` and `tasks` in one topic, say): their keys
+/// differ in shape (`{user, calendar, id}`, `{user, list, id}`, `{user, id}`), so neither
+/// compaction nor a full resync's read-back of a partition's keys mixes them up. Calendars and
+/// task lists are the exception: both are keyed `{user, id}`, so a full resync of a user's
+/// calendar list would tombstone that user's task lists.
+fn topics(errs: &mut Vec<String>, k: &KafkaSettings, e: &ErrorSettings) {
+    let t = &k.topics;
+    let mut all: Vec<(&str, &str)> = vec![
+        ("kafka.offsets_topic", &k.offsets_topic),
+        ("kafka.topics.events", &t.events),
+        ("kafka.topics.calendars", &t.calendars),
+        ("kafka.topics.task_lists", &t.task_lists),
+        ("kafka.topics.tasks", &t.tasks),
+    ];
+    if let Some(d) = &e.dead_letter_topic {
+        all.push(("errors.dead_letter_topic", d));
+    }
+    let mut valid = Vec::new();
+    for (key, name) in all {
+        match topic_name(name) {
+            Ok(()) => valid.push((key, name)),
+            Err(why) => errs.push(format!("{key}: {why}")),
+        }
+    }
+    for (i, (key, name)) in valid.iter().enumerate() {
+        for (key2, name2) in &valid[..i] {
+            if name == name2 {
+                let why = match (*key2, *key) {
+                    // Refused in `errors`, in its own words.
+                    (_, "errors.dead_letter_topic") => continue,
+                    ("kafka.offsets_topic", _) => {
+                        "the offsets topic holds offsets only (compacted, read whole at start)"
+                    }
+                    ("kafka.topics.calendars", "kafka.topics.task_lists") => {
+                        "calendars and task lists are both keyed {user, id}, so a full resync of one would delete the other's records"
+                    }
+                    // Data topics may share a topic; the dead letter topic is refused in `errors`.
+                    _ => continue,
+                };
+                errs.push(format!("{key}: '{name}' is also {key2}: {why}"));
+            } else if name.replace('.', "_") == name2.replace('.', "_") {
+                errs.push(format!(
+                    "{key}: '{name}' collides with {key2} '{name2}': Kafka refuses topics whose names differ only in '.' and '_'"
+                ));
+            }
+        }
     }
 }
 

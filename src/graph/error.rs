@@ -63,6 +63,15 @@ impl GraphError {
                 | GraphError::Closed(_)
         )
     }
+
+    /// Errors that say Graph itself is not answering (rather than one partition's request
+    /// being wrong): no token, or failing past every retry (`5xx`, `429`, no connection).
+    pub fn is_service_failure(&self) -> bool {
+        matches!(
+            self,
+            GraphError::Auth(_) | GraphError::RetriesExhausted { .. }
+        )
+    }
 }
 
 /// Why one attempt at a page failed in a way worth retrying (the last one is kept when the

@@ -4,8 +4,10 @@
 //! asynchronous error events that name the broker ("sasl_ssl://host:9093/bootstrap: SASL
 //! authentication error: …"), while the call that failed only says it timed out. Every client
 //! of the sink carries a [`HealthContext`] that keeps the most telling recent error, so
-//! start-up, `/readyz` and the logs can say what is wrong instead of "timed out".
+//! start-up, the worker's health check (which `/readyz` reads) and the logs can say what is
+//! wrong instead of "timed out".
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,25 +88,63 @@ impl ProducerContext<NoCustomPartitioner> for HealthContext {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
-/// Connects with `config` and fetches the cluster's metadata (blocking). The error says why
-/// it failed in librdkafka's words, naming the broker, when librdkafka said it.
+/// Connects with `config` and fetches the cluster's metadata (blocking), with a client made
+/// for this one call: for start-up and `validate --connect`. What runs all the time keeps a
+/// [`KafkaProbe`] instead. The error says why it failed in librdkafka's words, naming the
+/// broker, when librdkafka said it.
 pub fn probe(config: &ClientConfig, timeout: Duration) -> Result<(), String> {
-    let ctx = HealthContext::default();
-    // A plain producer: creating it needs no group, and polling it serves error events.
-    let client: BaseProducer<HealthContext> = config
-        .create_with_context(ctx.clone())
-        .map_err(|e| format!("creating a Kafka client: {e}"))?;
-    if let Err(e) = client.client().fetch_metadata(None, timeout) {
-        // Error events arrive on the client's queue; serve them before asking.
-        for _ in 0..5 {
-            client.poll(Duration::from_millis(20));
-        }
-        return Err(ctx
-            .0
-            .recent()
-            .unwrap_or_else(|| format!("no answer from {}: {e}", bootstrap_of(config))));
+    KafkaProbe::new(config)?.check(timeout)
+}
+
+/// One Kafka client kept to probe the cluster again and again: each [`check`](Self::check)
+/// is a metadata request over connections librdkafka keeps open, not a new client (with its
+/// handshake and authentication) per probe.
+pub struct KafkaProbe {
+    client: BaseProducer<HealthContext>,
+    ctx: HealthContext,
+    bootstrap: String,
+}
+
+impl KafkaProbe {
+    /// Builds the client (no network yet: librdkafka connects in the background).
+    pub fn new(config: &ClientConfig) -> Result<Self, String> {
+        let ctx = HealthContext::default();
+        // A plain producer: creating it needs no group, and polling it serves error events.
+        let client: BaseProducer<HealthContext> = config
+            .create_with_context(ctx.clone())
+            .map_err(|e| format!("creating a Kafka client: {e}"))?;
+        let bootstrap = bootstrap_of(config);
+        *BUILT.lock().entry(bootstrap.clone()).or_default() += 1;
+        Ok(Self {
+            client,
+            ctx,
+            bootstrap,
+        })
     }
-    Ok(())
+
+    /// Fetches the cluster's metadata (blocking, at most `timeout` and a tenth of a second).
+    pub fn check(&self, timeout: Duration) -> Result<(), String> {
+        let answer = self.client.client().fetch_metadata(None, timeout);
+        // Error events arrive on the client's queue: serve them, before asking for the
+        // reason and so that a long-lived client's queue does not grow while Kafka is away.
+        self.client.poll(Duration::from_millis(100));
+        answer.map(drop).map_err(|e| {
+            self.ctx
+                .0
+                .recent()
+                .unwrap_or_else(|| format!("no answer from {}: {e}", self.bootstrap))
+        })
+    }
+}
+
+/// How many [`KafkaProbe`] clients were built for each `bootstrap.servers`. Tests read it
+/// (per cluster, since tests of one process share it) to prove that what runs all the time
+/// (`/readyz`, the health check) does not build a client per call.
+static BUILT: Mutex<BTreeMap<String, u64>> = parking_lot::const_mutex(BTreeMap::new());
+
+/// How many probe clients were built so far for `bootstrap_servers`.
+pub fn probe_clients_built(bootstrap_servers: &str) -> u64 {
+    BUILT.lock().get(bootstrap_servers).copied().unwrap_or(0)
 }
 
 fn bootstrap_of(config: &ClientConfig) -> String {

@@ -6,7 +6,8 @@
 //! - `clients.rs`: each client's librdkafka configuration (defaults, the user's tables, the
 //!   properties the connector owns) and the check `validate` runs on it.
 //! - `error.rs`: [`SinkError`], with the librdkafka (or I/O) error behind it as its source.
-//! - `health.rs`: why Kafka cannot be reached, in librdkafka's words (for `/readyz`, logs).
+//! - `health.rs`: why Kafka cannot be reached, in librdkafka's words, and the one long-lived
+//!   client the worker's background health check probes with (`/readyz` reads its results).
 //! - `producer.rs`: the transactional producer, the classification of its errors, and which
 //!   records Kafka refused for good.
 //! - `records.rs`: a source record as a Kafka record (topic, key, value, headers), and a

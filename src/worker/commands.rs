@@ -20,9 +20,9 @@ pub enum Command {
     Stop,
     /// `POST …/restart`, `POST …/tasks/{task}/restart`.
     Restart(Restart),
-    /// `POST …/partitions/resync`.
+    /// `POST …/partitions/resync` with `{"partition": {…}}` or `{"all": true}`.
     Resync(Resync),
-    /// `PATCH …/offsets`: only while stopped.
+    /// `PATCH …/offsets`: only while stopped; at least one partition.
     AlterOffsets(AlterOffsets),
     /// `DELETE …/offsets`: resets every partition's offset; only while stopped.
     ResetOffsets,
@@ -75,13 +75,25 @@ pub struct Resync {
 }
 
 impl Resync {
-    /// The body `{"partition": {…}}`; no body, `{}` or a null partition: every partition.
-    pub fn from_body(body: Option<&Value>) -> Result<Self, BadRequest> {
-        let partition = match body.and_then(|b| b.get("partition")) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(partition_of(v)?),
+    /// The body `{"partition": {…}}` (one partition) or `{"all": true}` (every partition):
+    /// resyncing everything is asked for explicitly, never the reading of an empty body.
+    pub fn from_body(body: &Value) -> Result<Self, BadRequest> {
+        const EXPECTED: &str =
+            r#"expected {"partition": {…}} for one partition or {"all": true} for every one"#;
+        let Some(fields) = body.as_object() else {
+            return Err(BadRequest(EXPECTED.into()));
         };
-        Ok(Resync { partition })
+        if let Some(k) = fields.keys().find(|k| *k != "partition" && *k != "all") {
+            return Err(BadRequest(format!("unknown field {k:?}: {EXPECTED}")));
+        }
+        match (fields.get("partition"), fields.get("all")) {
+            (Some(p), None) => match partition_of(p) {
+                Ok(p) => Ok(Resync { partition: Some(p) }),
+                Err(BadRequest(m)) => Err(BadRequest(format!("partition: {m}; {EXPECTED}"))),
+            },
+            (None, Some(Value::Bool(true))) => Ok(Resync { partition: None }),
+            _ => Err(BadRequest(EXPECTED.into())),
+        }
     }
 }
 
@@ -90,25 +102,51 @@ impl Resync {
 pub struct AlterOffsets(pub OffsetWrites);
 
 impl AlterOffsets {
-    /// The body `{"offsets":[{"partition":{…},"offset":{…} or null}]}` (KIP-875).
-    pub fn from_body(body: Option<&Value>) -> Result<Self, BadRequest> {
-        let Some(list) = body
-            .and_then(|b| b.get("offsets"))
-            .and_then(Value::as_array)
-        else {
-            return Err(BadRequest(
-                "expected {\"offsets\": [{\"partition\": {…}, \"offset\": {…}}]}".into(),
-            ));
+    /// The body `{"offsets":[{"partition":{…},"offset":{…} or null}]}` (KIP-875): at least
+    /// one entry (as in Connect), each with exactly those two fields (`"offset": null` resets
+    /// the partition, and must be said), no partition twice.
+    pub fn from_body(body: &Value) -> Result<Self, BadRequest> {
+        const EXPECTED: &str =
+            r#"expected {"offsets": [{"partition": {…}, "offset": {…} or null}, …]}"#;
+        let Some(fields) = body.as_object() else {
+            return Err(BadRequest(EXPECTED.into()));
         };
+        if let Some(k) = fields.keys().find(|k| *k != "offsets") {
+            return Err(BadRequest(format!("unknown field {k:?}: {EXPECTED}")));
+        }
+        let Some(list) = fields.get("offsets").and_then(Value::as_array) else {
+            return Err(BadRequest(EXPECTED.into()));
+        };
+        if list.is_empty() {
+            return Err(BadRequest(
+                "Partitions / offsets need to be provided for an alter offsets request".into(),
+            ));
+        }
         let mut writes = Vec::with_capacity(list.len());
-        for item in list {
-            let p = partition_of(&item["partition"])?;
-            let o = match &item["offset"] {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, item) in list.iter().enumerate() {
+            let entry = item.as_object().filter(|o| {
+                o.len() == 2 && o.contains_key("partition") && o.contains_key("offset")
+            });
+            let Some(entry) = entry else {
+                return Err(BadRequest(format!(
+                    "offsets[{i}]: expected {{\"partition\": {{…}}, \"offset\": {{…}} or null}}"
+                )));
+            };
+            let p = partition_of(&entry["partition"])
+                .map_err(|BadRequest(m)| BadRequest(format!("offsets[{i}].partition: {m}")))?;
+            let o = match &entry["offset"] {
                 Value::Null => None,
                 v => Some(
-                    SourceOffset::deserialize(v).map_err(|e| BadRequest(format!("offset: {e}")))?,
+                    SourceOffset::deserialize(v)
+                        .map_err(|e| BadRequest(format!("offsets[{i}].offset: {e}")))?,
                 ),
             };
+            if !seen.insert(p.clone()) {
+                return Err(BadRequest(format!(
+                    "offsets[{i}].partition: {p} is listed twice"
+                )));
+            }
             writes.push((p, o));
         }
         Ok(AlterOffsets(writes))
@@ -137,25 +175,31 @@ mod tests {
     }
 
     #[test]
-    fn resync_reads_an_optional_partition() {
+    fn resync_of_everything_is_explicit() {
         let all = Resync { partition: None };
-        assert_eq!(Resync::from_body(None).unwrap(), all);
-        assert_eq!(Resync::from_body(Some(&json!({}))).unwrap(), all);
-        assert_eq!(
-            Resync::from_body(Some(&json!({"partition": null}))).unwrap(),
-            all
-        );
-        let one = Resync::from_body(Some(
-            &json!({"partition": {"kind": "task_lists", "user": "a@b.c"}}),
-        ))
-        .unwrap();
+        assert_eq!(Resync::from_body(&json!({"all": true})).unwrap(), all);
+        for body in [
+            json!({}),
+            json!(null),
+            json!([]),
+            json!({"all": false}),
+            json!({"all": "yes"}),
+            json!({"partition": null}),
+            json!({"all": true, "partition": {"kind": "task_lists", "user": "a@b.c"}}),
+            json!({"everything": true}),
+        ] {
+            let e = Resync::from_body(&body).unwrap_err();
+            assert!(e.0.contains(r#"{"all": true}"#), "{body}: {e}");
+        }
+        let one = Resync::from_body(&json!({"partition": {"kind": "task_lists", "user": "a@b.c"}}))
+            .unwrap();
         assert_eq!(
             one.partition,
             Some(PartitionId::TaskLists {
                 user: "a@b.c".into()
             })
         );
-        let bad = Resync::from_body(Some(&json!({"partition": {"kind": "mail"}})));
+        let bad = Resync::from_body(&json!({"partition": {"kind": "mail"}}));
         assert!(bad.is_err());
     }
 
@@ -165,17 +209,46 @@ mod tests {
             {"partition": {"kind": "calendar_list", "user": "a@b.c"}, "offset": {"round": 7}},
             {"partition": {"kind": "task_lists", "user": "a@b.c"}, "offset": null},
         ]});
-        let AlterOffsets(writes) = AlterOffsets::from_body(Some(&body)).unwrap();
+        let AlterOffsets(writes) = AlterOffsets::from_body(&body).unwrap();
         assert_eq!(writes.len(), 2);
         assert_eq!(writes[0].1.as_ref().map(|o| o.round), Some(7));
         assert_eq!(writes[1].1, None);
-        let e = AlterOffsets::from_body(None).unwrap_err();
-        assert!(e.0.starts_with("expected {\"offsets\""), "{e}");
-        let e = AlterOffsets::from_body(Some(&json!({"offsets": [
+        for body in [json!(null), json!({}), json!({"offsets": {}}), json!([])] {
+            let e = AlterOffsets::from_body(&body).unwrap_err();
+            assert!(e.0.starts_with("expected {\"offsets\""), "{body}: {e}");
+        }
+        let e = AlterOffsets::from_body(&json!({"offsets": []})).unwrap_err();
+        assert!(
+            e.0.starts_with("Partitions / offsets need to be provided"),
+            "{e}"
+        );
+        let e = AlterOffsets::from_body(&json!({"offsets": [
             {"partition": {"kind": "calendar_list", "user": "a@b.c"}, "offset": {"round": "x"}}
-        ]})))
+        ]}))
         .unwrap_err();
-        assert!(e.0.starts_with("offset: "), "{e}");
-        assert!(AlterOffsets::from_body(Some(&json!({"offsets": [{"partition": {}}]}))).is_err());
+        assert!(e.0.starts_with("offsets[0].offset: "), "{e}");
+        let e = AlterOffsets::from_body(&json!({"offsets": [{"partition": {}, "offset": null}]}))
+            .unwrap_err();
+        assert!(e.0.starts_with("offsets[0].partition: "), "{e}");
+        // The offset must be said, even when null; nothing else may be there.
+        let p = json!({"kind": "task_lists", "user": "a@b.c"});
+        for item in [
+            json!({"partition": p}),
+            json!({"partition": p, "offset": null, "x": 1}),
+            json!("x"),
+        ] {
+            let e = AlterOffsets::from_body(&json!({"offsets": [item]})).unwrap_err();
+            assert!(e.0.starts_with("offsets[0]: expected"), "{e}");
+        }
+        let e = AlterOffsets::from_body(&json!({"offsets": [
+            {"partition": p, "offset": null}, {"partition": p, "offset": {"round": 1}}
+        ]}))
+        .unwrap_err();
+        assert!(e.0.contains("listed twice"), "{e}");
+        let e = AlterOffsets::from_body(
+            &json!({"offsets": [{"partition": p, "offset": null}], "x": 1}),
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("unknown field \"x\""), "{e}");
     }
 }

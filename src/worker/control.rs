@@ -22,10 +22,14 @@ pub struct Request {
 /// Why a command was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    /// It cannot be carried out in the connector's state or as asked (answered `400`, as
+    /// Connect does; never `409`, which Connect clients retry as "rebalance in progress").
     #[error("{0}")]
-    Conflict(String),
+    BadRequest(String),
+    /// No such task or partition (`404`).
     #[error("{0}")]
     NotFound(String),
+    /// The worker failed to carry it out (`500`).
     #[error("{0}")]
     Failed(String),
 }
@@ -48,13 +52,15 @@ fn failed(e: SinkError) -> CommandError {
     CommandError::Failed(e.to_string())
 }
 
+/// Offsets change only while the connector is stopped (Connect's words and status).
 fn need_stopped(shared: &Shared) -> Result<(), CommandError> {
     if shared.stopped() {
         Ok(())
     } else {
-        Err(CommandError::Conflict(
-            "offsets can only be changed while the connector is STOPPED".into(),
-        ))
+        Err(CommandError::BadRequest(format!(
+            "Connectors must be in the STOPPED state before their offsets can be modified: PUT /connectors/{}/stop first",
+            shared.spec.sink.connector
+        )))
     }
 }
 
@@ -89,9 +95,10 @@ async fn restart(shared: &Arc<Shared>, r: Restart) -> Result<String, CommandErro
         Restart::Task(id) => (false, Some(partition_of_task(shared, id)?)),
     };
     if shared.stopped() {
-        return Err(CommandError::Conflict(
-            "the connector is STOPPED: resume it".into(),
-        ));
+        return Err(CommandError::BadRequest(format!(
+            "the connector is STOPPED: resume it first (PUT /connectors/{}/resume)",
+            shared.spec.sink.connector
+        )));
     }
     let targets: Vec<PartitionId> = {
         let tracked = shared.tracked.lock();
@@ -129,7 +136,7 @@ fn partition_of_task(shared: &Shared, id: u64) -> Result<PartitionId, CommandErr
         Ok([p]) => Ok(p),
         Err(m) if m.is_empty() => Err(CommandError::NotFound(format!("no task {id}"))),
         // Two identities sharing 52 bits of a hash: name the partition instead.
-        Err(_) => Err(CommandError::Conflict(format!(
+        Err(_) => Err(CommandError::BadRequest(format!(
             "task id {id} names more than one partition: use the connector restart or a resync by partition"
         ))),
     }

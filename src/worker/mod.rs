@@ -22,9 +22,12 @@
 //! - `control.rs`: applying operator commands.
 //! - `supervisor.rs`: starting and stopping partition tasks.
 //! - `partition.rs`: a partition's loop.
+//! - `health.rs`: what `/readyz` reads, and the background Kafka check that keeps it current
+//!   (a task of the same `JoinSet`, ended by the same shutdown).
 
 mod commands;
 mod control;
+mod health;
 mod partition;
 mod spec;
 mod status;
@@ -32,6 +35,7 @@ mod supervisor;
 
 pub use commands::{AlterOffsets, BadRequest, Command, Restart, RestartQuery, Resync};
 pub use control::{CommandError, Request};
+pub use health::{Check, Health, Windows};
 pub use spec::WorkerSpec;
 pub use status::{task_id, ConnectorState, PartitionState, WorkerStatus};
 
@@ -97,7 +101,7 @@ struct Shared {
     /// `true` while the connector is paused.
     paused: tokio::sync::watch::Sender<bool>,
     tracked: Mutex<HashMap<PartitionId, Tracked>>,
-    /// Every partition task (see `supervisor.rs`).
+    /// Every partition task (see `supervisor.rs`) and the health check (`health.rs`).
     tasks: Mutex<JoinSet<()>>,
     shutdown: CancellationToken,
     /// Set when the sink failed fatally: the worker must stop with an error.
@@ -118,6 +122,7 @@ pub async fn run_with_status(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     *status.connector.lock() = ConnectorState::Running;
+    status.health.set_windows(spec.readiness);
     tokio::pin!(shutdown);
     // 0. Kafka reachable (credentials, certificates): until it is, say why and wait.
     let mut attempt = 0u32;
@@ -131,13 +136,13 @@ pub async fn run_with_status(
         attempt += 1;
         let wait = Duration::from_secs(2u64.saturating_pow(attempt.min(5)).min(30));
         metrics::kafka_unreachable(&why, wait);
-        *status.kafka_error.lock() = Some(why);
+        status.health.kafka.failed(why);
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    *status.kafka_error.lock() = None;
+    status.health.kafka.succeeded();
     if let Some((parts, repl)) = spec.create_topics {
         ensure_topics(&spec.sink, parts, repl).await?;
     }
@@ -190,6 +195,7 @@ pub async fn run_with_status(
     // Should this future be dropped half-way, the tasks (which hold `shared`) go too.
     let abort_tasks = AbortTasksOnDrop(Arc::downgrade(&shared));
     start_all(&shared);
+    start_health_check(&shared);
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -220,6 +226,27 @@ pub async fn run_with_status(
             panic_message(&*panic).into(),
         )),
     }
+}
+
+/// Starts the background health check in the worker's `JoinSet`: the shutdown that ends the
+/// partition tasks ends it too.
+fn start_health_check(shared: &Shared) {
+    let mut tasks = shared.tasks.lock();
+    // Checked under the lock shutdown takes the set with, like a partition task's start.
+    if shared.shutdown.is_cancelled() {
+        return;
+    }
+    let interval = shared.spec.health_interval;
+    let probe = health::KafkaCheck::new(
+        shared.spec.sink.admin_config(),
+        health::probe_timeout(interval),
+    );
+    tasks.spawn(health::run(
+        shared.status.health.clone(),
+        probe,
+        interval,
+        shared.shutdown.child_token(),
+    ));
 }
 
 /// Aborts the partition tasks when dropped, unless they are already gone.

@@ -170,14 +170,19 @@ impl<'a> PartitionTask<'a> {
                 _ = self.cancel.cancelled() => return Step::End(PartitionState::Stopped),
             },
         };
+        let health = &self.shared.status.health;
         let e = match fetched {
             Ok(batch) => {
-                self.shared.status.graph_ok.store(true, Ordering::Relaxed);
+                health.graph.succeeded();
                 self.failures = 0;
                 return Step::Next(batch);
             }
             Err(e) => e,
         };
+        // Only Graph's own failures count against its health, not one partition's 4xx.
+        if e.is_service_failure() {
+            health.graph.failed(e.to_string());
+        }
         let id = &self.id;
         match e {
             // The list of a task partition is gone: stop tracking it and forget its offset.

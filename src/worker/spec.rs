@@ -7,6 +7,8 @@ use crate::graph::{ClientOptions, Credential};
 use crate::sink::SinkOptions;
 use crate::source::PartitionId;
 
+use super::health::Windows;
+
 /// Everything a worker needs, resolved from the settings.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
@@ -28,6 +30,10 @@ pub struct WorkerSpec {
     pub offsets_load_timeout: Duration,
     /// How long shutdown (and halting partitions for a command) waits for partition tasks.
     pub shutdown_timeout: Duration,
+    /// How often the background check probes Kafka.
+    pub health_interval: Duration,
+    /// How long a success keeps Kafka reachable and Graph answering for `/readyz`.
+    pub readiness: Windows,
 }
 
 impl WorkerSpec {
@@ -61,6 +67,8 @@ impl WorkerSpec {
                 .then_some((k.topic_partitions, k.replication_factor)),
             offsets_load_timeout: s.worker.offsets_load_timeout.0,
             shutdown_timeout: s.worker.shutdown_timeout.0,
+            health_interval: s.worker.health_interval.0,
+            readiness: Windows::new(s.worker.health_interval.0, g.poll_interval.0),
         })
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use sha2::Digest as _;
 
+use super::health::Health;
 use crate::metrics;
 use crate::source::{PartitionId, SourceOffset};
 
@@ -58,8 +59,8 @@ pub enum PartitionState {
 pub struct WorkerStatus {
     /// The offsets topic was read at start.
     pub offsets_loaded: std::sync::atomic::AtomicBool,
-    /// A Graph page was fetched (so a token was obtained).
-    pub graph_ok: std::sync::atomic::AtomicBool,
+    /// Kafka's and Graph's health as last checked (what `/readyz` reads).
+    pub health: Arc<Health>,
     /// Each partition's state.
     pub partitions: Mutex<std::collections::BTreeMap<PartitionId, PartitionState>>,
     /// Offsets as last committed by this worker (or read at start); where partitions
@@ -75,11 +76,26 @@ pub struct WorkerStatus {
     pub per_partition_metrics: AtomicBool,
     /// What the Kafka clients last reported about the connection.
     pub kafka: Arc<crate::sink::KafkaHealth>,
-    /// Why Kafka could not be reached at start-up (cleared once it was).
-    pub kafka_error: Mutex<Option<String>>,
 }
 
 impl WorkerStatus {
+    /// Why the worker is not ready, if it is not: the offsets not loaded yet, Kafka not
+    /// reached within its window, Graph not answering. Reads state only (no I/O, no client):
+    /// `/readyz` answers with it at once, however often it is asked.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let now = tokio::time::Instant::now();
+        let mut reasons = Vec::new();
+        if !self.offsets_loaded.load(Ordering::SeqCst) {
+            reasons.push(format!(
+                "offsets not loaded yet (worker started {} s ago)",
+                self.health.uptime(now).as_secs()
+            ));
+        }
+        reasons.extend(self.health.kafka_problem(now));
+        reasons.extend(self.health.graph_problem(now));
+        reasons
+    }
+
     pub(super) fn set_state(&self, p: &PartitionId, st: PartitionState) {
         self.partitions.lock().insert(p.clone(), st);
     }

@@ -2,9 +2,11 @@
 
 mod chaos;
 mod common;
+mod connect_client;
 pub mod crash;
 mod e2e;
 mod ops;
 mod oversize;
+mod readiness;
 mod secure;
 mod shutdown;

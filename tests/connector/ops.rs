@@ -1,5 +1,6 @@
-//! The HTTP surface of a running worker: health, readiness, metrics and the read-only REST
-//! API, with no secret in any answer.
+//! The HTTP surface of a running worker: health, readiness, metrics and the REST API (reads
+//! and operator commands behind the token), with no secret in any answer. `start` and the
+//! helpers here also serve `connect_client.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 
-const WINDOW: &str = "2026-03-01T00:00:00Z/2026-03-31T00:00:00Z";
-const GRAPH_SECRET: &str = "graph-secret-c4f2e9";
-const KAFKA_PASSWORD: &str = "kafka-password-77aa1";
+pub(crate) const WINDOW: &str = "2026-03-01T00:00:00Z/2026-03-31T00:00:00Z";
+pub(crate) const GRAPH_SECRET: &str = "graph-secret-c4f2e9";
+pub(crate) const KAFKA_PASSWORD: &str = "kafka-password-77aa1";
 
-async fn sim() -> SimServer {
+pub(crate) async fn sim() -> SimServer {
     let sim = SimServer::start("127.0.0.1:0", SimSettings::default())
         .await
         .unwrap();
@@ -38,17 +39,17 @@ async fn sim() -> SimServer {
     sim
 }
 
-const OP_TOKEN: &str = "operator-token-5e1";
+pub(crate) const OP_TOKEN: &str = "operator-token-5e1";
 
-struct Ops {
-    url: String,
-    status: Arc<WorkerStatus>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
+pub(crate) struct Ops {
+    pub url: String,
+    pub status: Arc<WorkerStatus>,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
 }
 
 /// Starts a worker and its HTTP server; the shown config carries secrets that must not leak.
-async fn start(spec: &WorkerSpec) -> Ops {
+pub(crate) async fn start(spec: &WorkerSpec) -> Ops {
     let settings = Settings::from_toml_str(
         &format!(
             "name = \"{}\"\n[graph]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"{GRAPH_SECRET}\"\n[kafka.options]\n\"sasl.password\" = \"{KAFKA_PASSWORD}\"\n[[sources]]\nkind = \"todo\"\nusers = [\"a@b.c\"]\n",
@@ -69,7 +70,6 @@ async fn start(spec: &WorkerSpec) -> Ops {
         worker_id: "w0".into(),
         config: settings.redacted_json(),
         status: status.clone(),
-        kafka: spec.sink.admin_config(),
     });
     let stop = CancellationToken::new();
     tokio::spawn(server::serve(
@@ -90,22 +90,37 @@ async fn start(spec: &WorkerSpec) -> Ops {
     }
 }
 
-async fn get(url: &str) -> (u16, String) {
+/// A `GET` with the operator's token.
+pub(crate) async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(OP_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A `GET` without a token.
+pub(crate) async fn get_open(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn wait_ready(url: &str) {
+pub(crate) async fn wait_ready(url: &str) {
     for _ in 0..100 {
-        if get(&format!("{url}/readyz")).await.0 == 200 {
+        if get_open(&format!("{url}/readyz")).await.0 == 200 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("never ready: {}", get(&format!("{url}/readyz")).await.1);
+    panic!(
+        "never ready: {}",
+        get_open(&format!("{url}/readyz")).await.1
+    );
 }
 
-fn no_secrets(body: &str) {
+pub(crate) fn no_secrets(body: &str) {
     for s in [GRAPH_SECRET, KAFKA_PASSWORD, SECRET, OP_TOKEN] {
         assert!(!body.contains(s), "secret in: {body}");
     }
@@ -121,12 +136,13 @@ async fn health_metrics_and_rest_api_of_a_running_worker() {
     let spec = spec(&sim, &bootstrap(), partitions);
     let ops = start(&spec).await;
     let u = &ops.url;
-    assert_eq!(get(&format!("{u}/healthz")).await.0, 200);
+    assert_eq!(get_open(&format!("{u}/healthz")).await.0, 200);
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
     wait_ready(u).await;
     let name = &spec.sink.connector;
     let mut bodies = Vec::new();
-    let (code, body) = get(&format!("{u}/metrics")).await;
+    // The probes and the scrape are open; everything else needs the token.
+    let (code, body) = get_open(&format!("{u}/metrics")).await;
     assert_eq!(code, 200);
     let written: f64 = body
         .lines()
@@ -193,6 +209,72 @@ async fn health_metrics_and_rest_api_of_a_running_worker() {
         .iter()
         .all(|o| o["partition"]["kind"].is_string() && o["offset"]["round"].as_u64() >= Some(1)));
     bodies.push(body);
+    // Connect's flat string map, secrets masked.
+    let (code, body) = get(&format!("{u}/connectors/{name}/config")).await;
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v.as_object().unwrap().values().all(Value::is_string),
+        "{body}"
+    );
+    assert_eq!(v["graph.client_secret"], "***");
+    assert_eq!(v["kafka.options.sasl.password"], "***");
+    assert_eq!(v["connector.class"], "graph-cdc");
+    assert_eq!(v["name"], name.as_str());
+    bodies.push(body);
+    // Tasks: Connect's `{"id": {"connector", "task"}, "config"}`, ids derived from partitions.
+    let (code, body) = get(&format!("{u}/connectors/{name}/tasks")).await;
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let listed = v.as_array().unwrap();
+    assert_eq!(listed.len(), all_partitions(&sim, WINDOW).len(), "{body}");
+    for t in listed {
+        assert_eq!(t["id"]["connector"], name.as_str());
+        let p: Value = serde_json::from_str(t["config"]["partition"].as_str().unwrap()).unwrap();
+        let p = PartitionId::from_json(&p).unwrap();
+        assert_eq!(t["id"]["task"].as_u64(), Some(worker::task_id(&p)));
+        assert_eq!(t["config"]["partition.user"], p.user());
+    }
+    bodies.push(body);
+    let first = listed[0]["id"]["task"].as_u64().unwrap();
+    let (code, body) = get(&format!("{u}/connectors/{name}/tasks/{first}/status")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (
+            v["id"].as_u64(),
+            v["state"].as_str(),
+            v["worker_id"].as_str()
+        ),
+        (Some(first), Some("RUNNING"), Some("w0"))
+    );
+    let (code, body) = get(&format!("{u}/connectors/{name}/tasks/7/status")).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = get(&format!("{u}/connector-plugins")).await;
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v[0]["class"], "graph-cdc");
+    assert_eq!(v[0]["type"], "source");
+    assert_eq!(v[0]["version"], env!("CARGO_PKG_VERSION"));
+    for path in [
+        "/".to_string(),
+        "/connectors".into(),
+        format!("/connectors/{name}"),
+        format!("/connectors/{name}/config"),
+        format!("/connectors/{name}/status"),
+        format!("/connectors/{name}/tasks"),
+        format!("/connectors/{name}/offsets"),
+        "/connector-plugins".into(),
+        "/no-such-path".into(),
+    ] {
+        let (code, body) = get_open(&format!("{u}{path}")).await;
+        assert_eq!(code, 401, "{path}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["error_code"],
+            401
+        );
+        bodies.push(body);
+    }
     let (code, body) = get(&format!("{u}/connectors/nope/status")).await;
     assert_eq!(code, 404);
     assert_eq!(
@@ -206,32 +288,7 @@ async fn health_metrics_and_rest_api_of_a_running_worker() {
     ops.task.await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_turns_503_when_the_broker_stops() {
-    let mut broker = tokio::task::spawn_blocking(graph_cdc_testkit::broker::KafkaBroker::start)
-        .await
-        .unwrap()
-        .expect("a broker of its own");
-    let sim = sim().await;
-    let partitions = vec![PartitionId::TaskLists {
-        user: "user001@contoso.com".into(),
-    }];
-    let spec = spec(&sim, &broker.bootstrap(), partitions);
-    let ops = start(&spec).await;
-    wait_ready(&ops.url).await;
-    tokio::task::block_in_place(|| broker.stop());
-    let (code, body) = get(&format!("{}/readyz", ops.url)).await;
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("Kafka unreachable"), "{body}");
-    assert_eq!(
-        get(&format!("{}/healthz", ops.url)).await.0,
-        200,
-        "alive all the same"
-    );
-    ops.task.abort();
-}
-
-async fn call(
+pub(crate) async fn call(
     method: reqwest::Method,
     url: &str,
     token: Option<&str>,
@@ -253,15 +310,15 @@ async fn connector_state(url: &str, name: &str) -> String {
     let (_, v) = call(
         reqwest::Method::GET,
         &format!("{url}/connectors/{name}/status"),
-        None,
+        Some(OP_TOKEN),
         None,
     )
     .await;
     v["connector"]["state"].as_str().unwrap_or("").to_string()
 }
 
-/// Pause, resume, stop, offsets PATCH/DELETE against the real broker (409 while running,
-/// 401 without the token), resync and restart.
+/// Pause, resume, stop, offsets PATCH/DELETE against the real broker (400 while running, as
+/// in Connect; 401 without the token), resync and restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_and_offset_changes() {
     use reqwest::Method;
@@ -303,15 +360,25 @@ async fn operator_commands_and_offset_changes() {
         202
     );
     assert_eq!(connector_state(&u, &name).await, "RUNNING");
-    // Offsets can only change while stopped.
+    // Offsets can only change while stopped: 400, never 409 (retried by Connect clients).
     let (code, v) = call(Method::DELETE, &c("/offsets"), Some(OP_TOKEN), None).await;
-    assert_eq!((code, v["error_code"].as_u64()), (409, Some(409)));
+    assert_eq!((code, v["error_code"].as_u64()), (400, Some(400)), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Connectors must be in the STOPPED state"),
+        "{v}"
+    );
+    let one = serde_json::json!({"offsets": [{"partition": serde_json::from_str::<Value>(&partitions[0].to_json()).unwrap(), "offset": null}]});
+    let (code, v) = call(Method::PATCH, &c("/offsets"), Some(OP_TOKEN), Some(one)).await;
+    assert_eq!((code, v["error_code"].as_u64()), (400, Some(400)), "{v}");
     assert_eq!(
         call(Method::PUT, &c("/stop"), Some(OP_TOKEN), None).await.0,
         202
     );
     assert_eq!(connector_state(&u, &name).await, "STOPPED");
-    let (code, v) = call(Method::GET, &c("/offsets"), None, None).await;
+    let (code, v) = call(Method::GET, &c("/offsets"), Some(OP_TOKEN), None).await;
     assert_eq!(code, 200);
     assert!(v["offsets"].as_array().unwrap().len() >= partitions.len());
     assert_eq!(
@@ -320,7 +387,7 @@ async fn operator_commands_and_offset_changes() {
             .0,
         200
     );
-    let (_, v) = call(Method::GET, &c("/offsets"), None, None).await;
+    let (_, v) = call(Method::GET, &c("/offsets"), Some(OP_TOKEN), None).await;
     assert!(v["offsets"].as_array().unwrap().is_empty());
     // PATCH one partition, then read the offsets topic back from the broker.
     let target = &partitions[0];
@@ -351,13 +418,36 @@ async fn operator_commands_and_offset_changes() {
             .is_none(),
         "reset"
     );
-    let bad = serde_json::json!({"offsets": [{"partition": {"kind": "mail"}, "offset": null}]});
-    assert_eq!(
-        call(Method::PATCH, &c("/offsets"), Some(OP_TOKEN), Some(bad))
-            .await
-            .0,
-        400
-    );
+    // Malformed or empty bodies: 400; a body not declared JSON: 415.
+    for bad in [
+        serde_json::json!({"offsets": [{"partition": {"kind": "mail"}, "offset": null}]}),
+        serde_json::json!({"offsets": []}),
+        serde_json::json!({"offsets": [{"partition": {"kind": "task_lists", "user": "a@b.c"}}]}),
+        serde_json::json!({}),
+    ] {
+        let (code, v) = call(
+            Method::PATCH,
+            &c("/offsets"),
+            Some(OP_TOKEN),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(
+            (code, v["error_code"].as_u64()),
+            (400, Some(400)),
+            "{bad}: {v}"
+        );
+    }
+    let r = reqwest::Client::new()
+        .patch(c("/offsets"))
+        .bearer_auth(OP_TOKEN)
+        .header("content-type", "text/plain")
+        .body(r#"{"offsets": []}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    assert_eq!(r.json::<Value>().await.unwrap()["error_code"], 415);
     // Resume: every partition starts over and the topics converge again.
     assert_eq!(
         call(Method::PUT, &c("/resume"), Some(OP_TOKEN), None)
@@ -366,14 +456,36 @@ async fn operator_commands_and_offset_changes() {
         202
     );
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
-    let (code, _) = call(
+    // Resyncing everything must be asked for: `{}` or no body at all no longer does it.
+    let (code, v) = call(
         Method::POST,
         &c("/partitions/resync"),
         Some(OP_TOKEN),
         Some(serde_json::json!({})),
     )
     .await;
-    assert_eq!(code, 202);
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = call(Method::POST, &c("/partitions/resync"), Some(OP_TOKEN), None).await;
+    assert_eq!(code, 415, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains(r#"{"all": true}"#),
+        "{v}"
+    );
+    let (code, v) = call(
+        Method::POST,
+        &c("/partitions/resync"),
+        Some(OP_TOKEN),
+        Some(serde_json::json!({"all": true})),
+    )
+    .await;
+    assert_eq!(code, 202, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("resync requested for "),
+        "{v}"
+    );
     assert_eq!(
         call(
             Method::POST,
@@ -386,6 +498,7 @@ async fn operator_commands_and_offset_changes() {
         202
     );
     let first = tasks(&u, &name).await.into_keys().next().unwrap();
+    // A task restart answers 204 with no body, as in Connect.
     assert_eq!(
         call(
             Method::POST,
@@ -393,9 +506,8 @@ async fn operator_commands_and_offset_changes() {
             Some(OP_TOKEN),
             None
         )
-        .await
-        .0,
-        202
+        .await,
+        (204, Value::Null)
     );
     assert_eq!(
         call(Method::POST, &c("/tasks/999/restart"), Some(OP_TOKEN), None)
@@ -426,7 +538,7 @@ async fn tasks(url: &str, name: &str) -> BTreeMap<u64, (PartitionId, String)> {
     let (code, v) = call(
         reqwest::Method::GET,
         &format!("{url}/connectors/{name}/status"),
-        None,
+        Some(OP_TOKEN),
         None,
     )
     .await;
@@ -442,7 +554,7 @@ async fn tasks(url: &str, name: &str) -> BTreeMap<u64, (PartitionId, String)> {
     let (_, v) = call(
         reqwest::Method::GET,
         &format!("{url}/connectors/{name}"),
-        None,
+        Some(OP_TOKEN),
         None,
     )
     .await;
@@ -573,10 +685,7 @@ async fn task_ids_are_stable_and_restart_by_id_hits_its_partition() {
         None,
     )
     .await;
-    assert_eq!(
-        (code, v["message"].as_str()),
-        (202, Some("restarted 1 partitions"))
-    );
+    assert_eq!((code, v), (204, Value::Null));
     let restarted = wait_tasks(&u, &name, "the restarted task runs", |t| {
         t.get(&ghost_id).is_some_and(|(_, s)| s == "RUNNING")
     })

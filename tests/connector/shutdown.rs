@@ -14,7 +14,7 @@ use crate::common::*;
 async fn started_with_commits_in_flight(spec: &WorkerSpec) -> Running {
     let w = start_worker(spec);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !w.status.graph_ok.load(std::sync::atomic::Ordering::Relaxed) {
+    while w.status.health.graph.last_success().is_none() {
         assert!(Instant::now() < deadline, "no page fetched");
         assert!(w.ended.lock().is_none(), "the worker ended: {:?}", w.ended);
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -81,6 +81,42 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- trimSuffix "/" .Values.kafka.tls.mountPath }}
 {{- end }}
 
+{{/* The credentials mount directory without a trailing slash. */}}
+{{- define "graph-cdc.credentials.dir" -}}
+{{- trimSuffix "/" .Values.secrets.mountPath }}
+{{- end }}
+
+{{/* The chart mounts the Graph client secret as a file ("true" or empty): neither certificate
+     credentials nor a client_secret_file of the user's own in `config.graph`. */}}
+{{- define "graph-cdc.credentials.clientSecret" -}}
+{{- if not (or .Values.useCertificate (hasKey (.Values.config.graph | default dict) "client_secret_file")) }}true{{ end }}
+{{- end }}
+
+{{/* The chart mounts the REST token as a file ("true" or empty): `secrets.authToken`, or
+     `existingSecret` (key auth-token) unless the API is explicitly left open; never when
+     `config.server.auth_token_file` names a file of the user's own. */}}
+{{- define "graph-cdc.credentials.token" -}}
+{{- $s := .Values.secrets }}
+{{- if not (hasKey (.Values.config.server | default dict) "auth_token_file") }}
+{{- if or $s.authToken (and $s.existingSecret (not .Values.server.allowUnauthenticated)) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The items of the credentials Secret volume, as a JSON list (empty: no volume). */}}
+{{- define "graph-cdc.credentials.items" -}}
+{{- $items := list }}
+{{- if .Values.useCertificate }}
+{{- $items = append $items (dict "key" "client.crt" "path" "client.crt") }}
+{{- $items = append $items (dict "key" "client.key" "path" "client.key") }}
+{{- else if include "graph-cdc.credentials.clientSecret" . }}
+{{- $items = append $items (dict "key" "client-secret" "path" "client-secret") }}
+{{- end }}
+{{- if include "graph-cdc.credentials.token" . }}
+{{- $items = append $items (dict "key" "auth-token" "path" "auth-token") }}
+{{- end }}
+{{- toJson $items }}
+{{- end }}
+
 {{/* Combinations the schema cannot refuse; fails the render with the value's name. */}}
 {{- define "graph-cdc.checkValues" -}}
 {{- $t := .Values.kafka.tls }}
@@ -108,6 +144,46 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (eq .Values.errors.tolerance "all") (not .Values.errors.deadLetterTopic) }}
 {{- fail "errors.deadLetterTopic: required with errors.tolerance all" }}
 {{- end }}
+{{- $s := .Values.secrets }}
+{{- $graph := .Values.config.graph | default dict }}
+{{- $server := .Values.config.server | default dict }}
+{{- if hasKey $graph "client_secret" }}
+{{- fail "config.graph.client_secret: a secret in the ConfigMap; set secrets.clientSecret (or secrets.existingSecret, key client-secret) instead" }}
+{{- end }}
+{{- if hasKey $server "auth_token" }}
+{{- fail "config.server.auth_token: a secret in the ConfigMap; set secrets.authToken (or secrets.existingSecret, key auth-token) instead" }}
+{{- end }}
+{{- if hasKey $server "allow_unauthenticated" }}
+{{- fail "config.server.allow_unauthenticated: set server.allowUnauthenticated instead" }}
+{{- end }}
+{{- range $k := list "tls_cert_path" "tls_key_path" }}
+{{- if hasKey $server $k }}
+{{- fail (printf "config.server.%s: set server.tls.secretName (a kubernetes.io/tls Secret) instead" $k) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.server.tls.secretName (has .Values.server.tls.mountPath (list "" "/" "/etc/graph-cdc" "/tmp" (include "graph-cdc.credentials.dir" .) (include "graph-cdc.kafkaTls.dir" .))) }}
+{{- fail "server.tls.mountPath: must be a directory of its own (not /, /etc/graph-cdc, /tmp, secrets.mountPath or kafka.tls.mountPath)" }}
+{{- end }}
+{{- range $k := list "certificate_path" "private_key_path" }}
+{{- if hasKey $graph $k }}
+{{- fail (printf "config.graph.%s: the chart sets it from secrets.certificate/privateKey (useCertificate); remove it" $k) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.useCertificate (hasKey $graph "client_secret_file") }}
+{{- fail "config.graph.client_secret_file: useCertificate is set; give the Graph credentials one way" }}
+{{- end }}
+{{- if and $s.clientSecret (hasKey $graph "client_secret_file") }}
+{{- fail "config.graph.client_secret_file and secrets.clientSecret: give the Graph client secret one way" }}
+{{- end }}
+{{- if and $s.authToken (hasKey $server "auth_token_file") }}
+{{- fail "config.server.auth_token_file and secrets.authToken: give the REST token one way" }}
+{{- end }}
+{{- if not (or (include "graph-cdc.credentials.token" .) (hasKey $server "auth_token_file") .Values.server.allowUnauthenticated) }}
+{{- fail "secrets.authToken: required: without a token anyone who reaches port 8083 can stop the connector, rewrite its offsets or resync everything. Set secrets.authToken (e.g. --set secrets.authToken=$(openssl rand -hex 32)), or secrets.existingSecret naming a Secret with the key auth-token, or server.allowUnauthenticated=true to run the REST API without a token" }}
+{{- end }}
+{{- if has (include "graph-cdc.credentials.dir" .) (list "" "/etc/graph-cdc" "/tmp" (include "graph-cdc.kafkaTls.dir" .)) }}
+{{- fail "secrets.mountPath: must be a directory of its own (not /, /etc/graph-cdc, /tmp or kafka.tls.mountPath)" }}
+{{- end }}
 {{- end }}
 
 {{/* A librdkafka property value as the string librdkafka expects: whole numbers without
@@ -121,7 +197,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/* The graph-cdc configuration the ConfigMap holds, as a dict in JSON: `config` plus what
-     the chart derives from `kafka` and `errors`. */}}
+     the chart derives from `kafka`, `errors`, `server` and the credential files it mounts. */}}
 {{- define "graph-cdc.config" -}}
 {{- $config := deepCopy .Values.config }}
 {{- $kafka := $config.kafka | default dict }}
@@ -169,5 +245,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $errors "dead_letter_topic" . }}
 {{- end }}
 {{- $_ := set $config "errors" $errors }}
+{{- $graph := $config.graph | default dict }}
+{{- $server := $config.server | default dict }}
+{{- $dir := include "graph-cdc.credentials.dir" . }}
+{{- if .Values.useCertificate }}
+{{- $_ := set $graph "certificate_path" (printf "%s/client.crt" $dir) }}
+{{- $_ := set $graph "private_key_path" (printf "%s/client.key" $dir) }}
+{{- else if include "graph-cdc.credentials.clientSecret" . }}
+{{- $_ := set $graph "client_secret_file" (printf "%s/client-secret" $dir) }}
+{{- end }}
+{{- if include "graph-cdc.credentials.token" . }}
+{{- $_ := set $server "auth_token_file" (printf "%s/auth-token" $dir) }}
+{{- end }}
+{{- if .Values.server.allowUnauthenticated }}
+{{- $_ := set $server "allow_unauthenticated" true }}
+{{- end }}
+{{- if .Values.server.tls.secretName }}
+{{- $_ := set $server "tls_cert_path" (printf "%s/tls.crt" .Values.server.tls.mountPath) }}
+{{- $_ := set $server "tls_key_path" (printf "%s/tls.key" .Values.server.tls.mountPath) }}
+{{- end }}
+{{- $_ := set $config "graph" $graph }}
+{{- if $server }}
+{{- $_ := set $config "server" $server }}
+{{- end }}
 {{- toJson $config }}
+{{- end }}
+
+{{/* The REST API's scheme: HTTPS when server.tls.secretName is set. */}}
+{{- define "graph-cdc.scheme" -}}
+{{- if .Values.server.tls.secretName }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
