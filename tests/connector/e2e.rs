@@ -330,9 +330,14 @@ async fn a_second_worker_fences_the_first() {
     let first = start_worker(&spec);
     converge(&sim, &spec, &first);
     let second = start_worker(&spec);
-    // Keep changes coming so the zombie tries to commit.
+    // Keep changes coming so the zombie tries to commit; on a loaded machine (the whole
+    // suite runs in parallel) its next transaction can take a while.
     let mut fenced = None;
-    for i in 0..60 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    for i in 0.. {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
         mutate(&sim, 5, 300 + i);
         tokio::time::sleep(Duration::from_millis(250)).await;
         if first.task.is_finished() {
