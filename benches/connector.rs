@@ -416,8 +416,8 @@ fn page_bodies(sim: &Sim, user: &str) -> Vec<bytes::Bytes> {
     use graph_sim::delta::{self, PageParams, Query, Resource, TokenState};
     let store = sim.server.state.store.read();
     let uid = store.user_id(user).expect("user").to_string();
-    let mut st = TokenState {
-        query: Arc::new(Query {
+    let mut st = TokenState::initial(
+        Arc::new(Query {
             user: uid,
             resource: Resource::CalendarView {
                 calendar: None,
@@ -426,19 +426,16 @@ fn page_bodies(sim: &Sim, user: &str) -> Vec<bytes::Bytes> {
             },
             select: None,
         }),
-        path: "/v1.0/users/x/calendarView/delta".into(),
-        initial_url: "".into(),
-        since: 0,
-        upto: store.seq,
-        initial: true,
-        cursor: None,
-        replay: None,
-    };
+        "/v1.0/users/x/calendarView/delta".into(),
+        "".into(),
+        store.seq,
+    );
     let params = PageParams {
         size: 100,
         scan_limit: 5000,
         replay_probability: 0.0,
         empty_page_probability: 0.0,
+        ..Default::default()
     };
     let pres = graph_sim::present::Presentation::default();
     let mut out = Vec::new();
@@ -642,6 +639,7 @@ batch_polls = {batch}
 [kafka]
 bootstrap_servers = "{bootstrap}"
 offsets_topic = "offsets-{run}"
+state_topic = "state-{run}"
 worker_id = "w"
 topic_partitions = 6
 [kafka.topics]

@@ -91,6 +91,7 @@ pub async fn run(
         mock.create_topic(t, 3, 1)?;
     }
     mock.create_topic(&spec.sink.offsets_topic, 1, 1)?;
+    mock.create_topic(&spec.sink.state_topic, 3, 1)?;
     let bootstrap = spec.sink.bootstrap_servers.clone();
     let topics: Vec<String> = spec.sink.topics.all().map(str::to_string).into();
 
@@ -171,6 +172,7 @@ fn demo_settings(
             calendar: "primary".into(),
             start: rfc3339(start),
             end: rfc3339(end),
+            window_roll: Dur(Duration::from_secs(86_400)),
         },
         Source::CalendarList {
             users: users.clone(),

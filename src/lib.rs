@@ -21,6 +21,9 @@
 //!                                      source.rs (PartitionId, SourceRecord,  offsets/
 //!                                      SourceBatch, SourceOffset)             (pure codec)
 //!                                      metrics.rs (named events)  redact.rs (secrets)
+//!                                      live/ (each partition's live items: what a page
+//!                                      writes and its state records; pure, used by the
+//!                                      worker and the sink)
 //! ```
 //!
 //! Arrows point from a module to what it uses; nothing points back up. `demo` (feature
@@ -30,10 +33,12 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod graph;
+pub mod live;
 pub mod metrics;
 pub mod offsets;
 pub mod redact;
 pub mod server;
 pub mod sink;
 pub mod source;
+pub mod window;
 pub mod worker;

@@ -43,6 +43,8 @@ pub const KAFKA_CONNECT_FAILURES: &str = "graph_cdc_kafka_connect_failures_total
 pub const SHUTDOWN_TIMEOUTS: &str = "graph_cdc_shutdown_timeouts_total";
 pub const HEALTH_KAFKA_OK: &str = "graph_cdc_health_kafka_ok";
 pub const HEALTH_GRAPH_OK: &str = "graph_cdc_health_graph_ok";
+pub const OFFSET_LINKS_REFUSED: &str = "graph_cdc_offset_links_refused_total";
+pub const RECORDS_SKIPPED: &str = "graph_cdc_records_skipped_total";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -78,6 +80,8 @@ pub struct Metrics {
     pub shutdown_timeouts: IntCounterVec,
     pub health_kafka_ok: IntGauge,
     pub health_graph_ok: IntGauge,
+    pub offset_links_refused: IntCounterVec,
+    pub records_skipped: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -235,6 +239,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             c
         },
         rounds_completed: counter(ROUNDS_COMPLETED, "Delta rounds completed", &["kind"])?,
+        records_skipped: counter(
+            RECORDS_SKIPPED,
+            "Records not written: an upsert whose content is live already, a tombstone for a key not live",
+            &["kind", "reason"],
+        )?,
+        offset_links_refused: counter(
+            OFFSET_LINKS_REFUSED,
+            "Offset links refused for not addressing their partition's own resource, by where they came from",
+            &["kind", "from"],
+        )?,
         shutdown_timeouts: counter(
             SHUTDOWN_TIMEOUTS,
             "Times partition tasks did not end within worker.shutdown_timeout, by when (shutdown or command)",
@@ -406,6 +420,51 @@ pub fn round_completed(partition: &PartitionId, round: u64, age: Duration) {
 /// Progress of an initial sync (callers keep this to a bounded rate).
 pub fn initial_sync_progress(partition: &PartitionId, pages: u64, records: u64) {
     tracing::info!(partition = %partition, pages, records, "initial sync in progress");
+}
+
+/// An offset's link does not address its partition's own resource (another mailbox,
+/// calendar, list, host or route): refused. `from` is `offsets_topic` (the partition then
+/// starts over) or `rest` (the request is answered 400). The link itself is not logged.
+pub fn offset_link_refused(partition: &PartitionId, from: &str, field: &str, why: &str) {
+    metrics()
+        .offset_links_refused
+        .with_label_values(&[partition.kind().as_str(), from])
+        .inc();
+    tracing::warn!(partition = %partition, from, field, why, "offset link refused: not this partition's resource");
+}
+
+/// Records of a page left out: `unchanged` upserts (same content live), `not_live`
+/// tombstones (key not live).
+pub fn records_skipped(kind: PartitionKind, unchanged: usize, not_live: usize) {
+    let m = metrics();
+    for (reason, n) in [("unchanged", unchanged), ("not_live", not_live)] {
+        if n > 0 {
+            m.records_skipped
+                .with_label_values(&[kind.as_str(), reason])
+                .inc_by(n as u64);
+        }
+    }
+}
+
+/// A round from scratch ended: `tombstones` items it no longer returned, of `live` before.
+pub fn reconciled(partition: &PartitionId, tombstones: usize, live: usize) {
+    tracing::info!(partition = %partition, tombstones, live, "round from scratch complete; tombstoning what it no longer returned");
+}
+
+/// The reconciliation state was read at start.
+pub fn state_loaded(partitions: usize, items: usize, elapsed: Duration) {
+    let ms = elapsed.as_millis() as u64;
+    tracing::info!(
+        partitions,
+        items,
+        elapsed_ms = ms,
+        "reconciliation state loaded"
+    );
+}
+
+/// A partition without reconciliation state (upgraded) built it from a scan of its topic.
+pub fn state_seeded(partition: &PartitionId, items: usize, elapsed: Duration) {
+    tracing::info!(partition = %partition, items, elapsed_ms = elapsed.as_millis() as u64, "reconciliation state built from the topic (once)");
 }
 
 /// A partition failed and stops until restarted.

@@ -267,6 +267,28 @@ pub struct SourceRecord {
     pub resync: bool,
 }
 
+impl SourceRecord {
+    /// A tombstone for `id` of `partition`, keyed exactly as its upserts are.
+    pub fn tombstone(
+        partition: Arc<PartitionId>,
+        id: String,
+        round: u64,
+        reason: &str,
+        resync: bool,
+    ) -> Self {
+        SourceRecord {
+            key: partition.record_key(&id),
+            partition,
+            id,
+            value: None,
+            op: Op::Delete,
+            round,
+            removed_reason: Some(reason.to_string()),
+            resync,
+        }
+    }
+}
+
 /// Where a partition resumes: stored in the offsets topic with the records it covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceOffset {
@@ -285,7 +307,7 @@ pub struct SourceOffset {
 }
 
 /// A page's records and the partition offset after them: the unit the sink commits, as
-/// the Graph side completes it (the worker adds nothing of its own: see `full_resync_seen`).
+/// the Graph side completes it, with the reconciliation state the worker adds (`state`).
 #[derive(Debug, Clone)]
 pub struct SourceBatch {
     pub partition: Arc<PartitionId>,
@@ -301,11 +323,72 @@ pub struct SourceBatch {
     /// Partitions that run once this batch is committed (the task partitions of every list
     /// it upserts, `starts` among them); one already running is left alone.
     pub runs: Vec<Arc<PartitionId>>,
-    /// Set on the last page of a full resync (a round restarted from the initial request):
-    /// the ids that round returned. A full round reports no deletions, so every other key
-    /// the partition has in Kafka is tombstoned in the same transaction: the worker reads
-    /// those keys back, the reader completes the batch (`complete_full_resync`).
-    pub full_resync_seen: Option<std::collections::HashSet<String>>,
+    /// Set when the page belongs to a round from scratch (started from the initial request:
+    /// a first sync, or a round restarted after a `410` or a resync signal). Such a round
+    /// reports no deletions: at its last page, every key the partition has live and the
+    /// round did not return is tombstoned (see `live/`).
+    pub full_round: Option<FullRound>,
+    /// Messages for the state topic, written in the same transaction (see `live/`).
+    pub state: Vec<StateWrite>,
+}
+
+/// Where a page stands in a round from scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullRound {
+    /// The first page of an attempt at the round (fetched from the initial request).
+    pub first: bool,
+    /// The round's last page (it carried the deltaLink).
+    pub last: bool,
+}
+
+/// A message for the state topic. Its value may need to say where some of the batch's own
+/// records landed, which is known only once they are written: `slots` are the byte offsets
+/// in `value` where the sink puts the [`Loc`] of record `record` (little-endian). A slot
+/// already holds the location to keep when that record does not reach its topic
+/// (dead-lettered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateWrite {
+    pub key: Bytes,
+    /// `None`: a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub slots: Vec<Slot>,
+}
+
+/// See [`StateWrite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Byte offset in the value.
+    pub at: usize,
+    /// Index of the record in `SourceBatch::records`.
+    pub record: usize,
+}
+
+/// Where a record landed in its topic: Kafka partition (high 16 bits) and offset (low 48).
+/// Partitions from [`Loc::MAX_PARTITION`] up are not locations (reserved markers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Loc(pub u64);
+
+impl Loc {
+    /// Nowhere (not written to its topic, or unknown).
+    pub const NONE: Loc = Loc(u64::MAX);
+    /// Partitions this high stand for no location (Kafka topics have far fewer).
+    pub const MAX_PARTITION: u64 = 0xfff0;
+
+    /// `None` when either part does not fit (a partition of 65,520 or more, an offset of
+    /// 2^48 or more).
+    pub fn new(partition: i32, offset: i64) -> Option<Loc> {
+        let p = u64::try_from(partition)
+            .ok()
+            .filter(|p| *p < Self::MAX_PARTITION)?;
+        let o = u64::try_from(offset).ok().filter(|o| *o < 1 << 48)?;
+        Some(Loc((p << 48) | o))
+    }
+
+    /// `(partition, offset)`, unless this is no location.
+    pub fn get(self) -> Option<(i32, i64)> {
+        let p = self.0 >> 48;
+        (p < Self::MAX_PARTITION).then_some((p as i32, (self.0 & ((1 << 48) - 1)) as i64))
+    }
 }
 
 #[cfg(test)]
@@ -358,5 +441,31 @@ mod tests {
             br#"{"user":"bob@contoso.com","list":"L1","id":"T"}"#
         );
         assert!(PartitionId::from_json(&serde_json::json!({"kind": "mail", "user": "x"})).is_err());
+    }
+
+    #[test]
+    fn locations_pack_partition_and_offset_and_refuse_what_does_not_fit() {
+        let l = Loc::new(5, 123_456_789).unwrap();
+        assert_eq!(l.get(), Some((5, 123_456_789)));
+        assert_eq!(Loc::new(0, 0).unwrap().get(), Some((0, 0)));
+        assert_eq!(Loc::NONE.get(), None);
+        assert!(Loc::new(-1, 0).is_none() && Loc::new(0, -1).is_none());
+        assert!(Loc::new(0xfff0, 0).is_none() && Loc::new(0, 1 << 48).is_none());
+        assert_eq!(
+            Loc::new(0xffef, (1 << 48) - 1).unwrap().get(),
+            Some((0xffef, (1 << 48) - 1))
+        );
+    }
+
+    #[test]
+    fn a_tombstone_is_keyed_as_the_items_upserts() {
+        let p = Arc::new(PartitionId::Tasks {
+            user: "bob@contoso.com".into(),
+            list: "L\"1".into(),
+        });
+        let t = SourceRecord::tombstone(p.clone(), "T".into(), 4, "list-removed", false);
+        assert_eq!(t.key, p.record_key("T"));
+        assert_eq!((t.op, t.value, t.round), (Op::Delete, None, 4));
+        assert_eq!(t.removed_reason.as_deref(), Some("list-removed"));
     }
 }

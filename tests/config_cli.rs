@@ -131,7 +131,7 @@ fn bad_configurations_name_their_key() {
         (with_secret.replace("[graph]", "[graph]\npage_size = 0"), "graph.page_size"),
         (with_secret.replace("end = \"2026-02-01T00:00:00Z\"", "end = \"2025-02-01T00:00:00Z\""), "sources[0].end"),
         (with_secret.replace("start = \"2026-01-01T00:00:00Z\"", "start = \"next monday\""), "sources[0].start"),
-        (format!("{with_secret}\n[[sources]]\nkind = \"calendar_view\"\nusers = [\"a@contoso.com\"]\nstart = \"2026-01-15T00:00:00Z\"\nend = \"2026-03-01T00:00:00Z\""), "overlaps"),
+        (format!("{with_secret}\n[[sources]]\nkind = \"calendar_view\"\nusers = [\"a@contoso.com\"]\nstart = \"2026-01-15T00:00:00Z\"\nend = \"2026-03-01T00:00:00Z\""), "already tracked"),
         (GOOD.to_string(), "graph.client_secret"),
         (with_secret.replace("client_id = \"app\"", "client_id = \"app\"\ncertificate_path = \"/x.crt\"\nprivate_key_path = \"/x.key\""), "graph.client_secret"),
         (with_secret.replace("client_id = \"app\"", "client_id = \"app\"\ncloud = \"mars\""), "graph.cloud"),
@@ -225,7 +225,17 @@ fn errors_tolerance_all_needs_a_dead_letter_topic() {
         &env,
     );
     assert!(
-        !ok && err.contains("already a data or offsets topic"),
+        !ok && err.contains("already a data, offsets or state topic"),
+        "{err}"
+    );
+    let (ok, _, err) = validate(
+        &format!(
+            "{GOOD}\n[errors]\ntolerance = \"all\"\ndead_letter_topic = \"graph-cdc-state\"\n"
+        ),
+        &env,
+    );
+    assert!(
+        !ok && err.contains("already a data, offsets or state topic"),
         "{err}"
     );
     let (ok, _, err) = validate(
@@ -494,6 +504,21 @@ fn validation_names_bad_zones_topics_addresses_and_intervals() {
             "empty",
         ),
         (
+            kafka("state_topic = \"graph.events\""),
+            "kafka.topics.events",
+            "state topic",
+        ),
+        (
+            kafka("state_topic = \"graph-cdc-offsets\""),
+            "kafka.state_topic",
+            "offsets",
+        ),
+        (
+            kafka("state_topic = \"graph state\""),
+            "kafka.state_topic",
+            "' '",
+        ),
+        (
             kafka("[kafka.topics]\ncalendars = \"graph.lists\"\ntask_lists = \"graph.lists\""),
             "kafka.topics.task_lists",
             "calendars",
@@ -560,4 +585,96 @@ fn validation_names_bad_zones_topics_addresses_and_intervals() {
         let (ok, _, err) = validate(&toml, &env);
         assert!(ok, "refused:\n{toml}\n{err}");
     }
+}
+
+#[test]
+fn calendar_windows_one_per_calendar_and_as_long_as_graph_allows() {
+    let env = [("GRAPH_CDC__GRAPH__CLIENT_SECRET", "s")];
+    let view = |start: &str, end: &str, extra: &str| {
+        GOOD.replace(
+            "start = \"2026-01-01T00:00:00Z\"",
+            &format!("start = \"{start}\"{extra}"),
+        )
+        .replace(
+            "end = \"2026-02-01T00:00:00Z\"",
+            &format!("end = \"{end}\""),
+        )
+    };
+    for (start, end, extra) in [
+        ("2026-01-01T00:00:00Z", "2027-01-01T00:00:00+01:00", ""),
+        (
+            "2026-01-01T00:00:00Z",
+            "2030-12-30T00:00:00Z",
+            "\nwindow_roll = \"1h\"",
+        ),
+    ] {
+        let (ok, _, err) = validate(&view(start, end, extra), &env);
+        assert!(ok, "{start}/{end}{extra}: {err}");
+    }
+    for (start, end, extra, key, why) in [
+        (
+            "yesterday",
+            "+1d",
+            "",
+            "sources[0].start",
+            "signed duration",
+        ),
+        ("-1d", "+1w", "", "sources[0].end", "signed duration"),
+        (
+            "2026-02-01T00:00:00Z",
+            "2026-01-01T00:00:00Z",
+            "",
+            "sources[0].end",
+            "after start",
+        ),
+        (
+            "2020-01-01T00:00:00Z",
+            "2026-01-01T00:00:00Z",
+            "",
+            "sources[0].end",
+            "1825",
+        ),
+        (
+            "2026-01-01T00:00:00Z",
+            "2026-02-01T00:00:00Z",
+            "\nwindow_roll = \"500ms\"",
+            "sources[0].window_roll",
+            "1s",
+        ),
+        // Parsed, but not rolled yet: refused with the reason, never misread.
+        (
+            "-30d",
+            "+365d",
+            "",
+            "sources[0].start",
+            "not rolled by this version yet",
+        ),
+    ] {
+        let (ok, _, err) = validate(&view(start, end, extra), &env);
+        assert!(!ok, "accepted {start}/{end}{extra}");
+        assert!(
+            err.contains(key) && err.contains(why),
+            "expected '{key}' and '{why}' in: {err}"
+        );
+    }
+    // Two windows of one calendar, adjacent (not overlapping) or one rolling: refused, why said.
+    for (start, end) in [("2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z")] {
+        let toml = format!(
+            "{GOOD}\n[[sources]]\nkind = \"calendar_view\"\nusers = [\"A@contoso.com\"]\nstart = \"{start}\"\nend = \"{end}\""
+        );
+        let (ok, _, err) = validate(&toml, &env);
+        assert!(!ok, "accepted a second window {start}/{end}");
+        assert!(
+            err.contains("sources[2]")
+                && err.contains("already tracked by sources[0]")
+                && err.contains("delete each other"),
+            "{err}"
+        );
+    }
+    // Another calendar of the same user is another partition: fine.
+    let toml = format!(
+        "{GOOD}\n[[sources]]\nkind = \"calendar_view\"\nusers = [\"a@contoso.com\"]\ncalendar = \"AAMkADk=\"\nstart = \"2026-01-01T00:00:00Z\"\nend = \"2026-02-01T00:00:00Z\""
+    );
+    let (ok, _, err) = validate(&toml, &env);
+    assert!(ok, "{err}");
 }

@@ -55,7 +55,8 @@ fn batch(n: u64) -> SourceBatch {
         resets: vec![],
         starts: vec![],
         runs: vec![],
-        full_resync_seen: None,
+        full_round: None,
+        state: vec![],
     }
 }
 

@@ -49,6 +49,7 @@ impl Settings {
                 tasks: k.topics.tasks.clone(),
             },
             offsets_topic: k.offsets_topic.clone(),
+            state_topic: k.state_topic.clone(),
             transaction_timeout: k.transaction_timeout.0,
             max_batch_records: self.worker.max_batch_records,
             linger: self.worker.linger.0,

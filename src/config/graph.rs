@@ -56,6 +56,13 @@ pub struct GraphSettings {
     /// Send idle deltaLink polls in JSON batches (`POST /$batch`, up to 20 per request);
     /// items Graph does not answer with 200 are retried one by one.
     pub batch_polls: bool,
+    /// Ask for immutable ids (`Prefer: IdType="ImmutableId"`) on calendar view and calendar
+    /// list requests. Outlook's default ids change when an event moves to another calendar
+    /// of the mailbox; immutable ones stay for the item's life in the mailbox
+    /// (learn.microsoft.com/graph/outlook-immutable-id), so a moved event keeps its record
+    /// key. On by default. Switching it later changes every event's id: decide before the
+    /// first sync, or resync the calendar view partitions after the switch.
+    pub immutable_ids: bool,
     /// Timeout of one Graph request (at least 1s).
     pub request_timeout: Dur,
     /// Retries of a throttled, failing or malformed request before the partition waits.
@@ -64,6 +71,13 @@ pub struct GraphSettings {
     pub base_backoff: Dur,
     /// Longest wait between retries without `Retry-After`.
     pub max_backoff: Dur,
+    /// Largest answer body read from Graph or the token endpoint, in bytes (default 64 MiB):
+    /// a larger one is given up as it arrives and retried like a malformed answer.
+    pub max_response_bytes: u64,
+    /// Allow `http://` in `base_url` and `authority_url` on a host that is not loopback (a
+    /// simulator in another container): the client secret and access tokens then cross the
+    /// network in clear text. Off by default; loopback hosts may always use `http://`.
+    pub allow_insecure_http: bool,
 }
 
 /// `graph.cloud`: the national cloud, which decides the Graph and login hosts.
@@ -132,6 +146,8 @@ impl GraphSettings {
             base_backoff: self.base_backoff.0,
             max_backoff: self.max_backoff.0,
             batch_polls: self.batch_polls,
+            immutable_ids: self.immutable_ids,
+            max_response_bytes: self.max_response_bytes,
         }
     }
 

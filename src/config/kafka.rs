@@ -29,6 +29,11 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// Compacted topic holding the source offsets: a topic of its own (not a data topic).
     pub offsets_topic: String,
+    /// Compacted topic holding what each partition has live (per item a key hash, a
+    /// content hash and where its record is), written with the records it describes: how a
+    /// round from scratch tombstones what it no longer returns and repeats nothing that did
+    /// not change. A topic of its own (neither a data topic nor the offsets topic).
+    pub state_topic: String,
     /// This worker's identity; `transactional.id` is `{name}-{worker_id}`.
     /// Default: `$HOSTNAME` (a StatefulSet pod name), else `worker-0`.
     #[serde(default)]

@@ -38,7 +38,6 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -74,15 +73,19 @@ poll_jitter = 0.1
 timezone = "UTC"
 max_concurrency_per_mailbox = 4
 batch_polls = false
+immutable_ids = true
 max_concurrency = 64
 request_timeout = "30s"
 max_retries = 10
 base_backoff = "500ms"
 max_backoff = "60s"
+max_response_bytes = 67108864
+allow_insecure_http = false
 
 [kafka]
 bootstrap_servers = "localhost:9092"
 offsets_topic = "graph-cdc-offsets"
+state_topic = "graph-cdc-state"
 create_topics = true
 topic_partitions = 6
 replication_factor = 1
@@ -238,17 +241,22 @@ impl LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Source {
-    /// One calendar of each user over a fixed window `[start, end)`.
+    /// One calendar of each user over a window `[start, end)`, fixed or rolling.
     CalendarView {
         /// User principal names or ids.
         users: Vec<String>,
         /// `primary` (v1.0 route) or a calendar id (beta route).
         #[serde(default = "primary")]
         calendar: String,
-        /// Window start, RFC 3339 with offset.
+        /// Window start: RFC 3339 with offset (fixed), or a signed duration from now
+        /// (`-30d`; units `s`, `m`, `h`, `d`) that rolls with `window_roll`.
         start: String,
-        /// Window end (exclusive), RFC 3339 with offset.
+        /// Window end (exclusive), as `start` (`+365d`).
         end: String,
+        /// How often a window with a relative bound moves: it is computed from now aligned
+        /// down to a multiple of this since the Unix epoch (UTC). At least `1s`.
+        #[serde(default = "one_day")]
+        window_roll: Dur,
     },
     /// Each user's calendars.
     CalendarList {
@@ -266,24 +274,9 @@ fn primary() -> String {
     "primary".into()
 }
 
-/// Normalises an RFC 3339 time to UTC with seconds and `Z`.
-fn utc(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s.trim())
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("'{s}' is not an RFC 3339 time with an offset ({e})"))
-}
-
-fn window(start: &str, end: &str) -> Result<(DateTime<Utc>, DateTime<Utc>, String), String> {
-    let (s, e) = (utc(start)?, utc(end)?);
-    Ok((
-        s,
-        e,
-        format!(
-            "{}/{}",
-            s.format("%Y-%m-%dT%H:%M:%SZ"),
-            e.format("%Y-%m-%dT%H:%M:%SZ")
-        ),
-    ))
+/// `window_roll`'s default (a source is an array entry: no place in [`DEFAULTS`]).
+fn one_day() -> Dur {
+    Dur(std::time::Duration::from_secs(86_400))
 }
 
 impl Settings {
@@ -398,8 +391,11 @@ fn source_partitions(s: &Source) -> Result<Vec<PartitionId>, String> {
             calendar,
             start,
             end,
+            ..
         } => {
-            let (_, _, w) = window(start, end)?;
+            let w = crate::window::WindowSpec::new(start, end)
+                .map_err(|(_, e)| e)?
+                .to_string();
             users
                 .iter()
                 .map(|u| PartitionId::CalendarView {

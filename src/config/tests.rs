@@ -38,6 +38,10 @@ fn defaults_partitions_and_redaction() {
     let s = Settings::from_toml_str(OK, false).unwrap();
     assert_eq!(s.graph.page_size, 100);
     assert_eq!(s.graph.poll_interval.0, Duration::from_secs(60));
+    assert!(s.graph.immutable_ids && s.graph.client_options().immutable_ids);
+    let off = OK.replace("[graph]", "[graph]\nimmutable_ids = false");
+    let off = Settings::from_toml_str(&off, false).unwrap();
+    assert!(!off.graph.client_options().immutable_ids);
     assert_eq!(s.kafka.topics.events, "graph.events");
     assert_eq!(s.kafka.options.0["security.protocol"], "SASL_SSL");
     assert_eq!(s.graph.graph_base_url(), "https://graph.microsoft.com");
@@ -175,6 +179,7 @@ fn defaults_are_settings_and_every_option_comes_from_them() {
     );
     assert_eq!(o.topics.events, d.kafka.topics.events);
     assert_eq!(o.offsets_topic, "graph-cdc-offsets");
+    assert_eq!(o.state_topic, "graph-cdc-state");
     assert_eq!(o.max_batch_records, 5000);
     assert_eq!(o.linger, Duration::from_millis(100));
     assert_eq!(o.errors.dead_letter_topic, None);
@@ -207,4 +212,36 @@ fn sink_options_follow_the_settings() {
         None,
         "not tolerated: not used"
     );
+}
+
+#[test]
+fn graph_hosts_need_https_outside_loopback_and_bodies_a_cap() {
+    let with = |extra: &str| OK.replace("[graph]", &format!("[graph]\n{extra}"));
+    for ok in [
+        "base_url = \"https://graph.example\"\nauthority_url = \"https://login.example\"",
+        "base_url = \"http://127.0.0.1:8080\"\nauthority_url = \"http://127.9.9.9\"",
+        "base_url = \"http://[::1]:8080\"\nauthority_url = \"http://LOCALHOST:8080\"",
+        "base_url = \"http://graph-sim:8080\"\nallow_insecure_http = true",
+        "max_response_bytes = 1",
+    ] {
+        Settings::from_toml_str(&with(ok), false).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for (bad, key) in [
+        ("base_url = \"http://graph-sim:8080\"", "graph.base_url"),
+        ("authority_url = \"http://10.0.0.7\"", "graph.authority_url"),
+        ("base_url = \"http://127.0.0.1.example\"", "graph.base_url"),
+        ("base_url = \"ftp://127.0.0.1\"", "graph.base_url"),
+        ("max_response_bytes = 0", "graph.max_response_bytes"),
+    ] {
+        let e = err(&with(bad));
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+    let e = err(&with("base_url = \"http://graph-sim:8080\""));
+    assert!(
+        e.contains("clear text") && e.contains("allow_insecure_http"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cr3t-value"), "{e}");
+    let s = Settings::from_toml_str(&with("max_response_bytes = 4096"), false).unwrap();
+    assert_eq!(s.graph.client_options().max_response_bytes, 4096);
 }

@@ -15,7 +15,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+
+use crate::window::WindowSpec;
 
 use super::*;
 
@@ -81,10 +83,17 @@ fn graph(errs: &mut Vec<String>, g: &GraphSettings) {
     ] {
         if let Some(u) = url {
             match url::Url::parse(u) {
-                Ok(p) if p.scheme() == "http" || p.scheme() == "https" => {}
+                Ok(p) if p.scheme() == "https" => {}
+                Ok(p) if p.scheme() == "http" && (is_loopback(&p) || g.allow_insecure_http) => {}
+                Ok(p) if p.scheme() == "http" => errs.push(format!(
+                    "{key}: '{u}' is plain http to a host that is not loopback: the client secret and access tokens would cross the network in clear text; use https (graph.allow_insecure_http = true allows it, for a simulator only)"
+                )),
                 _ => errs.push(format!("{key}: '{u}' is not an http(s) URL")),
             }
         }
+    }
+    if g.max_response_bytes == 0 {
+        errs.push("graph.max_response_bytes: must be at least 1".into());
     }
     if let Err(e) = g.credentials() {
         errs.push(e);
@@ -126,6 +135,18 @@ fn graph(errs: &mut Vec<String>, g: &GraphSettings) {
     }
     if g.base_backoff.0 > g.max_backoff.0 {
         errs.push("graph.base_backoff: must not be longer than graph.max_backoff".into());
+    }
+}
+
+/// A loopback host: `localhost`, 127.0.0.0/8 or `::1` (where plain http stays on the machine).
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
     }
 }
 
@@ -171,10 +192,17 @@ fn errors(errs: &mut Vec<String>, e: &ErrorSettings, k: &KafkaSettings) {
         ),
         (_, Some(t)) => {
             let n = &k.topics;
-            let taken = [&n.events, &n.calendars, &n.task_lists, &n.tasks, &k.offsets_topic];
+            let taken = [
+                &n.events,
+                &n.calendars,
+                &n.task_lists,
+                &n.tasks,
+                &k.offsets_topic,
+                &k.state_topic,
+            ];
             if taken.contains(&t) {
                 errs.push(format!(
-                    "errors.dead_letter_topic: '{t}' is already a data or offsets topic"
+                    "errors.dead_letter_topic: '{t}' is already a data, offsets or state topic"
                 ));
             }
         }
@@ -208,8 +236,8 @@ pub fn topic_name(t: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Every topic: a name Kafka accepts, no two colliding, the offsets topic its own, and the
-/// calendars and task lists apart.
+/// Every topic: a name Kafka accepts, no two colliding, the offsets and state topics their
+/// own, and the calendars and task lists apart.
 ///
 /// Data topics may otherwise be shared (`events` and `tasks` in one topic, say): their keys
 /// differ in shape (`{user, calendar, id}`, `{user, list, id}`, `{user, id}`), so neither
@@ -220,6 +248,7 @@ fn topics(errs: &mut Vec<String>, k: &KafkaSettings, e: &ErrorSettings) {
     let t = &k.topics;
     let mut all: Vec<(&str, &str)> = vec![
         ("kafka.offsets_topic", &k.offsets_topic),
+        ("kafka.state_topic", &k.state_topic),
         ("kafka.topics.events", &t.events),
         ("kafka.topics.calendars", &t.calendars),
         ("kafka.topics.task_lists", &t.task_lists),
@@ -243,6 +272,9 @@ fn topics(errs: &mut Vec<String>, k: &KafkaSettings, e: &ErrorSettings) {
                     (_, "errors.dead_letter_topic") => continue,
                     ("kafka.offsets_topic", _) => {
                         "the offsets topic holds offsets only (compacted, read whole at start)"
+                    }
+                    ("kafka.state_topic", _) => {
+                        "the state topic holds each partition's reconciliation state only (compacted, read whole at start)"
                     }
                     ("kafka.topics.calendars", "kafka.topics.task_lists") => {
                         "calendars and task lists are both keyed {user, id}, so a full resync of one would delete the other's records"
@@ -289,6 +321,7 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
                 calendar,
                 start,
                 end,
+                window_roll,
                 ..
             } => {
                 if calendar.trim().is_empty() || calendar.contains('/') {
@@ -296,25 +329,36 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
                         "sources[{i}].calendar: '{calendar}' is not a calendar id"
                     ));
                 }
-                match (utc(start), utc(end)) {
-                    (Err(e), _) => errs.push(format!("sources[{i}].start: {e}")),
-                    (_, Err(e)) => errs.push(format!("sources[{i}].end: {e}")),
-                    (Ok(a), Ok(b)) if b <= a => {
-                        errs.push(format!("sources[{i}].end: must be after start"))
-                    }
-                    (Ok(a), Ok(b)) => {
-                        for u in users {
-                            let cal = calendar.to_ascii_lowercase();
-                            for (u2, c2, a2, b2, j) in &views {
-                                if u2.eq_ignore_ascii_case(u) && *c2 == cal && a < *b2 && *a2 < b {
-                                    errs.push(format!(
-                                        "sources[{i}]: the window of {u}'s calendar '{calendar}' overlaps the one in sources[{j}]"
-                                    ));
-                                }
-                            }
-                            views.push((u.clone(), cal, a, b, i));
+                if window_roll.0 < Duration::from_secs(1) {
+                    errs.push(format!("sources[{i}].window_roll: must be at least 1s"));
+                }
+                match WindowSpec::new(start, end) {
+                    Err((bound, e)) => errs.push(format!("sources[{i}].{bound}: {e}")),
+                    // Rolling a window needs the reconciliation of issue 12 underneath it
+                    // (what leaves the window must be tombstoned); until that lands the
+                    // worker reads fixed windows only, and says so rather than misreading.
+                    Ok(spec) if spec.rolls() => errs.push(format!(
+                        "sources[{i}].start: relative bounds ({spec}) are parsed but not rolled by this version yet: give both bounds as RFC 3339 dates"
+                    )),
+                    Ok(spec) => {
+                        if let Err(e) = spec.check(Utc::now(), window_roll.0) {
+                            errs.push(format!("sources[{i}].end: {e}"));
                         }
                     }
+                }
+                // One window per calendar: record keys leave the window out, and Graph
+                // reports what leaves a window as `@removed`, so two windows of one calendar
+                // would tombstone each other's events, adjacent or not.
+                let cal = calendar.to_ascii_lowercase();
+                for u in users {
+                    for (u2, c2, j) in &views {
+                        if u2.eq_ignore_ascii_case(u) && *c2 == cal {
+                            errs.push(format!(
+                                "sources[{i}]: {u}'s calendar '{calendar}' is already tracked by sources[{j}]: a calendar may have one window, since its events' keys do not name the window and Graph reports an event leaving a window as removed, so two windows would delete each other's events (widen one window instead)"
+                            ));
+                        }
+                    }
+                    views.push((u.clone(), cal.clone(), i));
                 }
             }
             Source::Todo { .. } if cloud == Cloud::China => {
@@ -334,5 +378,5 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
     }
 }
 
-/// A calendar view's (user, calendar, start, end, source index), for the overlap check.
-type ViewWindow = (String, String, DateTime<Utc>, DateTime<Utc>, usize);
+/// A calendar view's (user, calendar, source index), for the one-window-per-calendar check.
+type ViewWindow = (String, String, usize);

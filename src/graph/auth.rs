@@ -1,18 +1,23 @@
 //! OAuth2 client credentials against the Microsoft identity platform (or the simulator).
 //!
-//! The token is cached and renewed ahead of its expiry; a `401` from Graph invalidates it
-//! once (see `client.rs`). Secrets and tokens never reach logs or errors.
+//! The token is cached and renewed ahead of its expiry, fetched by one request at a time
+//! whoever needs it, within `graph.request_timeout`; a `401` from Graph drops it only if it
+//! is still the token the request was sent with (see `client.rs`). Secrets and tokens never
+//! reach logs or errors.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use futures_util::future::{BoxFuture, FutureExt as _, Shared};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use sha2::Digest as _;
-use tokio::sync::Mutex;
 
 use super::error::AuthError;
+use super::http::{location_origin, read_capped, BodyError};
+use super::options::ClientOptions;
 
 /// How the app proves who it is.
 #[derive(Clone)]
@@ -34,19 +39,68 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// An access token, and the generation it belongs to: each successful fetch makes a new
+/// generation, so a `401` can tell the token it was sent with from a newer one.
+#[derive(Clone)]
+pub struct AccessToken {
+    secret: Arc<str>,
+    generation: u64,
+}
+
+impl AccessToken {
+    /// The bearer token itself (never logged).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// 1 for the first token fetched, then one more per fetch.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccessToken(***, generation {})", self.generation)
+    }
+}
+
 struct Cached {
-    token: Arc<str>,
+    token: AccessToken,
     renew_at: Instant,
 }
 
-/// Fetches and caches access tokens.
-pub struct TokenProvider {
+/// The fetch in flight, shared by everyone waiting for a token.
+type Fetch = Shared<BoxFuture<'static, Result<AccessToken, Arc<AuthError>>>>;
+
+#[derive(Default)]
+struct State {
+    cached: Option<Cached>,
+    /// The generation of the newest token fetched.
+    generation: u64,
+    /// The fetch in flight and its number.
+    in_flight: Option<(u64, Fetch)>,
+    fetches: u64,
+}
+
+/// What a token request needs (shared with the task that fetches).
+struct Fetcher {
     http: reqwest::Client,
     token_url: String,
     client_id: String,
     scope: String,
     credential: Credential,
-    cached: Mutex<Option<Cached>>,
+    /// The whole fetch, answer read included.
+    timeout: Duration,
+    max_response_bytes: u64,
+}
+
+/// Fetches and caches access tokens, one fetch at a time: callers needing a token while
+/// one is being fetched wait for that fetch and share its result (token or error), and
+/// the fetch gives up after `graph.request_timeout`.
+pub struct TokenProvider {
+    fetcher: Arc<Fetcher>,
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Deserialize)]
@@ -62,51 +116,119 @@ struct TokenError {
 }
 
 impl TokenProvider {
-    /// `graph_host` gives the scope (`{graph_host}/.default`).
+    /// `graph_host` gives the scope (`{graph_host}/.default`); `opts` the fetch's timeout
+    /// (`request_timeout`) and largest answer (`max_response_bytes`). `http` should follow
+    /// no redirects ([`super::http::client`]); a `3xx` is refused here either way.
     pub fn new(
         http: reqwest::Client,
         token_url: String,
         client_id: String,
         graph_host: &str,
         credential: Credential,
+        opts: &ClientOptions,
     ) -> Self {
         Self {
-            http,
-            token_url,
-            client_id,
-            scope: format!("{}/.default", graph_host.trim_end_matches('/')),
-            credential,
-            cached: Mutex::new(None),
+            fetcher: Arc::new(Fetcher {
+                http,
+                token_url,
+                client_id,
+                scope: format!("{}/.default", graph_host.trim_end_matches('/')),
+                credential,
+                timeout: opts.request_timeout,
+                max_response_bytes: opts.max_response_bytes,
+            }),
+            state: Arc::new(Mutex::new(State::default())),
         }
     }
 
-    /// A valid access token, fetched when none is cached or it is about to expire.
-    pub async fn token(&self) -> Result<Arc<str>, AuthError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref() {
-            if Instant::now() < c.renew_at {
-                return Ok(c.token.clone());
+    /// A valid access token: the cached one, else the one the fetch in flight brings (a
+    /// fetch is started when none is).
+    pub async fn token(&self) -> Result<AccessToken, AuthError> {
+        let fetch = {
+            let mut st = self.state.lock();
+            if let Some(c) = &st.cached {
+                if Instant::now() < c.renew_at {
+                    return Ok(c.token.clone());
+                }
             }
-        }
-        let (token, lifetime) = self.fetch().await?;
-        // Renew 5 minutes early, or at 80% of a short lifetime.
-        let early = Duration::from_secs(300).min(lifetime / 5);
-        *cached = Some(Cached {
-            token: token.clone(),
-            renew_at: Instant::now() + lifetime.saturating_sub(early),
-        });
-        crate::metrics::token_renewed(lifetime);
-        Ok(token)
+            match &st.in_flight {
+                Some((_, f)) => f.clone(),
+                None => {
+                    st.fetches += 1;
+                    let n = st.fetches;
+                    // Its own task: it goes on (and times out) whoever waits for it.
+                    let task = tokio::spawn(fetch_and_keep(
+                        self.fetcher.clone(),
+                        Arc::downgrade(&self.state),
+                        n,
+                    ));
+                    let f = async move {
+                        task.await
+                            .unwrap_or_else(|_| Err(Arc::new(AuthError::Interrupted)))
+                    }
+                    .boxed()
+                    .shared();
+                    st.in_flight = Some((n, f.clone()));
+                    f
+                }
+            }
+        };
+        fetch.await.map_err(AuthError::Shared)
     }
 
-    /// Drops the cached token if it is still `stale` (after a `401`).
-    pub async fn invalidate(&self, stale: &str) {
-        let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|c| &*c.token == stale) {
-            *cached = None;
+    /// After a `401` answered to a request sent with `stale`: drops the cached token if it
+    /// is still that one. Returns `true` when a newer token already exists (another request
+    /// renewed it meanwhile): retry with it, nothing to drop.
+    pub fn invalidate(&self, stale: &AccessToken) -> bool {
+        let mut st = self.state.lock();
+        if st.generation > stale.generation {
+            return true;
         }
+        if st
+            .cached
+            .as_ref()
+            .is_some_and(|c| c.token.generation == stale.generation)
+        {
+            st.cached = None;
+        }
+        false
     }
+}
 
+/// One fetch, bounded by the timeout; its token is cached before anyone gets it.
+async fn fetch_and_keep(
+    fetcher: Arc<Fetcher>,
+    state: Weak<Mutex<State>>,
+    n: u64,
+) -> Result<AccessToken, Arc<AuthError>> {
+    let fetched = tokio::time::timeout(fetcher.timeout, fetcher.fetch())
+        .await
+        .unwrap_or(Err(AuthError::Timeout(fetcher.timeout)));
+    let Some(state) = state.upgrade() else {
+        return Err(Arc::new(AuthError::Interrupted));
+    };
+    let mut st = state.lock();
+    if st.in_flight.as_ref().is_some_and(|(i, _)| *i == n) {
+        st.in_flight = None;
+    }
+    let (secret, lifetime) = fetched.map_err(Arc::new)?;
+    st.generation += 1;
+    let token = AccessToken {
+        secret,
+        generation: st.generation,
+    };
+    // Renew 5 minutes early, or at 80% of a short lifetime.
+    let early = Duration::from_secs(300).min(lifetime / 5);
+    st.cached = Some(Cached {
+        token: token.clone(),
+        renew_at: Instant::now() + lifetime.saturating_sub(early),
+    });
+    drop(st);
+    crate::metrics::token_renewed(lifetime);
+    Ok(token)
+}
+
+impl Fetcher {
     async fn fetch(&self) -> Result<(Arc<str>, Duration), AuthError> {
         let mut form: Vec<(&str, String)> = vec![
             ("grant_type", "client_credentials".into()),
@@ -133,10 +255,19 @@ impl TokenProvider {
             // Without the URL: a token URL names no secret, but the same rule holds everywhere.
             .map_err(|e| AuthError::Unreachable(e.without_url()))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
+        if status.is_redirection() {
+            // Never followed: a 307/308 would post the credential again, to `Location`.
+            return Err(AuthError::Redirected {
+                status,
+                to: location_origin(&resp),
+            });
+        }
+        let body = read_capped(resp, self.max_response_bytes)
             .await
-            .map_err(|e| AuthError::Read(e.without_url()))?;
+            .map_err(|e| match e {
+                BodyError::TooLarge { limit } => AuthError::TooLarge { limit },
+                BodyError::Read(e) => AuthError::Read(e),
+            })?;
         if !status.is_success() {
             let e: TokenError = serde_json::from_slice(&body).unwrap_or(TokenError {
                 error: None,
@@ -195,3 +326,7 @@ pub fn client_assertion(
         jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.as_bytes()).map_err(AuthError::Key)?;
     jsonwebtoken::encode(&header, &claims, &key).map_err(AuthError::Sign)
 }
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod tests;

@@ -8,18 +8,27 @@
 //! body, a failed batch) goes back to the caller, which sends that poll on its own through
 //! the normal path with its retry, throttling and resync rules. Batching can only save
 //! requests, never change what is read.
+//!
+//! Graph runs the items of a batch against their mailboxes as requests of their own, at
+//! most 4 at a time per mailbox (NOTES.md, "$batch"; Outlook's limit of 4 concurrent
+//! requests per mailbox counts them). So a batch holds one of the client's global permits
+//! and, for each mailbox, one of that mailbox's permits per item it carries, taken in the
+//! order of the mailboxes' keys (so two batches never wait on each other); and a batch never
+//! carries more items of one mailbox than `max_concurrency_per_mailbox` (more go in another
+//! batch).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::TokenProvider;
 use super::delta::{parse_page, DeltaPage};
+use super::http::read_capped;
 use super::options::{prefer, ClientOptions};
 use crate::metrics;
 use crate::source::PartitionKind;
@@ -32,7 +41,24 @@ const GATHER: Duration = Duration::from_millis(20);
 struct Job {
     kind: PartitionKind,
     url: String,
+    mailbox: Mailbox,
     reply: oneshot::Sender<Option<DeltaPage>>,
+}
+
+/// The mailbox a poll reads, and its request permits (the client's, shared with requests
+/// sent on their own).
+pub struct Mailbox {
+    /// The user, lower-cased.
+    pub key: String,
+    pub permits: Arc<Semaphore>,
+}
+
+/// What a batch's sender shares: the HTTP client, tokens, tunables and the global permits.
+struct Ctx {
+    http: reqwest::Client,
+    tokens: Arc<TokenProvider>,
+    opts: ClientOptions,
+    global: Arc<Semaphore>,
 }
 
 /// Handle to the batching task.
@@ -41,20 +67,38 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batching task on the current Tokio runtime.
-    pub fn start(http: reqwest::Client, tokens: Arc<TokenProvider>, opts: ClientOptions) -> Self {
+    /// Starts the batching task on the current Tokio runtime; `global` are the client's
+    /// permits of requests in flight overall.
+    pub fn start(
+        http: reqwest::Client,
+        tokens: Arc<TokenProvider>,
+        opts: ClientOptions,
+        global: Arc<Semaphore>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, http, tokens, opts));
+        let ctx = Ctx {
+            http,
+            tokens,
+            opts,
+            global,
+        };
+        tokio::spawn(run(rx, Arc::new(ctx)));
         Self { tx }
     }
 
     /// The page of this deltaLink poll, or `None` when the batch did not answer it with one.
-    pub async fn submit(&self, kind: PartitionKind, url: &str) -> Option<DeltaPage> {
+    pub async fn submit(
+        &self,
+        kind: PartitionKind,
+        url: &str,
+        mailbox: Mailbox,
+    ) -> Option<DeltaPage> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
                 kind,
                 url: url.to_string(),
+                mailbox,
                 reply,
             })
             .ok()?;
@@ -62,13 +106,8 @@ impl Batcher {
     }
 }
 
-async fn run(
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    http: reqwest::Client,
-    tokens: Arc<TokenProvider>,
-    opts: ClientOptions,
-) {
-    let ctx = Arc::new((http, tokens, opts));
+async fn run(mut rx: mpsc::UnboundedReceiver<Job>, ctx: Arc<Ctx>) {
+    let per_mailbox = ctx.opts.max_concurrency_per_mailbox.max(1);
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         let deadline = tokio::time::Instant::now() + GATHER;
@@ -92,7 +131,9 @@ async fn run(
             }
         }
         for (root, jobs) in by_root {
-            tokio::spawn(send(ctx.clone(), root, jobs));
+            for batch in plan(jobs, per_mailbox, |(_, j)| &j.mailbox.key) {
+                tokio::spawn(send(ctx.clone(), root.clone(), batch));
+            }
         }
     }
 }
@@ -127,12 +168,49 @@ struct Item<'a> {
     body: Option<&'a RawValue>,
 }
 
-async fn send(
-    ctx: Arc<(reqwest::Client, Arc<TokenProvider>, ClientOptions)>,
-    root: String,
-    jobs: Vec<(String, Job)>,
-) {
-    let (http, tokens, opts) = &*ctx;
+/// Splits `items` (in order) into batches of at most [`MAX_BATCH`] items, none with more than
+/// `per_mailbox` items of one mailbox.
+fn plan<T>(items: Vec<T>, per_mailbox: usize, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let mut batches: Vec<(Vec<T>, HashMap<String, usize>)> = Vec::new();
+    for item in items {
+        let k = key(&item).to_string();
+        let fits = |(b, n): &(Vec<T>, HashMap<String, usize>)| {
+            b.len() < MAX_BATCH && n.get(&k).copied().unwrap_or(0) < per_mailbox
+        };
+        let i = match batches.iter().position(fits) {
+            Some(i) => i,
+            None => {
+                batches.push((Vec::new(), HashMap::new()));
+                batches.len() - 1
+            }
+        };
+        let (b, n) = &mut batches[i];
+        *n.entry(k).or_default() += 1;
+        b.push(item);
+    }
+    batches.into_iter().map(|(b, _)| b).collect()
+}
+
+/// One global permit, and per mailbox one permit per item, mailboxes in key order.
+async fn permits(ctx: &Ctx, jobs: &[(String, Job)]) -> Option<Vec<OwnedSemaphorePermit>> {
+    let mut per_mailbox: BTreeMap<&str, (u32, &Arc<Semaphore>)> = BTreeMap::new();
+    for (_, j) in jobs {
+        per_mailbox
+            .entry(&j.mailbox.key)
+            .or_insert((0, &j.mailbox.permits))
+            .0 += 1;
+    }
+    let mut held = vec![ctx.global.clone().acquire_owned().await.ok()?];
+    for (n, permits) in per_mailbox.into_values() {
+        held.push(permits.clone().acquire_many_owned(n).await.ok()?);
+    }
+    Some(held)
+}
+
+async fn send(ctx: Arc<Ctx>, root: String, jobs: Vec<(String, Job)>) {
+    let (http, tokens, opts) = (&ctx.http, &ctx.tokens, &ctx.opts);
+    // Held until the answer is read: Graph runs the items while the batch is in flight.
+    let held = permits(&ctx, &jobs).await;
     let requests: Vec<serde_json::Value> = jobs
         .iter()
         .enumerate()
@@ -146,22 +224,28 @@ async fn send(
         })
         .collect();
     let started = Instant::now();
-    let answer = match tokens.token().await {
-        Ok(token) => http
+    let token = if held.is_some() {
+        tokens.token().await.ok()
+    } else {
+        None
+    };
+    let answer = match token {
+        Some(token) => http
             .post(format!("{root}/$batch"))
-            .bearer_auth(&*token)
+            .bearer_auth(token.secret())
             .timeout(opts.request_timeout)
             .json(&serde_json::json!({ "requests": requests }))
             .send()
             .await
             .ok(),
-        Err(_) => None,
+        None => None,
     };
     let status = answer.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
     let body: Option<Bytes> = match answer {
-        Some(r) if r.status().is_success() => r.bytes().await.ok(),
+        Some(r) if r.status().is_success() => read_capped(r, opts.max_response_bytes).await.ok(),
         _ => None,
     };
+    drop(held);
     let mut pages: HashMap<usize, DeltaPage> = HashMap::new();
     if let Some(body) = &body {
         if let Some(answer) = std::str::from_utf8(body)
@@ -189,7 +273,33 @@ async fn send(
 
 #[cfg(test)]
 mod tests {
-    use super::split;
+    use super::{plan, split, MAX_BATCH};
+
+    #[test]
+    fn batches_carry_at_most_the_mailbox_limit_of_one_mailbox() {
+        // 9 polls of alice, 2 of bob, 30 of 30 other mailboxes; 4 per mailbox at most.
+        let mut items: Vec<String> = (0..9).map(|_| "alice".to_string()).collect();
+        items.extend(["bob".to_string(), "bob".to_string()]);
+        items.extend((0..30).map(|i| format!("u{i}")));
+        let batches = plan(items.clone(), 4, |s| s.as_str());
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), items.len());
+        for b in &batches {
+            assert!(b.len() <= MAX_BATCH);
+            for who in b {
+                assert!(b.iter().filter(|x| *x == who).count() <= 4, "{b:?}");
+            }
+        }
+        // Alice's 9 need three batches; the rest fill them up in order.
+        assert_eq!(batches.len(), 3);
+        assert_eq!(batches[0].iter().filter(|x| *x == "alice").count(), 4);
+        assert_eq!(batches[0].len(), MAX_BATCH);
+        // One per mailbox: every batch has one poll of alice at most.
+        let one = plan(items, 1, |s| s.as_str());
+        assert!(one
+            .iter()
+            .all(|b| b.iter().filter(|x| *x == "alice").count() <= 1));
+        assert_eq!(one.len(), 9);
+    }
 
     #[test]
     fn links_are_split_into_root_and_relative_url() {

@@ -3,11 +3,16 @@
 //! - `429`, `503`, `504` (and other `5xx`, timeouts, cut connections, malformed bodies) are
 //!   retried: after `Retry-After` when given (fractional seconds allowed), else exponential
 //!   backoff with jitter, up to `max_retries`.
-//! - `401` renews the token once and retries.
+//! - `401` renews the token once and retries; a `401` to a request sent with an older token
+//!   than the current one (another request renewed it meanwhile) just retries with the
+//!   current one.
+//! - A `3xx` is not followed and fails the partition (see [`GraphError::Redirected`]); a
+//!   body over `max_response_bytes` is not read and retried (see `http.rs`).
 //! - `410` is returned to the reader (it decides how to resync); other `4xx` are the
 //!   partition's fault.
 //! - At most `max_concurrency_per_mailbox` requests per user and `max_concurrency` overall
-//!   are in flight; the permits are not held while waiting to retry.
+//!   are in flight, the items of a JSON batch included (see `batch.rs`); the permits are
+//!   not held while waiting to retry.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,10 +23,11 @@ use rand::Rng;
 use reqwest::StatusCode;
 use tokio::sync::Semaphore;
 
-use super::auth::TokenProvider;
-use super::batch::Batcher;
+use super::auth::{AccessToken, TokenProvider};
+use super::batch::{Batcher, Mailbox};
 use super::delta::{parse_page, DeltaPage};
 use super::error::{AuthError, GraphError, Transient};
+use super::http::{location_origin, read_capped, BodyError};
 use super::options::{prefer, ClientOptions};
 use crate::metrics;
 use crate::source::PartitionKind;
@@ -31,7 +37,7 @@ pub struct GraphClient {
     http: reqwest::Client,
     tokens: Arc<TokenProvider>,
     opts: ClientOptions,
-    global: Semaphore,
+    global: Arc<Semaphore>,
     mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
     batcher: Option<Batcher>,
 }
@@ -43,19 +49,20 @@ enum Attempt {
         reason: Transient,
         after: Option<Duration>,
     },
-    RenewToken(Arc<str>),
+    RenewToken(AccessToken),
     Fail(GraphError),
 }
 
 impl GraphClient {
     pub fn new(http: reqwest::Client, tokens: Arc<TokenProvider>, opts: ClientOptions) -> Self {
+        let global = Arc::new(Semaphore::new(opts.max_concurrency.max(1)));
         let batcher = opts
             .batch_polls
-            .then(|| Batcher::start(http.clone(), tokens.clone(), opts.clone()));
+            .then(|| Batcher::start(http.clone(), tokens.clone(), opts.clone(), global.clone()));
         Self {
             http,
             tokens,
-            global: Semaphore::new(opts.max_concurrency.max(1)),
+            global,
             opts,
             mailboxes: Mutex::new(HashMap::new()),
             batcher,
@@ -71,7 +78,11 @@ impl GraphClient {
         url: &str,
     ) -> Result<DeltaPage, GraphError> {
         if let Some(b) = &self.batcher {
-            if let Some(page) = b.submit(kind, url).await {
+            let mailbox = Mailbox {
+                key: user.to_ascii_lowercase(),
+                permits: self.mailbox(user),
+            };
+            if let Some(page) = b.submit(kind, url, mailbox).await {
                 return Ok(page);
             }
         }
@@ -101,6 +112,8 @@ impl GraphClient {
     ) -> Result<DeltaPage, GraphError> {
         let mailbox = self.mailbox(user);
         let mut renewed = false;
+        // 401s to requests sent with a token older than the current one.
+        let mut outdated = 0u32;
         let mut attempt = 0u32;
         loop {
             let outcome = {
@@ -111,13 +124,21 @@ impl GraphClient {
             match outcome {
                 Attempt::Done(page) => return Ok(page),
                 Attempt::Fail(e) => return Err(e),
-                Attempt::RenewToken(stale) if !renewed => {
-                    renewed = true;
-                    self.tokens.invalidate(&stale).await;
+                Attempt::RenewToken(stale) => {
+                    // Drops the token only if it is still the one that was refused.
+                    let newer = self.tokens.invalidate(&stale);
+                    if newer && outdated < 3 {
+                        // Another request renewed it meanwhile: retry with the newer one.
+                        outdated += 1;
+                    } else if !renewed {
+                        renewed = true;
+                    } else {
+                        // Still refused with a fresh token: the whole app may be affected
+                        // (consent revoked, token endpoint trouble), so the partition waits
+                        // rather than fails.
+                        return Err(AuthError::FreshTokenRefused.into());
+                    }
                 }
-                // Still refused with a fresh token: the whole app may be affected (consent
-                // revoked, token endpoint trouble), so the partition waits rather than fails.
-                Attempt::RenewToken(_) => return Err(AuthError::FreshTokenRefused.into()),
                 Attempt::Retry { reason, after } => {
                     attempt += 1;
                     if attempt > self.opts.max_retries {
@@ -159,7 +180,7 @@ impl GraphClient {
         let mut req = self
             .http
             .get(url)
-            .bearer_auth(&*token)
+            .bearer_auth(token.secret())
             .timeout(self.opts.request_timeout);
         for p in prefer(&self.opts, kind) {
             req = req.header("Prefer", p);
@@ -180,6 +201,14 @@ impl GraphClient {
             }
         };
         let status = resp.status();
+        if status.is_redirection() {
+            in_flight.dec();
+            metrics::graph_request(kind, status.as_u16(), started.elapsed());
+            return Attempt::Fail(GraphError::Redirected {
+                status: status.as_u16(),
+                to: location_origin(&resp),
+            });
+        }
         let retry_after = resp
             .headers()
             .get("retry-after")
@@ -192,16 +221,20 @@ impl GraphClient {
             .get("location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp.bytes().await;
+        let body = read_capped(resp, self.opts.max_response_bytes).await;
         in_flight.dec();
         metrics::graph_request(kind, status.as_u16(), started.elapsed());
         let body = match body {
             Ok(b) => b,
             Err(e) => {
+                let reason = match e {
+                    BodyError::TooLarge { limit } => Transient::TooLarge { limit },
+                    BodyError::Read(e) => Transient::Body(e),
+                };
                 return Attempt::Retry {
-                    reason: Transient::Body(e.without_url()),
+                    reason,
                     after: None,
-                }
+                };
             }
         };
         if status.is_success() {
@@ -262,3 +295,7 @@ fn error_code(body: &[u8]) -> (String, String) {
         ),
     }
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -50,6 +50,12 @@ pub enum GraphError {
     /// The client's request slots are closed: it is shutting down.
     #[error("client is shutting down")]
     Closed(#[from] tokio::sync::AcquireError),
+    /// A `3xx`: Graph never redirects delta or `$batch` requests, so this is a
+    /// `graph.base_url` behind something else (an http→https redirect, a login proxy), which
+    /// waiting does not cure. Not followed: the bearer token stays here. Only the target's
+    /// origin is named (the rest may carry a state token).
+    #[error("Graph answered {status} redirecting to {to}: redirects are not followed (check graph.base_url)")]
+    Redirected { status: u16, to: String },
 }
 
 impl GraphError {
@@ -58,6 +64,7 @@ impl GraphError {
         matches!(
             self,
             GraphError::Client { .. }
+                | GraphError::Redirected { .. }
                 | GraphError::Url(_)
                 | GraphError::Host { .. }
                 | GraphError::Closed(_)
@@ -93,6 +100,9 @@ pub enum Transient {
     /// No access token (the token endpoint may be throttled or down too).
     #[error("authentication failed: {0}")]
     Token(#[source] AuthError),
+    /// The answer was larger than `graph.max_response_bytes`: read no further.
+    #[error("answer larger than graph.max_response_bytes ({limit} bytes): not read")]
+    TooLarge { limit: u64 },
 }
 
 /// Why no access token could be had.
@@ -124,6 +134,22 @@ pub enum AuthError {
     /// Graph refused a freshly issued token: consent revoked, missing permission…
     #[error("Graph answered 401 again with a fresh token")]
     FreshTokenRefused,
+    /// A `3xx` from the token endpoint: not followed, since a `307`/`308` would post the
+    /// credential again to wherever it points (only its origin is named).
+    #[error("token endpoint answered {status} redirecting to {to}: redirects are not followed (check graph.authority_url)")]
+    Redirected { status: StatusCode, to: String },
+    /// The answer was larger than `graph.max_response_bytes`.
+    #[error("token answer larger than graph.max_response_bytes ({limit} bytes): not read")]
+    TooLarge { limit: u64 },
+    /// No answer within `graph.request_timeout`.
+    #[error("token endpoint did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The fetch was cut short (the worker is stopping).
+    #[error("token fetch interrupted")]
+    Interrupted,
+    /// The outcome of a fetch shared by every caller that waited for it.
+    #[error(transparent)]
+    Shared(std::sync::Arc<AuthError>),
 }
 
 /// A page that cannot be used (retried like a transport error).

@@ -4,15 +4,17 @@
 //! - `auth.rs`: OAuth2 client credentials (secret or certificate), cached tokens.
 //! - `client.rs`: the HTTP client: throttling, retries, per-mailbox and global concurrency.
 //! - `options.rs`: the client's tunables and `Prefer` headers (shared with batching).
+//! - `http.rs`: the transport rules every request shares: no redirects, capped bodies.
 //! - `batch.rs`: deltaLink polls sent in JSON batches (`graph.batch_polls`).
 //! - `delta.rs`: parsing a delta page without re-serialising its items.
-//! - `partition.rs`: what each partition kind requests first.
+//! - `partition.rs`: each partition kind's route: its first request, and which links
+//!   (from the offsets topic or an operator) address its own resource.
 //! - `reader.rs`: a partition's rounds (pages → source records, resync after `410`).
 //! - `lists.rs`: which task partitions a batch of To Do lists starts, runs and resets.
 //!
 //! Imports run one way (`a → b`: `a` uses `b`), so there is no circle: `reader` → `client`,
-//! `lists`, `partition`; `client` → `batch` → `auth`, `delta`, `options`; everything that
-//! fails → `error`, which uses nothing of Graph's.
+//! `lists`, `partition`; `client` → `batch` → `auth`, `delta`, `options`, `http`; `auth` →
+//! `http` → `options`; everything that fails → `error`, which uses nothing of Graph's.
 //!
 //! It knows nothing of Kafka and imports neither the worker nor the sink: it yields
 //! complete [`crate::source::SourceBatch`]es.
@@ -22,13 +24,15 @@ pub mod batch;
 pub mod client;
 pub mod delta;
 pub mod error;
+pub mod http;
 pub mod lists;
 pub mod options;
 pub mod partition;
 pub mod reader;
 
-pub use auth::{Credential, TokenProvider};
+pub use auth::{AccessToken, Credential, TokenProvider};
 pub use client::GraphClient;
 pub use error::{AuthError, GraphError, MalformedPage, Transient};
 pub use options::ClientOptions;
+pub use partition::{LinkMismatch, Route};
 pub use reader::PartitionReader;

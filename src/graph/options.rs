@@ -21,6 +21,12 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// deltaLink polls go through `POST /$batch` (see `batch.rs`).
     pub batch_polls: bool,
+    /// `Prefer: IdType="ImmutableId"` on Outlook requests (calendar views and calendar
+    /// lists): event ids then survive moves between calendars.
+    pub immutable_ids: bool,
+    /// The largest answer body read (Graph's and the token endpoint's); a larger one is
+    /// retried as an error (see `http.rs`).
+    pub max_response_bytes: u64,
 }
 
 impl Default for ClientOptions {
@@ -35,11 +41,14 @@ impl Default for ClientOptions {
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
             batch_polls: false,
+            immutable_ids: true,
+            max_response_bytes: 64 << 20,
         }
     }
 }
 
-/// The `Prefer` headers of a delta request.
+/// The `Prefer` headers of a delta request, one value each (the plain client sends them as
+/// separate headers, a batch item joins them with ", "; Graph reads both the same way).
 pub(crate) fn prefer(opts: &ClientOptions, kind: PartitionKind) -> Vec<String> {
     let mut out = vec![format!("odata.maxpagesize={}", opts.page_size)];
     if kind == PartitionKind::CalendarView {
@@ -47,5 +56,54 @@ pub(crate) fn prefer(opts: &ClientOptions, kind: PartitionKind) -> Vec<String> {
             out.push(format!("outlook.timezone=\"{tz}\""));
         }
     }
+    // "This header only applies to the request it is included with. If you want to always
+    // use immutable IDs, you must include this header with every API request"
+    // (learn.microsoft.com/graph/outlook-immutable-id). Events support it; calendars are
+    // containers whose ids never change, which Graph accepts it for and ignores. To Do items
+    // are not among the Outlook items that support it (message, attachment, event,
+    // eventMessage, contact, outlookTask), so To Do requests go without.
+    let outlook = matches!(
+        kind,
+        PartitionKind::CalendarView | PartitionKind::CalendarList
+    );
+    if opts.immutable_ids && outlook {
+        out.push("IdType=\"ImmutableId\"".into());
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn immutable_ids_are_asked_for_on_outlook_requests_only() {
+        let opts = ClientOptions {
+            page_size: 50,
+            timezone: Some("W. Europe Standard Time".into()),
+            ..ClientOptions::default()
+        };
+        assert_eq!(
+            prefer(&opts, PartitionKind::CalendarView),
+            [
+                "odata.maxpagesize=50",
+                "outlook.timezone=\"W. Europe Standard Time\"",
+                "IdType=\"ImmutableId\""
+            ]
+        );
+        assert_eq!(
+            prefer(&opts, PartitionKind::CalendarList),
+            ["odata.maxpagesize=50", "IdType=\"ImmutableId\""]
+        );
+        for kind in [PartitionKind::TaskLists, PartitionKind::Tasks] {
+            assert_eq!(prefer(&opts, kind), ["odata.maxpagesize=50"]);
+        }
+        let off = ClientOptions {
+            immutable_ids: false,
+            ..opts
+        };
+        assert!(!prefer(&off, PartitionKind::CalendarView)
+            .iter()
+            .any(|p| p.starts_with("IdType")));
+    }
 }

@@ -1,57 +1,328 @@
-//! What each partition kind requests to start a round (NOTES.md, endpoint table).
+//! What each partition kind requests (NOTES.md, endpoint table): its [`Route`], which builds
+//! the initial request of a round and tells whether a link from outside (the offsets topic,
+//! `PATCH …/offsets`) addresses the partition's own resource.
+//!
+//! A link is a bearer-token request the partition will make under its own keys: a link of
+//! another mailbox, calendar or list would write that resource's items as this partition's.
+//! Graph's own links are checked the way Graph reads them (`microsoft-graph-docs-contrib`):
+//! path segments' case does not matter (the beta event-delta example answers
+//! `…/me/calendarview/delta` to a request for `calendarView`), percent-encoding does not
+//! matter (`%40` is `@`, `%3D` is `=`), user principal names and object ids compare without
+//! case; calendar and list ids are compared exactly (Outlook ids are case-sensitive base64).
+//! The state tokens (`$skiptoken`, `$deltatoken`) are opaque: Graph encodes every other
+//! parameter of the initial request into them (todotask-delta.md, "Query parameters"), so a
+//! link carries only those, plus the window of a calendar view's initial request.
 
+use chrono::{DateTime, Utc};
 use url::Url;
 
 use super::error::GraphError;
 use crate::source::PartitionId;
 
-/// The initial delta request of a partition on `graph_host` (e.g. `https://graph.microsoft.com`).
-///
-/// Primary-calendar views use v1.0; views of another calendar and calendar lists exist only
-/// in beta.
-pub fn initial_url(graph_host: &str, id: &PartitionId) -> Result<String, GraphError> {
-    let mut url = Url::parse(graph_host).map_err(|source| GraphError::Host {
-        host: graph_host.to_string(),
-        source,
-    })?;
-    let segments: Vec<&str> = match id {
-        PartitionId::CalendarView { user, calendar, .. }
-            if calendar.eq_ignore_ascii_case("primary") =>
-        {
-            vec!["v1.0", "users", user, "calendarView", "delta"]
+/// One path segment of a route after the API version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// A fixed name (`users`, `calendarView`, `delta`): compared without case.
+    Name(&'static str),
+    /// The user: a principal name or an object id, compared without case.
+    User(String),
+    /// A calendar id: compared exactly.
+    Calendar(String),
+    /// A To Do list id: compared exactly.
+    List(String),
+}
+
+/// Where a partition's requests go: its Graph host, API version and path.
+#[derive(Debug, Clone)]
+pub struct Route {
+    host: Url,
+    version: &'static str,
+    segments: Vec<Segment>,
+    /// A calendar view's window, as the partition identity gives it.
+    window: Option<(String, String)>,
+}
+
+/// Why a link does not address a partition's own resource. The texts name the parts that
+/// differ, never a state token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkMismatch {
+    #[error("not an absolute URL")]
+    NotAUrl,
+    #[error("it carries user credentials")]
+    Credentials,
+    #[error("it points at {found}, not the configured Graph host {expected}")]
+    Host { expected: String, found: String },
+    #[error("it is for API version {found}, not {expected}")]
+    Version { expected: String, found: String },
+    #[error("it is for user {found}, not {expected}")]
+    User { expected: String, found: String },
+    #[error("it is for {what} {found}, not {expected}")]
+    Resource {
+        what: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error("its path {found} is not this partition's route {expected}")]
+    Route { expected: String, found: String },
+    #[error("its {param} is {found}, not the window's {expected}")]
+    Window {
+        param: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error("it has a query parameter {0} Graph's links do not carry")]
+    Query(String),
+}
+
+impl Route {
+    /// The route of partition `id` on `graph_host` (e.g. `https://graph.microsoft.com`).
+    ///
+    /// Primary-calendar views use v1.0; views of another calendar and calendar lists exist
+    /// only in beta.
+    pub fn new(graph_host: &str, id: &PartitionId) -> Result<Self, GraphError> {
+        use Segment::{Calendar, List, Name, User};
+        let host = Url::parse(graph_host).map_err(|source| GraphError::Host {
+            host: graph_host.to_string(),
+            source,
+        })?;
+        if host.cannot_be_a_base() {
+            return Err(GraphError::Url(format!(
+                "{graph_host} cannot be a base URL"
+            )));
         }
-        PartitionId::CalendarView { user, calendar, .. } => {
-            vec![
-                "beta",
-                "users",
-                user,
-                "calendars",
+        let user = |u: &str| [Name("users"), User(u.to_string())];
+        let (version, segments, window) = match id {
+            PartitionId::CalendarView {
+                user: u,
                 calendar,
-                "calendarView",
-                "delta",
-            ]
-        }
-        PartitionId::CalendarList { user } => vec!["beta", "users", user, "calendars", "delta"],
-        PartitionId::TaskLists { user } => vec!["v1.0", "users", user, "todo", "lists", "delta"],
-        PartitionId::Tasks { user, list } => {
-            vec![
-                "v1.0", "users", user, "todo", "lists", list, "tasks", "delta",
-            ]
-        }
-    };
-    url.path_segments_mut()
-        .map_err(|_| GraphError::Url(format!("{graph_host} cannot be a base URL")))?
-        .pop_if_empty()
-        .extend(segments);
-    if let PartitionId::CalendarView { window, .. } = id {
-        let (start, end) = window
-            .split_once('/')
-            .ok_or_else(|| GraphError::Url(format!("bad window '{window}'")))?;
-        url.query_pairs_mut()
-            .append_pair("startDateTime", start)
-            .append_pair("endDateTime", end);
+                window,
+            } => {
+                let (start, end) = window
+                    .split_once('/')
+                    .ok_or_else(|| GraphError::Url(format!("bad window '{window}'")))?;
+                let window = Some((start.to_string(), end.to_string()));
+                let view = [Name("calendarView"), Name("delta")];
+                if calendar.eq_ignore_ascii_case("primary") {
+                    ("v1.0", [&user(u)[..], &view].concat(), window)
+                } else {
+                    let cal = [Name("calendars"), Calendar(calendar.clone())];
+                    ("beta", [&user(u)[..], &cal, &view].concat(), window)
+                }
+            }
+            PartitionId::CalendarList { user: u } => (
+                "beta",
+                [&user(u)[..], &[Name("calendars"), Name("delta")]].concat(),
+                None,
+            ),
+            PartitionId::TaskLists { user: u } => (
+                "v1.0",
+                [&user(u)[..], &[Name("todo"), Name("lists"), Name("delta")]].concat(),
+                None,
+            ),
+            PartitionId::Tasks { user: u, list } => (
+                "v1.0",
+                [
+                    &user(u)[..],
+                    &[Name("todo"), Name("lists"), List(list.clone())],
+                    &[Name("tasks"), Name("delta")],
+                ]
+                .concat(),
+                None,
+            ),
+        };
+        Ok(Self {
+            host,
+            version,
+            segments,
+            window,
+        })
     }
-    Ok(url.to_string())
+
+    /// The initial delta request of a round.
+    pub fn initial_url(&self) -> String {
+        let mut url = self.host.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push(self.version);
+            path.extend(self.segments.iter().map(|s| match s {
+                Segment::Name(n) => *n,
+                Segment::User(v) | Segment::Calendar(v) | Segment::List(v) => v.as_str(),
+            }));
+        }
+        if let Some((start, end)) = &self.window {
+            url.query_pairs_mut()
+                .append_pair("startDateTime", start)
+                .append_pair("endDateTime", end);
+        }
+        url.to_string()
+    }
+
+    /// Whether `link` addresses this partition's own resource: the configured Graph host
+    /// (scheme, host and port), its path prefix, the API version, the user, the calendar or
+    /// list, the route, and for a calendar view the window when the link names one. The
+    /// state tokens are not looked into.
+    pub fn owns_link(&self, link: &str) -> Result<(), LinkMismatch> {
+        let url = Url::parse(link).map_err(|_| LinkMismatch::NotAUrl)?;
+        if url.cannot_be_a_base() {
+            return Err(LinkMismatch::NotAUrl);
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(LinkMismatch::Credentials);
+        }
+        if url.origin() != self.host.origin() {
+            return Err(LinkMismatch::Host {
+                expected: self.host.origin().ascii_serialization(),
+                found: url.origin().ascii_serialization(),
+            });
+        }
+        let found: Vec<&str> = url.path().split('/').skip(1).collect();
+        let prefix: Vec<&str> = self
+            .host
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let route_mismatch = || LinkMismatch::Route {
+            expected: self.path(),
+            found: url.path().to_string(),
+        };
+        let Some(rest) = found.strip_prefix(&prefix[..]) else {
+            return Err(route_mismatch());
+        };
+        let mut decoded = Vec::with_capacity(rest.len() + 1);
+        for s in rest {
+            let s = decode(s).ok_or_else(route_mismatch)?;
+            // OData's key syntax (`users('alice@contoso.com')`, as `@odata.context` spells
+            // it) is the same as two segments.
+            match key_syntax(&s) {
+                Some((name, key)) => decoded.extend([name, key]),
+                None => decoded.push(s),
+            }
+        }
+        // The version, then the route's segments, nothing more or less.
+        let Some((version, decoded)) = decoded
+            .split_first()
+            .filter(|(_, r)| r.len() == self.segments.len())
+        else {
+            return Err(route_mismatch());
+        };
+        if !version.eq_ignore_ascii_case(self.version) {
+            return Err(LinkMismatch::Version {
+                expected: self.version.into(),
+                found: version.clone(),
+            });
+        }
+        // Names first: a link of another kind says so before its ids are compared.
+        for (want, got) in self.segments.iter().zip(decoded) {
+            if let Segment::Name(n) = want {
+                if !n.eq_ignore_ascii_case(got) {
+                    return Err(route_mismatch());
+                }
+            }
+        }
+        for (want, got) in self.segments.iter().zip(decoded.iter().cloned()) {
+            let (what, expected, same) = match want {
+                Segment::Name(_) => continue,
+                Segment::User(u) => {
+                    if !u.eq_ignore_ascii_case(&got) {
+                        return Err(LinkMismatch::User {
+                            expected: u.clone(),
+                            found: got,
+                        });
+                    }
+                    continue;
+                }
+                Segment::Calendar(c) => ("calendar", c, *c == got),
+                Segment::List(l) => ("list", l, *l == got),
+            };
+            if !same {
+                return Err(LinkMismatch::Resource {
+                    what,
+                    expected: expected.clone(),
+                    found: got,
+                });
+            }
+        }
+        self.check_query(&url)
+    }
+
+    /// Only the state tokens, and a calendar view's own window.
+    fn check_query(&self, url: &Url) -> Result<(), LinkMismatch> {
+        for (name, value) in url.query_pairs() {
+            let lower = name.to_ascii_lowercase();
+            let (param, bound) = match (lower.as_str(), &self.window) {
+                ("$skiptoken" | "$deltatoken", _) => continue,
+                ("startdatetime", Some((start, _))) => ("startDateTime", start),
+                ("enddatetime", Some((_, end))) => ("endDateTime", end),
+                _ => return Err(LinkMismatch::Query(name.into_owned())),
+            };
+            // The same instant, however it is written (`Z`, `+00:00`, fractions).
+            let same = match (instant(bound), instant(&value)) {
+                (Some(a), Some(b)) => a == b,
+                _ => *bound == value,
+            };
+            if !same {
+                return Err(LinkMismatch::Window {
+                    param,
+                    expected: bound.clone(),
+                    found: value.into_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The route's path as the initial request spells it (for messages).
+    fn path(&self) -> String {
+        let Ok(u) = Url::parse(&self.initial_url()) else {
+            return String::new();
+        };
+        u.path().to_string()
+    }
+}
+
+/// An RFC 3339 time, or one without an offset (UTC, as Graph reads `startDateTime`).
+fn instant(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+}
+
+/// `name('key')` as `(name, key)` (a quote in the key doubled, as OData escapes it).
+fn key_syntax(segment: &str) -> Option<(String, String)> {
+    let (name, rest) = segment.split_once("('")?;
+    let key = rest.strip_suffix("')")?;
+    (!name.is_empty()).then(|| (name.to_string(), key.replace("''", "'")))
+}
+
+/// A path segment with its `%XX` escapes decoded (`None` when they do not make UTF-8).
+fn decode(segment: &str) -> Option<String> {
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h)? * 16 + hex(l)?) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The initial delta request of a partition on `graph_host` (see [`Route::new`]).
+pub fn initial_url(graph_host: &str, id: &PartitionId) -> Result<String, GraphError> {
+    Ok(Route::new(graph_host, id)?.initial_url())
 }
 
 /// Whether `link` points at the same origin as `graph_host`: a bearer token is only ever sent
@@ -64,42 +335,5 @@ pub fn same_origin(graph_host: &str, link: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_per_kind() {
-        let h = "https://graph.microsoft.com";
-        let cv = PartitionId::CalendarView {
-            user: "a@b.com".into(),
-            calendar: "primary".into(),
-            window: "2026-01-01T00:00:00Z/2026-02-01T00:00:00Z".into(),
-        };
-        assert_eq!(
-            initial_url(h, &cv).unwrap(),
-            "https://graph.microsoft.com/v1.0/users/a@b.com/calendarView/delta?startDateTime=2026-01-01T00%3A00%3A00Z&endDateTime=2026-02-01T00%3A00%3A00Z"
-        );
-        let other = PartitionId::CalendarView {
-            user: "a@b.com".into(),
-            calendar: "AAMk/x=".into(),
-            window: "2026-01-01T00:00:00Z/2026-02-01T00:00:00Z".into(),
-        };
-        assert!(initial_url(h, &other)
-            .unwrap()
-            .starts_with("https://graph.microsoft.com/beta/users/a@b.com/calendars/AAMk%2Fx=/calendarView/delta?"));
-        let t = PartitionId::Tasks {
-            user: "a@b.com".into(),
-            list: "L1".into(),
-        };
-        assert_eq!(
-            initial_url("http://127.0.0.1:8080/", &t).unwrap(),
-            "http://127.0.0.1:8080/v1.0/users/a@b.com/todo/lists/L1/tasks/delta"
-        );
-        assert!(same_origin(
-            h,
-            "https://graph.microsoft.com/v1.0/x?$skiptoken=1"
-        ));
-        assert!(!same_origin(h, "https://evil.example/v1.0/x"));
-        assert!(!same_origin(h, "http://graph.microsoft.com/v1.0/x"));
-    }
-}
+#[path = "partition_tests.rs"]
+mod tests;

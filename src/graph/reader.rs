@@ -7,10 +7,10 @@
 //! re-fetches the same pages. A resync moves it *back* (to the last complete round or the
 //! initial request), which is always safe.
 //!
-//! The batches it yields are complete: records, offset, and for To Do lists what happens
-//! to their task partitions (`lists.rs`), so the worker only commits and carries them out.
+//! The batches it yields are complete: records, offset, where the page stands in a round
+//! from scratch, and for To Do lists what happens to their task partitions (`lists.rs`), so
+//! the worker only reconciles, commits and carries them out.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::client::GraphClient;
@@ -20,7 +20,7 @@ use super::lists::{task_partitions, KnownLists};
 use super::partition::{initial_url, same_origin};
 use crate::metrics;
 use crate::source::{
-    key_id, Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord,
+    FullRound, Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord,
 };
 
 #[derive(Clone)]
@@ -29,8 +29,8 @@ pub struct PartitionReader {
     graph_host: String,
     initial_url: String,
     offset: SourceOffset,
-    /// During a full resync: the ids seen so far in the round (see `SourceBatch`).
-    seen: Option<HashSet<String>>,
+    /// The next page starts an attempt at a round from scratch (from the initial request).
+    fresh: bool,
     /// A `TaskLists` partition's known lists, once seeded (see [`Self::know_lists`]).
     lists: Option<KnownLists>,
 }
@@ -52,19 +52,19 @@ impl PartitionReader {
             round: 1,
             resync: false,
         });
-        let mut seen = None;
         if offset.resync && offset.delta_link.is_none() {
-            // A full resync was under way in an earlier run: the ids it had seen are gone
-            // with that process, so it starts over (refetching is safe; guessing is not).
+            // A full resync was under way in an earlier run: it starts over (refetching
+            // costs requests, not records, since unchanged items are not written again; and
+            // a partition upgraded from a version without reconciliation state knew what the
+            // round had seen only in memory).
             offset.link = None;
-            seen = Some(HashSet::new());
         }
         Ok(Self {
             id,
             graph_host: graph_host.to_string(),
             initial_url,
+            fresh: offset.link.is_none(),
             offset,
-            seen,
             lists: None,
         })
     }
@@ -87,22 +87,10 @@ impl PartitionReader {
 
     /// Moves to the position after a batch (once it is committed or safely queued).
     pub fn advance(&mut self, batch_offset: SourceOffset, batch_ids: &[(Op, String)]) {
-        if let Some(seen) = &mut self.seen {
-            for (op, id) in batch_ids {
-                if *op == Op::Upsert {
-                    seen.insert(id.clone());
-                } else {
-                    seen.remove(id);
-                }
-            }
-        }
         if let Some(lists) = &mut self.lists {
             lists.advance(batch_ids);
         }
-        if batch_offset.round > self.offset.round {
-            // The round is complete: a full resync's bookkeeping ends with it.
-            self.seen = None;
-        }
+        self.fresh = false;
         self.offset = batch_offset;
     }
 
@@ -119,7 +107,7 @@ impl PartitionReader {
             round: self.offset.round,
             resync: true,
         };
-        self.seen = Some(HashSet::new());
+        self.fresh = true;
     }
 
     fn link(&self) -> &str {
@@ -171,10 +159,9 @@ impl PartitionReader {
             code,
             if from_delta { "delta_link" } else { "initial" },
         );
-        if !from_delta {
-            // A full round reports no deletions: remember what it returns (see `batch`).
-            self.seen = Some(HashSet::new());
-        }
+        // A round from the initial request reports no deletions: it is reconciled (see
+        // `SourceBatch::full_round`).
+        self.fresh = !from_delta;
         self.offset = SourceOffset {
             // Falling back to the deltaLink keeps it as the round's start; the initial
             // request is a round of its own with no deltaLink behind it.
@@ -224,20 +211,11 @@ impl PartitionReader {
                 resync: false,
             },
         };
-        let full_resync_seen = match (&self.seen, offset.round > round) {
-            (Some(seen), true) => {
-                let mut all = seen.clone();
-                for r in &records {
-                    if r.op == Op::Upsert {
-                        all.insert(r.id.clone());
-                    } else {
-                        all.remove(&r.id);
-                    }
-                }
-                Some(all)
-            }
-            _ => None,
-        };
+        // No deltaLink behind the round: it started from the initial request.
+        let full_round = self.offset.delta_link.is_none().then_some(FullRound {
+            first: self.fresh,
+            last: offset.round > round,
+        });
         let mut batch = SourceBatch {
             partition: self.id.clone(),
             records,
@@ -245,52 +223,33 @@ impl PartitionReader {
             resets: Vec::new(),
             starts: Vec::new(),
             runs: Vec::new(),
-            full_resync_seen,
+            full_round,
+            state: Vec::new(),
         };
         self.decide_task_partitions(&mut batch);
         batch
     }
 
-    /// Completes the last batch of a full resync (`full_resync_seen`): tombstones for the
-    /// partition's `live` keys in Kafka (read back by the caller) that the round no longer
-    /// returned, since a full round reports no deletions; their task partitions follow.
-    pub fn complete_full_resync(
-        &self,
-        batch: &mut SourceBatch,
-        live: impl IntoIterator<Item = Vec<u8>>,
-    ) {
-        let Some(seen) = batch.full_resync_seen.take() else {
+    /// Completes the last page of a round from scratch with tombstones for the items the
+    /// partition still had live and the round no longer returned (`gone`, found by the
+    /// worker); their task partitions are reset, as for any removed list.
+    pub fn complete_full_round(&self, batch: &mut SourceBatch, gone: Vec<String>) {
+        if gone.is_empty() {
             return;
-        };
+        }
         let round = batch
             .records
             .first()
             .map_or(batch.offset.round.saturating_sub(1), |r| r.round);
-        let in_batch: HashSet<&str> = batch.records.iter().map(|r| r.id.as_str()).collect();
-        let (mut n_live, mut gone) = (0usize, Vec::new());
-        for key in live {
-            n_live += 1;
-            // A key this connector did not write: not ours to delete.
-            let Some(item) = key_id(&key) else {
-                continue;
-            };
-            if seen.contains(&item) || in_batch.contains(item.as_str()) {
-                continue;
-            }
-            gone.push(SourceRecord {
-                partition: self.id.clone(),
-                key: key.into(),
-                id: item,
-                value: None,
-                op: Op::Delete,
-                round,
-                removed_reason: Some("resync".into()),
-                resync: true,
-            });
+        let from = batch.records.len();
+        batch.records.extend(
+            gone.into_iter()
+                .map(|id| SourceRecord::tombstone(self.id.clone(), id, round, "resync", true)),
+        );
+        if self.id.kind() == PartitionKind::TaskLists {
+            let d = task_partitions(&self.id, &batch.records[from..], self.lists.as_ref());
+            batch.resets.extend(d.resets);
         }
-        tracing::info!(partition = %self.id, returned = seen.len(), in_kafka = n_live, tombstones = gone.len(), "full resync complete; tombstoning the items it no longer returns");
-        batch.records.extend(gone);
-        self.decide_task_partitions(batch);
     }
 
     /// Fills `starts`, `runs` and `resets` from the batch's records (To Do lists only).
@@ -346,8 +305,8 @@ mod tests {
         assert_eq!(o.round, 4);
         assert!(o.resync);
         assert!(
-            r.seen.is_none(),
-            "not a full round: deletions still come as @removed"
+            !r.fresh,
+            "not a round from scratch: deletions still come as @removed"
         );
         assert!(r.at_round_start());
     }
@@ -365,11 +324,7 @@ mod tests {
         );
         assert_eq!(o.round, 7);
         assert!(o.resync);
-        assert_eq!(
-            r.seen,
-            Some(HashSet::new()),
-            "a full round remembers what it returns"
-        );
+        assert!(r.fresh, "a round from scratch: reconciled at its end");
     }
 
     #[test]
@@ -392,7 +347,7 @@ mod tests {
             (o.link.as_deref(), o.delta_link.as_deref(), o.round),
             (None, None, 1)
         );
-        assert!(o.resync && r.seen.is_some());
+        assert!(o.resync && r.fresh);
     }
 
     #[test]
@@ -400,42 +355,64 @@ mod tests {
         let mut o = at(Some(NEXT), None, 3);
         o.resync = true;
         let r = reader(Some(o));
-        assert_eq!(
-            r.offset().link,
-            None,
-            "the ids it had seen died with the process"
-        );
-        assert_eq!(r.seen, Some(HashSet::new()));
+        assert_eq!(r.offset().link, None, "it starts over");
+        assert!(r.fresh);
         // A resync from a deltaLink keeps its place: it reports deletions itself.
         let mut o = at(Some(NEXT), Some(DELTA), 3);
         o.resync = true;
         let r = reader(Some(o));
         assert_eq!(r.offset().link.as_deref(), Some(NEXT));
-        assert!(r.seen.is_none());
+        assert!(!r.fresh);
+        // A first sync resumes where it was: the reconciliation state knows what it saw.
+        let r = reader(Some(at(Some(NEXT), None, 1)));
+        assert_eq!(r.offset().link.as_deref(), Some(NEXT));
+        assert!(!r.fresh);
+    }
+
+    fn page(last: bool) -> DeltaPage {
+        DeltaPage {
+            items: Vec::new(),
+            next_link: (!last).then(|| NEXT.into()),
+            delta_link: last.then(|| DELTA.into()),
+        }
     }
 
     #[test]
-    fn a_full_round_tracks_what_it_saw_until_the_round_completes() {
+    fn pages_of_a_round_from_scratch_say_where_they_stand() {
         let mut r = reader(Some(at(Some(DELTA), Some(DELTA), 5)));
+        assert_eq!(r.batch(page(true)).full_round, None, "a delta round");
         r.resync("syncStateNotFound", None);
-        let mid = SourceOffset {
-            link: Some(NEXT.into()),
-            delta_link: None,
-            round: 5,
-            resync: true,
-        };
-        r.advance(
-            mid,
-            &[
-                (Op::Upsert, "x".into()),
-                (Op::Upsert, "y".into()),
-                (Op::Delete, "x".into()),
-            ],
+        let b = r.batch(page(false));
+        assert_eq!(
+            b.full_round,
+            Some(FullRound {
+                first: true,
+                last: false
+            })
         );
-        assert_eq!(r.seen, Some(HashSet::from(["y".to_string()])));
-        r.advance(at(Some(DELTA), Some(DELTA), 6), &[(Op::Upsert, "z".into())]);
-        assert!(r.seen.is_none(), "a completed round ends the bookkeeping");
+        // Not committed: the same page is still the first.
+        assert_eq!(r.batch(page(false)).full_round, b.full_round);
+        r.advance(b.offset, &[]);
+        let b = r.batch(page(true));
+        assert_eq!(
+            b.full_round,
+            Some(FullRound {
+                first: false,
+                last: true
+            })
+        );
+        r.advance(b.offset, &[]);
         assert_eq!(r.offset().round, 6);
+        assert_eq!(r.batch(page(true)).full_round, None, "deltas again");
+        // A new partition's first sync is a round from scratch too.
+        let r = reader(None);
+        assert_eq!(
+            r.batch(page(true)).full_round,
+            Some(FullRound {
+                first: true,
+                last: true
+            })
+        );
     }
 
     #[test]
@@ -444,6 +421,6 @@ mod tests {
         r.restart();
         let o = r.offset();
         assert_eq!((o.link.as_deref(), o.round, o.resync), (None, 9, true));
-        assert!(r.seen.is_some());
+        assert!(r.fresh);
     }
 }

@@ -2,8 +2,11 @@
 //! transactions.
 //!
 //! Batches arriving within `linger` (up to `max_batch_records`) share one transaction; each
-//! batch's offset is written in the same transaction as its records, so a `read_committed`
-//! consumer sees both or neither. Offsets without records (idle polls, empty pages) cost no
+//! batch's offset and state records (`live/`) are written in the same transaction as its
+//! records, so a `read_committed` consumer sees all or none. State records say where the
+//! batch's records landed: when a transaction has any, its records are flushed first and
+//! their offsets, from the delivery reports, are filled into the state records (one more
+//! round trip to the brokers, only for transactions that change some partition's items). Offsets without records (idle polls, empty pages) cost no
 //! transaction of their own: they wait in memory and ride along with the next transaction,
 //! or are written together when `heartbeat_interval` has passed.
 //!
@@ -27,10 +30,11 @@ use super::health::KafkaHealth;
 use super::producer::{Refused, Tag, TxnProducer};
 use super::records::{dead_letter_headers, headers};
 use super::refusals::{screen, suspects, Fault, Known, Pending};
+use super::state::{write_state, StateError};
 use super::{Reason, SinkError, SinkOptions};
 use crate::metrics;
 use crate::offsets::{encode_key, encode_value};
-use crate::source::{Op, PartitionId, SourceOffset};
+use crate::source::{Loc, Op, PartitionId, SourceOffset};
 
 /// Where the worker's commands find it.
 pub use super::handle::OffsetWrites;
@@ -62,10 +66,17 @@ impl Txn {
         self.batches.is_empty() && self.direct.is_empty() && self.flushes.is_empty()
     }
 
-    /// Answers every waiter with `r`.
+    /// Answers every waiter with `r` (batches: with no locations).
     fn answer(self, r: Result<(), SinkError>) {
+        self.answer_located(r, Vec::new());
+    }
+
+    /// Answers every waiter with `r`, batch `i` with `locs[i]` (where its records landed).
+    fn answer_located(self, r: Result<(), SinkError>, locs: Vec<Vec<Loc>>) {
+        let mut locs = locs.into_iter();
         for p in self.batches {
-            let _ = p.ack.send(r.clone());
+            let l = locs.next().unwrap_or_default();
+            let _ = p.ack.send(r.clone().map(|()| l));
         }
         for (_, ack) in self.direct {
             let _ = ack.send(r.clone());
@@ -222,8 +233,8 @@ impl Committer {
                 }
             }
             let (why, refused) = match self.write(&txn) {
-                Ok(()) => {
-                    self.committed(txn, started);
+                Ok(locs) => {
+                    self.committed(txn, started, locs);
                     return Ok(());
                 }
                 Err(WriteError::Sink(SinkError::Aborted(why))) => (why, Vec::new()),
@@ -376,7 +387,7 @@ impl Committer {
         txn
     }
 
-    fn committed(&mut self, txn: Txn, started: Instant) {
+    fn committed(&mut self, txn: Txn, started: Instant, locs: Vec<Vec<Loc>>) {
         self.idle.clear();
         self.last_heartbeat = Instant::now();
         let mut counts: HashMap<(crate::source::PartitionKind, Op), (u64, u64)> = HashMap::new();
@@ -386,7 +397,7 @@ impl Committer {
                     metrics::record_dead_lettered(&p.batch.partition, &r.id, f.class);
                     continue;
                 }
-                let e = counts.entry((p.batch.partition.kind(), r.op)).or_default();
+                let e = counts.entry((r.partition.kind(), r.op)).or_default();
                 e.0 += 1;
                 e.1 += (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64;
             }
@@ -395,10 +406,12 @@ impl Committer {
             metrics::records_written(kind, op, n, bytes);
         }
         metrics::transaction_committed(txn.records, txn.batches.len(), started.elapsed());
-        txn.answer(Ok(()));
+        txn.answer_located(Ok(()), locs);
     }
 
-    fn write(&self, txn: &Txn) -> Result<(), WriteError> {
+    /// Writes `txn` and commits it; answers where each batch's records landed (filled in
+    /// only when some batch has state records that need it).
+    fn write(&self, txn: &Txn) -> Result<Vec<Vec<Loc>>, WriteError> {
         self.producer.begin()?;
         let refused = |r: Result<Refused, SinkError>| match r {
             Ok(r) => WriteError::Refused(vec![r]),
@@ -407,15 +420,25 @@ impl Committer {
         // The last offset of each partition in this transaction, in first-seen order.
         let mut offsets: Vec<(&PartitionId, Option<&SourceOffset>)> = Vec::new();
         let mut seen: HashMap<&PartitionId, usize> = HashMap::new();
+        let mut sent = 0;
         for (i, p) in txn.batches.iter().enumerate() {
             let batch = &p.batch;
-            let topic = self.opts.topics.for_kind(batch.partition.kind());
-            let pjson = batch.partition.to_json();
+            let own_json = batch.partition.to_json();
             for (j, r) in batch.records.iter().enumerate() {
+                // A removed list's batch carries its tasks' tombstones: their own topic and
+                // identity.
+                let other_json;
+                let pjson = if r.partition == batch.partition {
+                    &own_json
+                } else {
+                    other_json = r.partition.to_json();
+                    &other_json
+                };
+                let topic = self.opts.topics.for_kind(r.partition.kind());
                 let tag = Tag::new(i, j).0;
                 let rec = match (p.dead.get(&j), &self.opts.errors.dead_letter_topic) {
                     (Some(f), Some(dlq)) => {
-                        let h = dead_letter_headers(r, &pjson, topic, f.class, &f.message);
+                        let h = dead_letter_headers(r, pjson, topic, f.class, &f.message);
                         let rec = BaseRecord::with_opaque_to(dlq.as_str(), tag)
                             .key(&r.key[..])
                             .headers(h);
@@ -429,7 +452,7 @@ impl Committer {
                     _ => {
                         let rec = BaseRecord::with_opaque_to(topic, tag)
                             .key(&r.key[..])
-                            .headers(headers(r, &pjson));
+                            .headers(headers(r, pjson));
                         match &r.value {
                             Some(v) => rec.payload(&v[..]),
                             None => rec,
@@ -437,6 +460,7 @@ impl Committer {
                     }
                 };
                 self.producer.send(rec).map_err(refused)?;
+                sent += 1;
             }
             upsert(
                 &mut offsets,
@@ -462,7 +486,16 @@ impl Committer {
                 upsert(&mut offsets, &mut seen, p, o.as_ref());
             }
         }
-        for (p, o) in &offsets {
+        let t_sent = Instant::now();
+        let (locs, doomed) =
+            match write_state(&self.producer, &self.opts.state_topic, &txn.batches, sent) {
+                Ok(locs) => (locs, None),
+                Err(StateError::Refused(r)) => return Err(WriteError::Refused(r)),
+                Err(StateError::Sink(e)) => return Err(WriteError::Sink(e)),
+                // Nothing more is sent; the commit fails and its error says whose fault.
+                Err(StateError::Failed(e)) => (Vec::new(), Some(e)),
+            };
+        for (p, o) in offsets.iter().filter(|_| doomed.is_none()) {
             let key = encode_key(&self.opts.connector, p);
             let value = o.map(encode_value);
             let mut rec: BaseRecord<'_, [u8], [u8], usize> =
@@ -476,8 +509,24 @@ impl Committer {
         metrics::metrics()
             .producer_queue
             .set(self.producer.in_flight() as i64);
-        match self.producer.commit() {
-            Ok(()) => Ok(()),
+        let t_state = Instant::now();
+        let c = self.producer.commit();
+        if std::env::var("GRAPH_CDC_EXP").is_ok() {
+            eprintln!(
+                "TXNTIME state {} commit {}",
+                (t_state - t_sent).as_millis(),
+                t_state.elapsed().as_millis()
+            );
+        }
+        match c {
+            Ok(()) => match doomed {
+                None => Ok(locs),
+                // librdkafka never commits a transaction with a failed record; should it, the
+                // state would lag the records: stop rather than go on.
+                Some(e) => Err(WriteError::Sink(SinkError::Fatal(Reason::new(format!(
+                    "a transaction committed although {e}"
+                ))))),
+            },
             Err((e, class)) => {
                 let refused = self.producer.refused();
                 if !refused.is_empty() {

@@ -6,18 +6,23 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::SinkError;
-use crate::source::{PartitionId, SourceBatch, SourceOffset};
+use crate::source::{Loc, PartitionId, SourceBatch, SourceOffset};
 
 /// Where the committer answers a request.
 pub type Ack = oneshot::Sender<Result<(), SinkError>>;
+
+/// Where the committer answers a batch: once committed, where each of its records landed
+/// in its topic (empty unless the batch has state records that need it; [`Loc::NONE`] for
+/// a record that did not reach its topic).
+pub type BatchAck = oneshot::Sender<Result<Vec<Loc>, SinkError>>;
 
 /// Offsets to write directly; `None` resets a partition.
 pub type OffsetWrites = Vec<(PartitionId, Option<SourceOffset>)>;
 
 /// What the committer is asked to do.
 pub enum SinkMsg {
-    /// A page's records and offset; acknowledged once committed or failed.
-    Batch { batch: SourceBatch, ack: Ack },
+    /// A page's records, state and offset; acknowledged once committed or failed.
+    Batch { batch: SourceBatch, ack: BatchAck },
     /// An offset with no records: persisted with the next transaction or heartbeat.
     Idle {
         partition: Arc<PartitionId>,
@@ -41,8 +46,13 @@ impl SinkHandle {
         Self { tx }
     }
 
-    /// Commits a batch (records and offset in one transaction).
+    /// Commits a batch (records, state and offset in one transaction).
     pub async fn commit(&self, batch: SourceBatch) -> Result<(), SinkError> {
+        self.commit_located(batch).await.map(drop)
+    }
+
+    /// [`Self::commit`], answering where each record landed (see [`BatchAck`]).
+    pub async fn commit_located(&self, batch: SourceBatch) -> Result<Vec<Loc>, SinkError> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(SinkMsg::Batch { batch, ack })

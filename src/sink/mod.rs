@@ -17,8 +17,12 @@
 //! - `handle.rs`: the worker's end of the committer ([`SinkHandle`]) and what it can ask.
 //! - `committer.rs`: the loop that groups batches into transactions, with the heartbeat
 //!   for idle partitions' offsets, setting refused records aside.
-//! - `readback.rs`, `scan.rs`, `offsets_store.rs`: reading a topic to its end,
-//!   `read_committed`: the offsets at start, a partition's keys after a full resync.
+//! - `state.rs`: the state topic (`crate::live`): state records written with the records
+//!   they describe, the whole topic read at start.
+//! - `readback.rs`, `scan.rs`, `offsets_store.rs`: reading topics back, `read_committed`:
+//!   to their end (the offsets at start; a partition's live keys, once, when a worker
+//!   upgraded from a version without reconciliation state builds it), or the records at
+//!   given locations (the keys of tombstones).
 //!
 //! It knows nothing of Graph (it consumes [`crate::source::SourceBatch`]es) nor of the
 //! settings: `config` builds its [`SinkOptions`].
@@ -35,6 +39,7 @@ pub mod readback;
 pub mod records;
 mod refusals;
 pub mod scan;
+pub mod state;
 pub mod topics;
 
 use std::time::Duration;
@@ -87,6 +92,8 @@ pub struct SinkOptions {
     pub connector: String,
     pub topics: TopicNames,
     pub offsets_topic: String,
+    /// The compacted topic of each partition's live items (see `crate::live`).
+    pub state_topic: String,
     pub transaction_timeout: Duration,
     /// Records per transaction at most.
     pub max_batch_records: usize,
@@ -106,6 +113,7 @@ impl std::fmt::Debug for SinkOptions {
             .field("connector", &self.connector)
             .field("topics", &self.topics)
             .field("offsets_topic", &self.offsets_topic)
+            .field("state_topic", &self.state_topic)
             .finish_non_exhaustive()
     }
 }

@@ -88,11 +88,16 @@ pub struct Refused {
     pub message: String,
 }
 
-/// The producer's context: connection health, and refusals of the current transaction.
+/// The producer's context: connection health, refusals of the current transaction, and
+/// where its tagged records landed.
 #[derive(Default)]
 pub struct TxnContext {
     pub health: Arc<KafkaHealth>,
     refused: Mutex<Vec<Refused>>,
+    /// `(tag, partition, offset)` of each tagged record delivered in this transaction.
+    delivered: Mutex<Vec<(Tag, i32, i64)>>,
+    /// Tagged records whose delivery failed for another reason, and the last such error.
+    failed: Mutex<(usize, String)>,
 }
 
 impl ClientContext for TxnContext {
@@ -108,14 +113,25 @@ impl ProducerContext for TxnContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, r: &DeliveryResult<'_>, tag: usize) {
+        if let (Ok(m), false) = (r, tag == Tag::NONE.0) {
+            use rdkafka::Message as _;
+            self.delivered
+                .lock()
+                .push((Tag(tag), m.partition(), m.offset()));
+        }
         if let Err((e, _)) = r {
             let class = e.rdkafka_error_code().and_then(record_fault_class);
-            if let (Some(class), false) = (class, tag == Tag::NONE.0) {
-                self.refused.lock().push(Refused {
+            match (class, tag == Tag::NONE.0) {
+                (_, true) => {}
+                (Some(class), false) => self.refused.lock().push(Refused {
                     tag: Tag(tag),
                     class,
                     message: e.to_string(),
-                });
+                }),
+                (None, false) => {
+                    let mut f = self.failed.lock();
+                    *f = (f.0 + 1, e.to_string());
+                }
             }
         }
     }
@@ -148,7 +164,7 @@ impl TxnProducer {
     pub fn new(opts: &SinkOptions, health: Arc<KafkaHealth>) -> Result<Self, SinkError> {
         let ctx = TxnContext {
             health,
-            refused: Mutex::default(),
+            ..TxnContext::default()
         };
         let inner: Arc<BaseProducer<TxnContext>> = Arc::new(
             opts.producer_config()
@@ -211,6 +227,8 @@ impl TxnProducer {
 
     pub fn begin(&self) -> Result<(), SinkError> {
         self.inner.context().refused.lock().clear();
+        self.inner.context().delivered.lock().clear();
+        *self.inner.context().failed.lock() = (0, String::new());
         self.retrying(|p| p.inner.begin_transaction())
     }
 
@@ -290,6 +308,43 @@ impl TxnProducer {
             )),
             Err(other) => Err(other),
         }
+    }
+
+    /// Waits until `expected` tagged records of the transaction are delivered or failed (at
+    /// most the transaction timeout), then says where each delivered one landed. Records
+    /// refused for good are then in [`Self::refused_now`], other failures in
+    /// [`Self::failed_now`] (either way the transaction cannot commit).
+    pub fn delivered(&self, expected: usize) -> Result<Vec<(Tag, i32, i64)>, SinkError> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        let ctx = self.inner.context();
+        loop {
+            let failed = ctx.failed.lock().0;
+            let done = ctx.delivered.lock().len() + ctx.refused.lock().len() + failed;
+            if done >= expected {
+                return Ok(ctx.delivered.lock().clone());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(SinkError::Aborted(Reason::new(format!(
+                    "{done} of {expected} records delivered within {:?}",
+                    self.timeout
+                ))));
+            }
+            // Serves delivery reports here too, briefly: the poll thread serves them only
+            // every 50 ms, and a long poll here would wait on reports that thread served.
+            self.inner.poll(Duration::from_millis(5));
+        }
+    }
+
+    /// The records refused for good so far in this transaction (no waiting).
+    pub fn refused_now(&self) -> Vec<Refused> {
+        self.inner.context().refused.lock().clone()
+    }
+
+    /// Why records of this transaction failed delivery for another reason, if any did.
+    pub fn failed_now(&self) -> Option<SinkError> {
+        let (n, why) = self.inner.context().failed.lock().clone();
+        (n > 0)
+            .then(|| SinkError::Aborted(Reason::new(format!("{n} record(s) not delivered: {why}"))))
     }
 
     /// The connection health this producer reports into.

@@ -1,18 +1,20 @@
-//! Reading a topic from its beginning to its end as a `read_committed` consumer sees it:
-//! the offsets topic at start, and a partition's keys after a full resync. Blocking: call
-//! it off the async executor.
+//! Reading a topic as a `read_committed` consumer sees it: from its beginning to its end
+//! (the offsets and state topics at start, a partition's keys when its state is first
+//! built), or the records at given locations (the keys of tombstones). Blocking: call it
+//! off the async executor.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::health::HealthContext;
 use super::properties::reader_config;
+use crate::source::Loc;
 
 /// Why a topic could not be read to its end.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -110,4 +112,82 @@ fn plan(
         }
     }
     Ok((tpl, pending))
+}
+
+/// Past this many offsets to the next record wanted, seeking beats reading through.
+const SEEK_GAP: i64 = 500;
+
+/// The keys of the records of `topic` at `locs` (as a `read_committed` consumer sees them);
+/// a location whose record is not there (compacted away, or never written) is left out.
+/// Costs a read per location, or less where they are close together.
+pub fn keys_at(
+    config: &ClientConfig,
+    group: &str,
+    topic: &str,
+    locs: &[Loc],
+    timeout: Duration,
+) -> Result<HashMap<Loc, Vec<u8>>, ReadError> {
+    let err = |source| ReadError::Kafka {
+        topic: topic.to_string(),
+        source,
+    };
+    let mut want: BTreeMap<i32, VecDeque<i64>> = BTreeMap::new();
+    for (p, o) in locs.iter().filter_map(|l| l.get()) {
+        want.entry(p).or_default().push_back(o);
+    }
+    let mut out = HashMap::new();
+    if want.is_empty() {
+        return Ok(out);
+    }
+    let consumer: BaseConsumer<HealthContext> = reader_config(config, group)
+        .create_with_context(HealthContext::default())
+        .map_err(err)?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, offsets) in &mut want {
+        offsets.make_contiguous().sort_unstable();
+        let first = offsets.front().copied().unwrap_or(0);
+        tpl.add_partition_offset(topic, *p, Offset::Offset(first))
+            .map_err(err)?;
+    }
+    consumer.assign(&tpl).map_err(err)?;
+    let deadline = Instant::now() + timeout;
+    while !want.is_empty() {
+        if Instant::now() > deadline {
+            return Err(ReadError::Timeout(topic.to_string(), timeout));
+        }
+        let (p, o, key) = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                want.remove(&p);
+                continue;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(topic, error = %e, "consumer error while reading; going on");
+                continue;
+            }
+            Some(Ok(m)) => (m.partition(), m.offset(), m.key().map(<[u8]>::to_vec)),
+        };
+        let Some(offsets) = want.get_mut(&p) else {
+            continue;
+        };
+        while offsets.front().is_some_and(|w| *w < o) {
+            offsets.pop_front();
+        }
+        if offsets.front() == Some(&o) {
+            offsets.pop_front();
+            if let (Some(key), Some(l)) = (key, Loc::new(p, o)) {
+                out.insert(l, key);
+            }
+        }
+        match offsets.front().copied() {
+            None => {
+                want.remove(&p);
+            }
+            Some(next) if next - o > SEEK_GAP => consumer
+                .seek(topic, p, Offset::Offset(next), Duration::from_secs(10))
+                .map_err(err)?,
+            Some(_) => {}
+        }
+    }
+    Ok(out)
 }

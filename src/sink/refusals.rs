@@ -6,14 +6,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::handle::Ack;
+use super::handle::BatchAck;
 use super::producer::{Refused, Tag};
 use crate::source::{PartitionId, SourceBatch, SourceRecord};
 
 /// A batch waiting for its transaction, with the records to dead-letter instead of writing.
 pub(super) struct Pending {
     pub batch: SourceBatch,
-    pub ack: Ack,
+    pub ack: BatchAck,
     /// Record index → why Kafka refuses it.
     pub dead: HashMap<usize, Fault>,
 }

@@ -1,5 +1,5 @@
-//! Creating missing topics: the data topics and the offsets topic, all compacted, and the
-//! dead-letter topic.
+//! Creating missing topics: the data topics, the offsets topic and the state topic, all
+//! compacted, and the dead-letter topic.
 
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub async fn ensure_topics(
     let mut names: Vec<(&str, i32)> = opts.topics.all().iter().map(|t| (*t, partitions)).collect();
     // The offsets topic is small and read whole at start: one partition keeps that fast.
     names.push((&opts.offsets_topic, 1));
+    // The state topic is read whole at start too, but holds ~24 bytes per live item.
+    names.push((&opts.state_topic, partitions));
     names.sort();
     names.dedup();
     let mut new: Vec<NewTopic> = names

@@ -160,6 +160,7 @@ fn resync(shared: &Shared, r: Resync) -> Result<String, CommandError> {
 async fn alter_offsets(shared: &Shared, a: AlterOffsets) -> Result<String, CommandError> {
     need_stopped(shared)?;
     let AlterOffsets(writes) = a;
+    super::links::check_writes(&shared.spec.graph_host, &writes)?;
     shared
         .sink
         .write_offsets(writes.clone())

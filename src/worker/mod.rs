@@ -20,15 +20,21 @@
 //! - `status.rs`: [`WorkerStatus`], partition and connector states, task ids, the gauges.
 //! - `commands.rs`: operator commands, each read from its REST request.
 //! - `control.rs`: applying operator commands.
+//! - `links.rs`: offsets' links checked against their partition's route (from the offsets
+//!   topic at start, from `PATCH …/offsets`).
 //! - `supervisor.rs`: starting and stopping partition tasks.
 //! - `partition.rs`: a partition's loop.
+//! - `reconcile.rs`: a page reconciled with its partition's live items before its commit
+//!   (what is left out, what a round from scratch or a removed list tombstones).
 //! - `health.rs`: what `/readyz` reads, and the background Kafka check that keeps it current
 //!   (a task of the same `JoinSet`, ended by the same shutdown).
 
 mod commands;
 mod control;
 mod health;
+mod links;
 mod partition;
+mod reconcile;
 mod spec;
 mod status;
 mod supervisor;
@@ -55,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 use crate::graph::{GraphClient, GraphError, TokenProvider};
 use crate::metrics;
 use crate::sink::offsets_store::load_offsets;
+use crate::sink::state::load_state;
 use crate::sink::topics::ensure_topics;
 use crate::sink::{Committer, SinkError, SinkHandle};
 use crate::source::PartitionId;
@@ -106,6 +113,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Set when the sink failed fatally: the worker must stop with an error.
     fatal: Mutex<Option<SinkError>>,
+    /// Each partition's live items (see `reconcile.rs`).
+    states: reconcile::States,
 }
 
 /// Runs a worker until `shutdown` completes or Kafka fails fatally.
@@ -158,8 +167,22 @@ pub async fn run_with_status(
         spec.sink.connector.clone(),
         spec.offsets_load_timeout,
     );
-    let loaded =
+    let mut loaded =
         tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??;
+    // A link of another mailbox must never be followed under this partition's keys.
+    links::refuse_foreign(&spec.graph_host, &mut loaded);
+    // 3. And each partition's live items, committed with those offsets.
+    let t0 = std::time::Instant::now();
+    let (cfg, topic, name) = (
+        spec.sink.consumer_config(),
+        spec.sink.state_topic.clone(),
+        spec.sink.connector.clone(),
+    );
+    let state =
+        tokio::task::spawn_blocking(move || load_state(&cfg, &topic, &name, timeout)).await??;
+    let states = reconcile::States::new(state, &loaded);
+    let (partitions, items) = states.size();
+    metrics::state_loaded(partitions, items, t0.elapsed());
     status
         .offsets_loaded
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -169,16 +192,14 @@ pub async fn run_with_status(
         .extend(loaded.iter().map(|(k, v)| (k.clone(), v.clone())));
     tracing::info!(offsets = loaded.len(), partitions = spec.partitions.len(), transactional_id = %spec.sink.transactional_id, "worker starting");
 
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(spec.client.max_concurrency.max(1))
-        .build()
-        .map_err(WorkerError::HttpClient)?;
+    let http = crate::graph::http::client(&spec.client).map_err(WorkerError::HttpClient)?;
     let tokens = Arc::new(TokenProvider::new(
         http.clone(),
         spec.token_url.clone(),
         spec.client_id.clone(),
         &default_scope_host(&spec.graph_host),
         spec.credential.clone(),
+        &spec.client,
     ));
     let client = GraphClient::new(http, tokens, spec.client.clone());
     let shared = Arc::new(Shared {
@@ -190,6 +211,7 @@ pub async fn run_with_status(
         tasks: Mutex::new(JoinSet::new()),
         shutdown: CancellationToken::new(),
         fatal: Mutex::new(None),
+        states,
         spec,
     });
     // Should this future be dropped half-way, the tasks (which hold `shared`) go too.

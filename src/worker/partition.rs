@@ -1,21 +1,25 @@
-//! One partition's task: fetch a batch, commit it with its offset, move on; pace rounds.
+//! One partition's task: fetch a batch, reconcile it with the partition's live items,
+//! commit it with its offset and state, move on; pace rounds.
 //!
 //! The batches come complete from the Graph side (records, offset, and for To Do lists the
-//! task partitions their commit starts, runs and resets): the task commits them and carries
-//! out what they say. Its position moves only once a commit is acknowledged.
+//! task partitions their commit starts, runs and resets): the task reconciles them
+//! (`reconcile.rs`), commits them and carries out what they say. Its position and its live
+//! items move only once a commit is acknowledged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::graph::{GraphError, PartitionReader};
 use crate::metrics;
 use crate::sink::SinkError;
-use crate::source::{Op, PartitionId, PartitionKind, SourceBatch};
+use crate::source::{PartitionId, PartitionKind, SourceBatch};
 
+use super::reconcile::{reconcile, Reconciled, Slot};
 use super::{PartitionState, Shared};
 
 pub(super) async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
@@ -41,6 +45,8 @@ pub(super) fn jittered(base: Duration, jitter: f64) -> Duration {
 pub(super) trait Supervise: Sync {
     fn run(&self, partition: PartitionId);
     fn stop(&self, partition: &PartitionId);
+    /// Cancels a running partition; the token is cancelled once its task has ended.
+    fn halt(&self, partition: &PartitionId) -> Option<CancellationToken>;
 }
 
 pub(super) async fn partition_loop(
@@ -92,6 +98,8 @@ struct PartitionTask<'a> {
     cancel: &'a CancellationToken,
     supervisor: &'a dyn Supervise,
     id: Arc<PartitionId>,
+    /// The partition's live items (see `crate::live`).
+    slot: Arc<Mutex<Slot>>,
     /// Fetches failed in a row (throttled, failing past every retry, auth trouble).
     failures: u32,
     /// Transactions aborted in a row.
@@ -117,6 +125,7 @@ impl<'a> PartitionTask<'a> {
         reader.know_lists(shared.status.offsets.lock().keys());
         Self {
             id: reader.id.clone(),
+            slot: shared.states.slot(&reader.id),
             shared,
             reader,
             cancel,
@@ -150,8 +159,8 @@ impl<'a> PartitionTask<'a> {
                 self.prefetched = None;
             }
             let mut batch = step!(self.fetch().await);
-            step!(self.complete_resync(&mut batch).await);
-            let committed = step!(self.commit(batch).await);
+            let reconciled = step!(self.reconcile(&mut batch).await);
+            let committed = step!(self.commit(batch, reconciled).await);
             step!(self.pace(committed).await);
         }
     }
@@ -209,48 +218,41 @@ impl<'a> PartitionTask<'a> {
         }
     }
 
-    /// After the last page of a full resync: the partition's keys in Kafka are read back
-    /// and the reader adds tombstones for those the round no longer returned (and what they
-    /// mean for task partitions). If reading fails, the page is fetched again and the
-    /// comparison retried.
-    async fn complete_resync(&mut self, batch: &mut SourceBatch) -> Step {
-        if batch.full_resync_seen.is_none() {
-            return Step::Next(());
-        }
-        let p = batch.partition.clone();
-        let opts = self.shared.spec.sink.clone();
-        let topic = opts.topics.for_kind(p.kind()).to_string();
-        let prefix = p.key_prefix();
-        let read = tokio::task::spawn_blocking(move || {
-            crate::sink::scan::live_keys(&opts, &topic, &prefix, Duration::from_secs(120))
-        });
-        let why = match Box::pin(read).await {
-            Ok(Ok(live)) => {
-                self.reader.complete_full_resync(batch, live);
-                return Step::Next(());
+    /// Reconciles the batch with the partition's live items (see `reconcile.rs`). If that
+    /// fails (reading keys back from Kafka), the page is fetched again and reconciled anew.
+    async fn reconcile(&mut self, batch: &mut SourceBatch) -> Step<Reconciled> {
+        let done = Box::pin(reconcile(
+            self.shared,
+            self.reader,
+            &self.slot,
+            self.supervisor,
+            batch,
+        ))
+        .await;
+        match done {
+            Ok(r) => Step::Next(r),
+            Err(why) => {
+                tracing::warn!(partition = %self.id, error = %why, "reconciling a page with the partition's live items failed; retrying");
+                again_after(Duration::from_secs(1), self.cancel).await
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        tracing::warn!(partition = %self.id, error = %why, "reading back keys after a full resync failed; retrying");
-        again_after(Duration::from_secs(1), self.cancel).await
+        }
     }
 
     /// Hands the batch to the sink and waits for the acknowledgement; only then does the
     /// position move and are the batch's task partitions run or stopped. An aborted
     /// transaction leaves the position where it was: the page is fetched again after a
     /// backoff that grows while transactions keep failing.
-    async fn commit(&mut self, batch: SourceBatch) -> Step<Committed> {
-        let ids: Vec<(Op, String)> = batch.records.iter().map(|r| (r.op, r.id.clone())).collect();
+    async fn commit(&mut self, batch: SourceBatch, reconciled: Reconciled) -> Step<Committed> {
+        let Reconciled { plan, ids, removed } = reconciled;
         let offset = batch.offset.clone();
         let round = self.reader.offset().round;
         let done = Committed {
             round,
-            records: ids.len() as u64,
+            records: batch.records.len() as u64,
             round_done: offset.round > round,
         };
         let shared = self.shared;
-        if batch.records.is_empty() && batch.resets.is_empty() {
+        if batch.records.is_empty() && batch.resets.is_empty() && batch.state.is_empty() {
             if Box::pin(shared.sink.idle(self.id.clone(), offset.clone()))
                 .await
                 .is_err()
@@ -279,13 +281,19 @@ impl<'a> PartitionTask<'a> {
                         _ = cancel.cancelled() => None,
                     }
                 };
-                Box::pin(async { tokio::join!(shared.sink.commit(batch), fetch) }).await
+                Box::pin(async { tokio::join!(shared.sink.commit_located(batch), fetch) }).await
             }
-            None => (Box::pin(shared.sink.commit(batch)).await, None),
+            None => (Box::pin(shared.sink.commit_located(batch)).await, None),
         };
         match committed {
-            Ok(()) => {
+            Ok(locs) => {
                 self.aborts = 0;
+                if let (Some(plan), Slot::Known(live)) = (&plan, &mut *self.slot.lock()) {
+                    live.apply(plan, &locs);
+                }
+                for p in &removed {
+                    shared.states.remove(p);
+                }
                 shared
                     .status
                     .offsets

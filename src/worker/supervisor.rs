@@ -141,6 +141,13 @@ impl Supervise for Supervisor<'_> {
     fn stop(&self, partition: &PartitionId) {
         stop_partition(self.0, partition);
     }
+
+    fn halt(&self, partition: &PartitionId) -> Option<CancellationToken> {
+        self.0.tracked.lock().get(partition).map(|t| {
+            t.cancel.cancel();
+            t.ended.clone()
+        })
+    }
 }
 
 pub(super) fn stop_partition(shared: &Shared, id: &PartitionId) {

@@ -160,6 +160,8 @@ fn fault(kind: FaultKind, probability: f64) -> FaultSpec {
         count: None,
         retry_after: Some(0.2),
         delay_ms: Some(300),
+        location: None,
+        body_bytes: None,
     }
 }
 
@@ -366,12 +368,30 @@ async fn chaos(long: Option<Duration>) {
     totals.records_checked = records.len();
     totals.partitions_checked = all_partitions(&sim, WINDOW).len();
     let dups = duplicates(&records);
+    // Rounds restarted from scratch repeat nothing either (reconciliation state): no upsert
+    // of the same content twice, resync or not.
+    let resyncs = records
+        .iter()
+        .filter(|r| r.headers.contains_key("graph-cdc.resync"))
+        .count();
+    let repeats = {
+        let mut seen = std::collections::HashSet::new();
+        records
+            .iter()
+            .filter(|r| {
+                r.value
+                    .as_ref()
+                    .is_some_and(|v| !seen.insert((r.key.clone(), v.clone())))
+            })
+            .count()
+    };
     let faults: u64 = totals.faults.values().sum();
     println!(
         "chaos ({mode}, {secs} s): worker kills {kills}, worker launches {launches}, \
          unplanned worker exits {exits}, broker restarts {restarts}, broker unreachable {unreach} s, \
          fenced workers {fenced}, Graph faults injected {faults} {by_kind:?}, mutations {muts}, \
-         partitions checked {parts}, records checked {recs}, mismatches 0, duplicates {dups}",
+         partitions checked {parts}, records checked {recs} (of a resync {resyncs}), mismatches 0, \
+         duplicates {dups}, repeated upserts {repeats}",
         mode = if long.is_some() { "long" } else { "short" },
         secs = started.elapsed().as_secs(),
         kills = totals.worker_kills,
@@ -390,6 +410,7 @@ async fn chaos(long: Option<Duration>) {
         println!("  unplanned exit: {e}");
     }
     assert_eq!(dups, Vec::<String>::new(), "committed twice");
+    assert_eq!(repeats, 0, "an upsert of the same content committed twice");
     assert!(totals.mutations > 100, "changes kept coming");
     assert!(faults > 0, "Graph faults fired");
     assert!(totals.broker_restarts + totals.broker_unreachable_s > 0 || long.is_some());

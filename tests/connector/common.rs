@@ -77,6 +77,8 @@ pub fn truth(sim: &SimServer, p: &PartitionId) -> BTreeMap<Vec<u8>, Value> {
         end,
         list,
         timezone: None,
+        // Immutable ids, as the worker asks for them by default (`graph.immutable_ids`).
+        id_type: None,
     };
     let (q, pres) = truth_query(&sim.state, &params).expect("truth query");
     sim.state
@@ -322,6 +324,7 @@ max_backoff = "500ms"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 offsets_topic = "{offsets}"
+state_topic = "{state}"
 worker_id = "w"
 topic_partitions = 3
 [kafka.topics]
@@ -350,6 +353,7 @@ users = {users:?}
         host = spec.graph_host,
         bootstrap = spec.sink.bootstrap_servers,
         offsets = spec.sink.offsets_topic,
+        state = spec.sink.state_topic,
         events = t.events,
         calendars = t.calendars,
         lists = t.task_lists,

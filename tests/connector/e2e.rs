@@ -143,6 +143,8 @@ async fn batched_polls_converge_and_fall_back_per_item() {
         count: None,
         retry_after: Some(0.05),
         delay_ms: None,
+        location: None,
+        body_bytes: None,
     };
     sim.state.add_fault(f(FaultKind::Throttle, 0.1));
     sim.state.add_fault(f(FaultKind::Gone, 0.02));
@@ -209,6 +211,8 @@ async fn graph_faults_do_not_lose_changes() {
         count: None,
         retry_after: Some(0.05),
         delay_ms: Some(50),
+        location: None,
+        body_bytes: None,
     };
     sim.state.add_fault(f(FaultKind::Throttle, 0.15));
     sim.state.add_fault(f(FaultKind::Unavailable, 0.05));

@@ -77,6 +77,8 @@ async fn readyz_turns_503_while_graph_fails_past_its_window_and_recovers() {
         count: None,
         retry_after: None,
         delay_ms: None,
+        location: None,
+        body_bytes: None,
     });
     wait_readyz(&ops.url, Duration::from_secs(30), |code, reasons| {
         code == 503

@@ -172,7 +172,10 @@ async fn refused(
         .topics
         .all()
         .into_iter()
-        .chain([spec.sink.offsets_topic.as_str()])
+        .chain([
+            spec.sink.offsets_topic.as_str(),
+            spec.sink.state_topic.as_str(),
+        ])
         .collect();
     for t in md.topics() {
         assert!(!mine.contains(&t.name()), "topic {} was created", t.name());

@@ -58,6 +58,7 @@ pub fn settings(graph_url: &str, bootstrap: &str, run: &str) -> Settings {
     k.bootstrap_servers = bootstrap.into();
     k.worker_id = Some("0".into());
     k.offsets_topic = format!("offsets-{run}");
+    k.state_topic = format!("state-{run}");
     k.topics.events = format!("events-{run}");
     k.topics.calendars = format!("calendars-{run}");
     k.topics.task_lists = format!("lists-{run}");

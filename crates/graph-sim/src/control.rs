@@ -18,6 +18,7 @@ use super::faults::FaultSpec;
 use super::generate::{GenerateSpec, MutateSpec};
 use super::model::{Client, EventPatch, EventSpec, NameSpec, OccurrencePatch, TaskSpec, UserSpec};
 use super::present::{parse_zone, Presentation};
+use super::quirks::MailboxQuirks;
 use super::{SimError, SimState};
 
 type S = State<Arc<SimState>>;
@@ -53,7 +54,12 @@ pub fn router() -> Router<Arc<SimState>> {
         .route("/users/{user}/calendars/{cal}/events", post(create_event))
         .route(
             "/users/{user}/events/{id}",
-            patch(update_event).delete(delete_event),
+            get(get_event).patch(update_event).delete(delete_event),
+        )
+        .route("/users/{user}/events/{id}/move", post(move_event))
+        .route(
+            "/users/{user}/quirks",
+            get(get_quirks).put(put_quirks).delete(clear_quirks),
         )
         .route(
             "/users/{user}/events/{id}/occurrences/{index}",
@@ -154,11 +160,34 @@ async fn create_event(
     Path((user, cal)): Path<(String, String)>,
     b: Option<Json<Value>>,
 ) -> R {
-    let id = sim
-        .store
-        .write()
-        .create_event(&user, &cal, body::<EventSpec>(b)?)?;
-    created(id)
+    let mut store = sim.store.write();
+    let id = store.create_event(&user, &cal, body::<EventSpec>(b)?)?;
+    let ids = store.event_ids(&user, &id)?;
+    Ok((StatusCode::CREATED, Json(ids)).into_response())
+}
+
+async fn get_event(State(sim): S, Path((user, id)): Path<(String, String)>) -> R {
+    ok(json!(sim.store.read().event_ids(&user, &id)?))
+}
+
+/// `POST …/events/{id}/move {"calendar": "<id or primary>"}`: a new regular id, the same
+/// immutable one.
+async fn move_event(
+    State(sim): S,
+    Path((user, id)): Path<(String, String)>,
+    b: Option<Json<Value>>,
+) -> R {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct M {
+        calendar: String,
+    }
+    let m: M = body(b)?;
+    ok(json!(sim.store.write().move_event(
+        &user,
+        &id,
+        &m.calendar
+    )?))
 }
 
 async fn update_event(
@@ -187,11 +216,49 @@ async fn update_occurrence(
     ok(json!({"ok": true}))
 }
 
+/// `?reported=false` deletes it as Graph does: no delta round reports it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OccurrenceDelete {
+    #[serde(default = "yes")]
+    reported: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 async fn delete_occurrence(
     State(sim): S,
     Path((user, id, index)): Path<(String, String, u32)>,
+    QueryParams(q): QueryParams<OccurrenceDelete>,
 ) -> R {
-    sim.store.write().delete_occurrence(&user, &id, index)?;
+    let mut store = sim.store.write();
+    if q.reported {
+        store.delete_occurrence(&user, &id, index)?;
+    } else {
+        store.delete_occurrence_unreported(&user, &id, index)?;
+    }
+    ok(json!({"ok": true}))
+}
+
+async fn get_quirks(State(sim): S, Path(user): Path<String>) -> R {
+    let id = sim.store.read().user(&user)?.id.clone();
+    let q = sim.quirks.read().get(&id).cloned().unwrap_or_default();
+    ok(json!(q))
+}
+
+async fn put_quirks(State(sim): S, Path(user): Path<String>, b: Option<Json<Value>>) -> R {
+    let q: MailboxQuirks = body(b)?;
+    q.validate()?;
+    let id = sim.store.read().user(&user)?.id.clone();
+    sim.quirks.write().insert(id, q.clone());
+    ok(json!(q))
+}
+
+async fn clear_quirks(State(sim): S, Path(user): Path<String>) -> R {
+    let id = sim.store.read().user(&user)?.id.clone();
+    sim.quirks.write().remove(&id);
     ok(json!({"ok": true}))
 }
 
@@ -321,7 +388,7 @@ async fn patch_settings(State(sim): S, b: Option<Json<Value>>) -> R {
     ok(json!(*sim.settings.read()))
 }
 
-/// `GET /_sim/truth?user=..&kind=calendar_view&calendar=primary&start=..&end=..&timezone=..`
+/// `GET /_sim/truth?user=..&kind=calendar_view&calendar=primary&start=..&end=..&timezone=..&id_type=..`
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TruthParams {
@@ -337,6 +404,10 @@ pub struct TruthParams {
     pub list: Option<String>,
     #[serde(default)]
     pub timezone: Option<String>,
+    /// `immutable` (default: what a client sending `Prefer: IdType="ImmutableId"`, as
+    /// graph-cdc does by default, stores) or `regular` (what every other client stores).
+    #[serde(default)]
+    pub id_type: Option<String>,
 }
 
 /// Builds the query a truth request describes.
@@ -372,13 +443,26 @@ pub fn truth_query(sim: &SimState, p: &TruthParams) -> Result<(Query, Presentati
         Some(z) => parse_zone(z)?,
         None => None,
     };
+    let immutable_ids = match p.id_type.as_deref() {
+        None | Some("immutable") => true,
+        Some("regular") => false,
+        Some(t) => {
+            return Err(SimError::BadRequest(format!(
+                "unknown id_type '{t}' (immutable or regular)"
+            )))
+        }
+    };
     Ok((
         Query {
             user,
             resource,
             select: None,
         },
-        Presentation { tz, select: None },
+        Presentation {
+            tz,
+            select: None,
+            immutable_ids,
+        },
     ))
 }
 

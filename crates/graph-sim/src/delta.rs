@@ -1,19 +1,20 @@
-//! Delta rounds: server-side state tokens and page assembly.
+//! Delta rounds: page assembly and the truth.
 //!
 //! A round covers the items whose change stamp lies in `(since, upto]`; `upto` is the
 //! store's stamp when the round started, so changes made during a round are left for the
-//! next one (whose `since` is this round's `upto`). Tokens are random strings naming a
-//! server-side [`TokenState`]; links carry nothing else, as Graph's are opaque to clients.
+//! next one (whose `since` is this round's `upto`). The server-side state behind links is in
+//! `tokens.rs`.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 use rand::Rng;
 
-use super::model::{Collection, Item, Seq, Slot, Store};
+use super::model::{Collection, IdAlias, Item, Slot, Store};
 use super::present::Presentation;
 use super::SimError;
+
+pub use super::tokens::{Cursor, Lookup, TokenState, TokenTable};
 
 /// What a delta request tracks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,118 +72,11 @@ pub struct Query {
     pub select: Option<Vec<String>>,
 }
 
-/// Position inside a round: the item `(seq, id)` and how many of its records were sent.
-#[derive(Debug, Clone)]
-pub struct Cursor {
-    pub seq: Seq,
-    pub id: Arc<str>,
-    pub done: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct TokenState {
-    pub query: Arc<Query>,
-    /// The request path the links are built on (`/v1.0/users/…/delta`).
-    pub path: Arc<str>,
-    /// The initial request, for the `Location` header of a 410.
-    pub initial_url: Arc<str>,
-    pub since: Seq,
-    pub upto: Seq,
-    pub initial: bool,
-    /// Set for skip tokens (mid-round); `None` for delta tokens.
-    pub cursor: Option<Cursor>,
-    /// An item sent earlier this round that may be sent again (replay simulation).
-    pub replay: Option<Arc<str>>,
-}
-
-enum Token {
-    Live(TokenState),
-    /// Evicted by a fault or the control API: answers 410 with this `Location`.
-    Evicted(Arc<str>),
-}
-
-/// All tokens handed out, oldest first, bounded like Outlook's sync-state cache.
-#[derive(Default)]
-pub struct TokenTable {
-    tokens: HashMap<String, Token>,
-    order: VecDeque<String>,
-}
-
-/// Result of looking up a token.
-pub enum Lookup {
-    Found(TokenState),
-    /// Known to have been evicted: answer 410 with the initial request as `Location`.
-    Gone(Arc<str>),
-    /// Never issued or dropped from the cache: 410 without `Location`.
-    Unknown,
-}
-
-impl TokenTable {
-    pub fn issue(&mut self, state: TokenState, capacity: usize) -> String {
-        let token = new_token();
-        while self.order.len() >= capacity.max(1) {
-            if let Some(old) = self.order.pop_front() {
-                self.tokens.remove(&old);
-            }
-        }
-        self.order.push_back(token.clone());
-        self.tokens.insert(token.clone(), Token::Live(state));
-        token
-    }
-
-    pub fn lookup(&self, token: &str) -> Lookup {
-        match self.tokens.get(token) {
-            Some(Token::Live(s)) => Lookup::Found(s.clone()),
-            Some(Token::Evicted(loc)) => Lookup::Gone(loc.clone()),
-            None => Lookup::Unknown,
-        }
-    }
-
-    /// Evicts one token (a `410` fault on it).
-    pub fn evict(&mut self, token: &str) {
-        if let Some(t) = self.tokens.get_mut(token) {
-            if let Token::Live(s) = t {
-                *t = Token::Evicted(s.initial_url.clone());
-            }
-        }
-    }
-
-    /// Evicts every token of a user (by id), or all tokens; returns how many.
-    pub fn evict_user(&mut self, user: Option<&str>) -> usize {
-        let mut n = 0;
-        for t in self.tokens.values_mut() {
-            if let Token::Live(s) = t {
-                if user.is_none_or(|u| u == s.query.user) {
-                    *t = Token::Evicted(s.initial_url.clone());
-                    n += 1;
-                }
-            }
-        }
-        n
-    }
-
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
-}
-
-fn new_token() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut rng = rand::rng();
-    (0..48)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
-/// One record of a page.
+/// One record of a page, with the item's regular id when it has one (`model::IdAlias`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Upsert(Arc<str>),
-    Removed(Arc<str>),
+    Upsert(Arc<str>, Option<Arc<IdAlias>>),
+    Removed(Arc<str>, Option<Arc<IdAlias>>),
 }
 
 /// What a page request produced.
@@ -195,12 +89,30 @@ pub struct Page {
 }
 
 /// How a page is cut.
+#[derive(Debug, Clone)]
 pub struct PageParams {
     pub size: usize,
     /// Index entries examined at most before an (empty) page is returned anyway.
     pub scan_limit: usize,
     pub replay_probability: f64,
     pub empty_page_probability: f64,
+    /// Never split an item's records (a series and its instances) over two pages, even when
+    /// the page grows past `size` ("Series won't be split on multiple delta pages",
+    /// microsoftgraph/microsoft-graph-docs PR 4501; pages larger than `odata.maxpagesize`
+    /// when a recurring master expands, msgraph-sdk-dotnet issues 3070 and 1568).
+    pub whole_items: bool,
+}
+
+impl Default for PageParams {
+    fn default() -> Self {
+        Self {
+            size: 10,
+            scan_limit: 5000,
+            replay_probability: 0.0,
+            empty_page_probability: 0.0,
+            whole_items: false,
+        }
+    }
 }
 
 /// Builds one page of the round described by `state`.
@@ -240,21 +152,23 @@ fn item_records<T: Item>(
     window: Option<(NaiveDateTime, NaiveDateTime)>,
     out: &mut Vec<Record>,
 ) {
+    let alias = slot.alias();
+    let removed = |id: &Arc<str>| Record::Removed(id.clone(), alias.cloned());
     match slot {
         Slot::Live(item) => {
             for inst in item.instances() {
                 if inst.overlaps(window) {
-                    out.push(Record::Upsert(inst.json.clone()));
+                    out.push(Record::Upsert(inst.json.clone(), alias.cloned()));
                 } else if !initial {
                     // Graph reports changes outside a calendar view's window as deletions.
-                    out.push(Record::Removed(inst.id.clone()));
+                    out.push(removed(&inst.id));
                 }
             }
             if !initial {
-                out.extend(gone.iter().cloned().map(Record::Removed));
+                out.extend(gone.iter().map(removed));
             }
         }
-        Slot::Deleted(ids) if !initial => out.extend(ids.iter().cloned().map(Record::Removed)),
+        Slot::Deleted(t) if !initial => out.extend(t.ids.iter().map(removed)),
         Slot::Deleted(_) => {}
     }
 }
@@ -286,7 +200,11 @@ fn page_of<T: Item>(
             if let Some(e) = coll.entries.get(id) {
                 if matches!(e.slot, Slot::Live(_)) {
                     item_records(&e.slot, &e.gone, state.initial, window, &mut scratch);
-                    records.extend(scratch.drain(..).filter(|r| matches!(r, Record::Upsert(_))));
+                    records.extend(
+                        scratch
+                            .drain(..)
+                            .filter(|r| matches!(r, Record::Upsert(..))),
+                    );
                 }
             }
         }
@@ -321,7 +239,8 @@ fn page_of<T: Item>(
             0
         };
         for (sent, r) in (already..).zip(scratch.drain(..).skip(already)) {
-            if records.len() >= p.size {
+            // A full page ends here, unless items stay whole and this one has begun.
+            if records.len() >= p.size && !(p.whole_items && sent > already) {
                 return Page {
                     records,
                     next: Some(Cursor {
@@ -332,7 +251,7 @@ fn page_of<T: Item>(
                     replay,
                 };
             }
-            if replay.is_none() && matches!(r, Record::Upsert(_)) {
+            if replay.is_none() && matches!(r, Record::Upsert(..)) {
                 replay = Some(id.clone());
             }
             records.push(r);
@@ -366,10 +285,14 @@ pub fn truth(
     let user = store.user(&q.user)?;
     let window = q.resource.window();
     let mut out = std::collections::BTreeMap::new();
-    let mut add = |insts: &[super::model::Instance]| {
-        for i in insts {
+    let mut add = |item: &dyn Item| {
+        let alias = item.alias().map(|a| &**a);
+        for i in item.instances() {
             if i.overlaps(window) {
-                out.insert(i.id.to_string(), pres.apply(&i.json).into_owned());
+                out.insert(
+                    pres.id(&i.id, alias).into_owned(),
+                    pres.apply(&i.json, alias).into_owned(),
+                );
             }
         }
     };
@@ -380,17 +303,17 @@ pub fn truth(
                 Some(c) => store.calendar_id(&q.user, c)?,
             };
             if let Some(coll) = user.events.get(&cal) {
-                coll.live().for_each(|e| add(e.instances()));
+                coll.live().for_each(|e| add(e));
             }
         }
-        Resource::CalendarList => user.calendars.live().for_each(|e| add(e.instances())),
-        Resource::TaskLists => user.lists.live().for_each(|e| add(e.instances())),
+        Resource::CalendarList => user.calendars.live().for_each(|e| add(e)),
+        Resource::TaskLists => user.lists.live().for_each(|e| add(e)),
         Resource::Tasks { list } => {
             let coll = user
                 .tasks
                 .get(list.as_str())
                 .ok_or_else(|| SimError::NotFound(format!("task list {list}")))?;
-            coll.live().for_each(|e| add(e.instances()));
+            coll.live().for_each(|e| add(e));
         }
     }
     Ok(out)

@@ -34,6 +34,15 @@ pub enum FaultKind {
     Slow,
     /// The access token is treated as expired: `401 InvalidAuthenticationToken`.
     Unauthorized,
+    /// `307 Temporary Redirect` to `location`. Graph never redirects delta requests; a
+    /// proxy or a misconfigured host does, and a client that follows a 307 from the token
+    /// endpoint posts its client secret again, to wherever `Location` points (RFC 9110
+    /// §15.4.8: the method and body are kept). Also on the token endpoint.
+    Redirect,
+    /// `200` with a body of `body_bytes` bytes (default 256 MiB) whose length is not
+    /// announced: the answer (page or token) followed by whitespace, valid JSON a client
+    /// without a cap would try to hold whole. Also on the token endpoint.
+    Oversized,
 }
 
 /// Which requests of a round a rule applies to.
@@ -48,6 +57,9 @@ pub enum LinkKind {
     Delta,
 }
 
+/// The `endpoint` of token requests: rules apply to them only when they name it.
+pub const TOKEN_ENDPOINT: &str = "token";
+
 /// A fault rule, as posted to `/_sim/faults`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,7 +68,8 @@ pub struct FaultSpec {
     /// Only this user's requests (id or UPN); every user when absent.
     #[serde(default)]
     pub user: Option<String>,
-    /// Only this endpoint: `calendar_view`, `calendar_list`, `task_lists`, `tasks`.
+    /// Only this endpoint: `calendar_view`, `calendar_list`, `task_lists`, `tasks`, or
+    /// `token` (the token endpoint, which only rules naming it apply to).
     #[serde(default)]
     pub endpoint: Option<String>,
     /// Only this kind of request.
@@ -74,6 +87,12 @@ pub struct FaultSpec {
     /// Delay for `slow`, in milliseconds.
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// Where `redirect` points (default `https://redirect.invalid/`).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Size of an `oversized` body, in bytes.
+    #[serde(default)]
+    pub body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,7 +158,10 @@ impl Faults {
                     || u == req.user_id
                     || r.user_id.as_deref() == Some(req.user_id)
             });
-            let endpoint_ok = s.endpoint.as_deref().is_none_or(|e| e == req.endpoint);
+            let endpoint_ok = match s.endpoint.as_deref() {
+                Some(e) => e == req.endpoint,
+                None => req.endpoint != TOKEN_ENDPOINT,
+            };
             let link_ok = s.on.is_none_or(|l| l == req.link);
             // A 410 needs a token to evict.
             let applicable = !(s.kind == FaultKind::Gone && req.link == LinkKind::Initial);
@@ -261,6 +283,8 @@ mod tests {
             count: None,
             retry_after: None,
             delay_ms: None,
+            location: None,
+            body_bytes: None,
         }
     }
 
@@ -308,6 +332,31 @@ mod tests {
             .filter(|_| f.check(&req(LinkKind::Next)).is_some())
             .count();
         assert!((800..1200).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn token_requests_match_only_rules_naming_the_token_endpoint() {
+        let mut f = Faults::default();
+        f.add(spec(FaultKind::Throttle), None);
+        let token = RequestInfo {
+            user_id: "",
+            upn: "",
+            endpoint: TOKEN_ENDPOINT,
+            link: LinkKind::Initial,
+        };
+        assert!(f.check(&token).is_none(), "a rule for every Graph request");
+        assert!(f.check(&req(LinkKind::Next)).is_some());
+        f.add(
+            FaultSpec {
+                endpoint: Some(TOKEN_ENDPOINT.into()),
+                location: Some("http://127.0.0.1:9/".into()),
+                ..spec(FaultKind::Redirect)
+            },
+            None,
+        );
+        let fired = f.check(&token).expect("the token rule");
+        assert_eq!(fired.kind, FaultKind::Redirect);
+        assert_eq!(fired.location.as_deref(), Some("http://127.0.0.1:9/"));
     }
 
     #[test]

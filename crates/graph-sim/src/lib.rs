@@ -8,8 +8,9 @@
 //! of a partition, which a correct compacted topic must equal.
 //!
 //! ```text
-//!   model.rs    mailboxes, items, change stamps      delta.rs   tokens, rounds, pages
-//!   present.rs  time zones and $select               auth.rs    token endpoint
+//!   model.rs    mailboxes, items, change stamps      delta.rs   rounds, pages, the truth
+//!   tokens.rs   sync state: tokens and generations   quirks.rs  per-mailbox paging quirks
+//!   present.rs  time zones, $select, id types        auth.rs    token endpoint
 //!   faults.rs   fault rules and mailbox limits       http.rs    Graph routes
 //!   control.rs  /_sim control API                    generate.rs bulk data and mutations
 //! ```
@@ -22,7 +23,9 @@ pub mod generate;
 pub mod http;
 pub mod model;
 pub mod present;
+pub mod quirks;
 pub mod text;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +60,18 @@ pub struct SimSettings {
     pub budget_window_secs: u64,
     /// State tokens kept; older ones are forgotten (then `410` without `Location`).
     pub token_cache_capacity: usize,
+    /// Generations of sync state kept per chain (0: all): a link older than the newest this
+    /// many answers `410 SyncStateNotFound` (3: "generation=149;[highest=157][157][155][156]",
+    /// microsoftgraph/microsoft-graph-docs issue 2350; see `tokens.rs`).
+    pub sync_state_generations: usize,
+    /// Which `410` answers carry a `Location` header (see [`GoneLocation`]).
+    pub gone_location: GoneLocation,
+    /// A calendar view's link sent with another `Prefer: IdType` than its chain started
+    /// with answers `410 SyncStateInvalid`, as reported in alcionai/corso PR 3176. Off by
+    /// default: Graph documents links as "compatible with both ID formats, so your
+    /// application does not need to re-synchronize" (concepts/outlook-immutable-id.md,
+    /// Immutable ID with delta query).
+    pub id_type_bound_links: bool,
     /// Probability that a page repeats an item already sent in the round.
     pub replay_probability: f64,
     /// Probability that a page is empty but still carries a nextLink.
@@ -79,6 +94,9 @@ impl Default for SimSettings {
             mailbox_budget: 10_000,
             budget_window_secs: 600,
             token_cache_capacity: 1_000_000,
+            sync_state_generations: 3,
+            gone_location: GoneLocation::Documented,
+            id_type_bound_links: false,
             replay_probability: 0.0,
             empty_page_probability: 0.0,
             default_page_size: 10,
@@ -87,6 +105,27 @@ impl Default for SimSettings {
             public_url: None,
         }
     }
+}
+
+/// Which `410 Gone` answers name the initial request in a `Location` header.
+///
+/// Graph documents a "synchronization reset" as "a response code of 410 (gone) and a Location
+/// header containing a request URL with an empty $deltaToken" (concepts/delta-query-overview.md,
+/// Synchronization reset), while an Outlook token that fell out of its sync state answers 410
+/// `SyncStateNotFound` with no `Location` (the response quoted in
+/// microsoftgraph/microsoft-graph-docs issue 2350 has only `request-id`, `client-request-id`,
+/// `x-ms-ags-diagnostic` and `duration` headers). A client must handle both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoneLocation {
+    /// Resets (the `gone` fault, `/_sim/evict`) carry it; expired generations, tokens the
+    /// cache dropped and id-type changes do not.
+    #[default]
+    Documented,
+    /// Every 410 whose initial request is known carries it.
+    Always,
+    /// No 410 carries it.
+    Never,
 }
 
 /// Request counters, readable at `/_sim/stats`.
@@ -128,6 +167,8 @@ pub struct SimState {
     pub mailboxes: faults::Mailboxes,
     pub stats: Mutex<Stats>,
     pub settings: RwLock<SimSettings>,
+    /// Per-mailbox paging quirks, by user id.
+    pub quirks: RwLock<quirks::Quirks>,
 }
 
 impl SimState {

@@ -1,7 +1,10 @@
-//! Per-request presentation of stored item JSON: `Prefer: outlook.timezone` and `$select`.
+//! Per-request presentation of stored item JSON: `Prefer: outlook.timezone`, `$select` and
+//! `Prefer: IdType="ImmutableId"`.
 //!
-//! Items are stored rendered in UTC with every property; the fast path hands those bytes out
-//! unchanged, and only requests asking for another time zone or a projection pay a re-parse.
+//! Items are stored rendered in UTC with every property and with immutable ids; the fast
+//! path hands those bytes out unchanged. Requests for regular ids pay one substring
+//! replacement per Outlook event, and only requests asking for another time zone or a
+//! projection pay a re-parse.
 
 use std::borrow::Cow;
 
@@ -9,7 +12,7 @@ use chrono::NaiveDateTime;
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
-use super::model::graph_time;
+use super::model::{graph_time, IdAlias};
 use super::SimError;
 
 /// How items are shown to one request.
@@ -19,6 +22,9 @@ pub struct Presentation {
     pub tz: Option<(Tz, String)>,
     /// Properties to keep (besides `id` and OData annotations).
     pub select: Option<Vec<String>>,
+    /// `Prefer: IdType="ImmutableId"`: Outlook events keep their immutable ids; without it
+    /// they show their regular ids, as Graph's default is.
+    pub immutable_ids: bool,
 }
 
 /// Windows zone names Outlook uses, mapped to IANA zones.
@@ -58,13 +64,30 @@ impl Presentation {
         self.tz.is_none() && self.select.is_none()
     }
 
-    /// The item as this request sees it.
-    pub fn apply<'a>(&self, json: &'a str) -> Cow<'a, str> {
-        if self.is_plain() {
-            return Cow::Borrowed(json);
+    /// An id (an instance's or a removed item's) as this request sees it.
+    pub fn id<'a>(&self, id: &'a str, alias: Option<&IdAlias>) -> Cow<'a, str> {
+        match alias {
+            Some(a) if !self.immutable_ids => a.to_regular(id),
+            _ => Cow::Borrowed(id),
         }
+    }
+
+    /// The item as this request sees it.
+    pub fn apply<'a>(&self, json: &'a str, alias: Option<&IdAlias>) -> Cow<'a, str> {
+        let json = self.id(json, alias);
+        if self.is_plain() {
+            return json;
+        }
+        match self.fields(&json) {
+            Some(s) => Cow::Owned(s),
+            None => json,
+        }
+    }
+
+    /// Time zone and projection applied; `None` when the JSON is not an object.
+    fn fields(&self, json: &str) -> Option<String> {
         let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(json) else {
-            return Cow::Borrowed(json);
+            return None;
         };
         if let Some((tz, name)) = &self.tz {
             for key in ["start", "end", "dueDateTime", "completedDateTime"] {
@@ -82,7 +105,7 @@ impl Presentation {
                 .filter(|(k, _)| keep(k))
                 .collect::<Map<_, _>>();
         }
-        Cow::Owned(Value::Object(obj).to_string())
+        Some(Value::Object(obj).to_string())
     }
 }
 
@@ -106,20 +129,48 @@ mod tests {
     fn converts_windows_zone_names_and_projects() {
         let p = Presentation {
             tz: parse_zone("\"Pacific Standard Time\"").unwrap(),
-            select: None,
+            ..Default::default()
         };
         let out = p.apply(
             r#"{"id":"1","start":{"dateTime":"2024-01-10T20:00:00.0000000","timeZone":"UTC"}}"#,
+            None,
         );
         assert!(out.contains("2024-01-10T12:00:00.0000000"), "{out}");
         assert!(out.contains("Pacific Standard Time"));
         assert!(parse_zone("Not/AZone").is_err());
         assert!(parse_zone("UTC").unwrap().is_none());
         let s = Presentation {
-            tz: None,
             select: Some(vec!["title".into()]),
+            ..Default::default()
         };
-        let out = s.apply(r#"{"@odata.etag":"x","id":"1","title":"t","status":"s"}"#);
+        let out = s.apply(
+            r#"{"@odata.etag":"x","id":"1","title":"t","status":"s"}"#,
+            None,
+        );
         assert_eq!(out, r#"{"@odata.etag":"x","id":"1","title":"t"}"#);
+    }
+
+    #[test]
+    fn regular_ids_replace_immutable_ones_unless_asked_for() {
+        let alias = IdAlias {
+            immutable: "AAkALgX=".into(),
+            regular: "AAMkAGY=".into(),
+        };
+        let json = r#"{"id":"AAkALgX=_20260101T100000","seriesMasterId":"AAkALgX="}"#;
+        let regular = Presentation::default();
+        assert_eq!(
+            regular.apply(json, Some(&alias)),
+            r#"{"id":"AAMkAGY=_20260101T100000","seriesMasterId":"AAMkAGY="}"#
+        );
+        assert_eq!(regular.id("AAkALgX=", Some(&alias)), "AAMkAGY=");
+        assert_eq!(regular.apply(json, None), json, "no alias, nothing to swap");
+        let immutable = Presentation {
+            immutable_ids: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            immutable.apply(json, Some(&alias)),
+            Cow::Borrowed(_)
+        ));
     }
 }

@@ -36,6 +36,9 @@ pub struct Graph {
     pub http: reqwest::Client,
     pub base: String,
     pub token: String,
+    /// Send `Prefer: IdType="ImmutableId"` (as graph-cdc does by default, and as the truth
+    /// endpoint presents ids by default).
+    pub immutable_ids: bool,
 }
 
 pub struct Page {
@@ -53,6 +56,7 @@ impl Graph {
             http,
             base: sim.url(),
             token,
+            immutable_ids: true,
         }
     }
 
@@ -64,6 +68,9 @@ impl Graph {
         let mut req = self.http.get(url).bearer_auth(&self.token);
         if let Some(n) = page_size {
             req = req.header("Prefer", format!("odata.maxpagesize={n}"));
+        }
+        if self.immutable_ids {
+            req = req.header("Prefer", "IdType=\"ImmutableId\"");
         }
         req.send().await.expect("request")
     }

@@ -527,6 +527,7 @@ async fn outlook_timezone_preference_converts_times() {
         .get(g.url("/v1.0/users/erin@contoso.com/calendarView/delta?startDateTime=2026-01-10T00:00:00-08:00&endDateTime=2026-01-11T00:00:00-08:00"))
         .bearer_auth(&g.token)
         .header("Prefer", "outlook.timezone=\"Pacific Standard Time\"")
+        .header("Prefer", "IdType=\"ImmutableId\"")
         .send()
         .await
         .unwrap();

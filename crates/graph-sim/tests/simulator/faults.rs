@@ -18,6 +18,8 @@ fn fault(kind: FaultKind) -> FaultSpec {
         count: None,
         retry_after: None,
         delay_ms: None,
+        location: None,
+        body_bytes: None,
     }
 }
 
@@ -486,4 +488,103 @@ async fn json_batches_answer_each_item_on_its_own() {
         "each item is authenticated"
     );
     assert!(sim.state.stats.lock().count("batch", 200) >= 7);
+}
+
+/// `redirect` and `oversized` on a delta request and on the token endpoint, where only rules
+/// naming it apply.
+#[tokio::test]
+async fn redirects_and_oversized_bodies_on_delta_and_token_requests() {
+    use crate::client::{CLIENT_ID, SECRET, TENANT};
+    let sim = start(SimSettings::default()).await;
+    let g = Graph::new(&sim).await;
+    let url = tasks(&sim, &g, "far@contoso.com", 3).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let elsewhere = "https://elsewhere.invalid/v1.0/x?$deltatoken=1";
+    sim.state.add_fault(FaultSpec {
+        count: Some(1),
+        location: Some(elsewhere.into()),
+        ..fault(FaultKind::Redirect)
+    });
+    let r = http.get(&url).bearer_auth(&g.token).send().await.unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(r.headers()["location"], elsewhere);
+    // A page, then whitespace up to the size asked for, with no length announced.
+    sim.state.add_fault(FaultSpec {
+        count: Some(1),
+        body_bytes: Some(1_000_000),
+        ..fault(FaultKind::Oversized)
+    });
+    let r = g.get(&url, None).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.content_length().is_none());
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 1_000_000);
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(page["value"].as_array().unwrap().len(), 3);
+    // The token endpoint: rules for every Graph request leave it alone.
+    sim.state.add_fault(fault(FaultKind::Throttle));
+    let token_url = format!("{}/{TENANT}/oauth2/v2.0/token", sim.url());
+    let token = |http: reqwest::Client| {
+        let token_url = token_url.clone();
+        async move {
+            http.post(token_url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", CLIENT_ID),
+                    ("client_secret", SECRET),
+                    ("scope", "https://graph.microsoft.com/.default"),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(token(http.clone()).await.status(), 200);
+    sim.state.faults.lock().clear();
+    let on_token = |kind| FaultSpec {
+        endpoint: Some(graph_sim::faults::TOKEN_ENDPOINT.into()),
+        count: Some(1),
+        ..fault(kind)
+    };
+    let trap = "http://127.0.0.1:9/steal";
+    sim.state.add_fault(FaultSpec {
+        location: Some(trap.into()),
+        ..on_token(FaultKind::Redirect)
+    });
+    let r = token(http.clone()).await;
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["location"].to_str().unwrap()
+        ),
+        (307, trap)
+    );
+    sim.state.add_fault(FaultSpec {
+        body_bytes: Some(100_000),
+        ..on_token(FaultKind::Oversized)
+    });
+    let body = token(http.clone()).await.bytes().await.unwrap();
+    assert_eq!(body.len(), 100_000);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+    sim.state.add_fault(FaultSpec {
+        retry_after: Some(2.5),
+        ..on_token(FaultKind::Throttle)
+    });
+    let r = token(http.clone()).await;
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["retry-after"].to_str().unwrap()
+        ),
+        (429, "2.5")
+    );
+    assert_eq!(
+        token(http).await.status(),
+        200,
+        "count-limited rules are spent"
+    );
 }

@@ -1,6 +1,8 @@
 //! The Graph simulator over real HTTP: delta rounds, faults, auth, control API.
 
 mod auth;
+mod calendars;
 mod client;
 mod delta;
 mod faults;
+mod sync_state;
