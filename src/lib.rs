@@ -24,6 +24,7 @@
 //!                                      live/ (each partition's live items: what a page
 //!                                      writes and its state records; pure, used by the
 //!                                      worker and the sink)
+//!                                      window.rs (a calendar view's window spec)
 //! ```
 //!
 //! Arrows point from a module to what it uses; nothing points back up. `demo` (feature

@@ -658,7 +658,8 @@ fn calendar_windows_one_per_calendar_and_as_long_as_graph_allows() {
         );
     }
     // Two windows of one calendar, adjacent (not overlapping) or one rolling: refused, why said.
-    for (start, end) in [("2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z")] {
+    {
+        let (start, end) = ("2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z");
         let toml = format!(
             "{GOOD}\n[[sources]]\nkind = \"calendar_view\"\nusers = [\"A@contoso.com\"]\nstart = \"{start}\"\nend = \"{end}\""
         );
