@@ -341,11 +341,12 @@ pub struct FullRound {
     pub last: bool,
 }
 
-/// A message for the state topic. Its value may need to say where some of the batch's own
-/// records landed, which is known only once they are written: `slots` are the byte offsets
-/// in `value` where the sink puts the [`Loc`] of record `record` (little-endian). A slot
-/// already holds the location to keep when that record does not reach its topic
-/// (dead-lettered).
+/// A message for the state topic. Its value may say where some of the batch's own records
+/// landed, which is known only once they are written: `slots` are the byte offsets in
+/// `value` of such locations (little-endian [`Loc`]s). The value is written as it is, slots
+/// holding [`Loc::UNKNOWN`], in the batch's transaction; once that transaction committed, the
+/// sink writes it again with the slots filled in, first thing in its next transaction (a
+/// crash in between leaves those locations unknown, see `live/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateWrite {
     pub key: Bytes,
@@ -361,6 +362,9 @@ pub struct Slot {
     pub at: usize,
     /// Index of the record in `SourceBatch::records`.
     pub record: usize,
+    /// The location to write when that record does not reach its topic (dead-lettered): the
+    /// item's previous record, still live.
+    pub keep: Loc,
 }
 
 /// Where a record landed in its topic: Kafka partition (high 16 bits) and offset (low 48).
@@ -369,8 +373,10 @@ pub struct Slot {
 pub struct Loc(pub u64);
 
 impl Loc {
-    /// Nowhere (not written to its topic, or unknown).
+    /// Nowhere: not written to its topic.
     pub const NONE: Loc = Loc(u64::MAX);
+    /// Written, but where is not known (yet).
+    pub const UNKNOWN: Loc = Loc(0xfffc << 48);
     /// Partitions this high stand for no location (Kafka topics have far fewer).
     pub const MAX_PARTITION: u64 = 0xfff0;
 

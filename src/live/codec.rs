@@ -81,8 +81,8 @@ pub(super) fn encode_meta(bits: u8) -> Vec<u8> {
     vec![b'M', 1, bits]
 }
 
-/// Writes entries; a location that stands for a record of the batch becomes a slot
-/// (`pending` gives its record and the location to keep meanwhile).
+/// Writes entries; a location that stands for a record of the batch becomes a slot holding
+/// [`Loc::UNKNOWN`] (`pending` gives its record, and the location to keep should it not land).
 fn put_entries(
     out: &mut Vec<u8>,
     slots: &mut Vec<Slot>,
@@ -97,8 +97,9 @@ fn put_entries(
                 slots.push(Slot {
                     at: out.len(),
                     record,
+                    keep,
                 });
-                keep
+                Loc::UNKNOWN
             }
             None => e.loc,
         };

@@ -276,13 +276,13 @@ impl LiveItems {
     }
 
     /// Applies a committed plan; `locs[i]` is where record `i` of the batch landed
-    /// ([`Loc::NONE`]: not in its topic).
+    /// ([`Loc::NONE`]: not in its topic, the previous record stays; [`Loc::UNKNOWN`]: landed,
+    /// where not known).
     pub fn apply(&mut self, plan: &Plan, locs: &[Loc]) {
-        self.apply_changes(plan, &|record, old| {
-            locs.get(record)
-                .copied()
-                .filter(|l| l.get().is_some())
-                .unwrap_or(old)
+        self.apply_changes(plan, &|record, old| match locs.get(record) {
+            Some(&Loc::NONE) => old,
+            Some(l) => *l,
+            None => Loc::UNKNOWN,
         });
         match plan.fold {
             Some(bits) => {

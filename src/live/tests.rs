@@ -68,14 +68,19 @@ impl Kafka {
         locs
     }
 
+    /// The state records as the sink leaves them once it has written them again with where
+    /// the records landed (a record that did not land keeps the item's previous location).
     fn write(&mut self, writes: Vec<StateWrite>, locs: &[Loc]) {
         for w in writes {
             let value = w.value.map(|mut v| {
                 for s in &w.slots {
-                    // As the sink does: a record that did not land keeps the slot's value.
-                    if locs[s.record] != Loc::NONE {
-                        v[s.at..s.at + 8].copy_from_slice(&locs[s.record].0.to_le_bytes());
-                    }
+                    assert_eq!(&v[s.at..s.at + 8], &Loc::UNKNOWN.0.to_le_bytes());
+                    let l = if locs[s.record] == Loc::NONE {
+                        s.keep
+                    } else {
+                        locs[s.record]
+                    };
+                    v[s.at..s.at + 8].copy_from_slice(&l.0.to_le_bytes());
                 }
                 v
             });
@@ -430,6 +435,36 @@ fn locations_come_from_where_the_records_landed_or_stay_when_they_did_not() {
         content_hash(&up("a", "2").value.unwrap()),
         "its content counts as written: it is not sent again"
     );
+}
+
+#[test]
+fn a_crash_before_the_locations_are_written_leaves_them_unknown_not_wrong() {
+    let mut k = Kafka::default();
+    let mut s = LiveItems::new();
+    let first = step(&mut k, &mut s, vec![up("a", "1")], DELTA);
+    // Changed again; its transaction commits, the process dies before the sink wrote the
+    // state records again with where the record landed: they say "unknown".
+    let d = decide(&s, vec![up("a", "2"), up("b", "1")], DELTA);
+    k.state
+        .extend(d.writes.into_iter().map(|w| (w.key, w.value)));
+    let back = k.load();
+    assert_eq!(
+        back.get(kh("a")).unwrap().loc,
+        Loc::UNKNOWN,
+        "not {:?}",
+        first[0]
+    );
+    assert_eq!(back.get(kh("b")).unwrap().loc, Loc::UNKNOWN);
+    assert_eq!(
+        back.get(kh("a")).unwrap().content(),
+        content_hash(&up("a", "2").value.unwrap()),
+        "the content is known: nothing is written again"
+    );
+    // A round from scratch that no longer returns them still tombstones them (the worker
+    // finds their keys by reading the topic, as an upgraded partition's state is built).
+    let gone = back.unseen(&[], true);
+    assert_eq!(gone.len(), 2);
+    assert!(gone.iter().all(|e| e.loc == Loc::UNKNOWN));
 }
 
 #[test]

@@ -4,11 +4,12 @@
 //! Batches arriving within `linger` (up to `max_batch_records`) share one transaction; each
 //! batch's offset and state records (`live/`) are written in the same transaction as its
 //! records, so a `read_committed` consumer sees all or none. State records say where the
-//! batch's records landed: when a transaction has any, its records are flushed first and
-//! their offsets, from the delivery reports, are filled into the state records (one more
-//! round trip to the brokers, only for transactions that change some partition's items). Offsets without records (idle polls, empty pages) cost no
-//! transaction of their own: they wait in memory and ride along with the next transaction,
-//! or are written together when `heartbeat_interval` has passed.
+//! batch's records landed, known only from their delivery reports: rather than wait for
+//! those inside the transaction (a round trip more for every transaction), the state
+//! records are written with those locations unknown and written again, filled in, first
+//! thing in the next transaction (`state.rs`). Offsets without records (idle polls, empty
+//! pages) cost no transaction of their own: they wait in memory and ride along with the next
+//! transaction, or are written together when `heartbeat_interval` has passed.
 //!
 //! A record Kafka refuses for good (larger than `message.max.bytes`, a topic the principal
 //! may not write…) must not abort the same shared transaction forever: records over the
@@ -30,7 +31,7 @@ use super::health::KafkaHealth;
 use super::producer::{Refused, Tag, TxnProducer};
 use super::records::{dead_letter_headers, headers};
 use super::refusals::{screen, suspects, Fault, Known, Pending};
-use super::state::{write_state, StateError};
+use super::state::{located, write_state, Rewrite};
 use super::{Reason, SinkError, SinkOptions};
 use crate::metrics;
 use crate::offsets::{encode_key, encode_value};
@@ -50,6 +51,9 @@ pub struct Committer {
     max_message_bytes: usize,
     /// Records Kafka refused (see [`Known`]).
     known_refused: Known,
+    /// State records of the last transaction to write again, with where its records landed
+    /// (`state.rs`): with the next transaction, or at the heartbeat like idle offsets.
+    rewrites: Vec<Rewrite>,
 }
 
 /// One transaction's worth of work.
@@ -125,6 +129,7 @@ impl Committer {
             idle: HashMap::new(),
             last_heartbeat: Instant::now(),
             known_refused: Known::default(),
+            rewrites: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("graph-cdc-committer".into())
@@ -140,7 +145,7 @@ impl Committer {
             .map_err(|e| SinkError::Setup(Reason::because("committer runtime", e)))?;
         loop {
             let heartbeat_due = self.last_heartbeat + self.opts.heartbeat_interval;
-            let first = if self.idle.is_empty() {
+            let first = if self.idle.is_empty() && self.rewrites.is_empty() {
                 rt.block_on(self.rx.recv()).map(Some)
             } else {
                 match rt.block_on(async {
@@ -163,7 +168,7 @@ impl Committer {
             let heartbeat = Instant::now() >= heartbeat_due || closed || !txn.flushes.is_empty();
             if !txn.batches.is_empty()
                 || !txn.direct.is_empty()
-                || (heartbeat && !self.idle.is_empty())
+                || (heartbeat && (!self.idle.is_empty() || !self.rewrites.is_empty()))
             {
                 self.transaction(txn)?;
             } else {
@@ -233,7 +238,8 @@ impl Committer {
                 }
             }
             let (why, refused) = match self.write(&txn) {
-                Ok(locs) => {
+                Ok((locs, rewrites)) => {
+                    self.rewrites = rewrites;
                     self.committed(txn, started, locs);
                     return Ok(());
                 }
@@ -409,9 +415,10 @@ impl Committer {
         txn.answer_located(Ok(()), locs);
     }
 
-    /// Writes `txn` and commits it; answers where each batch's records landed (filled in
-    /// only when some batch has state records that need it).
-    fn write(&self, txn: &Txn) -> Result<Vec<Vec<Loc>>, WriteError> {
+    /// Writes `txn` and commits it; answers where each batch's records landed and the state
+    /// records to write again with those locations (both only when some batch has state
+    /// records that need them).
+    fn write(&self, txn: &Txn) -> Result<(Vec<Vec<Loc>>, Vec<Rewrite>), WriteError> {
         self.producer.begin()?;
         let refused = |r: Result<Refused, SinkError>| match r {
             Ok(r) => WriteError::Refused(vec![r]),
@@ -486,16 +493,7 @@ impl Committer {
                 upsert(&mut offsets, &mut seen, p, o.as_ref());
             }
         }
-        let t_sent = Instant::now();
-        let (locs, doomed) =
-            match write_state(&self.producer, &self.opts.state_topic, &txn.batches, sent) {
-                Ok(locs) => (locs, None),
-                Err(StateError::Refused(r)) => return Err(WriteError::Refused(r)),
-                Err(StateError::Sink(e)) => return Err(WriteError::Sink(e)),
-                // Nothing more is sent; the commit fails and its error says whose fault.
-                Err(StateError::Failed(e)) => (Vec::new(), Some(e)),
-            };
-        for (p, o) in offsets.iter().filter(|_| doomed.is_none()) {
+        for (p, o) in &offsets {
             let key = encode_key(&self.opts.connector, p);
             let value = o.map(encode_value);
             let mut rec: BaseRecord<'_, [u8], [u8], usize> =
@@ -506,27 +504,18 @@ impl Committer {
             }
             self.producer.send(rec).map_err(refused)?;
         }
+        write_state(
+            &self.producer,
+            &self.opts.state_topic,
+            &self.rewrites,
+            &txn.batches,
+        )
+        .map_err(refused)?;
         metrics::metrics()
             .producer_queue
             .set(self.producer.in_flight() as i64);
-        let t_state = Instant::now();
-        let c = self.producer.commit();
-        if std::env::var("GRAPH_CDC_EXP").is_ok() {
-            eprintln!(
-                "TXNTIME state {} commit {}",
-                (t_state - t_sent).as_millis(),
-                t_state.elapsed().as_millis()
-            );
-        }
-        match c {
-            Ok(()) => match doomed {
-                None => Ok(locs),
-                // librdkafka never commits a transaction with a failed record; should it, the
-                // state would lag the records: stop rather than go on.
-                Some(e) => Err(WriteError::Sink(SinkError::Fatal(Reason::new(format!(
-                    "a transaction committed although {e}"
-                ))))),
-            },
+        match self.producer.commit() {
+            Ok(()) => Ok(located(&self.producer, &txn.batches, sent)),
             Err((e, class)) => {
                 let refused = self.producer.refused();
                 if !refused.is_empty() {

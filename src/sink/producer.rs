@@ -96,8 +96,6 @@ pub struct TxnContext {
     refused: Mutex<Vec<Refused>>,
     /// `(tag, partition, offset)` of each tagged record delivered in this transaction.
     delivered: Mutex<Vec<(Tag, i32, i64)>>,
-    /// Tagged records whose delivery failed for another reason, and the last such error.
-    failed: Mutex<(usize, String)>,
 }
 
 impl ClientContext for TxnContext {
@@ -121,17 +119,12 @@ impl ProducerContext for TxnContext {
         }
         if let Err((e, _)) = r {
             let class = e.rdkafka_error_code().and_then(record_fault_class);
-            match (class, tag == Tag::NONE.0) {
-                (_, true) => {}
-                (Some(class), false) => self.refused.lock().push(Refused {
+            if let (Some(class), false) = (class, tag == Tag::NONE.0) {
+                self.refused.lock().push(Refused {
                     tag: Tag(tag),
                     class,
                     message: e.to_string(),
-                }),
-                (None, false) => {
-                    let mut f = self.failed.lock();
-                    *f = (f.0 + 1, e.to_string());
-                }
+                });
             }
         }
     }
@@ -228,7 +221,6 @@ impl TxnProducer {
     pub fn begin(&self) -> Result<(), SinkError> {
         self.inner.context().refused.lock().clear();
         self.inner.context().delivered.lock().clear();
-        *self.inner.context().failed.lock() = (0, String::new());
         self.retrying(|p| p.inner.begin_transaction())
     }
 
@@ -310,41 +302,26 @@ impl TxnProducer {
         }
     }
 
-    /// Waits until `expected` tagged records of the transaction are delivered or failed (at
-    /// most the transaction timeout), then says where each delivered one landed. Records
-    /// refused for good are then in [`Self::refused_now`], other failures in
-    /// [`Self::failed_now`] (either way the transaction cannot commit).
-    pub fn delivered(&self, expected: usize) -> Result<Vec<(Tag, i32, i64)>, SinkError> {
-        let deadline = std::time::Instant::now() + self.timeout;
+    /// Where the tagged records of this transaction delivered since the last call landed,
+    /// `(tag, partition, offset)`; waits a millisecond when there are none yet.
+    pub fn take_delivered(&self) -> Vec<(Tag, i32, i64)> {
         let ctx = self.inner.context();
-        loop {
-            let failed = ctx.failed.lock().0;
-            let done = ctx.delivered.lock().len() + ctx.refused.lock().len() + failed;
-            if done >= expected {
-                return Ok(ctx.delivered.lock().clone());
+        // Serves delivery reports here (the poll thread does so only every 50 ms): a poll
+        // without a timeout serves one event, a batch of reports; rdkafka's `flush` and
+        // timed `poll` would wait out their whole timeout (100 ms slices) instead.
+        let reported = || ctx.delivered.lock().len();
+        for _ in 0..64 {
+            let before = reported();
+            self.inner.poll(Duration::ZERO);
+            if reported() == before {
+                break;
             }
-            if std::time::Instant::now() >= deadline {
-                return Err(SinkError::Aborted(Reason::new(format!(
-                    "{done} of {expected} records delivered within {:?}",
-                    self.timeout
-                ))));
-            }
-            // Serves delivery reports here too, briefly: the poll thread serves them only
-            // every 50 ms, and a long poll here would wait on reports that thread served.
-            self.inner.poll(Duration::from_millis(5));
         }
-    }
-
-    /// The records refused for good so far in this transaction (no waiting).
-    pub fn refused_now(&self) -> Vec<Refused> {
-        self.inner.context().refused.lock().clone()
-    }
-
-    /// Why records of this transaction failed delivery for another reason, if any did.
-    pub fn failed_now(&self) -> Option<SinkError> {
-        let (n, why) = self.inner.context().failed.lock().clone();
-        (n > 0)
-            .then(|| SinkError::Aborted(Reason::new(format!("{n} record(s) not delivered: {why}"))))
+        let taken = std::mem::take(&mut *ctx.delivered.lock());
+        if taken.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        taken
     }
 
     /// The connection health this producer reports into.

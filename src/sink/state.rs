@@ -1,6 +1,5 @@
-//! The state topic (see `crate::live`): a batch's state records written with their slots
-//! filled in, the whole topic read back at start, and where records landed read back for
-//! the keys of tombstones.
+//! The state topic (see `crate::live`): a batch's state records written in its transaction
+//! and again, with where its records landed, in the next; the whole topic read at start.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,84 +13,124 @@ use super::readback::{read_to_end, ReadError};
 use super::refusals::Pending;
 use super::SinkError;
 use crate::live::{LiveItems, Loader};
-use crate::source::{Loc, PartitionId, SourceBatch};
+use crate::source::{Loc, PartitionId, SourceBatch, StateWrite};
 
-/// Why the state records could not be written.
-pub(super) enum StateError {
-    /// Records of the transaction were refused for good (found waiting for their delivery).
-    Refused(Vec<Refused>),
-    /// Records failed delivery without saying why (purged after the transaction failed):
-    /// the transaction cannot commit, and only its commit says why.
-    Failed(SinkError),
-    Sink(SinkError),
+/// A state record to write again, its slots filled in (see [`StateWrite`]).
+pub(super) struct Rewrite {
+    key: bytes::Bytes,
+    value: Vec<u8>,
 }
 
-/// Sends the batches' state records, after their data records (`sent` of them, tagged):
-/// when some state record needs to say where a record landed, the data records are waited
-/// for first and each slot gets its record's location. Answers those locations by batch
-/// (empty when none was needed; [`Loc::NONE`] for a record that did not reach its topic).
+/// Sends the state records of the transaction: first the records of the previous one that
+/// said where its records landed, written again with the locations now known (before this
+/// transaction's own, so a newer record of the same key still wins), then the batches'
+/// (their slots say [`Loc::UNKNOWN`], or the location to keep for a dead-lettered record).
 pub(super) fn write_state(
     producer: &TxnProducer,
     topic: &str,
+    rewrites: &[Rewrite],
+    batches: &[Pending],
+) -> Result<(), Result<Refused, SinkError>> {
+    for r in rewrites {
+        send(producer, topic, &r.key, Some(&r.value))?;
+    }
+    for p in batches {
+        let landed: Vec<Loc> = (0..p.batch.records.len())
+            .map(|j| {
+                if p.dead.contains_key(&j) {
+                    Loc::NONE
+                } else {
+                    Loc::UNKNOWN
+                }
+            })
+            .collect();
+        for w in &p.batch.state {
+            let value = w.value.as_ref().map(|v| filled(v, w, &landed));
+            send(producer, topic, &w.key, value.as_deref())?;
+        }
+    }
+    Ok(())
+}
+
+/// After a commit: where each batch's records landed (`sent` records were tagged), and the
+/// batches' state records to write again with those locations. Nothing when no state record
+/// asks for them. The records are delivered by then; only their reports may wait to be
+/// served, so this takes a moment at most.
+pub(super) fn located(
+    producer: &TxnProducer,
     batches: &[Pending],
     sent: usize,
-) -> Result<Vec<Vec<Loc>>, StateError> {
+) -> (Vec<Vec<Loc>>, Vec<Rewrite>) {
     let slotted = |b: &SourceBatch| b.state.iter().any(|w| !w.slots.is_empty());
-    let mut locs: Vec<Vec<Loc>> = Vec::new();
-    if batches.iter().any(|p| slotted(&p.batch))
-        && std::env::var("GRAPH_CDC_EXP").as_deref() != Ok("noflush")
-    {
-        locs = batches
-            .iter()
-            .map(|p| vec![Loc::NONE; p.batch.records.len()])
-            .collect();
-        let delivered = producer.delivered(sent).map_err(StateError::Sink)?;
-        // The transaction cannot commit: say whose records are at fault now (a record sent
-        // after a refusal fails too, without saying why).
-        let refused = producer.refused_now();
-        if !refused.is_empty() {
-            return Err(StateError::Refused(refused));
-        }
-        if let Some(e) = producer.failed_now() {
-            return Err(StateError::Failed(e));
-        }
-        for (tag, partition, offset) in delivered {
-            let (i, j) = (tag.batch(), tag.record());
-            // A dead letter landed in the dead-letter topic, not in its record's topic.
-            if batches.get(i).is_some_and(|p| p.dead.contains_key(&j)) {
-                continue;
-            }
-            if let Some(l) = locs.get_mut(i).and_then(|b| b.get_mut(j)) {
-                *l = Loc::new(partition, offset).unwrap_or(Loc::NONE);
+    if !batches.iter().any(|p| slotted(&p.batch)) {
+        return (Vec::new(), Vec::new());
+    }
+    // A report not served in time leaves its location unknown (see `live/`), not wrong.
+    let mut locs: Vec<Vec<Loc>> = batches
+        .iter()
+        .map(|p| vec![Loc::UNKNOWN; p.batch.records.len()])
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut reported = 0;
+    while reported < sent && std::time::Instant::now() < deadline {
+        for (tag, partition, offset) in producer.take_delivered() {
+            reported += 1;
+            if let Some(l) = locs
+                .get_mut(tag.batch())
+                .and_then(|b| b.get_mut(tag.record()))
+            {
+                *l = Loc::new(partition, offset).unwrap_or(Loc::UNKNOWN);
             }
         }
     }
+    let mut rewrites = Vec::new();
     for (i, p) in batches.iter().enumerate() {
-        for w in &p.batch.state {
-            let value = w.value.as_ref().map(|v| {
-                let mut v = v.clone();
-                for s in &w.slots {
-                    let landed = locs.get(i).and_then(|b| b.get(s.record));
-                    let at = v.get_mut(s.at..s.at + 8);
-                    // Else the slot keeps the location it was written with.
-                    if let (Some(l), Some(at)) = (landed.filter(|l| l.get().is_some()), at) {
-                        at.copy_from_slice(&l.0.to_le_bytes());
-                    }
-                }
-                v
-            });
-            let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(topic, Tag::NONE.0).key(&w.key[..]);
-            if let Some(v) = &value {
-                rec = rec.payload(&v[..]);
+        // A dead letter landed in the dead-letter topic, not in its record's topic.
+        for j in p.dead.keys() {
+            if let Some(l) = locs[i].get_mut(*j) {
+                *l = Loc::NONE;
             }
-            producer.send(rec).map_err(|e| match e {
-                Ok(r) => StateError::Refused(vec![r]),
-                Err(e) => StateError::Sink(e),
-            })?;
+        }
+        for w in p.batch.state.iter().filter(|w| !w.slots.is_empty()) {
+            if let Some(v) = &w.value {
+                rewrites.push(Rewrite {
+                    key: w.key.clone(),
+                    value: filled(v, w, &locs[i]),
+                });
+            }
         }
     }
-    Ok(locs)
+    (locs, rewrites)
+}
+
+/// `value` of `w` with each slot set to where its record landed (`landed`; the location to
+/// keep where it did not land).
+fn filled(value: &[u8], w: &StateWrite, landed: &[Loc]) -> Vec<u8> {
+    let mut v = value.to_vec();
+    for s in &w.slots {
+        let loc = match landed.get(s.record).copied().unwrap_or(Loc::UNKNOWN) {
+            Loc::NONE => s.keep,
+            l => l,
+        };
+        if let Some(at) = v.get_mut(s.at..s.at + 8) {
+            at.copy_from_slice(&loc.0.to_le_bytes());
+        }
+    }
+    v
+}
+
+fn send(
+    producer: &TxnProducer,
+    topic: &str,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<(), Result<Refused, SinkError>> {
+    let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(topic, Tag::NONE.0).key(key);
+    if let Some(v) = value {
+        rec = rec.payload(v);
+    }
+    producer.send(rec)
 }
 
 /// Reads the state of `connector` from `topic` to its end (blocking: call it off the async

@@ -136,7 +136,6 @@ pub(super) async fn reconcile(
     let ids = batch.records.iter().map(|r| (r.op, r.id.clone())).collect();
     let (extra, writes, removed) = removed_lists(shared, supervisor, batch).await?;
     let plan = match &*slot.lock() {
-        Slot::Known(_) if std::env::var("GRAPH_CDC_EXP").as_deref() == Ok("nostate") => None,
         Slot::Known(l) => {
             let records = std::mem::take(&mut batch.records);
             let d = l.decide(&shared.spec.sink.connector, &p, records, full);
@@ -228,7 +227,9 @@ async fn ids_of(
     let id_of = |k: &[u8]| key_id(k).filter(|id| p.record_key(id)[..] == *k);
     let mut ids = Vec::with_capacity(entries.len());
     let mut lost = HashSet::new();
-    for e in entries.iter().filter(|e| e.loc.get().is_some()) {
+    // An entry whose record never reached its topic has nothing to tombstone; one whose
+    // location is unknown (a crash before the state said where) is looked for below.
+    for e in entries.iter().filter(|e| e.loc != Loc::NONE) {
         match keys.get(&e.loc).filter(|k| key_hash(k) == e.key) {
             Some(k) => ids.extend(id_of(k)),
             None => {
@@ -237,7 +238,7 @@ async fn ids_of(
         }
     }
     if !lost.is_empty() {
-        tracing::warn!(partition = %p, records = lost.len(), "records not where the reconciliation state says; reading the topic for them");
+        tracing::warn!(partition = %p, records = lost.len(), "records not where the reconciliation state says, or where unknown; reading the topic for them");
         ids.extend(
             scan(shared, p)
                 .await?

@@ -344,8 +344,17 @@ async fn sigkill_during_a_restarted_round_loses_no_delete_and_repeats_nothing() 
             }
         }
     }
-    let twice: Vec<_> = upserts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "upserts committed twice: {twice:?}");
+    let twice: Vec<String> = upserts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|((k, etag), n)| format!("{} {etag} x{n}", String::from_utf8_lossy(k)))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{} upserts committed more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
     // 400 events, 8 changed once each, 8 deleted: nothing more was ever written.
     let tombstones = all.iter().filter(|r| r.value.is_none()).count();
     assert_eq!((all.len(), tombstones), (400 + 8 + 8, 8));
