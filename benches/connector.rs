@@ -548,8 +548,13 @@ fn bench_cost() {
     let users = populate(&sim, "cost", 1, 2000, 0);
     let bodies = page_bodies(&sim, &users[0]);
     let p = view_partitions(&users).remove(0);
-    let reader =
-        PartitionReader::new(Arc::new(p.clone()), &sim.server.url(), None).expect("reader");
+    let reader = PartitionReader::new(
+        Arc::new(p.clone()),
+        &sim.server.url(),
+        None,
+        Default::default(),
+    )
+    .expect("reader");
     let bytes: usize = bodies.iter().map(|b| b.len()).sum();
     let reps = 20;
     let mut i = 0;

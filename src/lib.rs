@@ -9,7 +9,7 @@
 //! ```text
 //!                     main.rs (CLI) ─────────────┐
 //!                        │                       ▼
-//!                     server.rs (REST) ──▶ worker/ ──────────────┐ runtime: spec, status,
+//!                     server/ (REST) ────▶ worker/ ──────────────┐ runtime: spec, status,
 //!                        │                 │   │                 │ commands, supervisor,
 //!                        ▼                 │   ▼                 │ partition loop
 //!                     config/ ─────────────┼─▶ graph/            ▼
@@ -20,7 +20,7 @@
 //!                                          ▼       ▼               ▼        ▼
 //!                                      source.rs (PartitionId, SourceRecord,  offsets/
 //!                                      SourceBatch, SourceOffset)             (pure codec)
-//!                                      metrics.rs (named events)  redact.rs (secrets)
+//!                                      metrics/ (named events)    redact.rs (secrets)
 //!                                      live/ (each partition's live items: what a page
 //!                                      writes and its state records; pure, used by the
 //!                                      worker and the sink)

@@ -145,28 +145,21 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
         settings.server.per_partition_metrics,
         std::sync::atomic::Ordering::Relaxed,
     );
-    // HTTPS when both files are set; read now, so a bad certificate stops the start.
-    let tls = match (
-        &settings.server.tls_cert_path,
-        &settings.server.tls_key_path,
-    ) {
-        (Some(cert), Some(key)) => Some(graph_cdc::server::TlsConfig::from_pem_files(cert, key)?),
-        (None, None) => None,
-        _ => anyhow::bail!("server.tls_cert_path and server.tls_key_path: set both or neither"),
-    };
+    // The token and TLS files, as validation read them; HTTPS when both TLS files are set
+    // (a key that does not fit the certificate stops the start).
+    let files = settings.server.files()?;
+    let tls = files
+        .tls
+        .as_ref()
+        .map(graph_cdc::server::TlsConfig::from_pem)
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {}", settings.server.listen))?;
     let (commands, rx) = tokio::sync::mpsc::channel(16);
-    // `auth_token`, or `auth_token_file` read now (validation read it too).
-    let auth_token = settings
-        .server
-        .token()
-        .map_err(anyhow::Error::msg)?
-        .map(|t| t.expose().to_string());
     let state = std::sync::Arc::new(graph_cdc::server::ServerState {
         commands,
-        auth_token,
+        auth_token: files.token.as_ref().map(|t| t.expose().to_string()),
         name: settings.name.clone(),
         worker_id: settings.worker_id(),
         config: settings.redacted_json(),

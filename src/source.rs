@@ -304,6 +304,31 @@ pub struct SourceOffset {
     /// The round in progress is a resync after a `410`.
     #[serde(default)]
     pub resync: bool,
+    /// A rolling calendar view's window in force, `"<start>/<end>"` (RFC 3339, UTC): the one
+    /// `link` reads. Absent for partitions whose identity fixes their window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// When (Unix seconds) the partition last began a round from scratch: the periodic
+    /// reconcile is scheduled from it. Absent in offsets of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_at: Option<i64>,
+    /// Why the round from scratch in progress began when not a resync (`window`,
+    /// `reconcile`): its tombstones say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl SourceOffset {
+    /// Start from the initial request, round 1: a partition never read.
+    pub const INITIAL: SourceOffset = SourceOffset {
+        link: None,
+        delta_link: None,
+        round: 1,
+        resync: false,
+        window: None,
+        full_at: None,
+        reason: None,
+    };
 }
 
 /// A page's records and the partition offset after them: the unit the sink commits, as
@@ -332,6 +357,17 @@ pub struct SourceBatch {
     pub state: Vec<StateWrite>,
 }
 
+impl SourceBatch {
+    /// The round of the batch's records, and of the tombstones the worker adds to it: its
+    /// first record's, else the round its offset closes (only a round's last page, whose
+    /// offset names the next round, is completed without records of its own).
+    pub fn records_round(&self) -> u64 {
+        self.records
+            .first()
+            .map_or(self.offset.round.saturating_sub(1).max(1), |r| r.round)
+    }
+}
+
 /// Where a page stands in a round from scratch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FullRound {
@@ -353,6 +389,25 @@ pub struct StateWrite {
     /// `None`: a tombstone.
     pub value: Option<Vec<u8>>,
     pub slots: Vec<Slot>,
+}
+
+impl StateWrite {
+    /// The value with each slot set to where its record landed (`landed`, by record index):
+    /// the slot's location to keep for a record that did not land ([`Loc::NONE`]),
+    /// [`Loc::UNKNOWN`] for one not in `landed`.
+    pub fn filled(&self, landed: &[Loc]) -> Option<Vec<u8>> {
+        let mut v = self.value.clone()?;
+        for s in &self.slots {
+            let loc = match landed.get(s.record).copied().unwrap_or(Loc::UNKNOWN) {
+                Loc::NONE => s.keep,
+                l => l,
+            };
+            if let Some(at) = v.get_mut(s.at..s.at + 8) {
+                at.copy_from_slice(&loc.0.to_le_bytes());
+            }
+        }
+        Some(v)
+    }
 }
 
 /// See [`StateWrite`].

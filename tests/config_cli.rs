@@ -5,13 +5,14 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_graph-cdc");
 
-fn validate(toml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+/// Runs `graph-cdc ARGS --config <toml>` with `env`: (exit ok, stdout, stderr).
+fn graph_cdc(args: &[&str], toml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     let dir = std::env::temp_dir().join(format!("graph-cdc-cfg-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.toml");
     std::fs::write(&path, toml).unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.arg("validate").arg("--config").arg(&path);
+    cmd.args(args).arg("--config").arg(&path);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -22,6 +23,10 @@ fn validate(toml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn validate(toml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    graph_cdc(&["validate"], toml, env)
 }
 
 const GOOD: &str = r#"
@@ -164,6 +169,11 @@ fn with_kafka(fragment: &str) -> String {
     )
 }
 
+/// `GOOD` with a `[server]` table of a TOML fragment.
+fn with_server(fragment: &str) -> String {
+    GOOD.replace("[kafka]", &format!("[server]\n{fragment}\n[kafka]"))
+}
+
 #[test]
 fn validate_builds_the_real_kafka_clients_and_names_what_librdkafka_refuses() {
     let env = [("GRAPH_CDC__GRAPH__CLIENT_SECRET", "TopSecret-123")];
@@ -245,26 +255,6 @@ fn errors_tolerance_all_needs_a_dead_letter_topic() {
     assert!(ok, "{err}");
 }
 
-/// Runs `graph-cdc ARGS --config <toml>` with `env`: (exit ok, stdout, stderr).
-fn graph_cdc(args: &[&str], toml: &str, env: &[(&str, &str)]) -> (bool, String, String) {
-    let dir = std::env::temp_dir().join(format!("graph-cdc-cfg-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("c.toml");
-    std::fs::write(&path, toml).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).arg("--config").arg(&path);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn numeric_secrets_from_the_environment_stay_strings_and_never_show() {
     // What type-guessing used to read as an integer (refused with the token in the message)
@@ -273,7 +263,7 @@ fn numeric_secrets_from_the_environment_stay_strings_and_never_show() {
         ("GRAPH_CDC__SERVER__AUTH_TOKEN", "987654321"),
         ("GRAPH_CDC__GRAPH__CLIENT_SECRET", "12e34"),
     ];
-    let public = GOOD.replace("[kafka]", "[server]\nlisten = \"0.0.0.0:8083\"\n[kafka]");
+    let public = with_server("listen = \"0.0.0.0:8083\"");
     let (ok, out, err) = validate(&public, &secrets);
     assert!(ok, "numeric secrets refused: {err}");
     // Numbers and booleans from the environment still read as numbers where a key wants one.
@@ -367,8 +357,6 @@ fn numeric_secrets_from_the_environment_stay_strings_and_never_show() {
 #[test]
 fn a_listener_other_hosts_reach_needs_a_token_or_an_explicit_opt_out() {
     let env = [("GRAPH_CDC__GRAPH__CLIENT_SECRET", "s")];
-    let with_server =
-        |server: &str| GOOD.replace("[kafka]", &format!("[server]\n{server}\n[kafka]"));
     // The built-in default is loopback: no token needed.
     assert!(validate(GOOD, &env).0);
     for listen in [
@@ -460,8 +448,6 @@ fn a_listener_other_hosts_reach_needs_a_token_or_an_explicit_opt_out() {
 fn validation_names_bad_zones_topics_addresses_and_intervals() {
     let env = [("GRAPH_CDC__GRAPH__CLIENT_SECRET", "s")];
     let graph = |line: &str| GOOD.replace("[graph]", &format!("[graph]\n{line}"));
-    let kafka = |line: &str| with_kafka(line);
-    let server = |line: &str| GOOD.replace("[kafka]", &format!("[server]\n{line}\n[kafka]"));
     let refused: Vec<(String, &str, &str)> = vec![
         (
             graph("timezone = \"Mars/Olympus_Mons\""),
@@ -479,69 +465,73 @@ fn validation_names_bad_zones_topics_addresses_and_intervals() {
             "",
         ),
         (
-            kafka("[kafka.topics]\nevents = \"graph events\""),
+            with_kafka("[kafka.topics]\nevents = \"graph events\""),
             "kafka.topics.events",
             "' '",
         ),
         (
-            kafka("[kafka.topics]\nevents = \"..\""),
+            with_kafka("[kafka.topics]\nevents = \"..\""),
             "kafka.topics.events",
             "..",
         ),
         (
-            kafka(&format!("[kafka.topics]\ntasks = \"{}\"", "t".repeat(250))),
+            with_kafka(&format!("[kafka.topics]\ntasks = \"{}\"", "t".repeat(250))),
             "kafka.topics.tasks",
             "249",
         ),
         (
-            kafka("offsets_topic = \"graph.events\""),
+            with_kafka("offsets_topic = \"graph.events\""),
             "kafka.topics.events",
             "offsets",
         ),
         (
-            kafka("offsets_topic = \"\""),
+            with_kafka("offsets_topic = \"\""),
             "kafka.offsets_topic",
             "empty",
         ),
         (
-            kafka("state_topic = \"graph.events\""),
+            with_kafka("state_topic = \"graph.events\""),
             "kafka.topics.events",
             "state topic",
         ),
         (
-            kafka("state_topic = \"graph-cdc-offsets\""),
+            with_kafka("state_topic = \"graph-cdc-offsets\""),
             "kafka.state_topic",
             "offsets",
         ),
         (
-            kafka("state_topic = \"graph state\""),
+            with_kafka("state_topic = \"graph state\""),
             "kafka.state_topic",
             "' '",
         ),
         (
-            kafka("[kafka.topics]\ncalendars = \"graph.lists\"\ntask_lists = \"graph.lists\""),
+            with_kafka("[kafka.topics]\ncalendars = \"graph.lists\"\ntask_lists = \"graph.lists\""),
             "kafka.topics.task_lists",
             "calendars",
         ),
         (
-            kafka("[kafka.topics]\nevents = \"graph.x_y\"\ntasks = \"graph.x.y\""),
+            with_kafka("[kafka.topics]\nevents = \"graph.x_y\"\ntasks = \"graph.x.y\""),
             "kafka.topics.tasks",
             "'.' and '_'",
         ),
         (
-            server("listen = \"0.0.0.0:99999\"\nallow_unauthenticated = true"),
+            with_server("listen = \"0.0.0.0:99999\"\nallow_unauthenticated = true"),
             "server.listen",
             "out of range",
         ),
         (
-            server("listen = \"http://0.0.0.0:8083\""),
+            with_server("listen = \"http://0.0.0.0:8083\""),
             "server.listen",
             "scheme",
         ),
-        (server("listen = \"8083\""), "server.listen", "port"),
-        (server("listen = \"::1:8083\""), "server.listen", "brackets"),
+        (with_server("listen = \"8083\""), "server.listen", "port"),
         (
-            server("listen = \"256.1.1.1:8083\""),
+            with_server("listen = \"::1:8083\""),
+            "server.listen",
+            "brackets",
+        ),
+        (
+            with_server("listen = \"256.1.1.1:8083\""),
             "server.listen",
             "not an IP address",
         ),
@@ -557,7 +547,7 @@ fn validation_names_bad_zones_topics_addresses_and_intervals() {
             "1s",
         ),
         (
-            kafka("transaction_timeout = \"100ms\""),
+            with_kafka("transaction_timeout = \"100ms\""),
             "kafka.transaction_timeout",
             "1s",
         ),
@@ -578,8 +568,8 @@ fn validation_names_bad_zones_topics_addresses_and_intervals() {
         // Against a simulator (not Microsoft's hosts) the floor does not apply.
         graph("base_url = \"http://127.0.0.1:9999\"\npoll_interval = \"300ms\""),
         // Data topics may share one; keys of different shapes do not collide.
-        kafka("[kafka.topics]\nevents = \"graph.all\"\ntasks = \"graph.all\""),
-        server("listen = \"127.0.0.1:65535\""),
+        with_kafka("[kafka.topics]\nevents = \"graph.all\"\ntasks = \"graph.all\""),
+        with_server("listen = \"127.0.0.1:65535\""),
     ];
     for toml in accepted {
         let (ok, _, err) = validate(&toml, &env);

@@ -51,6 +51,7 @@ fn batch(n: u64) -> SourceBatch {
             delta_link: None,
             round: 1,
             resync: false,
+            ..SourceOffset::INITIAL
         },
         resets: vec![],
         starts: vec![],

@@ -77,13 +77,11 @@ fn sync(s: &mut LiveItems, p: &Arc<PartitionId>, mut keep: impl FnMut(StateWrite
             })
             .collect();
         s.apply(&d.plan, &locs);
-        for mut w in d.writes {
-            if let Some(v) = &mut w.value {
-                for slot in &w.slots {
-                    v[slot.at..slot.at + 8].copy_from_slice(&locs[slot.record].0.to_le_bytes());
-                }
-            }
-            keep(w);
+        for w in d.writes {
+            keep(StateWrite {
+                value: w.filled(&locs),
+                ..w
+            });
         }
     }
 }

@@ -78,6 +78,15 @@ pub struct GraphSettings {
     /// simulator in another container): the client secret and access tokens then cross the
     /// network in clear text. Off by default; loopback hosts may always use `http://`.
     pub allow_insecure_http: bool,
+    /// How often each partition re-reads itself from scratch to heal what delta rounds never
+    /// report (a deleted occurrence of a series): keys the round does not return are
+    /// tombstoned (`removed-reason: reconcile`), unchanged items write nothing. Partitions
+    /// are spread over the interval. `0s` turns it off.
+    pub reconcile_interval: Dur,
+    /// Pages one round may take before it is abandoned as a paging loop (Graph has served
+    /// nextLinks that never end on some mailboxes): the round restarts from its deltaLink,
+    /// then from scratch; a partition that keeps looping fails with the reason.
+    pub max_pages_per_round: u32,
 }
 
 /// `graph.cloud`: the national cloud, which decides the Graph and login hosts.

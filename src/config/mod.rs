@@ -56,7 +56,7 @@ mod validate;
 pub use crate::sink::properties::PRODUCER_DEFAULTS;
 pub use graph::{Cloud, Credentials, GraphSettings};
 pub use kafka::{ErrorSettings, KafkaOptions, KafkaSettings, Tolerance, TopicSettings};
-pub use server::{parse_listen, ListenHost};
+pub use server::{parse_listen, ListenHost, ServerFiles, TlsPem};
 pub use timezones::WINDOWS_ZONES;
 pub use types::{parse_duration, Dur, Secret};
 pub use validate::{topic_name, MIN_POLL_INTERVAL, MIN_REQUEST_TIMEOUT};
@@ -81,6 +81,8 @@ base_backoff = "500ms"
 max_backoff = "60s"
 max_response_bytes = 67108864
 allow_insecure_http = false
+reconcile_interval = "7d"
+max_pages_per_round = 10000
 
 [kafka]
 bootstrap_servers = "localhost:9092"
@@ -205,6 +207,10 @@ pub struct ServerSettings {
     /// Also export one series per partition (staleness, pages in the current round, state):
     /// off by default, since 10,000 partitions must not mean 10,000 series.
     pub per_partition_metrics: bool,
+    /// What validation read from the token and TLS files as these settings were loaded
+    /// (see [`ServerSettings::files`]).
+    #[serde(skip)]
+    files: Option<std::sync::Arc<ServerFiles>>,
 }
 
 /// `[log]`.
@@ -303,8 +309,9 @@ impl Settings {
     }
 
     fn build(b: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Self, ConfigError> {
-        let s = Self::deserialize_layers(b)?;
-        s.validate()?;
+        let mut s = Self::deserialize_layers(b)?;
+        let files = s.validated()?;
+        s.server.files = Some(std::sync::Arc::new(files));
         Ok(s)
     }
 
@@ -349,6 +356,20 @@ impl Settings {
             .iter()
             .filter_map(|s| source_partitions(s).ok())
             .flatten()
+            .collect()
+    }
+
+    /// How often each rolling calendar view's window moves (its source's `window_roll`).
+    pub fn window_rolls(&self) -> std::collections::HashMap<PartitionId, std::time::Duration> {
+        self.sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::CalendarView { window_roll, .. } => {
+                    Some((source_partitions(s).ok()?, window_roll.0))
+                }
+                _ => None,
+            })
+            .flat_map(|(ps, roll)| ps.into_iter().map(move |p| (p, roll)))
             .collect()
     }
 

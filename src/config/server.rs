@@ -1,5 +1,6 @@
 //! `[server]`: a listen address that parses, a token before the REST API is reachable from
-//! other hosts, and TLS files that are there.
+//! other hosts, and TLS files that are there. The token and TLS files are read and parsed
+//! once, here ([`ServerFiles`]); the REST listener starts from what was read.
 //!
 //! # Safe by default
 //!
@@ -10,9 +11,13 @@
 //! needs neither.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::{Secret, ServerSettings};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{ConfigError, Secret, ServerSettings};
 
 /// Where `server.listen` points: an IP address or a host name, and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,103 +116,156 @@ fn is_host_name(h: &str) -> bool {
         })
 }
 
-impl ServerSettings {
+/// What `[server]` names on disk, read once: by validation when the settings are loaded
+/// ([`ServerSettings::files`] hands it to the start), so the start reads no file again.
+#[derive(Debug, Default)]
+pub struct ServerFiles {
     /// The REST API's bearer token: `auth_token`, or the contents of `auth_token_file`
-    /// (trimmed); `None` without either. Errors name the key, never the token.
-    pub fn token(&self) -> Result<Option<Secret>, String> {
-        match (&self.auth_token, &self.auth_token_file) {
-            (Some(_), Some(_)) => Err(
-                "server.auth_token: set one of server.auth_token and server.auth_token_file".into(),
-            ),
-            (Some(t), None) if t.expose().trim().is_empty() => {
-                Err("server.auth_token: must not be empty (set a token, or remove the key)".into())
-            }
-            (Some(t), None) => Ok(Some(Secret::new(t.expose().trim()))),
-            (None, Some(f)) => {
-                let s = std::fs::read_to_string(f).map_err(|e| {
-                    format!("server.auth_token_file: cannot read {}: {e}", f.display())
-                })?;
-                let s = s.trim();
-                if s.is_empty() {
-                    return Err(format!("server.auth_token_file: {} is empty", f.display()));
-                }
-                Ok(Some(Secret::new(s)))
-            }
-            (None, None) => Ok(None),
+    /// (trimmed); `None` without either.
+    pub token: Option<Secret>,
+    /// The certificate chain and key, when `tls_cert_path` and `tls_key_path` are set.
+    pub tls: Option<TlsPem>,
+}
+
+/// The REST listener's certificate chain (leaf first) and private key (PKCS#8, PKCS#1 or
+/// SEC1), parsed from `tls_cert_path` and `tls_key_path`.
+pub struct TlsPem {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsPem {
+    /// Reads and parses both files. Each problem names its setting and file, never what the
+    /// file holds (a PEM parser's error may quote a line of it, of a private key too).
+    pub fn read(cert: &Path, key: &Path) -> Result<Self, Vec<String>> {
+        let read = |p: &Path, setting: &str| {
+            std::fs::read(p)
+                .map_err(|e| format!("server.{setting}: cannot read {}: {e}", p.display()))
+        };
+        let chain = read(cert, "tls_cert_path").and_then(|pem| {
+            CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "server.tls_cert_path: {} holds no certificate in PEM",
+                        cert.display()
+                    )
+                })
+        });
+        let private = read(key, "tls_key_path").and_then(|pem| {
+            PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
+                format!(
+                    "server.tls_key_path: {} holds no private key in PEM (PKCS#8, PKCS#1 or SEC1, unencrypted)",
+                    key.display()
+                )
+            })
+        });
+        match (chain, private) {
+            (Ok(chain), Ok(private)) => Ok(TlsPem {
+                cert_path: cert.to_path_buf(),
+                key_path: key.to_path_buf(),
+                chain,
+                key: private,
+            }),
+            (chain, private) => Err([chain.err(), private.err()].into_iter().flatten().collect()),
         }
     }
 }
 
-/// `[server]`: the address, the token rule, the TLS files.
-pub(super) fn check(errs: &mut Vec<String>, s: &ServerSettings) {
-    let host = match parse_listen(&s.listen) {
-        Ok((host, _)) => Some(host),
-        Err(e) => {
-            errs.push(format!("server.listen: {e}"));
-            None
+impl ServerSettings {
+    /// The token and the TLS material: as validation read them when these settings were
+    /// loaded ([`super::Settings::load`]), else (settings built in code) read now.
+    pub fn files(&self) -> Result<Arc<ServerFiles>, ConfigError> {
+        if let Some(f) = &self.files {
+            return Ok(f.clone());
         }
-    };
-    let token = s.token().unwrap_or_else(|e| {
-        errs.push(e);
-        // Set but unusable: reported above, not again as missing.
-        Some(Secret::new(""))
-    });
-    if let Some(h) = host {
-        if token.is_none() && !h.is_loopback() && !s.allow_unauthenticated {
+        let mut errs = Vec::new();
+        let files = read_files(&mut errs, self);
+        if errs.is_empty() {
+            Ok(Arc::new(files))
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+}
+
+/// `[server]`: the address, the token rule, the token and TLS files (read here, once);
+/// answers what the files hold.
+pub(super) fn check(errs: &mut Vec<String>, s: &ServerSettings) -> ServerFiles {
+    match parse_listen(&s.listen) {
+        Err(e) => errs.push(format!("server.listen: {e}")),
+        // A token set but unusable is reported by `read_files`, not again as missing.
+        Ok((host, _))
+            if s.auth_token.is_none()
+                && s.auth_token_file.is_none()
+                && !host.is_loopback()
+                && !s.allow_unauthenticated =>
+        {
             errs.push(format!(
                 "server.auth_token: required because server.listen = \"{}\" accepts connections from other hosts, and without a token anyone who reaches it can stop the connector, rewrite its offsets or resync everything. Set server.auth_token_file (or server.auth_token, e.g. GRAPH_CDC__SERVER__AUTH_TOKEN), or listen on this host only (server.listen = \"127.0.0.1:8083\"), or set server.allow_unauthenticated = true to run the REST API without a token on purpose",
                 s.listen
-            ));
+            ))
         }
+        Ok(_) => {}
     }
-    tls(errs, s);
+    read_files(errs, s)
 }
 
-/// `tls_cert_path` and `tls_key_path`: both or neither, readable, PEM.
-fn tls(errs: &mut Vec<String>, s: &ServerSettings) {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let (cert, key) = match (&s.tls_cert_path, &s.tls_key_path) {
-        (None, None) => return,
-        (Some(_), None) => {
-            return errs.push("server.tls_key_path: required with server.tls_cert_path".into())
+/// The token (`auth_token` or `auth_token_file`, one of them, not empty) and the TLS files
+/// (both or neither, PEM). Errors name the key, never the token.
+fn read_files(errs: &mut Vec<String>, s: &ServerSettings) -> ServerFiles {
+    let token = match (&s.auth_token, &s.auth_token_file) {
+        (Some(_), Some(_)) => {
+            Err("server.auth_token: set one of server.auth_token and server.auth_token_file".into())
         }
-        (None, Some(_)) => {
-            return errs.push("server.tls_cert_path: required with server.tls_key_path".into())
+        (Some(t), None) if t.expose().trim().is_empty() => {
+            Err("server.auth_token: must not be empty (set a token, or remove the key)".into())
         }
-        (Some(c), Some(k)) => (c, k),
-    };
-    let read = |p: &Path, key: &str| {
-        std::fs::read(p).map_err(|e| format!("server.{key}: cannot read {}: {e}", p.display()))
-    };
-    match read(cert, "tls_cert_path") {
-        Err(e) => errs.push(e),
-        Ok(pem) => {
-            let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
-            match certs {
-                Ok(c) if !c.is_empty() => {}
-                Ok(_) => errs.push(format!(
-                    "server.tls_cert_path: {} holds no PEM certificate",
-                    cert.display()
-                )),
-                Err(e) => errs.push(format!(
-                    "server.tls_cert_path: {} is not a PEM certificate chain ({e})",
-                    cert.display()
-                )),
+        (Some(t), None) => Ok(Some(Secret::new(t.expose().trim()))),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Err(e) => Err(format!(
+                "server.auth_token_file: cannot read {}: {e}",
+                f.display()
+            )),
+            Ok(t) if t.trim().is_empty() => {
+                Err(format!("server.auth_token_file: {} is empty", f.display()))
             }
-        }
-    }
-    match read(key, "tls_key_path") {
-        Err(e) => errs.push(e),
-        // The parser's error may quote the file: not shown, it is a private key.
-        Ok(pem) => {
-            if PrivateKeyDer::from_pem_slice(&pem).is_err() {
-                errs.push(format!(
-                    "server.tls_key_path: {} is not a PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted)",
-                    key.display()
-                ));
-            }
-        }
+            Ok(t) => Ok(Some(Secret::new(t.trim()))),
+        },
+        (None, None) => Ok(None),
+    };
+    let tls = match (&s.tls_cert_path, &s.tls_key_path) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(vec![
+            "server.tls_key_path: required with server.tls_cert_path".to_string(),
+        ]),
+        (None, Some(_)) => Err(vec![
+            "server.tls_cert_path: required with server.tls_key_path".to_string(),
+        ]),
+        (Some(c), Some(k)) => TlsPem::read(c, k).map(Some),
+    };
+    ServerFiles {
+        token: token.unwrap_or_else(|e| {
+            errs.push(e);
+            None
+        }),
+        tls: tls.unwrap_or_else(|e| {
+            errs.extend(e);
+            None
+        }),
     }
 }

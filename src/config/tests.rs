@@ -245,3 +245,27 @@ fn graph_hosts_need_https_outside_loopback_and_bodies_a_cap() {
     let s = Settings::from_toml_str(&with("max_response_bytes = 4096"), false).unwrap();
     assert_eq!(s.graph.client_options().max_response_bytes, 4096);
 }
+
+#[test]
+fn the_token_file_is_read_once_as_the_settings_load() {
+    let dir = std::env::temp_dir().join(format!("graph-cdc-files-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "t0k-from-file\n").unwrap();
+    let toml = format!("{OK}\n[server]\nauth_token_file = \"{}\"", file.display());
+    let s = Settings::from_toml_str(&toml, false).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    // The start takes what validation read: the file is not read again.
+    let files = s.server.files().unwrap();
+    assert_eq!(
+        files.token.as_ref().map(Secret::expose),
+        Some("t0k-from-file")
+    );
+    assert!(files.tls.is_none());
+    // Settings that were not loaded read it when asked, and name it when they cannot.
+    let mut unloaded = s.clone();
+    unloaded.server.files = None;
+    let e = unloaded.server.files().unwrap_err().to_string();
+    assert!(e.starts_with("server.auth_token_file: cannot read "), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

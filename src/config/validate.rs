@@ -30,17 +30,22 @@ impl Settings {
     /// Checks values a type cannot express, section by section; every problem is reported
     /// with its key, all of them at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validated().map(drop)
+    }
+
+    /// [`validate`](Self::validate), answering what the `[server]` files hold (read here).
+    pub(super) fn validated(&self) -> Result<ServerFiles, ConfigError> {
         let mut errs = Vec::new();
         need(&mut errs, &self.name, "name");
         graph(&mut errs, &self.graph);
         kafka(&mut errs, &self.kafka);
         worker(&mut errs, &self.worker);
-        server::check(&mut errs, &self.server);
+        let files = server::check(&mut errs, &self.server);
         errors(&mut errs, &self.errors, &self.kafka);
         topics(&mut errs, &self.kafka, &self.errors);
         sources(&mut errs, &self.sources, self.graph.cloud);
         if errs.is_empty() {
-            Ok(())
+            Ok(files)
         } else {
             Err(ConfigError::Invalid(errs))
         }
@@ -91,6 +96,9 @@ fn graph(errs: &mut Vec<String>, g: &GraphSettings) {
                 _ => errs.push(format!("{key}: '{u}' is not an http(s) URL")),
             }
         }
+    }
+    if g.max_pages_per_round == 0 {
+        errs.push("graph.max_pages_per_round: must be at least 1".into());
     }
     if g.max_response_bytes == 0 {
         errs.push("graph.max_response_bytes: must be at least 1".into());
@@ -334,12 +342,6 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
                 }
                 match WindowSpec::new(start, end) {
                     Err((bound, e)) => errs.push(format!("sources[{i}].{bound}: {e}")),
-                    // Rolling a window needs the reconciliation of issue 12 underneath it
-                    // (what leaves the window must be tombstoned); until that lands the
-                    // worker reads fixed windows only, and says so rather than misreading.
-                    Ok(spec) if spec.rolls() => errs.push(format!(
-                        "sources[{i}].start: relative bounds ({spec}) are parsed but not rolled by this version yet: give both bounds as RFC 3339 dates"
-                    )),
                     Ok(spec) => {
                         if let Err(e) = spec.check(Utc::now(), window_roll.0) {
                             errs.push(format!("sources[{i}].end: {e}"));

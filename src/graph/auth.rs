@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 
 use super::error::AuthError;
-use super::http::{location_origin, read_capped, BodyError};
+use super::http::{location_origin, read_capped};
 use super::options::ClientOptions;
 
 /// How the app proves who it is.
@@ -76,11 +76,10 @@ type Fetch = Shared<BoxFuture<'static, Result<AccessToken, Arc<AuthError>>>>;
 #[derive(Default)]
 struct State {
     cached: Option<Cached>,
-    /// The generation of the newest token fetched.
+    /// The generation of the newest token fetched (the cached one's, while there is one).
     generation: u64,
-    /// The fetch in flight and its number.
-    in_flight: Option<(u64, Fetch)>,
-    fetches: u64,
+    /// The fetch in flight: set only when none is, cleared only by that fetch.
+    in_flight: Option<Fetch>,
 }
 
 /// What a token request needs (shared with the task that fetches).
@@ -152,15 +151,12 @@ impl TokenProvider {
                 }
             }
             match &st.in_flight {
-                Some((_, f)) => f.clone(),
+                Some(f) => f.clone(),
                 None => {
-                    st.fetches += 1;
-                    let n = st.fetches;
                     // Its own task: it goes on (and times out) whoever waits for it.
                     let task = tokio::spawn(fetch_and_keep(
                         self.fetcher.clone(),
                         Arc::downgrade(&self.state),
-                        n,
                     ));
                     let f = async move {
                         task.await
@@ -168,7 +164,7 @@ impl TokenProvider {
                     }
                     .boxed()
                     .shared();
-                    st.in_flight = Some((n, f.clone()));
+                    st.in_flight = Some(f.clone());
                     f
                 }
             }
@@ -184,13 +180,8 @@ impl TokenProvider {
         if st.generation > stale.generation {
             return true;
         }
-        if st
-            .cached
-            .as_ref()
-            .is_some_and(|c| c.token.generation == stale.generation)
-        {
-            st.cached = None;
-        }
+        // `stale` is the newest token: the cached one, if it is still cached.
+        st.cached = None;
         false
     }
 }
@@ -199,7 +190,6 @@ impl TokenProvider {
 async fn fetch_and_keep(
     fetcher: Arc<Fetcher>,
     state: Weak<Mutex<State>>,
-    n: u64,
 ) -> Result<AccessToken, Arc<AuthError>> {
     let fetched = tokio::time::timeout(fetcher.timeout, fetcher.fetch())
         .await
@@ -208,9 +198,7 @@ async fn fetch_and_keep(
         return Err(Arc::new(AuthError::Interrupted));
     };
     let mut st = state.lock();
-    if st.in_flight.as_ref().is_some_and(|(i, _)| *i == n) {
-        st.in_flight = None;
-    }
+    st.in_flight = None;
     let (secret, lifetime) = fetched.map_err(Arc::new)?;
     st.generation += 1;
     let token = AccessToken {
@@ -262,12 +250,7 @@ impl Fetcher {
                 to: location_origin(&resp),
             });
         }
-        let body = read_capped(resp, self.max_response_bytes)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge { limit } => AuthError::TooLarge { limit },
-                BodyError::Read(e) => AuthError::Read(e),
-            })?;
+        let body = read_capped(resp, self.max_response_bytes).await?;
         if !status.is_success() {
             let e: TokenError = serde_json::from_slice(&body).unwrap_or(TokenError {
                 error: None,

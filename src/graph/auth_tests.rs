@@ -4,16 +4,9 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::graph::http::testing::{Answer, Server};
+use crate::graph::http::testing::{token_provider, Answer, Server};
 
 const SECRET: &str = "s3cr3t-client-value";
-
-fn token(t: &str) -> Answer {
-    Answer::json(
-        200,
-        &format!(r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"{t}"}}"#),
-    )
-}
 
 fn opts() -> ClientOptions {
     ClientOptions {
@@ -23,23 +16,16 @@ fn opts() -> ClientOptions {
 }
 
 fn provider(server: &Server, opts: &ClientOptions) -> TokenProvider {
-    TokenProvider::new(
-        crate::graph::http::client(opts).expect("client"),
-        format!("{}/contoso/oauth2/v2.0/token", server.url),
-        "graph-cdc".into(),
-        "https://graph.microsoft.com",
-        Credential::Secret(SECRET.into()),
-        opts,
-    )
+    token_provider(&server.url, SECRET, opts)
 }
 
 #[tokio::test]
 async fn one_fetch_serves_every_caller_waiting_for_a_token() {
     let slow = Answer {
         delay: Duration::from_millis(300),
-        ..token("t1")
+        ..Answer::token("t1")
     };
-    let server = Server::start(vec![slow], token("t2")).await;
+    let server = Server::start(vec![slow], Answer::token("t2")).await;
     let tokens = provider(&server, &opts());
     let all = futures_util::future::join_all((0..20).map(|_| tokens.token())).await;
     assert_eq!(server.requests().len(), 1, "one fetch for 20 callers");
@@ -73,7 +59,7 @@ async fn a_failed_fetch_is_shared_and_the_next_caller_tries_again() {
             r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}"#,
         )
     };
-    let server = Server::start(vec![refused], token("t1")).await;
+    let server = Server::start(vec![refused], Answer::token("t1")).await;
     let tokens = provider(&server, &opts());
     let all = futures_util::future::join_all((0..10).map(|_| tokens.token())).await;
     assert_eq!(server.requests().len(), 1);
@@ -90,9 +76,9 @@ async fn a_failed_fetch_is_shared_and_the_next_caller_tries_again() {
 async fn a_token_endpoint_that_does_not_answer_times_out() {
     let hung = Answer {
         delay: Duration::from_secs(30),
-        ..token("late")
+        ..Answer::token("late")
     };
-    let server = Server::start(vec![hung], token("t1")).await;
+    let server = Server::start(vec![hung], Answer::token("t1")).await;
     let o = ClientOptions {
         request_timeout: Duration::from_millis(300),
         ..opts()
@@ -108,12 +94,12 @@ async fn a_token_endpoint_that_does_not_answer_times_out() {
 
 #[tokio::test]
 async fn a_redirect_is_not_followed_and_the_secret_goes_nowhere_else() {
-    let target = Server::start(vec![], token("stolen")).await;
+    let target = Server::start(vec![], Answer::token("stolen")).await;
     let elsewhere = format!("{}/evil/oauth2/v2.0/token?x=1", target.url);
     for status in [301, 302, 307, 308] {
         let server = Server::start(
             vec![Answer::json(status, "").header("location", &elsewhere)],
-            token("t1"),
+            Answer::token("t1"),
         )
         .await;
         let tokens = provider(&server, &opts());
@@ -137,7 +123,7 @@ async fn a_token_answer_over_the_cap_is_not_read() {
         r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"big"}}{}"#,
         " ".repeat(64 * 1024)
     );
-    let server = Server::start(vec![Answer::json(200, &padded)], token("t1")).await;
+    let server = Server::start(vec![Answer::json(200, &padded)], Answer::token("t1")).await;
     let o = ClientOptions {
         max_response_bytes: 4096,
         ..opts()

@@ -27,7 +27,7 @@ use super::auth::{AccessToken, TokenProvider};
 use super::batch::{Batcher, Mailbox};
 use super::delta::{parse_page, DeltaPage};
 use super::error::{AuthError, GraphError, Transient};
-use super::http::{location_origin, read_capped, BodyError};
+use super::http::{location_origin, read_capped};
 use super::options::{prefer, ClientOptions};
 use crate::metrics;
 use crate::source::PartitionKind;
@@ -227,14 +227,10 @@ impl GraphClient {
         let body = match body {
             Ok(b) => b,
             Err(e) => {
-                let reason = match e {
-                    BodyError::TooLarge { limit } => Transient::TooLarge { limit },
-                    BodyError::Read(e) => Transient::Body(e),
-                };
                 return Attempt::Retry {
-                    reason,
+                    reason: e.into(),
                     after: None,
-                };
+                }
             }
         };
         if status.is_success() {

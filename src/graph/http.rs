@@ -9,6 +9,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::{AuthError, Transient};
 use super::options::ClientOptions;
 
 /// Why a body could not be had.
@@ -20,6 +21,26 @@ pub enum BodyError {
     /// The body did not arrive whole (cut connection, timeout).
     #[error(transparent)]
     Read(#[from] reqwest::Error),
+}
+
+/// A Graph answer's body: retried.
+impl From<BodyError> for Transient {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit } => Transient::TooLarge { limit },
+            BodyError::Read(e) => Transient::Body(e),
+        }
+    }
+}
+
+/// The token endpoint's answer.
+impl From<BodyError> for AuthError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit } => AuthError::TooLarge { limit },
+            BodyError::Read(e) => AuthError::Read(e),
+        }
+    }
 }
 
 /// The HTTP client for Graph and the token endpoint: no redirects, a connection pool sized
@@ -63,13 +84,16 @@ pub fn location_origin(resp: &reqwest::Response) -> String {
 pub(crate) mod testing {
     //! A tiny HTTP/1.1 server on loopback for the Graph side's unit tests: each accepted
     //! connection gets the next canned answer (or the default one), and every request's
-    //! head and body are kept.
+    //! head and body are kept. Also the token provider those tests share.
 
     use std::sync::Arc;
 
     use parking_lot::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    use crate::graph::auth::{Credential, TokenProvider};
+    use crate::graph::options::ClientOptions;
 
     /// One canned answer: status line and headers, then a body (sent in chunks when large).
     #[derive(Clone)]
@@ -91,10 +115,33 @@ pub(crate) mod testing {
             }
         }
 
+        /// A token endpoint granting `access_token` for an hour.
+        pub fn token(access_token: &str) -> Self {
+            Self::json(
+                200,
+                &format!(
+                    r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"{access_token}"}}"#
+                ),
+            )
+        }
+
         pub fn header(mut self, k: &str, v: &str) -> Self {
             self.headers.push((k.into(), v.into()));
             self
         }
+    }
+
+    /// The app `graph-cdc` with client secret `secret`, getting its tokens from the tenant
+    /// `contoso` of the identity platform (or simulator) at `login`.
+    pub fn token_provider(login: &str, secret: &str, opts: &ClientOptions) -> TokenProvider {
+        TokenProvider::new(
+            super::client(opts).expect("client"),
+            format!("{login}/contoso/oauth2/v2.0/token"),
+            "graph-cdc".into(),
+            "https://graph.microsoft.com",
+            Credential::Secret(secret.into()),
+            opts,
+        )
     }
 
     /// A running server: its base URL, what it received, and its script.

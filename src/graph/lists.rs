@@ -228,7 +228,7 @@ mod tests {
 
     fn lists_reader(committed: Option<SourceOffset>, known: &[&str]) -> PartitionReader {
         let id = Arc::new(PartitionId::TaskLists { user: USER.into() });
-        let mut r = PartitionReader::new(id, HOST, committed).unwrap();
+        let mut r = PartitionReader::new(id, HOST, committed, Default::default()).unwrap();
         let mut partitions: Vec<PartitionId> = known.iter().map(|l| (*tasks(l)).clone()).collect();
         partitions.push(PartitionId::Tasks {
             user: "b@contoso.com".into(),
@@ -263,11 +263,15 @@ mod tests {
             delta_link: Some(link.into()),
             round,
             resync: false,
+            ..SourceOffset::INITIAL
         }
     }
 
-    fn ids(b: &SourceBatch) -> Vec<(Op, String)> {
-        b.records.iter().map(|r| (r.op, r.id.clone())).collect()
+    /// What the worker hands `advance`: every record's id, for a lists partition.
+    fn ids(r: &PartitionReader, b: &SourceBatch) -> Vec<(Op, String)> {
+        let ids = r.advance_ids(&b.records);
+        assert_eq!(ids.len(), b.records.len());
+        ids
     }
 
     #[test]
@@ -282,7 +286,8 @@ mod tests {
         assert_eq!(b.runs, vec![tasks("new"), tasks("old")]);
         assert_eq!(b.resets, vec![tasks("gone")]);
         // Once committed, the new list is known and a deleted one forgotten.
-        r.advance(b.offset.clone(), &ids(&b));
+        let ids = ids(&r, &b);
+        r.advance(b.offset.clone(), &ids);
         let b = r.batch(page(&["new", "gone"], true));
         assert_eq!(
             b.starts,
@@ -310,7 +315,8 @@ mod tests {
         let b = r.batch(page(&["a"], false));
         let full = b.full_round.expect("a round from scratch");
         assert!(full.first && !full.last);
-        r.advance(b.offset.clone(), &ids(&b));
+        let ids = ids(&r, &b);
+        r.advance(b.offset.clone(), &ids);
         let mut b = r.batch(page(&["b"], true));
         let full = b.full_round.expect("a round from scratch");
         assert!(!full.first && full.last, "its last page");

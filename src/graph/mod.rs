@@ -29,6 +29,7 @@ pub mod lists;
 pub mod options;
 pub mod partition;
 pub mod reader;
+pub mod rounds;
 
 pub use auth::{AccessToken, Credential, TokenProvider};
 pub use client::GraphClient;
@@ -36,3 +37,4 @@ pub use error::{AuthError, GraphError, MalformedPage, Transient};
 pub use options::ClientOptions;
 pub use partition::{LinkMismatch, Route};
 pub use reader::PartitionReader;
+pub use rounds::{Restart, Rounds};

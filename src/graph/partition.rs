@@ -18,6 +18,7 @@ use url::Url;
 
 use super::error::GraphError;
 use crate::source::PartitionId;
+use crate::window::{Window, WindowSpec};
 
 /// One path segment of a route after the API version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +39,9 @@ pub struct Route {
     host: Url,
     version: &'static str,
     segments: Vec<Segment>,
-    /// A calendar view's window, as the partition identity gives it.
+    /// A calendar view's window in force, as the partition identity gives it (fixed) or as
+    /// [`Route::in_window`] sets it (rolling); `None` for other kinds, and for a rolling view
+    /// whose window is not known (its links' window is then not checked).
     window: Option<(String, String)>,
 }
 
@@ -97,10 +100,13 @@ impl Route {
                 calendar,
                 window,
             } => {
-                let (start, end) = window
-                    .split_once('/')
-                    .ok_or_else(|| GraphError::Url(format!("bad window '{window}'")))?;
-                let window = Some((start.to_string(), end.to_string()));
+                let spec = WindowSpec::parse(window).map_err(GraphError::Url)?;
+                // A fixed window is requested as the identity spells it; a rolling one is
+                // set by whoever knows the time (`in_window`).
+                let window = (!spec.rolls())
+                    .then(|| window.split_once('/'))
+                    .flatten()
+                    .map(|(s, e)| (s.to_string(), e.to_string()));
                 let view = [Name("calendarView"), Name("delta")];
                 if calendar.eq_ignore_ascii_case("primary") {
                     ("v1.0", [&user(u)[..], &view].concat(), window)
@@ -138,8 +144,23 @@ impl Route {
         })
     }
 
+    /// The route of a calendar view over `window` (the window in force of a rolling view).
+    pub fn in_window(mut self, window: Window) -> Self {
+        if self.window.is_some() || self.segments.contains(&Segment::Name("calendarView")) {
+            let w = window.to_string();
+            self.window = w
+                .split_once('/')
+                .map(|(s, e)| (s.to_string(), e.to_string()));
+        }
+        self
+    }
+
     /// The initial delta request of a round.
     pub fn initial_url(&self) -> String {
+        self.url().to_string()
+    }
+
+    fn url(&self) -> Url {
         let mut url = self.host.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().push(self.version);
@@ -153,7 +174,7 @@ impl Route {
                 .append_pair("startDateTime", start)
                 .append_pair("endDateTime", end);
         }
-        url.to_string()
+        url
     }
 
     /// Whether `link` addresses this partition's own resource: the configured Graph host
@@ -273,10 +294,7 @@ impl Route {
 
     /// The route's path as the initial request spells it (for messages).
     fn path(&self) -> String {
-        let Ok(u) = Url::parse(&self.initial_url()) else {
-            return String::new();
-        };
-        u.path().to_string()
+        self.url().path().to_string()
     }
 }
 
@@ -299,25 +317,13 @@ fn key_syntax(segment: &str) -> Option<(String, String)> {
     (!name.is_empty()).then(|| (name.to_string(), key.replace("''", "'")))
 }
 
-/// A path segment with its `%XX` escapes decoded (`None` when they do not make UTF-8).
+/// A path segment with its `%XX` escapes decoded (`None` when they do not make UTF-8; a `+`
+/// stays a `+`, as in any path).
 fn decode(segment: &str) -> Option<String> {
-    let b = segment.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
-            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h)? * 16 + hex(l)?) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// The initial delta request of a partition on `graph_host` (see [`Route::new`]).

@@ -13,26 +13,36 @@
 
 use std::sync::Arc;
 
+use chrono::Utc;
+
 use super::client::GraphClient;
 use super::delta::DeltaPage;
 use super::error::GraphError;
 use super::lists::{task_partitions, KnownLists};
-use super::partition::{initial_url, same_origin};
+use super::partition::{same_origin, Route};
+use super::rounds::{Restart, Rounds};
 use crate::metrics;
 use crate::source::{
     FullRound, Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord,
 };
+use crate::window::{Window, WindowSpec};
 
 #[derive(Clone)]
 pub struct PartitionReader {
     pub id: Arc<PartitionId>,
     graph_host: String,
+    /// The partition's route (a rolling view's: over the window in force).
+    route: Route,
     initial_url: String,
     offset: SourceOffset,
     /// The next page starts an attempt at a round from scratch (from the initial request).
     fresh: bool,
     /// A `TaskLists` partition's known lists, once seeded (see [`Self::know_lists`]).
     lists: Option<KnownLists>,
+    /// When rounds start from scratch on their own (see `rounds.rs`).
+    rounds: Rounds,
+    /// A rolling calendar view's window as written, and the window in force.
+    rolling: Option<(WindowSpec, Window)>,
 }
 
 /// A 410 on a link that was just reset to the initial request would loop forever.
@@ -44,29 +54,54 @@ impl PartitionReader {
         id: Arc<PartitionId>,
         graph_host: &str,
         committed: Option<SourceOffset>,
+        rounds: Rounds,
     ) -> Result<Self, GraphError> {
-        let initial_url = initial_url(graph_host, &id)?;
-        let mut offset = committed.unwrap_or(SourceOffset {
-            link: None,
-            delta_link: None,
-            round: 1,
-            resync: false,
-        });
+        let now = Utc::now();
+        let route = Route::new(graph_host, &id)?;
+        let spec = match &*id {
+            PartitionId::CalendarView { window, .. } => {
+                Some(WindowSpec::parse(window).map_err(GraphError::Url)?)
+            }
+            _ => None,
+        };
+        let in_force = rounds.window(spec.as_ref(), now);
+        let route = match in_force {
+            Some(w) => route.in_window(w),
+            None => route,
+        };
+        let first = committed.is_none();
+        let mut offset = committed.unwrap_or(SourceOffset::INITIAL);
+        // Offsets of versions before the periodic reconcile: scheduled from now, so an
+        // upgrade does not reconcile every partition at once.
+        offset.full_at.get_or_insert(now.timestamp());
+        let window = in_force.map(|w| w.to_string());
         if offset.resync && offset.delta_link.is_none() {
-            // A full resync was under way in an earlier run: it starts over (refetching
+            // A round from scratch was under way in an earlier run: it starts over (refetching
             // costs requests, not records, since unchanged items are not written again; and
             // a partition upgraded from a version without reconciliation state knew what the
             // round had seen only in memory).
             offset.link = None;
         }
-        Ok(Self {
+        let mut reader = Self {
             id,
             graph_host: graph_host.to_string(),
-            initial_url,
+            initial_url: route.initial_url(),
+            route,
             fresh: offset.link.is_none(),
             offset,
             lists: None,
-        })
+            rounds,
+            rolling: spec.zip(in_force),
+        };
+        if !first && window.is_some() && reader.offset.window != window {
+            // The window rolled while the partition was not read (or was never recorded):
+            // its position belongs to the old window.
+            let from = reader.offset.window.clone().unwrap_or_default();
+            metrics::window_rolled(&reader.id, &from, window.as_deref().unwrap_or_default());
+            reader.restart_as(Restart::Window);
+        }
+        reader.offset.window = window;
+        Ok(reader)
     }
 
     /// Seeds a `TaskLists` reader with task partitions the caller knows (running or with a
@@ -85,6 +120,15 @@ impl PartitionReader {
         &self.offset
     }
 
+    /// What [`Self::advance`] needs of a batch's records: their ids for a To Do lists
+    /// partition (its known lists), nothing for other kinds (no copy of every id).
+    pub fn advance_ids(&self, records: &[SourceRecord]) -> Vec<(Op, String)> {
+        match self.lists {
+            Some(_) => records.iter().map(|r| (r.op, r.id.clone())).collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Moves to the position after a batch (once it is committed or safely queued).
     pub fn advance(&mut self, batch_offset: SourceOffset, batch_ids: &[(Op, String)]) {
         if let Some(lists) = &mut self.lists {
@@ -101,13 +145,47 @@ impl PartitionReader {
 
     /// Restarts the current round from scratch (a resync signal).
     pub fn restart(&mut self) {
+        self.restart_as(Restart::Resync);
+    }
+
+    /// Restarts the current round from scratch, for `why`; the round's tombstones say why.
+    fn restart_as(&mut self, why: Restart) {
         self.offset = SourceOffset {
             link: None,
             delta_link: None,
             round: self.offset.round,
             resync: true,
+            window: self.offset.window.take(),
+            full_at: Some(Utc::now().timestamp()),
+            reason: (why != Restart::Resync).then(|| why.reason().to_string()),
         };
         self.fresh = true;
+    }
+
+    /// At a round boundary, before polling: a round from scratch instead if the rolling
+    /// window moved or the periodic reconcile is due.
+    fn restart_if_due(&mut self) {
+        if self.offset.link.is_none() || !self.at_round_start() {
+            return;
+        }
+        let now = Utc::now();
+        if let Some((spec, old)) = self.rolling {
+            let new = spec.at(now, self.rounds.window_roll);
+            if new != old {
+                metrics::window_rolled(&self.id, &old.to_string(), &new.to_string());
+                self.route = self.route.clone().in_window(new);
+                self.initial_url = self.route.initial_url();
+                self.rolling = Some((spec, new));
+                self.offset.window = Some(new.to_string());
+                self.restart_as(Restart::Window);
+                return;
+            }
+        }
+        let last = self.offset.full_at.unwrap_or(now.timestamp());
+        if self.rounds.reconcile_due(&self.id, last, now.timestamp()) {
+            metrics::reconcile_due(&self.id, now.timestamp() - last);
+            self.restart_as(Restart::Reconcile);
+        }
     }
 
     fn link(&self) -> &str {
@@ -116,6 +194,7 @@ impl PartitionReader {
 
     /// Fetches the next page and turns it into a batch (not yet applied: see `advance`).
     pub async fn next_batch(&mut self, client: &GraphClient) -> Result<SourceBatch, GraphError> {
+        self.restart_if_due();
         let mut resyncs = 0;
         loop {
             let link = self.link().to_string();
@@ -152,7 +231,8 @@ impl PartitionReader {
         let link = if from_delta {
             self.offset.delta_link.clone()
         } else {
-            location.filter(|l| same_origin(&self.graph_host, l))
+            // Only a link of the partition's own resource (and window in force).
+            location.filter(|l| self.route.owns_link(l).is_ok())
         };
         metrics::resync(
             &self.id,
@@ -169,6 +249,13 @@ impl PartitionReader {
             link,
             round: self.offset.round,
             resync: true,
+            window: self.offset.window.take(),
+            full_at: if from_delta {
+                self.offset.full_at
+            } else {
+                Some(chrono::Utc::now().timestamp())
+            },
+            reason: None,
         };
     }
 
@@ -201,14 +288,15 @@ impl PartitionReader {
             (Some(next), _) => SourceOffset {
                 link: Some(next),
                 delta_link: self.offset.delta_link.clone(),
-                round,
-                resync,
+                ..self.offset.clone()
             },
             (None, delta) => SourceOffset {
                 link: delta.clone(),
                 delta_link: delta,
                 round: round + 1,
                 resync: false,
+                reason: None,
+                ..self.offset.clone()
             },
         };
         // No deltaLink behind the round: it started from the initial request.
@@ -237,14 +325,12 @@ impl PartitionReader {
         if gone.is_empty() {
             return;
         }
-        let round = batch
-            .records
-            .first()
-            .map_or(batch.offset.round.saturating_sub(1), |r| r.round);
+        let round = batch.records_round();
         let from = batch.records.len();
+        let reason = Restart::from_reason(self.offset.reason.as_deref()).reason();
         batch.records.extend(
             gone.into_iter()
-                .map(|id| SourceRecord::tombstone(self.id.clone(), id, round, "resync", true)),
+                .map(|id| SourceRecord::tombstone(self.id.clone(), id, round, reason, true)),
         );
         if self.id.kind() == PartitionKind::TaskLists {
             let d = task_partitions(&self.id, &batch.records[from..], self.lists.as_ref());
@@ -267,7 +353,7 @@ mod tests {
     //! The resync rules, as NOTES.md and Graph's delta docs give them: a `410` on a nextLink
     //! falls back to the last complete round's deltaLink; on a deltaLink (or mid-way through
     //! a first round, which has none) the round restarts from the initial request, preferably
-    //! the one `Location` names, and becomes a full resync that must remember what it sees.
+    //! the one `Location` names, and becomes a round from scratch, reconciled at its end.
 
     use super::*;
 
@@ -277,7 +363,7 @@ mod tests {
         let id = Arc::new(PartitionId::CalendarList {
             user: "a@contoso.com".into(),
         });
-        PartitionReader::new(id, HOST, committed).unwrap()
+        PartitionReader::new(id, HOST, committed, Default::default()).unwrap()
     }
 
     fn at(link: Option<&str>, delta: Option<&str>, round: u64) -> SourceOffset {
@@ -286,13 +372,16 @@ mod tests {
             delta_link: delta.map(str::to_string),
             round,
             resync: false,
+            ..SourceOffset::INITIAL
         }
     }
 
-    const NEXT: &str = "https://graph.microsoft.com/v1.0/users/a/calendars/delta?$skiptoken=2";
-    const DELTA: &str = "https://graph.microsoft.com/v1.0/users/a/calendars/delta?$deltatoken=1";
+    const NEXT: &str =
+        "https://graph.microsoft.com/beta/users/a@contoso.com/calendars/delta?$skiptoken=2";
+    const DELTA: &str =
+        "https://graph.microsoft.com/beta/users/a@contoso.com/calendars/delta?$deltatoken=1";
     const LOCATION: &str =
-        "https://graph.microsoft.com/v1.0/users/a/calendars/delta?$deltatoken=fresh";
+        "https://graph.microsoft.com/beta/users/a@contoso.com/calendars/delta?$deltatoken=fresh";
 
     #[test]
     fn gone_on_a_next_link_falls_back_to_the_rounds_delta_link() {
@@ -378,6 +467,16 @@ mod tests {
     }
 
     #[test]
+    fn only_a_lists_partition_copies_the_ids_it_advances_by() {
+        let r = reader(None);
+        let t = SourceRecord::tombstone(r.id.clone(), "x".into(), 1, "deleted", false);
+        assert!(
+            r.advance_ids(&[t]).is_empty(),
+            "a calendar list knows no lists"
+        );
+    }
+
+    #[test]
     fn pages_of_a_round_from_scratch_say_where_they_stand() {
         let mut r = reader(Some(at(Some(DELTA), Some(DELTA), 5)));
         assert_eq!(r.batch(page(true)).full_round, None, "a delta round");
@@ -422,5 +521,95 @@ mod tests {
         let o = r.offset();
         assert_eq!((o.link.as_deref(), o.round, o.resync), (None, 9, true));
         assert!(r.fresh);
+    }
+
+    fn rolling_view() -> Arc<PartitionId> {
+        Arc::new(PartitionId::CalendarView {
+            user: "a@contoso.com".into(),
+            calendar: "primary".into(),
+            window: "-1d/+1d".into(),
+        })
+    }
+
+    #[test]
+    fn a_window_that_rolled_while_away_is_read_from_scratch() {
+        let view = "https://graph.microsoft.com/v1.0/users/a@contoso.com/calendarView/delta";
+        let committed = SourceOffset {
+            window: Some("2020-01-01T00:00:00Z/2020-01-03T00:00:00Z".into()),
+            ..at(
+                Some(&format!("{view}?$deltatoken=1")),
+                Some(&format!("{view}?$deltatoken=1")),
+                4,
+            )
+        };
+        let r =
+            PartitionReader::new(rolling_view(), HOST, Some(committed), Rounds::default()).unwrap();
+        let o = r.offset();
+        assert_eq!((o.link.as_deref(), o.round, o.resync), (None, 4, true));
+        assert_eq!(o.reason.as_deref(), Some("window"));
+        let now = Utc::now();
+        let w = WindowSpec::parse("-1d/+1d")
+            .unwrap()
+            .at(now, Rounds::default().window_roll);
+        assert_eq!(
+            o.window,
+            Some(w.to_string()),
+            "the window in force is recorded"
+        );
+        assert!(r.fresh);
+        // The initial request reads the window in force.
+        let start = w.to_string().split_once('/').unwrap().0.to_string();
+        assert!(
+            r.link().contains(&start.replace(':', "%3A")),
+            "{}",
+            r.link()
+        );
+        // Its tombstones say why.
+        let mut b = r.batch(page(true));
+        r.complete_full_round(&mut b, vec!["gone".into()]);
+        assert_eq!(b.records[0].removed_reason.as_deref(), Some("window"));
+        assert_eq!(b.offset.reason, None, "the round is over");
+        assert_eq!(
+            b.offset.window, o.window,
+            "the window travels with the offset"
+        );
+    }
+
+    #[test]
+    fn a_due_reconcile_restarts_the_round_at_its_boundary_only() {
+        let rounds = Rounds {
+            reconcile_interval: Some(std::time::Duration::from_secs(1)),
+            ..Rounds::default()
+        };
+        let long_ago = Utc::now().timestamp() - 10;
+        let mid = SourceOffset {
+            full_at: Some(long_ago),
+            ..at(Some(NEXT), Some(DELTA), 3)
+        };
+        let mut r = PartitionReader::new(reader(None).id, HOST, Some(mid), rounds).unwrap();
+        r.restart_if_due();
+        assert_eq!(r.offset().link.as_deref(), Some(NEXT), "not mid-round");
+        let boundary = SourceOffset {
+            full_at: Some(long_ago),
+            ..at(Some(DELTA), Some(DELTA), 3)
+        };
+        let mut r = PartitionReader::new(r.id.clone(), HOST, Some(boundary), rounds).unwrap();
+        r.restart_if_due();
+        let o = r.offset().clone();
+        assert_eq!((o.link, o.resync), (None, true));
+        assert_eq!(o.reason.as_deref(), Some("reconcile"));
+        assert!(
+            o.full_at.unwrap() > long_ago,
+            "the schedule restarts from now"
+        );
+        // Without an interval nothing is due.
+        let boundary = SourceOffset {
+            full_at: Some(long_ago),
+            ..at(Some(DELTA), Some(DELTA), 3)
+        };
+        let mut r =
+            PartitionReader::new(r.id.clone(), HOST, Some(boundary), Rounds::default()).unwrap();
+        r.restart_if_due();
+        assert_eq!(r.offset().link.as_deref(), Some(DELTA));
     }
 }

@@ -40,6 +40,16 @@ enum Change {
     },
 }
 
+impl Change {
+    /// The key as the batch leaves it: `(content, location before the batch)`, or gone.
+    fn live(&self) -> Option<(u64, Loc)> {
+        match *self {
+            Change::Up { hash, old, .. } => Some((hash, old)),
+            Change::Del { .. } => None,
+        }
+    }
+}
+
 /// What a committed batch does to the entries ([`LiveItems::apply`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -104,14 +114,14 @@ impl LiveItems {
             ..Plan::default()
         };
         let (mut unchanged, mut not_live) = (0, 0);
-        // The batch's own view of each key it touched: content and pre-batch location.
-        let mut view: HashMap<u64, Option<(u64, Loc)>> = HashMap::new();
+        // Each key the batch changed: its change in `plan.changes`, which is also the batch's
+        // own view of that key for its later records.
         let mut net: HashMap<u64, usize> = HashMap::new();
         let mut kept = Vec::with_capacity(records.len());
         for r in records {
             let key = key_hash(&r.key);
-            let live = match view.get(&key) {
-                Some(v) => *v,
+            let live = match net.get(&key) {
+                Some(&i) => plan.changes[i].live(),
                 None => self.get(key).map(|e| (e.content(), e.loc)),
             };
             let change = match (r.op, &r.value) {
@@ -125,7 +135,6 @@ impl LiveItems {
                         continue;
                     }
                     let old = live.map_or(Loc::NONE, |(_, l)| l);
-                    view.insert(key, Some((hash, old)));
                     Change::Up {
                         key,
                         hash,
@@ -138,7 +147,6 @@ impl LiveItems {
                         not_live += 1;
                         continue;
                     }
-                    view.insert(key, None);
                     Change::Del { key }
                 }
             };
@@ -420,9 +428,4 @@ pub(super) fn keys_in(items: &LiveItems, b: usize) -> Vec<u64> {
         .iter()
         .map(|e| e.key)
         .collect()
-}
-
-#[cfg(test)]
-pub(super) fn bucket_index(key: u64, bits: u8) -> usize {
-    super::bucket_of(key, bits)
 }

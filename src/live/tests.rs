@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::plan::{bucket_index, keys_in};
+use super::plan::keys_in;
 use super::*;
 use crate::source::{FullRound, Op, PartitionId, SourceRecord, StateWrite};
 
@@ -72,18 +72,12 @@ impl Kafka {
     /// the records landed (a record that did not land keeps the item's previous location).
     fn write(&mut self, writes: Vec<StateWrite>, locs: &[Loc]) {
         for w in writes {
-            let value = w.value.map(|mut v| {
+            if let Some(v) = &w.value {
                 for s in &w.slots {
                     assert_eq!(&v[s.at..s.at + 8], &Loc::UNKNOWN.0.to_le_bytes());
-                    let l = if locs[s.record] == Loc::NONE {
-                        s.keep
-                    } else {
-                        locs[s.record]
-                    };
-                    v[s.at..s.at + 8].copy_from_slice(&l.0.to_le_bytes());
                 }
-                v
-            });
+            }
+            let value = w.filled(locs);
             self.state.push((w.key, value));
         }
     }
@@ -366,7 +360,7 @@ fn delta_commits_append_journals_and_fold_only_the_buckets_they_touched() {
                 .filter(|w| String::from_utf8_lossy(&w.key).contains("\"b\""))
                 .count();
             let touched: std::collections::HashSet<usize> = (0..40)
-                .map(|i| bucket_index(kh(&format!("i{i}")), 6))
+                .map(|i| bucket_of(kh(&format!("i{i}")), 6))
                 .collect();
             assert_eq!(
                 buckets,

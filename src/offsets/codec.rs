@@ -72,6 +72,7 @@ mod tests {
             delta_link: Some("http://h/x?$deltatoken=1".into()),
             round: 3,
             resync: false,
+            ..SourceOffset::INITIAL
         };
         let key = encode_key("conn", &p);
         assert_eq!(key, r#"["conn",{"kind":"task_lists","user":"a@b.com"}]"#);

@@ -21,11 +21,6 @@ use crate::worker::{
     AlterOffsets, BadRequest, Command, CommandError, Request, Restart, RestartQuery, Resync,
 };
 
-/// What a resync body must be.
-const RESYNC_BODY: &str = r#"{"partition": {…}} for one partition or {"all": true} for every one"#;
-/// What an offsets body must be.
-const OFFSETS_BODY: &str = r#"{"offsets": [{"partition": {…}, "offset": {…} or null}, …]}"#;
-
 /// Sends a command to the worker; `ok` is the status of a success, answered with the
 /// worker's message (or no body for `204`).
 async fn send(s: &ServerState, command: Command, ok: StatusCode) -> Response {
@@ -113,7 +108,7 @@ pub async fn resync(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     let parse = |b: &Value| Resync::from_body(b).map(Command::Resync);
-    checked_send_body(&s, &name, body, RESYNC_BODY, parse, StatusCode::ACCEPTED).await
+    checked_send_body(&s, &name, body, Resync::BODY, parse, StatusCode::ACCEPTED).await
 }
 
 /// `PATCH …/offsets` with `{"offsets":[{"partition":{…},"offset":{…} or null}]}` (KIP-875).
@@ -123,7 +118,7 @@ pub async fn alter_offsets(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     let parse = |b: &Value| AlterOffsets::from_body(b).map(Command::AlterOffsets);
-    checked_send_body(&s, &name, body, OFFSETS_BODY, parse, StatusCode::OK).await
+    checked_send_body(&s, &name, body, AlterOffsets::BODY, parse, StatusCode::OK).await
 }
 
 /// `DELETE …/offsets`: resets every partition.

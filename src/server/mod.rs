@@ -1,5 +1,5 @@
-//! The HTTP listener (`server.listen`, default `0.0.0.0:8083` like Kafka Connect): Prometheus
-//! metrics, health probes and a Kafka Connect-shaped REST API, over HTTP or HTTPS.
+//! The HTTP listener (`server.listen`, default `127.0.0.1:8083`, Kafka Connect's port):
+//! Prometheus metrics, health probes and a Kafka Connect-shaped REST API, over HTTP or HTTPS.
 //!
 //! # Files
 //!

@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsPem;
 
 /// Handshakes under way at once, at most.
 pub const MAX_HANDSHAKES: usize = 64;
@@ -28,18 +28,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// never their contents.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{key}: cannot read {}: {source}", path.display())]
-    Read {
-        key: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("{key}: {} holds no {what} in PEM", path.display())]
-    NoPem {
-        key: &'static str,
-        path: PathBuf,
-        what: &'static str,
-    },
+    /// A file cannot be read, or holds no certificate or key in PEM ([`TlsPem::read`]'s
+    /// messages, one per file).
+    #[error("{}", .0.join("; "))]
+    Files(Vec<String>),
     #[error("server.tls_key_path: the key in {} cannot serve the certificate in {}: {reason}", key.display(), cert.display())]
     Unusable {
         cert: PathBuf,
@@ -58,57 +50,27 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// A PEM file's error, without the text of the file (a pem error may quote a line of it).
-fn pem_error(
-    key: &'static str,
-    path: &Path,
-    what: &'static str,
-    e: rustls::pki_types::pem::Error,
-) -> TlsError {
-    match e {
-        rustls::pki_types::pem::Error::Io(source) => TlsError::Read {
-            key,
-            path: path.to_path_buf(),
-            source,
-        },
-        _ => TlsError::NoPem {
-            key,
-            path: path.to_path_buf(),
-            what,
-        },
-    }
-}
-
 impl TlsConfig {
     /// The certificate chain (leaf first) in `cert` and its private key (PKCS#8, PKCS#1 or
     /// SEC1) in `key`; TLS 1.3 and 1.2, HTTP/1.1.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        const CERT: &str = "server.tls_cert_path";
-        const KEY: &str = "server.tls_key_path";
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| pem_error(CERT, cert, "certificate", e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| pem_error(CERT, cert, "certificate", e))?;
-        if chain.is_empty() {
-            return Err(TlsError::NoPem {
-                key: CERT,
-                path: cert.to_path_buf(),
-                what: "certificate",
-            });
-        }
-        let private =
-            PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(KEY, key, "private key", e))?;
+        Self::from_pem(&TlsPem::read(cert, key).map_err(TlsError::Files)?)
+    }
+
+    /// [`from_pem_files`](Self::from_pem_files) from files already read (as the settings'
+    /// validation read them).
+    pub fn from_pem(pem: &TlsPem) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let unusable = |reason: String| TlsError::Unusable {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+            cert: pem.cert_path.clone(),
+            key: pem.key_path.clone(),
             reason,
         };
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| unusable(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(chain, private)
+            .with_single_cert(pem.chain.clone(), pem.key.clone_key())
             .map_err(|e| unusable(e.to_string()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsConfig(Arc::new(config)))

@@ -540,12 +540,7 @@ fn give_up(txn: Txn, e: SinkError) -> Result<(), SinkError> {
 }
 
 /// The offset of a partition that starts from its initial request.
-static INITIAL: SourceOffset = SourceOffset {
-    link: None,
-    delta_link: None,
-    round: 1,
-    resync: false,
-};
+static INITIAL: SourceOffset = SourceOffset::INITIAL;
 
 fn upsert<'a>(
     offsets: &mut Vec<(&'a PartitionId, Option<&'a SourceOffset>)>,

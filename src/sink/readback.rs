@@ -29,6 +29,59 @@ pub enum ReadError {
     Timeout(String, Duration),
 }
 
+impl ReadError {
+    /// Wraps librdkafka's errors about `topic`.
+    fn kafka(topic: &str) -> impl Fn(KafkaError) -> ReadError + Copy + '_ {
+        move |source| ReadError::Kafka {
+            topic: topic.to_string(),
+            source,
+        }
+    }
+}
+
+/// A `read_committed` consumer of the records of `topic`; `group` names its (never
+/// committed) consumer group. Its context keeps librdkafka's error events (end of partition
+/// among them) out of the error log.
+fn consumer(
+    config: &ClientConfig,
+    group: &str,
+    topic: &str,
+) -> Result<BaseConsumer<HealthContext>, ReadError> {
+    reader_config(config, group)
+        .create_with_context(HealthContext::default())
+        .map_err(ReadError::kafka(topic))
+}
+
+/// What a poll of a reading consumer brought.
+enum Polled<'a> {
+    Record(BorrowedMessage<'a>),
+    /// The end of a partition.
+    End(i32),
+    Nothing,
+}
+
+/// Polls `consumer` once, failing once past `deadline`. Transient consumer errors (a broker
+/// connection lost…) are waited out until the deadline; the reading resumes where it was.
+fn poll<'a>(
+    consumer: &'a BaseConsumer<HealthContext>,
+    topic: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Polled<'a>, ReadError> {
+    if Instant::now() > deadline {
+        return Err(ReadError::Timeout(topic.to_string(), timeout));
+    }
+    Ok(match consumer.poll(Duration::from_millis(200)) {
+        None => Polled::Nothing,
+        Some(Err(KafkaError::PartitionEOF(p))) => Polled::End(p),
+        Some(Err(e)) => {
+            tracing::debug!(topic, error = %e, "consumer error while reading; going on");
+            Polled::Nothing
+        }
+        Some(Ok(m)) => Polled::Record(m),
+    })
+}
+
 /// Calls `each` for every committed record of `topic`, in order per partition, until every
 /// partition's end; `group` names the (never committed) consumer group.
 pub fn read_to_end(
@@ -38,15 +91,8 @@ pub fn read_to_end(
     timeout: Duration,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), ReadError> {
-    let err = |source| ReadError::Kafka {
-        topic: topic.to_string(),
-        source,
-    };
-    // Its context keeps librdkafka's error events (end of partition among them) out of the
-    // error log.
-    let consumer: BaseConsumer<HealthContext> = reader_config(config, group)
-        .create_with_context(HealthContext::default())
-        .map_err(err)?;
+    let err = ReadError::kafka(topic);
+    let consumer = consumer(config, group, topic)?;
     // Right after the topic is created (or while the broker settles) metadata and
     // watermarks can fail for a while (NotLeaderForPartition, LeaderNotAvailable…): retry
     // until the deadline instead of failing the worker.
@@ -66,20 +112,12 @@ pub fn read_to_end(
     }
     consumer.assign(&tpl).map_err(err)?;
     while !pending.is_empty() {
-        if Instant::now() > deadline {
-            return Err(ReadError::Timeout(topic.to_string(), timeout));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
+        match poll(&consumer, topic, deadline, timeout)? {
+            Polled::Nothing => {}
+            Polled::End(p) => {
                 pending.remove(&p);
             }
-            // Transient consumer errors (a broker connection lost…) are waited out until
-            // the deadline; the reading resumes where it was.
-            Some(Err(e)) => {
-                tracing::debug!(topic, error = %e, "consumer error while reading; going on")
-            }
-            Some(Ok(m)) => each(&m),
+            Polled::Record(m) => each(&m),
         }
     }
     Ok(())
@@ -127,10 +165,7 @@ pub fn keys_at(
     locs: &[Loc],
     timeout: Duration,
 ) -> Result<HashMap<Loc, Vec<u8>>, ReadError> {
-    let err = |source| ReadError::Kafka {
-        topic: topic.to_string(),
-        source,
-    };
+    let err = ReadError::kafka(topic);
     let mut want: BTreeMap<i32, VecDeque<i64>> = BTreeMap::new();
     for (p, o) in locs.iter().filter_map(|l| l.get()) {
         want.entry(p).or_default().push_back(o);
@@ -139,9 +174,7 @@ pub fn keys_at(
     if want.is_empty() {
         return Ok(out);
     }
-    let consumer: BaseConsumer<HealthContext> = reader_config(config, group)
-        .create_with_context(HealthContext::default())
-        .map_err(err)?;
+    let consumer = consumer(config, group, topic)?;
     let mut tpl = TopicPartitionList::new();
     for (p, offsets) in &mut want {
         offsets.make_contiguous().sort_unstable();
@@ -152,33 +185,29 @@ pub fn keys_at(
     consumer.assign(&tpl).map_err(err)?;
     let deadline = Instant::now() + timeout;
     while !want.is_empty() {
-        if Instant::now() > deadline {
-            return Err(ReadError::Timeout(topic.to_string(), timeout));
-        }
-        let (p, o, key) = match consumer.poll(Duration::from_millis(200)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(p))) => {
+        let m = match poll(&consumer, topic, deadline, timeout)? {
+            Polled::Nothing => continue,
+            Polled::End(p) => {
                 want.remove(&p);
                 continue;
             }
-            Some(Err(e)) => {
-                tracing::debug!(topic, error = %e, "consumer error while reading; going on");
-                continue;
-            }
-            Some(Ok(m)) => (m.partition(), m.offset(), m.key().map(<[u8]>::to_vec)),
+            Polled::Record(m) => m,
         };
+        let (p, o) = (m.partition(), m.offset());
         let Some(offsets) = want.get_mut(&p) else {
             continue;
         };
         while offsets.front().is_some_and(|w| *w < o) {
             offsets.pop_front();
         }
+        // Only a wanted record's key is copied, not those of the records read through.
         if offsets.front() == Some(&o) {
             offsets.pop_front();
-            if let (Some(key), Some(l)) = (key, Loc::new(p, o)) {
-                out.insert(l, key);
+            if let (Some(key), Some(l)) = (m.key(), Loc::new(p, o)) {
+                out.insert(l, key.to_vec());
             }
         }
+        drop(m);
         match offsets.front().copied() {
             None => {
                 want.remove(&p);

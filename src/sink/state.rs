@@ -13,9 +13,10 @@ use super::readback::{read_to_end, ReadError};
 use super::refusals::Pending;
 use super::SinkError;
 use crate::live::{LiveItems, Loader};
-use crate::source::{Loc, PartitionId, SourceBatch, StateWrite};
+use crate::source::{Loc, PartitionId, SourceBatch};
 
-/// A state record to write again, its slots filled in (see [`StateWrite`]).
+/// A state record to write again, its slots filled in (see
+/// [`StateWrite`](crate::source::StateWrite)).
 pub(super) struct Rewrite {
     key: bytes::Bytes,
     value: Vec<u8>,
@@ -35,18 +36,31 @@ pub(super) fn write_state(
         send(producer, topic, &r.key, Some(&r.value))?;
     }
     for p in batches {
-        let landed: Vec<Loc> = (0..p.batch.records.len())
-            .map(|j| {
-                if p.dead.contains_key(&j) {
-                    Loc::NONE
-                } else {
-                    Loc::UNKNOWN
-                }
-            })
-            .collect();
+        // Slots hold `Loc::UNKNOWN` as decided: only a dead-lettered record's slots change
+        // (to the location to keep), so values are copied only in a batch with dead letters.
+        let landed: Vec<Loc> = if p.dead.is_empty() {
+            Vec::new()
+        } else {
+            (0..p.batch.records.len())
+                .map(|j| {
+                    if p.dead.contains_key(&j) {
+                        Loc::NONE
+                    } else {
+                        Loc::UNKNOWN
+                    }
+                })
+                .collect()
+        };
         for w in &p.batch.state {
-            let value = w.value.as_ref().map(|v| filled(v, w, &landed));
-            send(producer, topic, &w.key, value.as_deref())?;
+            let filled = (!landed.is_empty() && !w.slots.is_empty())
+                .then(|| w.filled(&landed))
+                .flatten();
+            send(
+                producer,
+                topic,
+                &w.key,
+                filled.as_deref().or(w.value.as_deref()),
+            )?;
         }
     }
     Ok(())
@@ -92,31 +106,15 @@ pub(super) fn located(
             }
         }
         for w in p.batch.state.iter().filter(|w| !w.slots.is_empty()) {
-            if let Some(v) = &w.value {
+            if let Some(value) = w.filled(&locs[i]) {
                 rewrites.push(Rewrite {
                     key: w.key.clone(),
-                    value: filled(v, w, &locs[i]),
+                    value,
                 });
             }
         }
     }
     (locs, rewrites)
-}
-
-/// `value` of `w` with each slot set to where its record landed (`landed`; the location to
-/// keep where it did not land).
-fn filled(value: &[u8], w: &StateWrite, landed: &[Loc]) -> Vec<u8> {
-    let mut v = value.to_vec();
-    for s in &w.slots {
-        let loc = match landed.get(s.record).copied().unwrap_or(Loc::UNKNOWN) {
-            Loc::NONE => s.keep,
-            l => l,
-        };
-        if let Some(at) = v.get_mut(s.at..s.at + 8) {
-            at.copy_from_slice(&loc.0.to_le_bytes());
-        }
-    }
-    v
 }
 
 fn send(

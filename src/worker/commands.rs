@@ -75,24 +75,27 @@ pub struct Resync {
 }
 
 impl Resync {
+    /// What a resync body must be.
+    pub const BODY: &'static str =
+        r#"{"partition": {…}} for one partition or {"all": true} for every one"#;
+
     /// The body `{"partition": {…}}` (one partition) or `{"all": true}` (every partition):
     /// resyncing everything is asked for explicitly, never the reading of an empty body.
     pub fn from_body(body: &Value) -> Result<Self, BadRequest> {
-        const EXPECTED: &str =
-            r#"expected {"partition": {…}} for one partition or {"all": true} for every one"#;
+        let expected = || format!("expected {}", Self::BODY);
         let Some(fields) = body.as_object() else {
-            return Err(BadRequest(EXPECTED.into()));
+            return Err(BadRequest(expected()));
         };
         if let Some(k) = fields.keys().find(|k| *k != "partition" && *k != "all") {
-            return Err(BadRequest(format!("unknown field {k:?}: {EXPECTED}")));
+            return Err(BadRequest(format!("unknown field {k:?}: {}", expected())));
         }
         match (fields.get("partition"), fields.get("all")) {
             (Some(p), None) => match partition_of(p) {
                 Ok(p) => Ok(Resync { partition: Some(p) }),
-                Err(BadRequest(m)) => Err(BadRequest(format!("partition: {m}; {EXPECTED}"))),
+                Err(BadRequest(m)) => Err(BadRequest(format!("partition: {m}; {}", expected()))),
             },
             (None, Some(Value::Bool(true))) => Ok(Resync { partition: None }),
-            _ => Err(BadRequest(EXPECTED.into())),
+            _ => Err(BadRequest(expected())),
         }
     }
 }
@@ -102,20 +105,22 @@ impl Resync {
 pub struct AlterOffsets(pub OffsetWrites);
 
 impl AlterOffsets {
+    /// What an offsets body must be.
+    pub const BODY: &'static str = r#"{"offsets": [{"partition": {…}, "offset": {…} or null}, …]}"#;
+
     /// The body `{"offsets":[{"partition":{…},"offset":{…} or null}]}` (KIP-875): at least
     /// one entry (as in Connect), each with exactly those two fields (`"offset": null` resets
     /// the partition, and must be said), no partition twice.
     pub fn from_body(body: &Value) -> Result<Self, BadRequest> {
-        const EXPECTED: &str =
-            r#"expected {"offsets": [{"partition": {…}, "offset": {…} or null}, …]}"#;
+        let expected = || format!("expected {}", Self::BODY);
         let Some(fields) = body.as_object() else {
-            return Err(BadRequest(EXPECTED.into()));
+            return Err(BadRequest(expected()));
         };
         if let Some(k) = fields.keys().find(|k| *k != "offsets") {
-            return Err(BadRequest(format!("unknown field {k:?}: {EXPECTED}")));
+            return Err(BadRequest(format!("unknown field {k:?}: {}", expected())));
         }
         let Some(list) = fields.get("offsets").and_then(Value::as_array) else {
-            return Err(BadRequest(EXPECTED.into()));
+            return Err(BadRequest(expected()));
         };
         if list.is_empty() {
             return Err(BadRequest(

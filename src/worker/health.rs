@@ -115,11 +115,6 @@ impl Default for Health {
     }
 }
 
-/// Whole seconds, as reasons show them.
-fn secs(d: Duration) -> u64 {
-    d.as_secs()
-}
-
 impl Health {
     /// Sets the windows (the worker does, from its settings, as it starts).
     pub fn set_windows(&self, windows: Windows) {
@@ -138,18 +133,18 @@ impl Health {
         let window = self.windows.lock().kafka;
         let failing = r
             .failing_since
-            .map(|t| secs(now.saturating_duration_since(t)));
+            .map(|t| now.saturating_duration_since(t).as_secs());
         match (r.ok_at, failing) {
             (Some(t), _) if now.saturating_duration_since(t) <= window => None,
             (Some(t), Some(f)) => Some(format!(
                 "Kafka unreachable: last reached {} s ago, failing for {f} s: {}",
-                secs(now.saturating_duration_since(t)),
+                now.saturating_duration_since(t).as_secs(),
                 r.why
             )),
             // Old success and no failure since: the check itself has stopped answering.
             (Some(t), None) => Some(format!(
                 "Kafka not checked for {} s (the check did not complete since)",
-                secs(now.saturating_duration_since(t))
+                now.saturating_duration_since(t).as_secs()
             )),
             (None, Some(f)) => Some(format!(
                 "Kafka not reached yet, failing for {f} s: {}",
@@ -157,7 +152,7 @@ impl Health {
             )),
             (None, None) => Some(format!(
                 "Kafka not checked yet (worker started {} s ago)",
-                secs(self.uptime(now))
+                self.uptime(now).as_secs()
             )),
         }
     }
@@ -168,13 +163,13 @@ impl Health {
         let window = self.windows.lock().graph;
         let failing = r
             .failing_since
-            .map(|t| secs(now.saturating_duration_since(t)));
+            .map(|t| now.saturating_duration_since(t).as_secs());
         match (r.ok_at, failing) {
             (Some(_), None) => None,
             (Some(t), Some(_)) if now.saturating_duration_since(t) <= window => None,
             (Some(t), Some(f)) => Some(format!(
                 "Graph not answering: last successful response {} s ago, failing for {f} s: {}",
-                secs(now.saturating_duration_since(t)),
+                now.saturating_duration_since(t).as_secs(),
                 r.why
             )),
             (None, Some(f)) => Some(format!(
@@ -183,7 +178,7 @@ impl Health {
             )),
             (None, None) => Some(format!(
                 "no Graph response yet (worker started {} s ago)",
-                secs(self.uptime(now))
+                self.uptime(now).as_secs()
             )),
         }
     }

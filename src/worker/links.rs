@@ -60,12 +60,7 @@ pub(super) fn refuse_foreign(graph_host: &str, offsets: &mut HashMap<PartitionId
         if !matches!(p, PartitionId::Tasks { .. }) {
             return false;
         }
-        *offset = SourceOffset {
-            link: None,
-            delta_link: None,
-            round: 1,
-            resync: false,
-        };
+        *offset = SourceOffset::INITIAL;
         true
     });
 }
@@ -82,6 +77,7 @@ mod tests {
             delta_link: Some(link.into()),
             round: 4,
             resync: false,
+            ..SourceOffset::INITIAL
         }
     }
 

@@ -307,11 +307,11 @@ impl Shared {
     }
 
     /// Cancels the given partitions and waits until their tasks ended (in-flight commits
-    /// included), at most `worker.shutdown_timeout`.
-    async fn halt(&self, command: &str, ids: &[PartitionId]) {
+    /// included), at most `worker.shutdown_timeout`; `command` says what halts them.
+    async fn halt<'a>(&self, command: &str, ids: impl IntoIterator<Item = &'a PartitionId>) {
         let ended: Vec<CancellationToken> = {
             let tracked = self.tracked.lock();
-            ids.iter()
+            ids.into_iter()
                 .filter_map(|p| tracked.get(p))
                 .map(|t| {
                     t.cancel.cancel();

@@ -45,8 +45,6 @@ pub(super) fn jittered(base: Duration, jitter: f64) -> Duration {
 pub(super) trait Supervise: Sync {
     fn run(&self, partition: PartitionId);
     fn stop(&self, partition: &PartitionId);
-    /// Cancels a running partition; the token is cancelled once its task has ended.
-    fn halt(&self, partition: &PartitionId) -> Option<CancellationToken>;
 }
 
 pub(super) async fn partition_loop(
@@ -221,14 +219,7 @@ impl<'a> PartitionTask<'a> {
     /// Reconciles the batch with the partition's live items (see `reconcile.rs`). If that
     /// fails (reading keys back from Kafka), the page is fetched again and reconciled anew.
     async fn reconcile(&mut self, batch: &mut SourceBatch) -> Step<Reconciled> {
-        let done = Box::pin(reconcile(
-            self.shared,
-            self.reader,
-            &self.slot,
-            self.supervisor,
-            batch,
-        ))
-        .await;
+        let done = Box::pin(reconcile(self.shared, self.reader, &self.slot, batch)).await;
         match done {
             Ok(r) => Step::Next(r),
             Err(why) => {

@@ -21,9 +21,10 @@ use crate::live::{key_hash, Entry, LiveItems, Plan};
 use crate::metrics;
 use crate::sink::readback::keys_at;
 use crate::sink::scan::live_records;
-use crate::source::{key_id, Loc, Op, PartitionId, SourceBatch, SourceOffset, SourceRecord};
+use crate::source::{
+    key_id, Loc, Op, PartitionId, SourceBatch, SourceOffset, SourceRecord, StateWrite,
+};
 
-use super::partition::Supervise;
 use super::Shared;
 
 /// How long reading keys back may take.
@@ -95,7 +96,8 @@ impl States {
 pub(super) struct Reconciled {
     /// To apply to the partition's live items once committed (`None`: no state).
     pub plan: Option<Plan>,
-    /// The batch's records as the reader sees them (before any was left out).
+    /// What the reader's `advance` needs of the batch's records as it made them (before
+    /// any was left out).
     pub ids: Vec<(Op, String)>,
     /// Partitions whose whole state the batch removes (removed lists' task partitions).
     pub removed: Vec<Arc<PartitionId>>,
@@ -107,7 +109,6 @@ pub(super) async fn reconcile(
     shared: &Arc<Shared>,
     reader: &PartitionReader,
     slot: &Arc<Mutex<Slot>>,
-    supervisor: &dyn Supervise,
     batch: &mut SourceBatch,
 ) -> Result<Reconciled, String> {
     let p = batch.partition.clone();
@@ -133,8 +134,8 @@ pub(super) async fn reconcile(
             reader.complete_full_round(batch, gone);
         }
     }
-    let ids = batch.records.iter().map(|r| (r.op, r.id.clone())).collect();
-    let (extra, writes, removed) = removed_lists(shared, supervisor, batch).await?;
+    let ids = reader.advance_ids(&batch.records);
+    let (extra, writes, removed) = removed_lists(shared, batch).await?;
     let plan = match &*slot.lock() {
         Slot::Known(l) => {
             let records = std::mem::take(&mut batch.records);
@@ -155,26 +156,18 @@ pub(super) async fn reconcile(
 /// each of its live tasks (`list-removed`) and the removal of its state join the batch.
 async fn removed_lists(
     shared: &Arc<Shared>,
-    supervisor: &dyn Supervise,
     batch: &SourceBatch,
-) -> Result<
-    (
-        Vec<SourceRecord>,
-        Vec<crate::source::StateWrite>,
-        Vec<Arc<PartitionId>>,
-    ),
-    String,
-> {
+) -> Result<(Vec<SourceRecord>, Vec<StateWrite>, Vec<Arc<PartitionId>>), String> {
     let (mut records, mut writes, mut removed) = (Vec::new(), Vec::new(), Vec::new());
-    let round = batch
-        .records
-        .first()
-        .map_or(batch.offset.round.saturating_sub(1).max(1), |r| r.round);
+    if batch.resets.is_empty() {
+        return Ok((records, writes, removed));
+    }
+    // Their tasks must not commit anything meanwhile.
+    shared
+        .halt("list removed", batch.resets.iter().map(|p| &**p))
+        .await;
+    let round = batch.records_round();
     for p in &batch.resets {
-        // Its task must not commit anything meanwhile.
-        if let Some(ended) = supervisor.halt(p) {
-            let _ = tokio::time::timeout(shared.spec.shutdown_timeout, ended.cancelled()).await;
-        }
         let Some(slot) = shared.states.get(p) else {
             continue;
         };
@@ -288,6 +281,7 @@ mod tests {
             delta_link: link.map(str::to_string),
             round,
             resync: false,
+            ..SourceOffset::INITIAL
         }
     }
 

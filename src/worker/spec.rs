@@ -1,9 +1,10 @@
 //! Settings → what a worker needs.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::config::{ConfigError, Credentials, Settings};
-use crate::graph::{ClientOptions, Credential};
+use crate::graph::{ClientOptions, Credential, Rounds};
 use crate::sink::SinkOptions;
 use crate::source::PartitionId;
 
@@ -24,6 +25,12 @@ pub struct WorkerSpec {
     pub sink: SinkOptions,
     /// The configured partitions (task partitions of To Do lists are found at run time).
     pub partitions: Vec<PartitionId>,
+    /// Each calendar view's `window_roll` (absent: a day).
+    pub window_rolls: HashMap<PartitionId, Duration>,
+    /// `graph.reconcile_interval`; `None`: off.
+    pub reconcile_interval: Option<Duration>,
+    /// `graph.max_pages_per_round`.
+    pub max_pages_per_round: u32,
     /// `(partitions, replication factor)` of topics to create when missing.
     pub create_topics: Option<(i32, i32)>,
     /// How long reading the offsets topic may take at start.
@@ -37,6 +44,16 @@ pub struct WorkerSpec {
 }
 
 impl WorkerSpec {
+    /// When partition `id`'s rounds start from scratch on their own.
+    pub fn rounds(&self, id: &PartitionId) -> Rounds {
+        let d = Rounds::default();
+        Rounds {
+            window_roll: self.window_rolls.get(id).copied().unwrap_or(d.window_roll),
+            reconcile_interval: self.reconcile_interval,
+            max_pages_per_round: self.max_pages_per_round,
+        }
+    }
+
     /// Resolves validated settings (reading credential files) into a worker spec.
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
         let credential = match s
@@ -62,6 +79,9 @@ impl WorkerSpec {
             poll_jitter: g.poll_jitter,
             sink: SinkOptions::from(s),
             partitions: s.partitions(),
+            window_rolls: s.window_rolls(),
+            reconcile_interval: Some(g.reconcile_interval.0).filter(|d| !d.is_zero()),
+            max_pages_per_round: g.max_pages_per_round,
             create_topics: k
                 .create_topics
                 .then_some((k.topic_partitions, k.replication_factor)),

@@ -50,7 +50,9 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     }
     let committed = shared.status.offsets.lock().get(&id).cloned();
     let id = Arc::new(id);
-    let reader = match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed) {
+    let rounds = shared.spec.rounds(&id);
+    let reader = match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed, rounds)
+    {
         Ok(r) => r,
         Err(e) => {
             metrics::partition_failed(&id, &e.to_string());
@@ -140,13 +142,6 @@ impl Supervise for Supervisor<'_> {
 
     fn stop(&self, partition: &PartitionId) {
         stop_partition(self.0, partition);
-    }
-
-    fn halt(&self, partition: &PartitionId) -> Option<CancellationToken> {
-        self.0.tracked.lock().get(partition).map(|t| {
-            t.cancel.cancel();
-            t.ended.clone()
-        })
     }
 }
 

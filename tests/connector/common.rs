@@ -51,6 +51,16 @@ pub fn spec(sim: &SimServer, bootstrap: &str, partitions: Vec<PartitionId>) -> W
 
 /// The simulator's truth for one partition, as `record key → parsed JSON`.
 pub fn truth(sim: &SimServer, p: &PartitionId) -> BTreeMap<Vec<u8>, Value> {
+    // Immutable ids, as the worker asks for them by default (`graph.immutable_ids`).
+    truth_as(sim, p, None)
+}
+
+/// [`truth`] with ids of `id_type` (`immutable` or `regular`; `None`: immutable).
+pub fn truth_as(
+    sim: &SimServer,
+    p: &PartitionId,
+    id_type: Option<&str>,
+) -> BTreeMap<Vec<u8>, Value> {
     use graph_sim::control::{truth_query, TruthParams};
     let (kind, calendar, start, end, list) = match p {
         PartitionId::CalendarView {
@@ -77,8 +87,7 @@ pub fn truth(sim: &SimServer, p: &PartitionId) -> BTreeMap<Vec<u8>, Value> {
         end,
         list,
         timezone: None,
-        // Immutable ids, as the worker asks for them by default (`graph.immutable_ids`).
-        id_type: None,
+        id_type: id_type.map(str::to_string),
     };
     let (q, pres) = truth_query(&sim.state, &params).expect("truth query");
     sim.state
@@ -363,13 +372,26 @@ users = {users:?}
 
 /// Starts `graph-cdc run` on a config file, quiet.
 pub fn launch(config: &std::path::Path) -> Child {
+    run(config, "warn", Stdio::null())
+}
+
+/// [`launch`], its logs at `level` (`RUST_LOG`) written to `log`.
+pub fn launch_logged(config: &std::path::Path, level: &str, log: &std::path::Path) -> Child {
+    run(
+        config,
+        level,
+        std::fs::File::create(log).expect("worker log").into(),
+    )
+}
+
+fn run(config: &std::path::Path, level: &str, stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
         .args(["run", "--config"])
         .arg(config)
         .env("GRAPH_CDC__GRAPH__CLIENT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start graph-cdc run")
 }

@@ -3,7 +3,6 @@
 //! `read_committed` consumer's compacted view must equal the truth, with no record committed
 //! twice.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -69,15 +68,7 @@ pub async fn crash_resume(secured: Option<(String, Vec<(String, String)>)>, kill
     }
     // A last run to convergence with debug logs (scanned for secrets), then a graceful stop.
     let log = dir.join("worker.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("GRAPH_CDC__GRAPH__CLIENT_SECRET", SECRET)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = launch_logged(&cfg, "debug", &log);
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(120)));
     signal(&child, libc::SIGTERM);
     let t0 = Instant::now();

@@ -24,18 +24,11 @@ async fn trap() -> (String, Arc<AtomicUsize>) {
     (url, hits)
 }
 
+/// A rule of `kind` whose `Retry-After` (when it sends one) is short.
 fn fault(kind: FaultKind) -> FaultSpec {
     FaultSpec {
-        kind,
-        user: None,
-        endpoint: None,
-        on: None,
-        probability: None,
-        count: None,
         retry_after: Some(0.05),
-        delay_ms: None,
-        location: None,
-        body_bytes: None,
+        ..FaultSpec::new(kind)
     }
 }
 

@@ -7,7 +7,6 @@
 //! in the new one's; without it, the same event turns up under a new key, and nothing ties
 //! it to the one that went.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use graph_cdc::source::PartitionId;
@@ -25,15 +24,12 @@ fn event(subject: &str, day: u32, occurrences: u32) -> EventSpec {
         subject: Some(subject.into()),
         start: format!("2026-05-{day:02}T09:00:00").parse().unwrap(),
         end: format!("2026-05-{day:02}T10:00:00").parse().unwrap(),
-        is_all_day: false,
-        body: None,
-        location: None,
-        attendees: vec![],
         recurrence: (occurrences > 0).then_some(Recurrence {
             kind: RecurrenceKind::Daily,
             interval: 1,
             count: occurrences,
         }),
+        ..Default::default()
     }
 }
 
@@ -73,40 +69,6 @@ fn partitions(team: &str) -> [PartitionId; 2] {
     })
 }
 
-/// The truth of a calendar view partition in one id type, by record key.
-fn truth_of(sim: &SimServer, p: &PartitionId, id_type: &str) -> BTreeMap<Vec<u8>, Value> {
-    use graph_sim::control::{truth_query, TruthParams};
-    let PartitionId::CalendarView {
-        calendar, window, ..
-    } = p
-    else {
-        unreachable!("calendar views only")
-    };
-    let (start, end) = window.split_once('/').unwrap();
-    let params = TruthParams {
-        user: UPN.into(),
-        kind: "calendar_view".into(),
-        calendar: Some(calendar.clone()),
-        start: Some(start.into()),
-        end: Some(end.into()),
-        list: None,
-        timezone: None,
-        id_type: Some(id_type.into()),
-    };
-    let (q, pres) = truth_query(&sim.state, &params).unwrap();
-    sim.state
-        .truth(&q, &pres)
-        .unwrap()
-        .into_iter()
-        .map(|(id, json)| {
-            (
-                p.record_key(&id).to_vec(),
-                serde_json::from_str(&json).unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// Waits until both partitions' compacted views equal the truth in `id_type`.
 fn converge(sim: &SimServer, spec: &WorkerSpec, w: &Running, parts: &[PartitionId], id_type: &str) {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -115,7 +77,7 @@ fn converge(sim: &SimServer, spec: &WorkerSpec, w: &Running, parts: &[PartitionI
         let view = compacted(&records);
         let odd = parts
             .iter()
-            .find(|p| view_of(&view, p) != truth_of(sim, p, id_type));
+            .find(|p| view_of(&view, p) != truth_as(sim, p, Some(id_type)));
         let Some(p) = odd else {
             return;
         };

@@ -148,6 +148,7 @@ async fn a_foreign_link_in_the_offsets_topic_starts_the_partition_over() {
         delta_link: Some(bobs),
         round: 5,
         resync: false,
+        ..SourceOffset::INITIAL
     };
     tokio::task::block_in_place(|| plant(&spec, &own, &planted));
     let before = refused_from("task_lists", "offsets_topic");

@@ -5,7 +5,6 @@
 //! partition with offsets but no state (an upgraded worker) builds it once from its topic.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graph_cdc::live::{encode_key, StateKey};
@@ -308,16 +307,7 @@ async fn sigkill_during_a_restarted_round_loses_no_delete_and_repeats_nothing() 
     }
     assert!(killed_mid_round >= 3);
     // The last run, logged, to convergence.
-    let log = dir.join("worker.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("GRAPH_CDC__GRAPH__CLIENT_SECRET", SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = launch_logged(&cfg, "info", &dir.join("worker.log"));
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(120)));
     signal(&child, libc::SIGTERM);
     assert!(child.wait().unwrap().success());

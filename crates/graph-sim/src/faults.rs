@@ -95,6 +95,24 @@ pub struct FaultSpec {
     pub body_bytes: Option<u64>,
 }
 
+impl FaultSpec {
+    /// A rule of `kind` for every Graph request, always, with the kind's defaults.
+    pub fn new(kind: FaultKind) -> Self {
+        Self {
+            kind,
+            user: None,
+            endpoint: None,
+            on: None,
+            probability: None,
+            count: None,
+            retry_after: None,
+            delay_ms: None,
+            location: None,
+            body_bytes: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultRule {
     pub id: u64,
@@ -273,28 +291,13 @@ mod tests {
         }
     }
 
-    fn spec(kind: FaultKind) -> FaultSpec {
-        FaultSpec {
-            kind,
-            user: None,
-            endpoint: None,
-            on: None,
-            probability: None,
-            count: None,
-            retry_after: None,
-            delay_ms: None,
-            location: None,
-            body_bytes: None,
-        }
-    }
-
     #[test]
     fn count_limited_rules_fire_n_times_and_gone_skips_initial_requests() {
         let mut f = Faults::default();
         f.add(
             FaultSpec {
                 count: Some(2),
-                ..spec(FaultKind::Gone)
+                ..FaultSpec::new(FaultKind::Gone)
             },
             None,
         );
@@ -312,7 +315,7 @@ mod tests {
             FaultSpec {
                 user: Some("ALICE@contoso.com".into()),
                 endpoint: Some("tasks".into()),
-                ..spec(FaultKind::Throttle)
+                ..FaultSpec::new(FaultKind::Throttle)
             },
             None,
         );
@@ -324,7 +327,7 @@ mod tests {
         f.add(
             FaultSpec {
                 probability: Some(0.5),
-                ..spec(FaultKind::Unavailable)
+                ..FaultSpec::new(FaultKind::Unavailable)
             },
             None,
         );
@@ -337,7 +340,7 @@ mod tests {
     #[test]
     fn token_requests_match_only_rules_naming_the_token_endpoint() {
         let mut f = Faults::default();
-        f.add(spec(FaultKind::Throttle), None);
+        f.add(FaultSpec::new(FaultKind::Throttle), None);
         let token = RequestInfo {
             user_id: "",
             upn: "",
@@ -350,7 +353,7 @@ mod tests {
             FaultSpec {
                 endpoint: Some(TOKEN_ENDPOINT.into()),
                 location: Some("http://127.0.0.1:9/".into()),
-                ..spec(FaultKind::Redirect)
+                ..FaultSpec::new(FaultKind::Redirect)
             },
             None,
         );

@@ -155,6 +155,16 @@ impl Stats {
             .copied()
             .unwrap_or(0)
     }
+
+    /// Requests of any endpoint kind answered with `status`.
+    pub fn answered(&self, status: u16) -> u64 {
+        self.requests.values().filter_map(|m| m.get(&status)).sum()
+    }
+
+    /// The most concurrent requests any one user had.
+    pub fn peak_in_flight(&self) -> usize {
+        self.max_in_flight.values().copied().max().unwrap_or(0)
+    }
 }
 
 /// Everything the simulator knows; shared by the HTTP handlers and in-process tests.

@@ -406,7 +406,7 @@ pub struct EventData {
 }
 
 /// What the control API accepts to create an event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EventSpec {
     #[serde(default)]

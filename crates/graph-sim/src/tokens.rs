@@ -109,6 +109,18 @@ impl Token {
             Token::Reset { chain, .. } => *chain,
         }
     }
+
+    /// Resets a live token; false when it was reset already.
+    fn reset(&mut self) -> bool {
+        let Token::Live(s) = self else {
+            return false;
+        };
+        *self = Token::Reset {
+            initial_url: s.initial_url.clone(),
+            chain: s.chain,
+        };
+        true
+    }
 }
 
 #[derive(Default)]
@@ -221,12 +233,7 @@ impl TokenTable {
     /// Resets one token (a `410` fault on it).
     pub fn evict(&mut self, token: &str) {
         if let Some(t) = self.tokens.get_mut(token) {
-            if let Token::Live(s) = t {
-                *t = Token::Reset {
-                    initial_url: s.initial_url.clone(),
-                    chain: s.chain,
-                };
-            }
+            t.reset();
         }
     }
 
@@ -234,14 +241,9 @@ impl TokenTable {
     pub fn evict_user(&mut self, user: Option<&str>) -> usize {
         let mut n = 0;
         for t in self.tokens.values_mut() {
-            if let Token::Live(s) = t {
-                if user.is_none_or(|u| u == s.query.user) {
-                    *t = Token::Reset {
-                        initial_url: s.initial_url.clone(),
-                        chain: s.chain,
-                    };
-                    n += 1;
-                }
+            let theirs = matches!(t, Token::Live(s) if user.is_none_or(|u| u == s.query.user));
+            if theirs && t.reset() {
+                n += 1;
             }
         }
         n

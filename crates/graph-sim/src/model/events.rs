@@ -167,6 +167,18 @@ impl Store {
     /// [`Store::delete_occurrence_unreported`]); this generous variant is what the random
     /// mutations use, so that a correct connector converges without a full resync.
     pub fn delete_occurrence(&mut self, user: &str, id: &str, index: u32) -> Result<(), SimError> {
+        let (cal, _, mut d) = self.without_occurrence(user, id, index)?;
+        d.version += 1;
+        self.put_event(user, &cal, d)
+    }
+
+    /// The series' calendar, the series, and its data with occurrence `index` cancelled.
+    fn without_occurrence(
+        &self,
+        user: &str,
+        id: &str,
+        index: u32,
+    ) -> Result<(Arc<str>, &Event, EventData), SimError> {
         let (cal, e) = self.find_event(user, id)?;
         let mut d = e.data.clone();
         let count = d.recurrence.as_ref().map(|r| r.count).unwrap_or(0);
@@ -174,8 +186,7 @@ impl Store {
             return Err(SimError::NotFound(format!("occurrence {index} of {id}")));
         }
         d.exceptions.remove(&index);
-        d.version += 1;
-        self.put_event(user, &cal, d)
+        Ok((cal, e, d))
     }
 
     /// Deletes occurrence `index` of a series the way Graph's calendarView delta treats it:
@@ -189,13 +200,7 @@ impl Store {
         id: &str,
         index: u32,
     ) -> Result<(), SimError> {
-        let (cal, e) = self.find_event(user, id)?;
-        let mut d = e.data.clone();
-        let count = d.recurrence.as_ref().map(|r| r.count).unwrap_or(0);
-        if index >= count || !d.cancelled.insert(index) {
-            return Err(SimError::NotFound(format!("occurrence {index} of {id}")));
-        }
-        d.exceptions.remove(&index);
+        let (cal, e, d) = self.without_occurrence(user, id, index)?;
         let occurrence = d.occurrence_id(index);
         let key = d.id.clone();
         let replaced = e.without_instance(d, &occurrence);

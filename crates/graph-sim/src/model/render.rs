@@ -229,6 +229,15 @@ fn render_event(d: &EventData, user: &User) -> Vec<Instance> {
     out
 }
 
+/// The one record of an item that is not an event.
+fn undated(id: &str, json: String) -> Instance {
+    Instance {
+        id: id.into(),
+        span: None,
+        json: json.into(),
+    }
+}
+
 impl Calendar {
     pub fn new(data: CalendarData, user: &User) -> Self {
         let ck = change_key(&data.id, data.version);
@@ -253,11 +262,7 @@ impl Calendar {
             "owner": {"name": user.display_name, "address": user.upn},
         })
         .to_string();
-        let inst = [Instance {
-            id: data.id.as_str().into(),
-            span: None,
-            json: json.into(),
-        }];
+        let inst = [undated(&data.id, json)];
         Self { data, inst }
     }
 }
@@ -275,11 +280,7 @@ impl TaskList {
             "wellknownListName": if data.wellknown { "defaultList" } else { "none" },
         })
         .to_string();
-        let inst = [Instance {
-            id: data.id.as_str().into(),
-            span: None,
-            json: json.into(),
-        }];
+        let inst = [undated(&data.id, json)];
         Self { data, inst }
     }
 }
@@ -306,11 +307,7 @@ impl Task {
             "dueDateTime": data.due.map(|d| json!({"dateTime": graph_time(d), "timeZone": "UTC"})),
         })
         .to_string();
-        let inst = [Instance {
-            id: data.id.as_str().into(),
-            span: None,
-            json: json.into(),
-        }];
+        let inst = [undated(&data.id, json)];
         Self { data, inst }
     }
 }

@@ -18,15 +18,13 @@ fn event(subject: &str, day: u32, occurrences: u32) -> EventSpec {
         subject: Some(subject.into()),
         start: format!("2026-01-{day:02}T09:00:00").parse().unwrap(),
         end: format!("2026-01-{day:02}T09:30:00").parse().unwrap(),
-        is_all_day: false,
         body: Some(String::new()),
-        location: None,
-        attendees: vec![],
         recurrence: (occurrences > 0).then_some(Recurrence {
             kind: RecurrenceKind::Daily,
             interval: 1,
             count: occurrences,
         }),
+        ..Default::default()
     }
 }
 

@@ -32,6 +32,21 @@ pub fn add_user(sim: &SimServer, upn: &str) -> String {
         .id
 }
 
+/// A user with `n` tasks in its default list; returns (user id, list id, tasks delta URL).
+pub fn tasks(sim: &SimServer, g: &Graph, upn: &str, n: usize) -> (String, String, String) {
+    let user = add_user(sim, upn);
+    let list = sim.state.store.read().user_info(&user).unwrap().task_lists[0].clone();
+    for _ in 0..n {
+        sim.state
+            .store
+            .write()
+            .create_task(&user, &list, graph_sim::model::TaskSpec::default())
+            .unwrap();
+    }
+    let url = g.url(&format!("/v1.0/users/{upn}/todo/lists/{list}/tasks/delta"));
+    (user, list, url)
+}
+
 pub struct Graph {
     pub http: reqwest::Client,
     pub base: String,
@@ -109,9 +124,9 @@ impl Graph {
     }
 }
 
-pub async fn get_token(http: &reqwest::Client, base: &str) -> String {
-    let r = http
-        .post(format!("{base}/{TENANT}/oauth2/v2.0/token"))
+/// The test app's client-credentials request to the simulator's token endpoint.
+pub async fn token_request(http: &reqwest::Client, base: &str) -> reqwest::Response {
+    http.post(format!("{base}/{TENANT}/oauth2/v2.0/token"))
         .form(&[
             ("grant_type", "client_credentials"),
             ("client_id", CLIENT_ID),
@@ -120,7 +135,11 @@ pub async fn get_token(http: &reqwest::Client, base: &str) -> String {
         ])
         .send()
         .await
-        .expect("token request");
+        .expect("token request")
+}
+
+pub async fn get_token(http: &reqwest::Client, base: &str) -> String {
+    let r = token_request(http, base).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("token json");
     v["access_token"]

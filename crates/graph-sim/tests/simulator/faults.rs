@@ -2,40 +2,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use graph_sim::faults::{FaultKind, FaultSpec, LinkKind};
-use graph_sim::model::TaskSpec;
-use graph_sim::{SimServer, SimSettings};
+use graph_sim::SimSettings;
 use serde_json::{json, Value};
 
-use crate::client::{add_user, start, Graph};
-
-fn fault(kind: FaultKind) -> FaultSpec {
-    FaultSpec {
-        kind,
-        user: None,
-        endpoint: None,
-        on: None,
-        probability: None,
-        count: None,
-        retry_after: None,
-        delay_ms: None,
-        location: None,
-        body_bytes: None,
-    }
-}
-
-/// A user with `n` tasks; returns the tasks delta URL.
-async fn tasks(sim: &SimServer, g: &Graph, upn: &str, n: usize) -> String {
-    let user = add_user(sim, upn);
-    let list = sim.state.store.read().user_info(&user).unwrap().task_lists[0].clone();
-    for _ in 0..n {
-        sim.state
-            .store
-            .write()
-            .create_task(&user, &list, TaskSpec::default())
-            .unwrap();
-    }
-    g.url(&format!("/v1.0/users/{upn}/todo/lists/{list}/tasks/delta"))
-}
+use crate::client::{start, tasks, token_request, Graph};
 
 async fn error_code(r: reqwest::Response) -> String {
     let v: Value = r.json().await.unwrap();
@@ -46,13 +16,13 @@ async fn error_code(r: reqwest::Response) -> String {
 async fn gone_on_next_and_delta_links_with_location_of_the_initial_request() {
     let sim = start(SimSettings::default()).await;
     let g = Graph::new(&sim).await;
-    let url = tasks(&sim, &g, "gone@contoso.com", 5).await;
+    let url = tasks(&sim, &g, "gone@contoso.com", 5).2;
     let p1 = g.page(&url, Some(2)).await;
     let next = p1.next.unwrap();
     sim.state.add_fault(FaultSpec {
         on: Some(LinkKind::Next),
         count: Some(1),
-        ..fault(FaultKind::Gone)
+        ..FaultSpec::new(FaultKind::Gone)
     });
     let r = g.get(&next, Some(2)).await;
     assert_eq!(r.status(), 410);
@@ -71,7 +41,7 @@ async fn gone_on_next_and_delta_links_with_location_of_the_initial_request() {
     sim.state.add_fault(FaultSpec {
         on: Some(LinkKind::Delta),
         count: Some(1),
-        ..fault(FaultKind::Gone)
+        ..FaultSpec::new(FaultKind::Gone)
     });
     let r = g.get(&delta, None).await;
     assert_eq!(r.status(), 410);
@@ -107,11 +77,11 @@ async fn gone_on_next_and_delta_links_with_location_of_the_initial_request() {
 async fn throttling_with_fractional_retry_after_and_server_errors() {
     let sim = start(SimSettings::default()).await;
     let g = Graph::new(&sim).await;
-    let url = tasks(&sim, &g, "busy@contoso.com", 1).await;
+    let url = tasks(&sim, &g, "busy@contoso.com", 1).2;
     sim.state.add_fault(FaultSpec {
         count: Some(1),
         retry_after: Some(2.128),
-        ..fault(FaultKind::Throttle)
+        ..FaultSpec::new(FaultKind::Throttle)
     });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 429);
@@ -127,18 +97,18 @@ async fn throttling_with_fractional_retry_after_and_server_errors() {
     ] {
         sim.state.add_fault(FaultSpec {
             count: Some(2),
-            ..fault(kind)
+            ..FaultSpec::new(kind)
         });
         assert_eq!(g.get(&url, None).await.status(), status);
         assert_eq!(g.get(&url, None).await.status(), status);
         assert_eq!(g.get(&url, None).await.status(), 200);
     }
     // By probability, and only for one user.
-    let other = tasks(&sim, &g, "calm@contoso.com", 1).await;
+    let other = tasks(&sim, &g, "calm@contoso.com", 1).2;
     sim.state.add_fault(FaultSpec {
         user: Some("busy@contoso.com".into()),
         probability: Some(0.5),
-        ..fault(FaultKind::Unavailable)
+        ..FaultSpec::new(FaultKind::Unavailable)
     });
     let mut hits = 0;
     for _ in 0..40 {
@@ -164,10 +134,10 @@ async fn throttling_with_fractional_retry_after_and_server_errors() {
 async fn malformed_truncated_and_slow_answers() {
     let sim = start(SimSettings::default()).await;
     let g = Graph::new(&sim).await;
-    let url = tasks(&sim, &g, "flaky@contoso.com", 20).await;
+    let url = tasks(&sim, &g, "flaky@contoso.com", 20).2;
     sim.state.add_fault(FaultSpec {
         count: Some(1),
-        ..fault(FaultKind::Malformed)
+        ..FaultSpec::new(FaultKind::Malformed)
     });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 200);
@@ -175,7 +145,7 @@ async fn malformed_truncated_and_slow_answers() {
     assert!(serde_json::from_str::<Value>(&text).is_err(), "not JSON");
     sim.state.add_fault(FaultSpec {
         count: Some(1),
-        ..fault(FaultKind::Truncated)
+        ..FaultSpec::new(FaultKind::Truncated)
     });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 200);
@@ -183,7 +153,7 @@ async fn malformed_truncated_and_slow_answers() {
     sim.state.add_fault(FaultSpec {
         count: Some(1),
         delay_ms: Some(300),
-        ..fault(FaultKind::Slow)
+        ..FaultSpec::new(FaultKind::Slow)
     });
     let t0 = Instant::now();
     assert_eq!(g.get(&url, None).await.status(), 200);
@@ -197,12 +167,12 @@ async fn malformed_truncated_and_slow_answers() {
 async fn fifth_concurrent_request_per_mailbox_is_throttled_and_budget_is_enforced() {
     let sim = start(SimSettings::default()).await;
     let g = Graph::new(&sim).await;
-    let url = tasks(&sim, &g, "hot@contoso.com", 1).await;
-    let cold = tasks(&sim, &g, "cold@contoso.com", 1).await;
+    let url = tasks(&sim, &g, "hot@contoso.com", 1).2;
+    let cold = tasks(&sim, &g, "cold@contoso.com", 1).2;
     sim.state.add_fault(FaultSpec {
         user: Some("hot@contoso.com".into()),
         delay_ms: Some(400),
-        ..fault(FaultKind::Slow)
+        ..FaultSpec::new(FaultKind::Slow)
     });
     let futs: Vec<_> = (0..5).map(|_| g.get(&url, None)).collect();
     let (results, cold_status) = tokio::join!(futures_util::future::join_all(futs), async {
@@ -248,10 +218,10 @@ async fn fifth_concurrent_request_per_mailbox_is_throttled_and_budget_is_enforce
 async fn expired_token_fault_answers_401_until_a_new_token_is_fetched() {
     let sim = start(SimSettings::default()).await;
     let mut g = Graph::new(&sim).await;
-    let url = tasks(&sim, &g, "sleepy@contoso.com", 1).await;
+    let url = tasks(&sim, &g, "sleepy@contoso.com", 1).2;
     sim.state.add_fault(FaultSpec {
         count: Some(1),
-        ..fault(FaultKind::Unauthorized)
+        ..FaultSpec::new(FaultKind::Unauthorized)
     });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 401);
@@ -391,7 +361,7 @@ async fn json_batches_answer_each_item_on_its_own() {
     let mut rels = Vec::new();
     for i in 0..6 {
         let upn = format!("batch{i}@contoso.com");
-        let url = tasks(&sim, &g, &upn, 3).await;
+        let url = tasks(&sim, &g, &upn, 3).2;
         // Follow the round to its deltaLink: the batch polls those.
         let (_, delta) = g.round(&url, None).await;
         let rel = delta
@@ -404,7 +374,7 @@ async fn json_batches_answer_each_item_on_its_own() {
     sim.state.add_fault(FaultSpec {
         user: Some("batch2@contoso.com".into()),
         retry_after: Some(1.5),
-        ..fault(FaultKind::Throttle)
+        ..FaultSpec::new(FaultKind::Throttle)
     });
     let requests: Vec<Value> = rels
         .iter()
@@ -494,10 +464,9 @@ async fn json_batches_answer_each_item_on_its_own() {
 /// naming it apply.
 #[tokio::test]
 async fn redirects_and_oversized_bodies_on_delta_and_token_requests() {
-    use crate::client::{CLIENT_ID, SECRET, TENANT};
     let sim = start(SimSettings::default()).await;
     let g = Graph::new(&sim).await;
-    let url = tasks(&sim, &g, "far@contoso.com", 3).await;
+    let url = tasks(&sim, &g, "far@contoso.com", 3).2;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -506,7 +475,7 @@ async fn redirects_and_oversized_bodies_on_delta_and_token_requests() {
     sim.state.add_fault(FaultSpec {
         count: Some(1),
         location: Some(elsewhere.into()),
-        ..fault(FaultKind::Redirect)
+        ..FaultSpec::new(FaultKind::Redirect)
     });
     let r = http.get(&url).bearer_auth(&g.token).send().await.unwrap();
     assert_eq!(r.status(), 307);
@@ -515,7 +484,7 @@ async fn redirects_and_oversized_bodies_on_delta_and_token_requests() {
     sim.state.add_fault(FaultSpec {
         count: Some(1),
         body_bytes: Some(1_000_000),
-        ..fault(FaultKind::Oversized)
+        ..FaultSpec::new(FaultKind::Oversized)
     });
     let r = g.get(&url, None).await;
     assert_eq!(r.status(), 200);
@@ -525,36 +494,22 @@ async fn redirects_and_oversized_bodies_on_delta_and_token_requests() {
     let page: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(page["value"].as_array().unwrap().len(), 3);
     // The token endpoint: rules for every Graph request leave it alone.
-    sim.state.add_fault(fault(FaultKind::Throttle));
-    let token_url = format!("{}/{TENANT}/oauth2/v2.0/token", sim.url());
-    let token = |http: reqwest::Client| {
-        let token_url = token_url.clone();
-        async move {
-            http.post(token_url)
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", CLIENT_ID),
-                    ("client_secret", SECRET),
-                    ("scope", "https://graph.microsoft.com/.default"),
-                ])
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(token(http.clone()).await.status(), 200);
+    sim.state.add_fault(FaultSpec::new(FaultKind::Throttle));
+    let base = sim.url();
+    let token = || token_request(&http, &base);
+    assert_eq!(token().await.status(), 200);
     sim.state.faults.lock().clear();
     let on_token = |kind| FaultSpec {
         endpoint: Some(graph_sim::faults::TOKEN_ENDPOINT.into()),
         count: Some(1),
-        ..fault(kind)
+        ..FaultSpec::new(kind)
     };
     let trap = "http://127.0.0.1:9/steal";
     sim.state.add_fault(FaultSpec {
         location: Some(trap.into()),
         ..on_token(FaultKind::Redirect)
     });
-    let r = token(http.clone()).await;
+    let r = token().await;
     assert_eq!(
         (
             r.status().as_u16(),
@@ -566,7 +521,7 @@ async fn redirects_and_oversized_bodies_on_delta_and_token_requests() {
         body_bytes: Some(100_000),
         ..on_token(FaultKind::Oversized)
     });
-    let body = token(http.clone()).await.bytes().await.unwrap();
+    let body = token().await.bytes().await.unwrap();
     assert_eq!(body.len(), 100_000);
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(v["access_token"].as_str().is_some_and(|t| !t.is_empty()));
@@ -574,7 +529,7 @@ async fn redirects_and_oversized_bodies_on_delta_and_token_requests() {
         retry_after: Some(2.5),
         ..on_token(FaultKind::Throttle)
     });
-    let r = token(http.clone()).await;
+    let r = token().await;
     assert_eq!(
         (
             r.status().as_u16(),
@@ -582,9 +537,5 @@ async fn redirects_and_oversized_bodies_on_delta_and_token_requests() {
         ),
         (429, "2.5")
     );
-    assert_eq!(
-        token(http).await.status(),
-        200,
-        "count-limited rules are spent"
-    );
+    assert_eq!(token().await.status(), 200, "count-limited rules are spent");
 }

@@ -1,26 +1,11 @@
 //! Paths as Graph decodes them, and the sync state behind links: generations, the 410s they
 //! end in (with and without `Location`), and the id type a calendar view's state is bound to.
 
-use graph_sim::model::{EventSpec, NameSpec, TaskSpec};
-use graph_sim::{GoneLocation, SimServer, SimSettings};
+use graph_sim::model::{EventSpec, NameSpec};
+use graph_sim::{GoneLocation, SimSettings};
 use serde_json::{json, Value};
 
-use crate::client::{add_user, start, Graph};
-
-/// A user with `n` tasks in its default list; returns (user id, list id, tasks delta URL).
-fn tasks(sim: &SimServer, g: &Graph, upn: &str, n: usize) -> (String, String, String) {
-    let user = add_user(sim, upn);
-    let list = sim.state.store.read().user_info(&user).unwrap().task_lists[0].clone();
-    for _ in 0..n {
-        sim.state
-            .store
-            .write()
-            .create_task(&user, &list, TaskSpec::default())
-            .unwrap();
-    }
-    let url = g.url(&format!("/v1.0/users/{upn}/todo/lists/{list}/tasks/delta"));
-    (user, list, url)
-}
+use crate::client::{start, tasks, Graph};
 
 async fn error(r: reqwest::Response) -> (u16, Option<String>, String, String) {
     let status = r.status().as_u16();
@@ -76,11 +61,7 @@ async fn path_segments_are_percent_decoded_on_every_route() {
                 subject: Some("Review".into()),
                 start: "2026-01-05T10:00:00".parse().unwrap(),
                 end: "2026-01-05T11:00:00".parse().unwrap(),
-                is_all_day: false,
-                body: None,
-                location: None,
-                attendees: vec![],
-                recurrence: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -261,14 +242,9 @@ async fn a_calendar_view_link_followed_with_another_id_type() {
             &user,
             "primary",
             EventSpec {
-                subject: None,
                 start: "2026-01-05T10:00:00".parse().unwrap(),
                 end: "2026-01-05T11:00:00".parse().unwrap(),
-                is_all_day: false,
-                body: None,
-                location: None,
-                attendees: vec![],
-                recurrence: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -1,0 +1,98 @@
+//! The worker's side: partitions failing, offsets refused, reconciliation state, shutdown,
+//! health.
+
+use std::time::Duration;
+
+use super::metrics;
+use crate::source::PartitionId;
+
+/// An offset's link does not address its partition's own resource (another mailbox,
+/// calendar, list, host or route): refused. `from` is `offsets_topic` (the partition then
+/// starts over) or `rest` (the request is answered 400). The link itself is not logged.
+pub fn offset_link_refused(partition: &PartitionId, from: &str, field: &str, why: &str) {
+    metrics()
+        .offset_links_refused
+        .with_label_values(&[partition.kind().as_str(), from])
+        .inc();
+    tracing::warn!(partition = %partition, from, field, why, "offset link refused: not this partition's resource");
+}
+
+/// A partition failed and stops until restarted.
+pub fn partition_failed(partition: &PartitionId, error: &str) {
+    metrics()
+        .partition_failures
+        .with_label_values(&[partition.kind().as_str()])
+        .inc();
+    tracing::error!(partition = %partition, error, "partition failed");
+}
+
+/// A round from scratch ended: `tombstones` items it no longer returned, of `live` before.
+pub fn reconciled(partition: &PartitionId, tombstones: usize, live: usize) {
+    tracing::info!(partition = %partition, tombstones, live, "round from scratch complete; tombstoning what it no longer returned");
+}
+
+/// The reconciliation state was read at start.
+pub fn state_loaded(partitions: usize, items: usize, elapsed: Duration) {
+    let ms = elapsed.as_millis() as u64;
+    tracing::info!(
+        partitions,
+        items,
+        elapsed_ms = ms,
+        "reconciliation state loaded"
+    );
+}
+
+/// A partition without reconciliation state (upgraded) built it from a scan of its topic.
+pub fn state_seeded(partition: &PartitionId, items: usize, elapsed: Duration) {
+    tracing::info!(partition = %partition, items, elapsed_ms = elapsed.as_millis() as u64, "reconciliation state built from the topic (once)");
+}
+
+/// Partition tasks did not end within `worker.shutdown_timeout` of the worker's shutdown: the
+/// `pending` ones are aborted, then the committer stops. A page is in Kafka with its offset or
+/// not at all, so an aborted partition resumes where its last commit left it.
+pub fn shutdown_timed_out(pending: usize, timeout: Duration) {
+    metrics()
+        .shutdown_timeouts
+        .with_label_values(&["shutdown"])
+        .inc();
+    tracing::warn!(
+        pending,
+        timeout_ms = timeout.as_millis() as u64,
+        "partition tasks did not stop within the shutdown timeout; aborting them"
+    );
+}
+
+/// Partitions an operator command stopped did not end within `worker.shutdown_timeout`; the
+/// command goes on without them (a partition still running is not started twice).
+pub fn halt_timed_out(command: &str, pending: usize, timeout: Duration) {
+    metrics()
+        .shutdown_timeouts
+        .with_label_values(&["command"])
+        .inc();
+    tracing::warn!(
+        command,
+        pending,
+        timeout_ms = timeout.as_millis() as u64,
+        "partitions did not stop within the shutdown timeout; going on without them"
+    );
+}
+
+/// The background check's verdict on Kafka changed (logged on changes only, not per probe):
+/// `problem` says why it is failing, `None` when it is reachable again.
+pub fn kafka_health_changed(problem: Option<&str>) {
+    metrics().health_kafka_ok.set(i64::from(problem.is_none()));
+    match problem {
+        Some(reason) => tracing::warn!(reason, "Kafka health check failing; not ready"),
+        None => tracing::info!("Kafka health check passing"),
+    }
+}
+
+/// Whether Graph answers changed (logged on changes only): `problem` says why it is failing,
+/// `None` when it answers again.
+pub fn graph_health_changed(problem: Option<&str>) {
+    metrics().health_graph_ok.set(i64::from(problem.is_none()));
+    match problem {
+        Some(reason) => tracing::warn!(reason, "Graph health check failing; not ready"),
+        None => tracing::info!("Graph health check passing"),
+    }
+}
