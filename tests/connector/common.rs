@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use graph_cdc::source::PartitionId;
+use graph_cdc::source::{key_id, PartitionId};
 use graph_cdc::worker::WorkerSpec;
 use graph_sim::SimServer;
 use serde_json::Value;
@@ -430,4 +430,44 @@ pub fn converge_except(
         assert!(Instant::now() < deadline, "not converged: {d}");
         std::thread::sleep(Duration::from_millis(500));
     });
+}
+
+/// A record as `(item id, op, removed-reason, resync)`.
+pub type Written = (String, String, String, bool);
+
+/// The records of `after` that `before` did not have (a topic is read partition after
+/// partition, so the new records are not simply the last ones).
+pub fn new_records(before: &[Committed], after: &[Committed]) -> Vec<Written> {
+    let sig = |r: &Committed| {
+        (
+            r.key.clone(),
+            r.value.clone(),
+            r.headers.clone().into_iter().collect::<Vec<_>>(),
+        )
+    };
+    let mut had: HashMap<_, usize> = HashMap::new();
+    for r in before {
+        let mut s = sig(r);
+        s.2.sort();
+        *had.entry(s).or_default() += 1;
+    }
+    let mut out = Vec::new();
+    for r in after {
+        let mut s = sig(r);
+        s.2.sort();
+        match had.get_mut(&s) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => {
+                let h = |n: &str| r.headers.get(n).cloned().unwrap_or_default();
+                out.push((
+                    key_id(&r.key).unwrap_or_default(),
+                    h("graph-cdc.op"),
+                    h("graph-cdc.removed-reason"),
+                    r.headers.contains_key("graph-cdc.resync"),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
 }

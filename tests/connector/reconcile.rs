@@ -102,46 +102,6 @@ fn wait_for_resync(sim: &SimServer, gone: u64, pages: u64) {
     }
 }
 
-/// A record as `(item id, op, removed-reason, resync)`.
-type Written = (String, String, String, bool);
-
-/// The records of `after` that `before` did not have (a topic is read partition after
-/// partition, so the new records are not simply the last ones).
-fn new_records(before: &[Committed], after: &[Committed]) -> Vec<Written> {
-    let sig = |r: &Committed| {
-        (
-            r.key.clone(),
-            r.value.clone(),
-            r.headers.clone().into_iter().collect::<Vec<_>>(),
-        )
-    };
-    let mut had: HashMap<_, usize> = HashMap::new();
-    for r in before {
-        let mut s = sig(r);
-        s.2.sort();
-        *had.entry(s).or_default() += 1;
-    }
-    let mut out = Vec::new();
-    for r in after {
-        let mut s = sig(r);
-        s.2.sort();
-        match had.get_mut(&s) {
-            Some(n) if *n > 0 => *n -= 1,
-            _ => {
-                let h = |n: &str| r.headers.get(n).cloned().unwrap_or_default();
-                out.push((
-                    key_id(&r.key).unwrap_or_default(),
-                    h("graph-cdc.op"),
-                    h("graph-cdc.removed-reason"),
-                    r.headers.contains_key("graph-cdc.resync"),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Deletes `del` and changes `change` events of the user's calendar (by position in the
 /// sorted ids); returns the ids deleted and changed.
 fn delete_and_change(
