@@ -592,6 +592,10 @@ fn calendar_windows_one_per_calendar_and_as_long_as_graph_allows() {
     };
     for (start, end, extra) in [
         ("2026-01-01T00:00:00Z", "2027-01-01T00:00:00+01:00", ""),
+        // Rolling: relative bounds, or one bound fixed.
+        ("-30d", "+365d", ""),
+        ("-90m", "+12h", "\nwindow_roll = \"15m\""),
+        ("2026-01-01T00:00:00Z", "+365d", ""),
         (
             "2026-01-01T00:00:00Z",
             "2030-12-30T00:00:00Z",
@@ -631,14 +635,9 @@ fn calendar_windows_one_per_calendar_and_as_long_as_graph_allows() {
             "sources[0].window_roll",
             "1s",
         ),
-        // Parsed, but not rolled yet: refused with the reason, never misread.
-        (
-            "-30d",
-            "+365d",
-            "",
-            "sources[0].start",
-            "not rolled by this version yet",
-        ),
+        // Relative bounds are checked on today's window.
+        ("-1000d", "+1000d", "", "sources[0].end", "1825"),
+        ("+10d", "-10d", "", "sources[0].end", "today's window would be"),
     ] {
         let (ok, _, err) = validate(&view(start, end, extra), &env);
         assert!(!ok, "accepted {start}/{end}{extra}");

@@ -39,6 +39,8 @@ fn defaults_partitions_and_redaction() {
     assert_eq!(s.graph.page_size, 100);
     assert_eq!(s.graph.poll_interval.0, Duration::from_secs(60));
     assert!(s.graph.immutable_ids && s.graph.client_options().immutable_ids);
+    assert_eq!(s.graph.reconcile_interval.0, Duration::from_secs(7 * 86_400));
+    assert_eq!(s.graph.max_pages_per_round, 10_000);
     let off = OK.replace("[graph]", "[graph]\nimmutable_ids = false");
     let off = Settings::from_toml_str(&off, false).unwrap();
     assert!(!off.graph.client_options().immutable_ids);
@@ -73,6 +75,8 @@ fn every_error_names_its_key() {
         (OK.replace("[graph]", "[graph]\npoll_interval = \"soon\""), "graph.poll_interval"),
         (OK.replace("[graph]", "[graph]\ncloud = \"mars\""), "graph.cloud"),
         (OK.replace("[graph]", "[graph]\nbase_backoff = \"2m\""), "graph.base_backoff"),
+        (OK.replace("[graph]", "[graph]\nmax_pages_per_round = 0"), "graph.max_pages_per_round"),
+        (OK.replace("[graph]", "[graph]\nreconcile_interval = \"weekly\""), "graph.reconcile_interval"),
         (format!("{OK}\n[log]\nformat = \"xml\""), "log.format"),
         (OK.replace("end = \"2027-01-01T00:00:00Z\"", "end = \"2025-01-01T00:00:00Z\""), "sources[0].end"),
         (OK.replace("client_secret = \"s3cr3t-value\"", ""), "graph.client_secret"),
@@ -97,6 +101,7 @@ fn durations() {
     assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
     assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
     assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+    assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
     assert!(parse_duration("3 days").is_err());
     assert!(parse_duration("").is_err());
 }
