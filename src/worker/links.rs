@@ -14,12 +14,23 @@ use crate::graph::Route;
 use crate::metrics;
 use crate::sink::committer::OffsetWrites;
 use crate::source::{PartitionId, SourceOffset};
+use crate::window::Window;
 
 use super::control::CommandError;
 
 /// The first of `offset`'s links (`link`, then `delta_link`) that `id` does not own, as
 /// `(field, why)`.
 fn foreign_link(route: &Route, offset: &SourceOffset) -> Result<(), (&'static str, String)> {
+    // A rolling view's links read the window its offset records.
+    let owned;
+    let route = match &offset.window {
+        Some(w) => {
+            let w = Window::parse(w).map_err(|why| ("window", why))?;
+            owned = route.clone().in_window(w);
+            &owned
+        }
+        None => route,
+    };
     for (field, link) in [("link", &offset.link), ("delta_link", &offset.delta_link)] {
         if let Some(l) = link {
             route.owns_link(l).map_err(|why| (field, why.to_string()))?;
@@ -138,5 +149,39 @@ mod tests {
             .with_label_values(&["task_lists", "offsets_topic"])
             .get();
         assert_eq!(after, before + 1);
+    }
+
+    #[test]
+    fn a_rolling_views_links_must_read_the_window_its_offset_records() {
+        let view = PartitionId::CalendarView {
+            user: "alice@contoso.com".into(),
+            calendar: "primary".into(),
+            window: "-30d/+365d".into(),
+        };
+        let base = "https://graph.microsoft.com/v1.0/users/alice@contoso.com/calendarView/delta";
+        let link =
+            format!("{base}?startDateTime=2026-11-04T00:00:00Z&endDateTime=2027-12-04T00:00:00Z");
+        let with = |w: &str| SourceOffset {
+            window: Some(w.into()),
+            ..at(&link)
+        };
+        let ok: OffsetWrites = vec![(
+            view.clone(),
+            Some(with("2026-11-04T00:00:00Z/2027-12-04T00:00:00Z")),
+        )];
+        assert!(check_writes(HOST, &ok).is_ok());
+        let other: OffsetWrites = vec![(
+            view.clone(),
+            Some(with("2026-11-05T00:00:00Z/2027-12-05T00:00:00Z")),
+        )];
+        let Err(CommandError::BadRequest(why)) = check_writes(HOST, &other) else {
+            panic!("refused");
+        };
+        assert!(why.contains("startDateTime"), "{why}");
+        let junk: OffsetWrites = vec![(view, Some(with("soon")))];
+        let Err(CommandError::BadRequest(why)) = check_writes(HOST, &junk) else {
+            panic!("refused");
+        };
+        assert!(why.contains("offset.window"), "{why}");
     }
 }
