@@ -637,7 +637,13 @@ fn calendar_windows_one_per_calendar_and_as_long_as_graph_allows() {
         ),
         // Relative bounds are checked on today's window.
         ("-1000d", "+1000d", "", "sources[0].end", "1825"),
-        ("+10d", "-10d", "", "sources[0].end", "today's window would be"),
+        (
+            "+10d",
+            "-10d",
+            "",
+            "sources[0].end",
+            "today's window would be",
+        ),
     ] {
         let (ok, _, err) = validate(&view(start, end, extra), &env);
         assert!(!ok, "accepted {start}/{end}{extra}");

@@ -39,7 +39,10 @@ fn defaults_partitions_and_redaction() {
     assert_eq!(s.graph.page_size, 100);
     assert_eq!(s.graph.poll_interval.0, Duration::from_secs(60));
     assert!(s.graph.immutable_ids && s.graph.client_options().immutable_ids);
-    assert_eq!(s.graph.reconcile_interval.0, Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        s.graph.reconcile_interval.0,
+        Duration::from_secs(7 * 86_400)
+    );
     assert_eq!(s.graph.max_pages_per_round, 10_000);
     let off = OK.replace("[graph]", "[graph]\nimmutable_ids = false");
     let off = Settings::from_toml_str(&off, false).unwrap();
@@ -101,7 +104,10 @@ fn durations() {
     assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
     assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
     assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-    assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        parse_duration("7d").unwrap(),
+        Duration::from_secs(7 * 86_400)
+    );
     assert!(parse_duration("3 days").is_err());
     assert!(parse_duration("").is_err());
 }

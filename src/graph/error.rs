@@ -56,6 +56,12 @@ pub enum GraphError {
     /// origin is named (the rest may carry a state token).
     #[error("Graph answered {status} redirecting to {to}: redirects are not followed (check graph.base_url)")]
     Redirected { status: u16, to: String },
+    /// The partition's rounds keep looping (a repeated nextLink or page, or more than
+    /// `graph.max_pages_per_round` pages), even after restarting from scratch: following on
+    /// would burn the mailbox's request budget forever (`guard.rs`). The reason names the
+    /// loop and what was tried, never a link.
+    #[error("paging loop: {0}")]
+    PagingLoop(String),
 }
 
 impl GraphError {
@@ -68,6 +74,7 @@ impl GraphError {
                 | GraphError::Url(_)
                 | GraphError::Host { .. }
                 | GraphError::Closed(_)
+                | GraphError::PagingLoop(_)
         )
     }
 

@@ -10,11 +10,14 @@
 //! - `partition.rs`: each partition kind's route: its first request, and which links
 //!   (from the offsets topic or an operator) address its own resource.
 //! - `reader.rs`: a partition's rounds (pages → source records, resync after `410`).
+//! - `guard.rs`: the paging guard: a round that repeats a nextLink or a page, or takes more
+//!   than `graph.max_pages_per_round` pages, is abandoned; a partition that keeps looping fails.
 //! - `lists.rs`: which task partitions a batch of To Do lists starts, runs and resets.
 //!
 //! Imports run one way (`a → b`: `a` uses `b`), so there is no circle: `reader` → `client`,
-//! `lists`, `partition`; `client` → `batch` → `auth`, `delta`, `options`, `http`; `auth` →
-//! `http` → `options`; everything that fails → `error`, which uses nothing of Graph's.
+//! `guard`, `lists`, `partition`; `guard` → `delta`; `client` → `batch` → `auth`, `delta`,
+//! `options`, `http`; `auth` → `http` → `options`; everything that fails → `error`, which uses
+//! nothing of Graph's.
 //!
 //! It knows nothing of Kafka and imports neither the worker nor the sink: it yields
 //! complete [`crate::source::SourceBatch`]es.
@@ -24,6 +27,7 @@ pub mod batch;
 pub mod client;
 pub mod delta;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod lists;
 pub mod options;

@@ -4,8 +4,8 @@
 //! The reader's `offset` is where it stands in memory. It moves forward only through
 //! [`PartitionReader::advance`], which the worker calls once the batch is committed (or,
 //! for a batch without records, once it is safely queued): a failed transaction therefore
-//! re-fetches the same pages. A resync moves it *back* (to the last complete round or the
-//! initial request), which is always safe.
+//! re-fetches the same pages. A resync, or a round abandoned as a paging loop (`guard.rs`),
+//! moves it *back* (to the last complete round or the initial request), which is always safe.
 //!
 //! The batches it yields are complete: records, offset, where the page stands in a round
 //! from scratch, and for To Do lists what happens to their task partitions (`lists.rs`), so
@@ -18,6 +18,7 @@ use chrono::Utc;
 use super::client::GraphClient;
 use super::delta::DeltaPage;
 use super::error::GraphError;
+use super::guard::{Abandon, Loop, RoundGuard};
 use super::lists::{task_partitions, KnownLists};
 use super::partition::{same_origin, Route};
 use super::rounds::{Restart, Rounds};
@@ -43,6 +44,8 @@ pub struct PartitionReader {
     rounds: Rounds,
     /// A rolling calendar view's window as written, and the window in force.
     rolling: Option<(WindowSpec, Window)>,
+    /// The paging guard of the current round (see `guard.rs`).
+    guard: RoundGuard,
 }
 
 /// A 410 on a link that was just reset to the initial request would loop forever.
@@ -90,6 +93,7 @@ impl PartitionReader {
             fresh: offset.link.is_none(),
             offset,
             lists: None,
+            guard: RoundGuard::new(rounds.max_pages_per_round),
             rounds,
             rolling: spec.zip(in_force),
         };
@@ -134,6 +138,7 @@ impl PartitionReader {
         if let Some(lists) = &mut self.lists {
             lists.advance(batch_ids);
         }
+        self.guard.advanced(batch_offset.round > self.offset.round);
         self.fresh = false;
         self.offset = batch_offset;
     }
@@ -160,6 +165,7 @@ impl PartitionReader {
             reason: (why != Restart::Resync).then(|| why.reason().to_string()),
         };
         self.fresh = true;
+        self.guard.restarted();
     }
 
     /// At a round boundary, before polling: a round from scratch instead if the rolling
@@ -204,6 +210,10 @@ impl PartitionReader {
                     self.graph_host
                 )));
             }
+            if let Err(why) = self.guard.before(&link) {
+                self.abandon(why)?;
+                continue;
+            }
             let polling = self.offset.link.is_some() && self.at_round_start();
             let fetched = if polling {
                 client
@@ -213,7 +223,10 @@ impl PartitionReader {
                 client.get_page(self.id.user(), self.id.kind(), &link).await
             };
             match fetched {
-                Ok(page) => return Ok(self.batch(page)),
+                Ok(page) => match self.guard.fetched(&link, &page) {
+                    Ok(()) => return Ok(self.batch(page)),
+                    Err(why) => self.abandon(why)?,
+                },
                 Err(GraphError::Gone { code, location }) if resyncs < MAX_RESYNCS_PER_FETCH => {
                     resyncs += 1;
                     self.resync(&code, location);
@@ -221,6 +234,25 @@ impl PartitionReader {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A paging loop (`guard.rs`): the round starts over from its deltaLink, like after a
+    /// `410` on a nextLink, or else from scratch, as a resync; a partition that keeps looping
+    /// fails. Only the reader moves back: nothing committed is touched.
+    fn abandon(&mut self, why: Loop) -> Result<(), GraphError> {
+        let pages = self.guard.pages();
+        let then = self.guard.abandon(why, self.offset.delta_link.is_some());
+        metrics::round_abandoned(&self.id, why.as_str(), then.as_str(), pages);
+        match then {
+            Abandon::FromDeltaLink => {
+                self.offset.link = self.offset.delta_link.clone();
+                self.offset.resync = true;
+                self.fresh = false;
+            }
+            Abandon::FromScratch => self.restart_as(Restart::Resync),
+            Abandon::Fail(reason) => return Err(GraphError::PagingLoop(reason)),
+        }
+        Ok(())
     }
 
     /// After a 410: a nextLink falls back to the last complete round's deltaLink; a deltaLink
@@ -239,6 +271,7 @@ impl PartitionReader {
             code,
             if from_delta { "delta_link" } else { "initial" },
         );
+        self.guard.restarted();
         // A round from the initial request reports no deletions: it is reconciled (see
         // `SourceBatch::full_round`).
         self.fresh = !from_delta;
@@ -347,6 +380,10 @@ impl PartitionReader {
         (batch.starts, batch.runs, batch.resets) = (d.starts, d.runs, d.resets);
     }
 }
+
+#[cfg(test)]
+#[path = "reader_paging_tests.rs"]
+mod paging_tests;
 
 #[cfg(test)]
 mod tests {

@@ -88,6 +88,17 @@ pub fn resync(partition: &PartitionId, code: &str, from: &str) {
     tracing::warn!(partition = %partition, code, from, "sync state gone; restarting the round");
 }
 
+/// A round was abandoned as a paging loop (`why`: `link_repeated`, `page_repeated`,
+/// `too_many_pages`) after `pages` pages; `then` says where the partition goes on from
+/// (`delta_link`, `initial`) or that it fails (`failed`).
+pub fn round_abandoned(partition: &PartitionId, why: &str, then: &str, pages: u32) {
+    metrics()
+        .rounds_abandoned
+        .with_label_values(&[partition.kind().as_str(), why])
+        .inc();
+    tracing::warn!(partition = %partition, why, then, pages, "paging loop: round abandoned");
+}
+
 /// A rolling calendar view's window moved from `from` to `to`: its next round reads `to` from
 /// scratch.
 pub fn window_rolled(partition: &PartitionId, from: &str, to: &str) {

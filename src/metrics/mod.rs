@@ -24,7 +24,8 @@ mod worker;
 
 pub use graph::{
     graph_batch, graph_batched_poll, graph_request, graph_retry, graph_throttled,
-    initial_sync_progress, reconcile_due, resync, round_completed, token_renewed, window_rolled,
+    initial_sync_progress, reconcile_due, resync, round_abandoned, round_completed, token_renewed,
+    window_rolled,
 };
 pub use kafka::{
     commit_retry, kafka_unreachable, record_dead_lettered, record_refused, records_skipped,
@@ -43,6 +44,7 @@ pub const GRAPH_RETRY_WAIT_SECONDS: &str = "graph_cdc_graph_retry_wait_seconds_t
 pub const TOKEN_RENEWALS: &str = "graph_cdc_token_renewals_total";
 pub const RESYNCS: &str = "graph_cdc_resyncs_total";
 pub const ROUNDS_FROM_SCRATCH: &str = "graph_cdc_rounds_from_scratch_total";
+pub const ROUNDS_ABANDONED: &str = "graph_cdc_rounds_abandoned_total";
 pub const RECORDS_WRITTEN: &str = "graph_cdc_records_written_total";
 pub const BYTES_WRITTEN: &str = "graph_cdc_bytes_written_total";
 pub const TRANSACTIONS: &str = "graph_cdc_transactions_total";
@@ -83,6 +85,7 @@ pub struct Metrics {
     pub token_renewals: IntCounter,
     pub resyncs: IntCounterVec,
     pub rounds_from_scratch: IntCounterVec,
+    pub rounds_abandoned: IntCounterVec,
     pub records_written: IntCounterVec,
     pub bytes_written: IntCounterVec,
     pub transactions: IntCounterVec,
@@ -173,6 +176,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ROUNDS_FROM_SCRATCH,
             "Rounds begun from scratch on a partition's own schedule (window roll, periodic reconcile)",
             &["kind", "reason"],
+        )?,
+        rounds_abandoned: counter(
+            ROUNDS_ABANDONED,
+            "Rounds abandoned as paging loops (a repeated nextLink or page, more than graph.max_pages_per_round pages), by why",
+            &["kind", "why"],
         )?,
         records_written: counter(
             RECORDS_WRITTEN,
@@ -323,6 +331,7 @@ mod tests {
             TOKEN_RENEWALS,
             RESYNCS,
             ROUNDS_FROM_SCRATCH,
+            ROUNDS_ABANDONED,
             RECORDS_WRITTEN,
             BYTES_WRITTEN,
             TRANSACTIONS,

@@ -484,6 +484,7 @@ async fn stats(State(sim): S) -> R {
         "by_user": st.by_user,
         "pages": st.pages,
         "records": st.records,
+        "largest_page": st.largest_page,
         "tokens_issued": st.tokens_issued,
         "max_in_flight": st.max_in_flight,
         "state_tokens": sim.tokens.lock().len(),

@@ -137,6 +137,9 @@ pub struct Stats {
     pub by_user: HashMap<String, u64>,
     pub pages: u64,
     pub records: u64,
+    /// The most records one page held (past `odata.maxpagesize` only with the
+    /// `whole_series_pages` quirk).
+    pub largest_page: u64,
     pub tokens_issued: u64,
     /// Highest number of concurrent requests seen per user id.
     pub max_in_flight: HashMap<String, usize>,

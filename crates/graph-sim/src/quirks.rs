@@ -13,7 +13,10 @@
 //!   page `after_pages`, the nextLink leads back to page `back_to`, forever: either the very
 //!   link that fetched that page before (`fresh_links: false`, a loop a client sees by its
 //!   links) or a new link to the same position (`fresh_links: true`, as issue 3082 reports
-//!   it: only the repeated payloads show the loop).
+//!   it: only the repeated payloads show the loop). With `loops: n` the loop closes n times
+//!   in all, then the quirk switches itself off: neither issue says whether such a loop ever
+//!   ends, but a test that shows a client recovering once Graph pages properly again cannot
+//!   switch the quirk off itself at the right moment without racing the client.
 
 use std::collections::HashMap;
 
@@ -46,6 +49,10 @@ pub struct NextLinkCycle {
     /// Each loop hands out new links to the same positions instead of the old links.
     #[serde(default)]
     pub fresh_links: bool,
+    /// How many more times the loop closes (page `after_pages` links back) before the quirk
+    /// switches itself off; unset: forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loops: Option<u32>,
 }
 
 fn two() -> u32 {
@@ -60,6 +67,11 @@ impl MailboxQuirks {
                     "next_link_cycle needs after_pages >= 2 and 2 <= back_to <= after_pages".into(),
                 ));
             }
+            if c.loops == Some(0) {
+                return Err(SimError::BadRequest(
+                    "next_link_cycle.loops must be at least 1 (or left out: forever)".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -69,35 +81,52 @@ impl MailboxQuirks {
 pub type Quirks = HashMap<String, MailboxQuirks>;
 
 /// The nextLink token of a looping round's page, given `next`, the state of the page after
-/// it. Pages up to `after_pages` link onwards (on later passes with the links they had, unless
-/// links are fresh); page `after_pages` links back to page `back_to`. A link the token cache
-/// dropped meanwhile cannot be handed out again: the round then goes on as if it did not loop.
+/// it, and whether it closes the loop (links back). Pages up to `after_pages` link onwards (on
+/// later passes with the links they had, unless links are fresh); page `after_pages` links
+/// back to page `back_to`. A link the token cache dropped meanwhile cannot be handed out
+/// again: the round then goes on as if it did not loop.
 pub fn cycle_link(
     tokens: &mut TokenTable,
     links: &CycleLinks,
     cycle: &NextLinkCycle,
     next: TokenState,
     capacity: usize,
-) -> String {
+) -> (String, bool) {
     let target = next.page;
     let mut links = links.lock();
     if target > cycle.after_pages {
         if let Some(back) = links.get(&cycle.back_to).cloned() {
             if !cycle.fresh_links && tokens.restamp(&back) {
-                return back;
+                return (back, true);
             }
             if let Some(state) = tokens.state(&back).filter(|_| cycle.fresh_links) {
-                return tokens.issue(state, capacity);
+                return (tokens.issue(state, capacity), true);
             }
         }
     } else if !cycle.fresh_links {
         if let Some(again) = links.get(&target).cloned() {
             if tokens.restamp(&again) {
-                return again;
+                return (again, false);
             }
         }
     }
     let token = tokens.issue(next, capacity);
     links.entry(target).or_insert_with(|| token.clone());
-    token
+    (token, false)
+}
+
+/// A loop of `user`'s mailbox closed: one fewer left, if they are counted; the quirk is
+/// switched off after the last.
+pub fn loop_closed(quirks: &mut Quirks, user: &str) {
+    let Some(q) = quirks.get_mut(user) else {
+        return;
+    };
+    let Some(cycle) = &mut q.next_link_cycle else {
+        return;
+    };
+    match cycle.loops {
+        Some(n) if n > 1 => cycle.loops = Some(n - 1),
+        Some(_) => q.next_link_cycle = None,
+        None => {}
+    }
 }

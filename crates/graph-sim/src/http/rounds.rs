@@ -17,7 +17,7 @@ use crate::auth::BearerError;
 use crate::delta::{self, Lookup, PageParams, Query, Resource, TokenState};
 use crate::faults::{FaultKind, FaultSpec, LinkKind, Refusal, RequestInfo};
 use crate::present::{parse_zone, Presentation};
-use crate::quirks::{cycle_link, MailboxQuirks};
+use crate::quirks::{cycle_link, loop_closed, MailboxQuirks};
 use crate::tokens::expired_message;
 use crate::{SimError, SimSettings, SimState};
 
@@ -214,6 +214,7 @@ async fn serve(
         let mut st = sim.stats.lock();
         st.pages += 1;
         st.records += page.records.len() as u64;
+        st.largest_page = st.largest_page.max(page.records.len() as u64);
     }
     if let Some(f) = fault.as_ref().filter(|f| f.kind == FaultKind::Oversized) {
         return Ok(caller.answer(super::transport::oversized(body.into_bytes(), f)));
@@ -558,10 +559,14 @@ fn next_link(
                 page: state.page + 1,
                 ..state.clone()
             };
-            let token = match (&state.cycle, &quirks.next_link_cycle) {
+            let (token, closed) = match (&state.cycle, &quirks.next_link_cycle) {
                 (Some(links), Some(cycle)) => cycle_link(&mut tokens, links, cycle, next, capacity),
-                _ => tokens.issue(next, capacity),
+                _ => (tokens.issue(next, capacity), false),
             };
+            drop(tokens);
+            if closed {
+                loop_closed(&mut sim.quirks.write(), &state.query.user);
+            }
             ("@odata.nextLink", token)
         }
         None => {

@@ -265,6 +265,7 @@ async fn a_whole_series_on_one_page_exceeds_maxpagesize() {
     ));
     let (pages, _) = g.round(&url, Some(3)).await;
     assert!(pages.iter().all(|p| p.len() <= 3));
+    assert_eq!(sim.state.stats.lock().largest_page, 3);
     let quirks = "/users/big@contoso.com/quirks";
     let (status, _) = control(
         &g,
@@ -277,6 +278,11 @@ async fn a_whole_series_on_one_page_exceeds_maxpagesize() {
     let (pages, _) = g.round(&url, Some(3)).await;
     let largest = pages.iter().map(Vec::len).max().unwrap();
     assert!(largest >= 9, "master and 8 occurrences together: {largest}");
+    assert_eq!(
+        sim.state.stats.lock().largest_page,
+        largest as u64,
+        "counted"
+    );
     let big = pages.iter().find(|p| p.len() == largest).unwrap();
     let masters = big.iter().filter(|i| i["type"] == "seriesMaster").count();
     let occurrences = big.iter().filter(|i| i["type"] == "occurrence").count();
@@ -370,4 +376,48 @@ async fn next_links_that_cycle_forever() {
     let q = format!("user=loop@contoso.com&kind=calendar_view&{TRUTH_WINDOW}");
     let want: BTreeSet<String> = truth(&sim, &q).await.into_keys().collect();
     assert_eq!(seen, want);
+}
+
+/// `loops: n`: the loop closes n times, then the quirk switches itself off and the round the
+/// loop was in goes on to its end.
+#[tokio::test]
+async fn a_next_link_cycle_that_closes_a_set_number_of_times() {
+    let sim = start(SimSettings::default()).await;
+    let user = add_user(&sim, "twice@contoso.com");
+    let g = Graph::new(&sim).await;
+    for day in 1..=10 {
+        create(&sim, &user, "primary", event("Single", day, 0));
+    }
+    let url = g.url(&format!(
+        "/v1.0/users/twice@contoso.com/calendarView/delta?{WINDOW}"
+    ));
+    let quirks = "/users/twice@contoso.com/quirks";
+    let put = |v: Value| control(&g, reqwest::Method::PUT, quirks, v);
+    assert_eq!(
+        put(json!({"next_link_cycle": {"after_pages": 2, "loops": 0}}))
+            .await
+            .0,
+        400
+    );
+    let (status, q) = put(json!({"next_link_cycle": {"after_pages": 3, "loops": 2}})).await;
+    assert_eq!((status, &q["next_link_cycle"]["loops"]), (200, &json!(2)));
+    // Pages 1, 2, 3, then 2, 3 and 2, 3 again (two loops), then on to the round's end.
+    let (pages, _) = g.round(&url, Some(2)).await;
+    for k in [1, 2] {
+        assert_eq!(pages[k], pages[k + 2], "page {} repeats", k + 1);
+        assert_eq!(pages[k], pages[k + 4], "page {} repeats again", k + 1);
+    }
+    let (status, q) = control(&g, reqwest::Method::GET, quirks, json!(null)).await;
+    assert_eq!(status, 200);
+    assert_eq!(q["next_link_cycle"], Value::Null, "switched off: {q}");
+    let mut seen = BTreeSet::new();
+    for p in &pages {
+        seen.extend(upserted(p));
+    }
+    let tq = format!("user=twice@contoso.com&kind=calendar_view&{TRUTH_WINDOW}");
+    let want: BTreeSet<String> = truth(&sim, &tq).await.into_keys().collect();
+    assert_eq!(seen, want);
+    // Later rounds page as documented: the same round without the loops.
+    let (plain, _) = g.round(&url, Some(2)).await;
+    assert_eq!(pages.len(), plain.len() + 4, "two loops of 2 pages");
 }
