@@ -26,11 +26,14 @@ use tokio::sync::Semaphore;
 use super::auth::{AccessToken, TokenProvider};
 use super::batch::{Batcher, Mailbox};
 use super::delta::{parse_page, DeltaPage};
-use super::error::{AuthError, GraphError, Transient};
+use super::error::{AuthError, GraphError, MalformedPage, Transient};
 use super::http::{location_origin, read_capped};
 use super::options::{prefer, ClientOptions};
 use crate::metrics;
 use crate::source::PartitionKind;
+
+/// The metrics label of requests no partition kind makes (user lookups, group listings).
+pub const DIRECTORY: &str = "directory";
 
 /// Shared by every partition reader of a worker.
 pub struct GraphClient {
@@ -43,8 +46,8 @@ pub struct GraphClient {
 }
 
 /// Why one attempt failed and whether to wait before the next.
-enum Attempt {
-    Done(DeltaPage),
+enum Attempt<T> {
+    Done(T),
     Retry {
         reason: Transient,
         after: Option<Duration>,
@@ -110,6 +113,36 @@ impl GraphClient {
         kind: PartitionKind,
         url: &str,
     ) -> Result<DeltaPage, GraphError> {
+        self.get_parsed(user, Some(kind), url, |b| {
+            parse_page(b).map_err(Transient::from)
+        })
+        .await
+    }
+
+    /// Fetches one JSON answer (a directory object, a page of a listing) under `user`'s
+    /// per-mailbox limit, with the same retries as a delta page; a body that is not a `T` is
+    /// retried like a malformed page.
+    /// `kind`: the partition kind asking, `None` for the directory (metrics say `directory`;
+    /// no `Prefer` header).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        user: &str,
+        kind: Option<PartitionKind>,
+        url: &str,
+    ) -> Result<T, GraphError> {
+        self.get_parsed(user, kind, url, |b| {
+            serde_json::from_slice(&b).map_err(|e| Transient::from(MalformedPage::Answer(e)))
+        })
+        .await
+    }
+
+    async fn get_parsed<T>(
+        &self,
+        user: &str,
+        kind: Option<PartitionKind>,
+        url: &str,
+        parse: impl Fn(bytes::Bytes) -> Result<T, Transient>,
+    ) -> Result<T, GraphError> {
         let mailbox = self.mailbox(user);
         let mut renewed = false;
         // 401s to requests sent with a token older than the current one.
@@ -119,7 +152,7 @@ impl GraphClient {
             let outcome = {
                 let _global = self.global.acquire().await?;
                 let _mbx = mailbox.acquire().await?;
-                self.attempt(kind, url).await
+                self.attempt(kind, url, &parse).await
             };
             match outcome {
                 Attempt::Done(page) => return Ok(page),
@@ -148,7 +181,8 @@ impl GraphClient {
                         });
                     }
                     let wait = after.unwrap_or_else(|| self.backoff(attempt));
-                    metrics::graph_retry(kind, &reason.to_string(), wait, after.is_some());
+                    let label = kind.map_or(DIRECTORY, PartitionKind::as_str);
+                    metrics::graph_retry(label, &reason.to_string(), wait, after.is_some());
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -166,7 +200,12 @@ impl GraphClient {
         half + half.mul_f64(rand::rng().random::<f64>())
     }
 
-    async fn attempt(&self, kind: PartitionKind, url: &str) -> Attempt {
+    async fn attempt<T>(
+        &self,
+        kind: Option<PartitionKind>,
+        url: &str,
+        parse: &impl Fn(bytes::Bytes) -> Result<T, Transient>,
+    ) -> Attempt<T> {
         let token = match self.tokens.token().await {
             Ok(t) => t,
             // The token endpoint may be throttled or down too: retry those.
@@ -182,9 +221,10 @@ impl GraphClient {
             .get(url)
             .bearer_auth(token.secret())
             .timeout(self.opts.request_timeout);
-        for p in prefer(&self.opts, kind) {
+        for p in kind.map(|k| prefer(&self.opts, k)).unwrap_or_default() {
             req = req.header("Prefer", p);
         }
+        let kind = kind.map_or(DIRECTORY, PartitionKind::as_str);
         let started = Instant::now();
         let in_flight = &metrics::metrics().in_flight;
         in_flight.inc();
@@ -234,10 +274,10 @@ impl GraphClient {
             }
         };
         if status.is_success() {
-            return match parse_page(body) {
+            return match parse(body) {
                 Ok(p) => Attempt::Done(p),
-                Err(e) => Attempt::Retry {
-                    reason: e.into(),
+                Err(reason) => Attempt::Retry {
+                    reason,
                     after: None,
                 },
             };

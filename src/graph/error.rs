@@ -170,6 +170,9 @@ pub enum MalformedPage {
     Links,
     #[error("malformed delta page: item without an id: {0}")]
     Item(#[source] serde_json::Error),
+    /// Another answer (a directory object, a listing) not in the shape asked for.
+    #[error("malformed answer: {0}")]
+    Answer(#[source] serde_json::Error),
 }
 
 /// An error and its sources, `: `-separated: reqwest's own text ("error sending request")

@@ -13,6 +13,7 @@
 //! - `guard.rs`: the paging guard: a round that repeats a nextLink or a page, or takes more
 //!   than `graph.max_pages_per_round` pages, is abandoned; a partition that keeps looping fails.
 //! - `lists.rs`: which task partitions a batch of To Do lists starts, runs and resets.
+//! - `users.rs`: a configured user (principal name or id) resolved to its object id.
 //!
 //! Imports run one way (`a → b`: `a` uses `b`), so there is no circle: `reader` → `client`,
 //! `guard`, `lists`, `partition`; `guard` → `delta`; `client` → `batch` → `auth`, `delta`,
@@ -34,6 +35,7 @@ pub mod options;
 pub mod partition;
 pub mod reader;
 pub mod rounds;
+pub mod users;
 
 pub use auth::{AccessToken, Credential, TokenProvider};
 pub use client::GraphClient;

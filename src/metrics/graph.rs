@@ -18,13 +18,13 @@ fn status_class(status: u16) -> &'static str {
 }
 
 /// A Graph request got an answer (status 0: no answer).
-pub fn graph_request(kind: PartitionKind, status: u16, elapsed: Duration) {
+pub fn graph_request(kind: &str, status: u16, elapsed: Duration) {
     let m = metrics();
     m.graph_requests
-        .with_label_values(&[kind.as_str(), status_class(status)])
+        .with_label_values(&[kind, status_class(status)])
         .inc();
     m.graph_request_seconds
-        .with_label_values(&[kind.as_str()])
+        .with_label_values(&[kind])
         .observe(elapsed.as_secs_f64());
     tracing::trace!(kind = %kind, status, elapsed_ms = elapsed.as_millis() as u64, "graph request");
 }
@@ -54,18 +54,18 @@ pub fn graph_batched_poll(kind: PartitionKind, answered: bool) {
 }
 
 /// A Graph request will be retried after `wait`.
-pub fn graph_retry(kind: PartitionKind, reason: &str, wait: Duration, retry_after: bool) {
+pub fn graph_retry(kind: &str, reason: &str, wait: Duration, retry_after: bool) {
     let m = metrics();
-    m.graph_retries.with_label_values(&[kind.as_str()]).inc();
+    m.graph_retries.with_label_values(&[kind]).inc();
     m.graph_retry_wait.inc_by(wait.as_secs_f64());
     tracing::debug!(kind = %kind, reason, wait_ms = wait.as_millis() as u64, retry_after, "retrying Graph request");
 }
 
 /// Graph answered 429.
-pub fn graph_throttled(kind: PartitionKind, retry_after: Option<Duration>) {
+pub fn graph_throttled(kind: &str, retry_after: Option<Duration>) {
     metrics()
         .graph_throttled
-        .with_label_values(&[kind.as_str()])
+        .with_label_values(&[kind])
         .inc();
     tracing::debug!(kind = %kind, retry_after_ms = retry_after.map(|d| d.as_millis() as u64), "throttled by Graph");
 }
