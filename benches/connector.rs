@@ -468,9 +468,14 @@ fn hot_path(reader: &PartitionReader, body: &bytes::Bytes, topic: &str) -> usize
     let batch = reader.batch(page);
     let pjson = batch.partition.to_json();
     for r in &batch.records {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-            .key(&r.key[..])
-            .headers(graph_cdc::sink::records::headers(r, &pjson));
+        let mut rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic)
+                .key(&r.key[..])
+                .headers(graph_cdc::sink::records::headers(
+                    r,
+                    &pjson,
+                    batch.principal.as_deref(),
+                ));
         if let Some(v) = &r.value {
             rec = rec.payload(&v[..]);
         }

@@ -126,6 +126,11 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
         settings.kafka.bootstrap_servers,
         settings.transactional_id()
     );
+    if partitions.iter().any(|p| p.user().contains('@')) {
+        eprintln!(
+            "note: users listed by principal name are looked up when the worker starts; their partitions and record keys carry the users' object ids"
+        );
+    }
     if a.connect {
         graph_cdc::sink::health::probe(&spec.sink.admin_config(), Duration::from_secs(10))
             .map_err(|why| anyhow::anyhow!("cannot reach Kafka: {why}"))?;

@@ -124,6 +124,18 @@ impl PartitionId {
         }
     }
 
+    /// The same partition of another user (a configured name replaced by its object id).
+    pub fn with_user(&self, id: &str) -> PartitionId {
+        let mut p = self.clone();
+        match &mut p {
+            PartitionId::CalendarView { user, .. }
+            | PartitionId::CalendarList { user }
+            | PartitionId::TaskLists { user }
+            | PartitionId::Tasks { user, .. } => *user = id.to_string(),
+        }
+        p
+    }
+
     /// `(field, value)` pairs in their fixed order, `kind` first (no allocation: this runs
     /// once per record).
     fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
@@ -316,6 +328,10 @@ pub struct SourceOffset {
     /// `reconcile`): its tombstones say so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The user's principal name when the partition last read: a configured name that the
+    /// directory no longer knows (the user was renamed) is found again by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 impl SourceOffset {
@@ -328,6 +344,7 @@ impl SourceOffset {
         window: None,
         full_at: None,
         reason: None,
+        principal: None,
     };
 }
 
@@ -355,6 +372,9 @@ pub struct SourceBatch {
     pub full_round: Option<FullRound>,
     /// Messages for the state topic, written in the same transaction (see `live/`).
     pub state: Vec<StateWrite>,
+    /// The user's principal name, when known: keys carry the object id, which survives a
+    /// rename; this travels beside it (header `graph-cdc.user-principal-name`).
+    pub principal: Option<Arc<str>>,
 }
 
 impl SourceBatch {

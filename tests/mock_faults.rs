@@ -58,6 +58,7 @@ fn batch(n: u64) -> SourceBatch {
         runs: vec![],
         full_round: None,
         state: vec![],
+        principal: None,
     }
 }
 

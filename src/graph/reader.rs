@@ -46,6 +46,8 @@ pub struct PartitionReader {
     rolling: Option<(WindowSpec, Window)>,
     /// The paging guard of the current round (see `guard.rs`).
     guard: RoundGuard,
+    /// The user's principal name, for the records' header (see [`Self::with_principal`]).
+    principal: Option<Arc<str>>,
 }
 
 /// A 410 on a link that was just reset to the initial request would loop forever.
@@ -94,6 +96,7 @@ impl PartitionReader {
             offset,
             lists: None,
             guard: RoundGuard::new(rounds.max_pages_per_round),
+            principal: None,
             rounds,
             rolling: spec.zip(in_force),
         };
@@ -106,6 +109,15 @@ impl PartitionReader {
         }
         reader.offset.window = window;
         Ok(reader)
+    }
+
+    /// The user's principal name, carried by every batch beside the object id of the keys.
+    pub fn with_principal(mut self, principal: Option<Arc<str>>) -> Self {
+        // Also in the offset: a worker started with the old name after a rename finds the
+        // user's id by it.
+        self.offset.principal = principal.as_deref().map(str::to_string);
+        self.principal = principal;
+        self
     }
 
     /// Seeds a `TaskLists` reader with task partitions the caller knows (running or with a
@@ -163,6 +175,7 @@ impl PartitionReader {
             window: self.offset.window.take(),
             full_at: Some(Utc::now().timestamp()),
             reason: (why != Restart::Resync).then(|| why.reason().to_string()),
+            principal: self.offset.principal.take(),
         };
         self.fresh = true;
         self.guard.restarted();
@@ -289,6 +302,7 @@ impl PartitionReader {
                 Some(chrono::Utc::now().timestamp())
             },
             reason: None,
+            principal: self.offset.principal.take(),
         };
     }
 
@@ -346,6 +360,7 @@ impl PartitionReader {
             runs: Vec::new(),
             full_round,
             state: Vec::new(),
+            principal: self.principal.clone(),
         };
         self.decide_task_partitions(&mut batch);
         batch

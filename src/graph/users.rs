@@ -48,7 +48,9 @@ pub async fn lookup(
     let url = lookup_url(graph_host, user)?;
     let found: DirectoryUser = client.get_json(user, None, &url).await?;
     if found.id.trim().is_empty() {
-        return Err(GraphError::Url(format!("user '{user}': Graph answered no id")));
+        return Err(GraphError::Url(format!(
+            "user '{user}': Graph answered no id"
+        )));
     }
     Ok(found)
 }

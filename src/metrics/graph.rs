@@ -63,10 +63,7 @@ pub fn graph_retry(kind: &str, reason: &str, wait: Duration, retry_after: bool) 
 
 /// Graph answered 429.
 pub fn graph_throttled(kind: &str, retry_after: Option<Duration>) {
-    metrics()
-        .graph_throttled
-        .with_label_values(&[kind])
-        .inc();
+    metrics().graph_throttled.with_label_values(&[kind]).inc();
     tracing::debug!(kind = %kind, retry_after_ms = retry_after.map(|d| d.as_millis() as u64), "throttled by Graph");
 }
 

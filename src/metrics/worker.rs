@@ -96,3 +96,28 @@ pub fn graph_health_changed(problem: Option<&str>) {
         None => tracing::info!("Graph health check passing"),
     }
 }
+
+/// A configured user was resolved to its object id: `partitions` of it start.
+pub fn user_resolved(id: &str, principal: &str, partitions: usize) {
+    tracing::debug!(user = id, principal, partitions, "user resolved");
+}
+
+/// Looking a configured user up failed on Graph's side; tried again after `wait`.
+pub fn user_lookup_retry(user: &str, error: &str, wait: Duration) {
+    tracing::warn!(
+        user,
+        error,
+        wait_secs = wait.as_secs(),
+        "looking the user up failed; retrying later"
+    );
+}
+
+/// A configured principal name is no longer the user's: found again through the offsets.
+pub fn user_renamed(configured: &str, now: &str, id: &str) {
+    tracing::warn!(
+        configured,
+        now,
+        id,
+        "user renamed: its partitions go on under the same id; update the configuration"
+    );
+}

@@ -459,7 +459,7 @@ impl Committer {
                     _ => {
                         let rec = BaseRecord::with_opaque_to(topic, tag)
                             .key(&r.key[..])
-                            .headers(headers(r, pjson));
+                            .headers(headers(r, pjson, batch.principal.as_deref()));
                         match &r.value {
                             Some(v) => rec.payload(&v[..]),
                             None => rec,

@@ -10,6 +10,7 @@ pub const HEADER_PARTITION: &str = "graph-cdc.partition";
 pub const HEADER_ROUND: &str = "graph-cdc.round";
 pub const HEADER_REMOVED_REASON: &str = "graph-cdc.removed-reason";
 pub const HEADER_RESYNC: &str = "graph-cdc.resync";
+pub const HEADER_PRINCIPAL: &str = "graph-cdc.user-principal-name";
 pub const HEADER_ERROR_CLASS: &str = "graph-cdc.errors.class";
 pub const HEADER_ERROR_MESSAGE: &str = "graph-cdc.errors.message";
 pub const HEADER_ERROR_TOPIC: &str = "graph-cdc.errors.topic";
@@ -17,8 +18,9 @@ pub const HEADER_ERROR_PARTITION: &str = "graph-cdc.errors.partition";
 pub const HEADER_ERROR_ITEM: &str = "graph-cdc.errors.item";
 pub const HEADER_ERROR_SIZE: &str = "graph-cdc.errors.size";
 
-/// The headers of a record; `partition_json` is the identity, computed once per batch.
-pub fn headers(r: &SourceRecord, partition_json: &str) -> OwnedHeaders {
+/// The headers of a record; `partition_json` is the identity, computed once per batch, and
+/// `principal` the user's principal name when known.
+pub fn headers(r: &SourceRecord, partition_json: &str, principal: Option<&str>) -> OwnedHeaders {
     let round = r.round.to_string();
     let mut h = OwnedHeaders::new_with_capacity(5)
         .insert(Header {
@@ -46,6 +48,12 @@ pub fn headers(r: &SourceRecord, partition_json: &str) -> OwnedHeaders {
             value: Some("true"),
         });
     }
+    if let Some(upn) = principal {
+        h = h.insert(Header {
+            key: HEADER_PRINCIPAL,
+            value: Some(upn),
+        });
+    }
     h
 }
 
@@ -59,7 +67,7 @@ pub fn dead_letter_headers(
     message: &str,
 ) -> OwnedHeaders {
     let size = super::refusals::data_size(r).to_string();
-    let mut h = headers(r, partition_json);
+    let mut h = headers(r, partition_json, None);
     for (key, value) in [
         (HEADER_ERROR_CLASS, class),
         (HEADER_ERROR_MESSAGE, message),

@@ -110,6 +110,9 @@ async fn restart(shared: &Arc<Shared>, r: Restart) -> Result<String, CommandErro
             .collect()
     };
     if let Some(p) = &partition {
+        if targets.is_empty() && super::directory::retry_unresolved(shared, p) {
+            return Ok("restarted 1 partitions".into());
+        }
         if targets.is_empty() && !shared.knows(p) {
             return Err(CommandError::NotFound(format!("no partition {p}")));
         }
@@ -117,6 +120,10 @@ async fn restart(shared: &Arc<Shared>, r: Restart) -> Result<String, CommandErro
     shared.halt("restart", &targets).await;
     for p in &targets {
         spawn_partition(shared, p.clone());
+    }
+    // Users that could not be resolved have no task to restart: look them up again.
+    if partition.is_none() {
+        super::directory::start_configured(shared, true);
     }
     Ok(format!("restarted {} partitions", targets.len()))
 }
@@ -179,7 +186,7 @@ async fn alter_offsets(shared: &Shared, a: AlterOffsets) -> Result<String, Comma
 async fn reset_offsets(shared: &Shared) -> Result<String, CommandError> {
     need_stopped(shared)?;
     let mut targets: BTreeSet<PartitionId> = shared.status.offsets.lock().keys().cloned().collect();
-    targets.extend(shared.spec.partitions.iter().cloned());
+    targets.extend(super::directory::configured(shared));
     let writes = targets.into_iter().map(|p| (p, None)).collect();
     shared.sink.write_offsets(writes).await.map_err(failed)?;
     shared.status.offsets.lock().clear();

@@ -22,6 +22,7 @@
 //! - `control.rs`: applying operator commands.
 //! - `links.rs`: offsets' links checked against their partition's route (from the offsets
 //!   topic at start, from `PATCH …/offsets`).
+//! - `directory.rs`: configured users resolved to object ids before their partitions start.
 //! - `supervisor.rs`: starting and stopping partition tasks.
 //! - `partition.rs`: a partition's loop.
 //! - `reconcile.rs`: a page reconciled with its partition's live items before its commit
@@ -31,6 +32,7 @@
 
 mod commands;
 mod control;
+mod directory;
 mod health;
 mod links;
 mod partition;
@@ -115,6 +117,10 @@ struct Shared {
     fatal: Mutex<Option<SinkError>>,
     /// Each partition's live items (see `reconcile.rs`).
     states: reconcile::States,
+    /// Configured users (lowercase) as the directory answered them (see `directory.rs`).
+    directory: Mutex<HashMap<String, crate::graph::users::DirectoryUser>>,
+    /// Principal names by object id, for the records' header.
+    principals: Mutex<HashMap<String, Arc<str>>>,
 }
 
 /// Runs a worker until `shutdown` completes or Kafka fails fatally.
@@ -213,6 +219,8 @@ pub async fn run_with_status(
         fatal: Mutex::new(None),
         states,
         spec,
+        directory: Mutex::new(HashMap::new()),
+        principals: Mutex::new(HashMap::new()),
     });
     // Should this future be dropped half-way, the tasks (which hold `shared`) go too.
     let abort_tasks = AbortTasksOnDrop(Arc::downgrade(&shared));

@@ -22,20 +22,10 @@ use crate::source::PartitionId;
 use super::partition::{partition_loop, Supervise};
 use super::{panic_message, PartitionState, Shared, Tracked};
 
-/// Starts the configured partitions and the task partitions found in the offsets.
+/// Starts the configured partitions (their users resolved first, see `directory.rs`) and
+/// the task partitions found in the offsets of their To Do lists.
 pub(super) fn start_all(shared: &Arc<Shared>) {
-    let mut start: Vec<PartitionId> = shared.spec.partitions.clone();
-    let known: Vec<PartitionId> = shared.status.offsets.lock().keys().cloned().collect();
-    for p in known {
-        if let PartitionId::Tasks { user, .. } = &p {
-            if start.contains(&PartitionId::TaskLists { user: user.clone() }) {
-                start.push(p);
-            }
-        }
-    }
-    for p in start {
-        spawn_partition(shared, p);
-    }
+    super::directory::start_configured(shared, false);
 }
 
 pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
@@ -51,9 +41,10 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     let committed = shared.status.offsets.lock().get(&id).cloned();
     let id = Arc::new(id);
     let rounds = shared.spec.rounds(&id);
+    let principal = super::directory::principal(shared, id.user());
     let reader = match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed, rounds)
     {
-        Ok(r) => r,
+        Ok(r) => r.with_principal(principal),
         Err(e) => {
             metrics::partition_failed(&id, &e.to_string());
             return;

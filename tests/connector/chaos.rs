@@ -287,7 +287,7 @@ async fn chaos(long: Option<Duration>) {
     let users: Vec<String> = graph_sim::generate::generate(&mut sim.state.store.write(), &gen)
         .expect("generate")
         .into_iter()
-        .map(|u| u.user_principal_name)
+        .map(|u| u.id)
         .collect();
     let spec = spec(&sim, &broker.bootstrap(), Vec::<PartitionId>::new());
     let dir =

@@ -118,23 +118,19 @@ pub fn all_partitions(sim: &SimServer, window: &str) -> Vec<PartitionId> {
     let store = sim.state.store.read();
     let mut out = Vec::new();
     let mut users: Vec<_> = store.users.values().collect();
-    users.sort_by(|a, b| a.upn.cmp(&b.upn));
+    users.sort_by(|a, b| a.id.cmp(&b.id));
     for u in users {
         let info = store.user_info(&u.id).expect("user");
         out.push(PartitionId::CalendarView {
-            user: u.upn.clone(),
+            user: u.id.clone(),
             calendar: "primary".into(),
             window: window.into(),
         });
-        out.push(PartitionId::CalendarList {
-            user: u.upn.clone(),
-        });
-        out.push(PartitionId::TaskLists {
-            user: u.upn.clone(),
-        });
+        out.push(PartitionId::CalendarList { user: u.id.clone() });
+        out.push(PartitionId::TaskLists { user: u.id.clone() });
         for l in info.task_lists {
             out.push(PartitionId::Tasks {
-                user: u.upn.clone(),
+                user: u.id.clone(),
                 list: l,
             });
         }
@@ -271,7 +267,7 @@ pub fn configured_partitions(users: &[String]) -> Vec<PartitionId> {
 }
 
 /// A simulator with the test app registered and `users` users over May 2026 ([`WINDOW`]),
-/// `events` events each and `tasks` tasks per list; returns it and the users' names.
+/// `events` events each and `tasks` tasks per list; returns it and the users' object ids (what partitions carry; configs may list either).
 pub async fn sim_with_users(
     users: usize,
     events: usize,
@@ -293,7 +289,7 @@ pub async fn sim_with_users(
     let names = graph_sim::generate::generate(&mut sim.state.store.write(), &gen)
         .expect("generate")
         .into_iter()
-        .map(|u| u.user_principal_name)
+        .map(|u| u.id)
         .collect();
     (sim, names)
 }

@@ -284,9 +284,9 @@ async fn todo_lists_come_and_go() {
     // Give the reset a moment to commit (it travels with the list's tombstone).
     tokio::time::sleep(Duration::from_millis(500)).await;
     w.stop().await.unwrap();
-    let upn = sim.state.store.read().users[&user].upn.clone();
+    // Keyed by the user's object id.
     let tasks = PartitionId::Tasks {
-        user: upn,
+        user: user.clone(),
         list: list.clone(),
     };
     let offsets = tokio::task::block_in_place(|| {

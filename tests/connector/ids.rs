@@ -61,9 +61,10 @@ async fn mailbox() -> (SimServer, String, String, String) {
     (sim, user, team, moving)
 }
 
-fn partitions(team: &str) -> [PartitionId; 2] {
+/// The user's two calendars, keyed (as the worker keys them) by its object id.
+fn partitions(user: &str, team: &str) -> [PartitionId; 2] {
     ["primary", team].map(|calendar| PartitionId::CalendarView {
-        user: UPN.into(),
+        user: user.into(),
         calendar: calendar.into(),
         window: WINDOW.into(),
     })
@@ -108,7 +109,7 @@ fn history(spec: &WorkerSpec, p: &PartitionId) -> Vec<(String, bool)> {
 /// event had before and after the move in the records of each partition.
 async fn move_between_tracked_calendars(immutable: bool) -> (String, String) {
     let (sim, user, team, moving) = mailbox().await;
-    let parts = partitions(&team);
+    let parts = partitions(&user, &team);
     let mut spec = spec(&sim, &bootstrap(), parts.to_vec());
     spec.client.immutable_ids = immutable;
     let id_type = if immutable { "immutable" } else { "regular" };

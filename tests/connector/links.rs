@@ -12,14 +12,15 @@ use serde_json::{json, Value};
 use crate::common::*;
 use crate::ops::{call, start, OP_TOKEN};
 
-/// The simulator's users (two, from `ops::sim`), sorted, and the second one's user id.
+/// The object ids of the simulator's users (two, from `ops::sim`, sorted by name), and the
+/// second one's again.
 fn two_users(sim: &graph_sim::SimServer) -> (String, String, String) {
     let store = sim.state.store.read();
     let mut users: Vec<_> = store.users.values().collect();
     users.sort_by(|a, b| a.upn.cmp(&b.upn));
     (
-        users[0].upn.clone(),
-        users[1].upn.clone(),
+        users[0].id.clone(),
+        users[1].id.clone(),
         users[1].id.clone(),
     )
 }

@@ -16,3 +16,4 @@ mod reconcile;
 mod rolling;
 mod secure;
 mod shutdown;
+mod users;

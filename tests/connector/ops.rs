@@ -619,7 +619,8 @@ async fn task_ids_are_stable_and_restart_by_id_hits_its_partition() {
         .into_iter()
         .filter(|p| !matches!(p, PartitionId::Tasks { .. }))
         .collect();
-    // A mailbox Graph does not know yet: its partition fails (404) until it exists.
+    // A user the directory does not know yet (configured by name): its partition fails,
+    // under that name, until the user exists.
     let ghost = PartitionId::CalendarList {
         user: "ghost@contoso.com".into(),
     };
@@ -644,11 +645,11 @@ async fn task_ids_are_stable_and_restart_by_id_hits_its_partition() {
         .unwrap();
     sim.state.store.write().delete_list(&user, &gone).unwrap();
     let new_p = PartitionId::Tasks {
-        user: "user001@contoso.com".into(),
+        user: user.clone(),
         list: new_list,
     };
     let gone_p = PartitionId::Tasks {
-        user: "user001@contoso.com".into(),
+        user: user.clone(),
         list: gone,
     };
     let (new_id, gone_id) = (worker::task_id(&new_p), worker::task_id(&gone_p));
@@ -666,8 +667,10 @@ async fn task_ids_are_stable_and_restart_by_id_hits_its_partition() {
         }
     }
 
-    // The mailbox appears; restarting the failed task by its id brings that partition back.
-    sim.state
+    // The user appears; restarting the failed task by its id looks the user up again, and the
+    // partition runs under the user's object id (the failed entry under the name goes).
+    let ghost_user = sim
+        .state
         .store
         .write()
         .create_user(graph_sim::model::UserSpec {
@@ -676,7 +679,10 @@ async fn task_ids_are_stable_and_restart_by_id_hits_its_partition() {
             id: None,
             display_name: None,
         })
-        .unwrap();
+        .unwrap()
+        .id;
+    let by_id = ghost.with_user(&ghost_user);
+    let by_id_task = worker::task_id(&by_id);
     let c = |path: &str| format!("{u}/connectors/{name}{path}");
     let (code, v) = call(
         Method::POST,
@@ -687,10 +693,11 @@ async fn task_ids_are_stable_and_restart_by_id_hits_its_partition() {
     .await;
     assert_eq!((code, v), (204, Value::Null));
     let restarted = wait_tasks(&u, &name, "the restarted task runs", |t| {
-        t.get(&ghost_id).is_some_and(|(_, s)| s == "RUNNING")
+        t.get(&by_id_task).is_some_and(|(_, s)| s == "RUNNING") && !t.contains_key(&ghost_id)
     })
     .await;
-    assert_eq!(restarted[&ghost_id].0, ghost);
+    assert_eq!(restarted[&by_id_task].0, by_id);
+    let ghost = by_id;
     // Its calendars reach Kafka (only this partition of the new mailbox is configured).
     let topic = spec.sink.topics.for_kind(ghost.kind()).to_string();
     let want = truth(&sim, &ghost);

@@ -17,6 +17,7 @@ use crate::common::*;
 use crate::ops::{get_open, sim, start, wait_ready};
 
 fn lists() -> Vec<PartitionId> {
+    // By principal name, as a configuration lists it: the worker looks it up first.
     vec![PartitionId::TaskLists {
         user: "user001@contoso.com".into(),
     }]

@@ -38,7 +38,7 @@ async fn sim_with(events: usize, tasks: usize, seed: u64) -> (SimServer, String)
         ..Default::default()
     };
     let users = graph_sim::generate::generate(&mut sim.state.store.write(), &gen).unwrap();
-    let upn = users[0].user_principal_name.clone();
+    let upn = users[0].id.clone();
     (sim, upn)
 }
 

@@ -1,10 +1,13 @@
 //! The OAuth2 token endpoint (`/{tenant}/oauth2/v2.0/token`) and access-token checks.
 //!
 //! Client credentials with a client secret or a signed JWT client assertion (RS256,
-//! verified against the client's registered public key). Access tokens are opaque random
-//! strings that really expire after `token_lifetime_secs`.
+//! verified against the client's registered public key). Access tokens are shaped like the
+//! identity platform's (a JWT whose claims name the tenant, the app and its `roles`, with a
+//! random signature) and are only valid as issued here; they really expire after
+//! `token_lifetime_secs`. The roles are fixed when the token is issued (`permissions.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -45,8 +48,17 @@ fn err(status: u16, error: &'static str, code: u32, d: impl Into<String>) -> Aut
 }
 
 struct Issued {
-    tenant: String,
+    grant: Grant,
     expires: Instant,
+}
+
+/// Who a valid access token speaks for.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub tenant: String,
+    pub client_id: String,
+    /// The application permissions of its `roles` claim.
+    pub roles: Arc<BTreeSet<String>>,
 }
 
 /// Access tokens handed out, and assertion ids already used.
@@ -148,11 +160,16 @@ impl Tokens {
                 return Err(err(400, "invalid_request", 7000218, "AADSTS7000218: The request body must contain exactly one of 'client_assertion' or 'client_secret'."));
             }
         }
-        let token = random_token();
+        let grant = Grant {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            roles: Arc::new(store.app_roles(tenant, client_id)),
+        };
+        let token = access_token(&grant, lifetime);
         self.issued.insert(
             token.clone(),
             Issued {
-                tenant: tenant.to_string(),
+                grant,
                 expires: Instant::now() + lifetime,
             },
         );
@@ -230,6 +247,11 @@ impl Tokens {
 
     /// Checks a bearer token; returns its tenant.
     pub fn check(&self, authorization: Option<&str>) -> Result<String, BearerError> {
+        self.check_grant(authorization).map(|g| g.tenant)
+    }
+
+    /// Checks a bearer token; returns what it grants.
+    pub fn check_grant(&self, authorization: Option<&str>) -> Result<Grant, BearerError> {
         let token = authorization
             .and_then(|h| {
                 h.strip_prefix("Bearer ")
@@ -242,7 +264,7 @@ impl Tokens {
         if issued.expires <= Instant::now() {
             return Err(BearerError::Expired);
         }
-        Ok(issued.tenant.clone())
+        Ok(issued.grant.clone())
     }
 
     /// Forgets one token (an "expired token" fault) or all of them.
@@ -258,11 +280,34 @@ impl Tokens {
     }
 }
 
-fn random_token() -> String {
+/// A token shaped like an app-only Graph access token: header, claims (`aud`, `iss`, `tid`,
+/// `appid`, `roles`, `idtyp`, lifetime) and a random signature, each base64url.
+fn access_token(g: &Grant, lifetime: Duration) -> String {
     use base64::Engine as _;
-    let bytes: [u8; 48] = rand::rng().random();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut rng = rand::rng();
+    let nonce: [u8; 24] = rng.random();
+    let signature: [u8; 48] = rng.random();
+    let now = chrono::Utc::now().timestamp();
+    let header =
+        serde_json::json!({"typ": "JWT", "nonce": b64(&nonce), "alg": "RS256", "kid": "graph-sim"});
+    let claims = serde_json::json!({
+        "aud": "https://graph.microsoft.com",
+        "iss": format!("https://sts.windows.net/{}/", g.tenant),
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime.as_secs() as i64,
+        "appid": g.client_id,
+        "idtyp": "app",
+        "roles": *g.roles,
+        "tid": g.tenant,
+        "uti": b64(&nonce[..12]),
+        "ver": "1.0",
+    });
     format!(
-        "eyJ0eXAiOiJKV1QiLCJub25jZSI6{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes()),
+        b64(&signature)
     )
 }

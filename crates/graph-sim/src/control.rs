@@ -1,6 +1,9 @@
 //! The `/_sim` control API: change data, set faults, read the truth and the counters.
 //!
-//! JSON in and out; errors as `{"error": "..."}` with 400/404/409.
+//! JSON in and out; errors as `{"error": "..."}` with 400/404/409. Directory routes (users'
+//! names and mailboxes, groups, app permissions) are in `control/directory.rs`.
+
+mod directory;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,7 +48,7 @@ pub fn router() -> Router<Arc<SimState>> {
         .route("/health", get(|| async { "ok" }))
         .route("/clients", post(add_client))
         .route("/users", get(list_users).post(create_user))
-        .route("/users/{user}", get(get_user))
+        .route("/users/{user}", get(get_user).patch(directory::patch_user))
         .route("/users/{user}/calendars", post(create_calendar))
         .route(
             "/users/{user}/calendars/{cal}",
@@ -87,6 +90,7 @@ pub fn router() -> Router<Arc<SimState>> {
         .route("/settings", get(get_settings).patch(patch_settings))
         .route("/truth", get(truth))
         .route("/stats", get(stats).delete(reset_stats))
+        .merge(directory::routes())
 }
 
 /// Parses a JSON body into `T`, turning serde's message into a 400 that names the field.
@@ -100,11 +104,17 @@ async fn add_client(State(sim): S, b: Option<Json<Value>>) -> R {
     #[serde(deny_unknown_fields)]
     struct C {
         tenant: String,
+        /// Application permissions; absent: every one graph-cdc needs.
+        #[serde(default)]
+        roles: Option<Vec<String>>,
         #[serde(flatten)]
         client: Client,
     }
     let c: C = body(b)?;
-    sim.store.write().add_client(&c.tenant, c.client);
+    let mut store = sim.store.write();
+    let id = c.client.client_id.clone();
+    store.add_client(&c.tenant, c.client);
+    store.set_app_roles(Some(&c.tenant), &id, c.roles)?;
     ok(json!({"ok": true}))
 }
 
@@ -309,8 +319,12 @@ async fn delete_task(State(sim): S, Path((user, list, id)): Path<(String, String
 
 async fn generate(State(sim): S, b: Option<Json<Value>>) -> R {
     let spec: GenerateSpec = body(b)?;
-    let users = super::generate::generate(&mut sim.store.write(), &spec)?;
-    ok(json!({"users": users}))
+    let (users, groups) = super::generate::generate_all(&mut sim.store.write(), &spec)?;
+    if groups.is_empty() {
+        ok(json!({"users": users}))
+    } else {
+        ok(json!({"users": users, "groups": groups}))
+    }
 }
 
 async fn mutate(State(sim): S, b: Option<Json<Value>>) -> R {

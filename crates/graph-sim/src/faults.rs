@@ -68,8 +68,10 @@ pub struct FaultSpec {
     /// Only this user's requests (id or UPN); every user when absent.
     #[serde(default)]
     pub user: Option<String>,
-    /// Only this endpoint: `calendar_view`, `calendar_list`, `task_lists`, `tasks`, or
-    /// `token` (the token endpoint, which only rules naming it apply to).
+    /// Only this endpoint: `calendar_view`, `calendar_list`, `task_lists`, `tasks`; the
+    /// directory's `user`, `group`, `group_members`, `transitive_members`, `groups_delta`
+    /// (matched as initial requests, without a user: `gone` never fires on them); or `token`
+    /// (the token endpoint, which only rules naming it apply to).
     #[serde(default)]
     pub endpoint: Option<String>,
     /// Only this kind of request.

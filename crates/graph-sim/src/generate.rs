@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    EventPatch, EventSpec, NameSpec, OccurrencePatch, Recurrence, RecurrenceKind, Store, TaskSpec,
-    UserInfo, UserSpec,
+    EventPatch, EventSpec, GroupInfo, GroupSpec, MemberKind, NameSpec, OccurrencePatch, Recurrence,
+    RecurrenceKind, Store, TaskSpec, UserInfo, UserPatch, UserSpec,
 };
 use super::SimError;
 
@@ -43,6 +43,15 @@ pub struct GenerateSpec {
     pub extra_lists: usize,
     pub tasks_per_list: usize,
     pub seed: Option<u64>,
+    /// Fraction of the users without an Exchange Online mailbox (no mailbox data either).
+    pub without_mailbox_fraction: f64,
+    /// Security groups over these users, named `{group_prefix}{n:02}`.
+    pub groups: usize,
+    pub group_prefix: String,
+    /// Users each group gets, drawn from the users generated here.
+    pub members_per_group: usize,
+    /// How many groups (after the first) become members of an earlier group: nesting.
+    pub nested_groups: usize,
 }
 
 impl Default for GenerateSpec {
@@ -62,6 +71,11 @@ impl Default for GenerateSpec {
             extra_lists: 1,
             tasks_per_list: 5,
             seed: None,
+            without_mailbox_fraction: 0.0,
+            groups: 0,
+            group_prefix: "group".into(),
+            members_per_group: 10,
+            nested_groups: 0,
         }
     }
 }
@@ -143,7 +157,18 @@ pub fn random_event(
 
 /// Creates the users and their data; returns the users.
 pub fn generate(store: &mut Store, spec: &GenerateSpec) -> Result<Vec<UserInfo>, SimError> {
+    generate_all(store, spec).map(|(users, _)| users)
+}
+
+/// Creates the users, their data and the groups over them.
+pub fn generate_all(
+    store: &mut Store,
+    spec: &GenerateSpec,
+) -> Result<(Vec<UserInfo>, Vec<GroupInfo>), SimError> {
     let mut rng = rng_for(spec.seed);
+    // The directory draws from a stream of its own, so that mailbox data stays what the
+    // same seed gave before groups and mailbox-less users existed.
+    let mut dir_rng = rng_for(spec.seed.map(|s| s ^ 0x6772_6f75_7073));
     let mut out = Vec::with_capacity(spec.users);
     let first = store.users.len();
     for n in 0..spec.users {
@@ -154,6 +179,15 @@ pub fn generate(store: &mut Store, spec: &GenerateSpec) -> Result<Vec<UserInfo>,
             id: None,
             display_name: None,
         })?;
+        let fraction = spec.without_mailbox_fraction.clamp(0.0, 1.0);
+        if fraction > 0.0 && dir_rng.random_bool(fraction) {
+            let off = UserPatch {
+                mailbox: Some(false),
+                ..Default::default()
+            };
+            out.push(store.patch_user(&info.id, off)?);
+            continue;
+        }
         for i in 0..spec.events_per_user {
             let recurring = i < spec.recurring_per_user;
             let ev = random_event(
@@ -189,7 +223,42 @@ pub fn generate(store: &mut Store, spec: &GenerateSpec) -> Result<Vec<UserInfo>,
         }
         out.push(store.user_info(&info.id)?);
     }
-    Ok(out)
+    let groups = generate_groups(store, spec, &out, &mut dir_rng)?;
+    Ok((out, groups))
+}
+
+/// `spec.groups` groups of `members_per_group` of `users` each; groups 1..=`nested_groups`
+/// each become a member of a random earlier group.
+fn generate_groups(
+    store: &mut Store,
+    spec: &GenerateSpec,
+    users: &[UserInfo],
+    rng: &mut StdRng,
+) -> Result<Vec<GroupInfo>, SimError> {
+    use rand::seq::SliceRandom;
+    let first = store.groups.len();
+    let mut ids: Vec<String> = Vec::with_capacity(spec.groups);
+    for n in 0..spec.groups {
+        let mut pool: Vec<&UserInfo> = users.iter().collect();
+        pool.shuffle(rng);
+        let members = pool
+            .into_iter()
+            .take(spec.members_per_group)
+            .map(|u| u.id.clone())
+            .collect();
+        let g = store.create_group(GroupSpec {
+            tenant: spec.tenant.clone(),
+            display_name: Some(format!("{}{:02}", spec.group_prefix, first + n + 1)),
+            id: None,
+            members,
+        })?;
+        if n > 0 && n <= spec.nested_groups {
+            let parent = ids[rng.random_range(0..n)].clone();
+            store.add_member(&parent, &g.id)?;
+        }
+        ids.push(g.id);
+    }
+    ids.iter().map(|id| store.group_info(id)).collect()
 }
 
 /// `POST /_sim/mutate`: a burst of random creates, updates and deletes of every kind.
@@ -204,6 +273,8 @@ pub struct MutateSpec {
     pub days: i64,
     /// Also create and delete task lists and calendars (partitions come and go).
     pub structural: bool,
+    /// Also add users to groups and remove members from groups (of the users' tenants).
+    pub membership: bool,
     pub seed: Option<u64>,
 }
 
@@ -215,6 +286,7 @@ impl Default for MutateSpec {
             start: default_start(),
             days: 30,
             structural: true,
+            membership: false,
             seed: None,
         }
     }
@@ -261,6 +333,9 @@ pub fn mutate(store: &mut Store, spec: &MutateSpec) -> MutateSummary {
             ("calendar_rename", 1),
         ]);
     }
+    if spec.membership {
+        ops.extend([("member_add", 6), ("member_remove", 4)]);
+    }
     let total: u32 = ops.iter().map(|(_, w)| w).sum();
     for _ in 0..spec.count {
         let user = users[rng.random_range(0..users.len())].clone();
@@ -277,11 +352,48 @@ pub fn mutate(store: &mut Store, spec: &MutateSpec) -> MutateSummary {
             })
             .map(|(o, _)| *o)
             .unwrap_or("event_update");
-        if apply(store, &mut rng, &user, op, spec).is_some() {
+        let done = match op {
+            "member_add" | "member_remove" => churn(store, &mut rng, &user, op),
+            _ => apply(store, &mut rng, &user, op, spec),
+        };
+        if done.is_some() {
             *summary.ops.entry(op.to_string()).or_default() += 1;
         }
     }
     summary
+}
+
+/// Membership churn: `user` joins a random group of its tenant it is not in, or a random
+/// user member leaves a random group.
+fn churn(store: &mut Store, rng: &mut StdRng, user: &str, op: &str) -> Option<()> {
+    let tenant = store.users.get(user)?.tenant.clone();
+    let groups: Vec<String> = store
+        .group_ids()
+        .into_iter()
+        .filter(|g| store.group(g).is_ok_and(|g| g.tenant == tenant))
+        .collect();
+    if op == "member_add" {
+        let open: Vec<String> = groups
+            .into_iter()
+            .filter(|g| {
+                store
+                    .group(g)
+                    .is_ok_and(|g| !g.members.get(user).is_some_and(|m| m.live))
+            })
+            .collect();
+        let g = pick(rng, &open)?;
+        return store.add_member(&g, user).ok();
+    }
+    let g = pick(rng, &groups)?;
+    let members: Vec<String> = store
+        .group(&g)
+        .ok()?
+        .live_members()
+        .filter(|(_, m)| m.kind == MemberKind::User)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let m = pick(rng, &members)?;
+    store.remove_member(&g, &m).ok()
 }
 
 fn pick<T: Clone>(rng: &mut impl Rng, v: &[T]) -> Option<T> {

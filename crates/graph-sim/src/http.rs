@@ -7,10 +7,16 @@
 //! ```text
 //!   http.rs     routing, the token endpoint, Prefer   rounds.rs   one delta request
 //!   batch.rs    POST /$batch                          respond.rs  errors, 410s, pages
-//!   transport.rs  redirects and oversized bodies (delta and token requests)
+//!   directory.rs  users/{u}, groups/{g}               groups_delta.rs  /groups/delta
+//!   members.rs  members, transitiveMembers, casts
+//!   faulted.rs  caller, fault rules, body faults      transport.rs  redirects, oversized bodies
 //! ```
 
 mod batch;
+mod directory;
+mod faulted;
+mod groups_delta;
+mod members;
 mod respond;
 mod rounds;
 mod transport;
@@ -80,7 +86,34 @@ async fn graph(
             "only GET delta requests are simulated",
         );
     }
-    rounds::delta_request(&sim, &uri, &headers, &segs).await
+    dispatch(&sim, &uri, &headers, &segs).await
+}
+
+/// A GET, alone or inside a batch: a directory request (users, groups) or a mailbox delta.
+async fn dispatch(
+    sim: &Arc<SimState>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    segs: &[String],
+) -> Response {
+    match directory::request(sim, uri, headers, segs).await {
+        Some(r) => r,
+        None => rounds::delta_request(sim, uri, headers, segs).await,
+    }
+}
+
+/// The base URL links are built on: the configured one, or the request's `Host`.
+fn base_url(settings: &crate::SimSettings, headers: &HeaderMap) -> String {
+    settings
+        .public_url
+        .clone()
+        .or_else(|| {
+            headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(|h| format!("http://{h}"))
+        })
+        .unwrap_or_default()
 }
 
 /// A path's segments, each percent-decoded (`%3D` is `=`, `%40` is `@`; a `+` stays a `+`,

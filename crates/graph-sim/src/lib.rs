@@ -2,8 +2,9 @@
 //! A Microsoft Graph simulator for tests, demos and benchmarks.
 //!
 //! It serves, over real HTTP, everything graph-cdc reads from Graph, following
-//! `shared/graph/NOTES.md`: the five delta endpoints under `/v1.0` and `/beta`, the OAuth2
-//! token endpoint, throttling and mailbox limits, and switchable faults. A control API under
+//! `shared/graph/NOTES.md`: the five delta endpoints under `/v1.0` and `/beta`, the user
+//! lookup and security groups (members, transitive members, `/groups/delta`), the OAuth2
+//! token endpoint with app permissions, throttling and mailbox limits, and switchable faults. A control API under
 //! `/_sim` creates and changes data, sets faults and reports the *truth*: the current state
 //! of a partition, which a correct compacted topic must equal.
 //!
@@ -13,6 +14,7 @@
 //!   present.rs  time zones, $select, id types        auth.rs    token endpoint
 //!   faults.rs   fault rules and mailbox limits       http.rs    Graph routes
 //!   control.rs  /_sim control API                    generate.rs bulk data and mutations
+//!   permissions.rs  app roles each endpoint needs, and the 403s without them
 //! ```
 
 pub mod auth;
@@ -22,6 +24,7 @@ pub mod faults;
 pub mod generate;
 pub mod http;
 pub mod model;
+pub mod permissions;
 pub mod present;
 pub mod quirks;
 pub mod text;
@@ -84,6 +87,8 @@ pub struct SimSettings {
     pub scan_limit: usize,
     /// Base URL put in links; by default taken from the request's `Host`.
     pub public_url: Option<String>,
+    /// How To Do answers a token without `Tasks.Read.All` (`permissions.rs`).
+    pub todo_denied: permissions::TodoDenied,
 }
 
 impl Default for SimSettings {
@@ -103,6 +108,7 @@ impl Default for SimSettings {
             max_page_size: 1000,
             scan_limit: 5000,
             public_url: None,
+            todo_denied: permissions::TodoDenied::Forbidden,
         }
     }
 }
@@ -203,6 +209,17 @@ impl SimState {
                 x5t_s256: None,
             },
         );
+    }
+
+    /// Sets the application permissions of an app (in `tenant`, or wherever it is
+    /// registered); `None` restores the defaults. Tokens issued before keep their roles.
+    pub fn set_app_roles(
+        &self,
+        tenant: Option<&str>,
+        client_id: &str,
+        roles: Option<Vec<String>>,
+    ) -> Result<usize, SimError> {
+        self.store.write().set_app_roles(tenant, client_id, roles)
     }
 
     /// Adds a fault rule, resolving its user to an id when the user exists.

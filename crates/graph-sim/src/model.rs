@@ -9,6 +9,7 @@
 //! ```text
 //!   model.rs    items, collections, change index      render.rs  item JSON as Graph sends it
 //!   store.rs    users, calendars, To Do lists, tasks  events.rs  events, occurrences, moves
+//!   directory.rs  renames, mailbox switches, groups and their members, app roles
 //! ```
 //!
 //! Events have two ids, as Outlook items do: an immutable id, which is the key everywhere
@@ -18,6 +19,7 @@
 //! learn.microsoft.com/graph/outlook-immutable-id). JSON is rendered with the immutable id;
 //! [`IdAlias`] swaps it for the regular one on the way out.
 
+mod directory;
 mod events;
 mod render;
 mod store;
@@ -30,6 +32,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+pub use directory::{Group, GroupInfo, GroupSpec, MemberInfo, MemberKind, Membership, UserPatch};
 pub use events::EventIds;
 pub use render::graph_time;
 pub use store::{Store, UserInfo, UserSpec};
@@ -260,6 +263,11 @@ pub struct Tenant {
 pub struct User {
     pub id: String,
     pub upn: String,
+    /// The primary SMTP address (`mail`): the UPN unless set otherwise.
+    pub mail: Option<String>,
+    /// Whether the user has an Exchange Online mailbox; without one its calendars and To Do
+    /// answer `404 MailboxNotEnabledForRESTAPI`.
+    pub mailbox: bool,
     pub tenant: String,
     pub display_name: String,
     pub primary_calendar: Arc<str>,

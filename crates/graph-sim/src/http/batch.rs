@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::respond::graph_error;
-use super::{rounds, segments};
+use super::{dispatch, segments};
 use crate::SimState;
 
 #[derive(serde::Deserialize)]
@@ -144,5 +144,5 @@ async fn batch_item(
         }
     }
     let segs = segments(uri.path());
-    rounds::delta_request(sim, &uri, &headers, &segs).await
+    dispatch(sim, &uri, &headers, &segs).await
 }

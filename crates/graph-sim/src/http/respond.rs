@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 
+use crate::auth::BearerError;
 use crate::delta::Record;
 use crate::present::Presentation;
 use crate::GoneLocation;
@@ -50,6 +51,15 @@ pub fn unauthorized(msg: &str) -> Response {
         HeaderValue::from_static("Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\""),
     );
     r
+}
+
+/// A `401` for a bearer token that is missing, unknown or expired.
+pub fn bearer_error(e: BearerError) -> Response {
+    unauthorized(match e {
+        BearerError::Missing => "Access token is empty.",
+        BearerError::Unknown => "Invalid access token.",
+        BearerError::Expired => "Lifetime validation failed, the token is expired.",
+    })
 }
 
 /// Why a link answers `410 Gone`.

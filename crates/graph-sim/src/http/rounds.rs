@@ -1,21 +1,19 @@
-//! One delta request, in the order Graph handles it: bearer check, mailbox limits, fault
-//! rules, the sync state behind the link, the page, and the link to what follows.
+//! One delta request, in the order Graph handles it: bearer check, permission, the mailbox,
+//! mailbox limits, fault rules, the sync state behind the link, the page, and the link to
+//! what follows.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 
-use super::respond::{
-    futures_stream, gone, graph_error, json_response, render_page, unauthorized, with_retry_after,
-    Gone,
-};
+use super::faulted::{bad, deliver, early_fault, refuse, Answer, Caller};
+use super::respond::{bearer_error, gone, graph_error, render_page, with_retry_after, Gone};
 use super::{count, parse_bound, prefer, route, Prefer};
-use crate::auth::BearerError;
 use crate::delta::{self, Lookup, PageParams, Query, Resource, TokenState};
-use crate::faults::{FaultKind, FaultSpec, LinkKind, Refusal, RequestInfo};
+use crate::faults::{FaultKind, LinkKind, Refusal, RequestInfo};
+use crate::permissions::Need;
 use crate::present::{parse_zone, Presentation};
 use crate::quirks::{cycle_link, loop_closed, MailboxQuirks};
 use crate::tokens::expired_message;
@@ -31,34 +29,6 @@ pub(super) async fn delta_request(
     match serve(sim, uri, headers, segs).await {
         Ok(r) => r,
         Err(r) => *r,
-    }
-}
-
-/// A step's result: on with a value, or the request answered already (boxed: a `Response`
-/// is large and most steps go on).
-type Answer<T> = Result<T, Box<Response>>;
-
-fn refuse<T>(r: Response) -> Answer<T> {
-    Err(Box::new(r))
-}
-
-fn bad(m: &str) -> Response {
-    graph_error(StatusCode::BAD_REQUEST, "BadRequest", m)
-}
-
-/// Who asks, for what: known once the request is authenticated.
-struct Caller<'a> {
-    sim: &'a SimState,
-    endpoint: &'static str,
-    user_id: String,
-    upn: String,
-    bearer: String,
-}
-
-impl Caller<'_> {
-    /// Counts an answer to this caller and passes it on.
-    fn answer(&self, r: Response) -> Response {
-        count(self.sim, self.endpoint, Some(&self.user_id), r)
     }
 }
 
@@ -160,16 +130,7 @@ async fn serve(
     if let Some(f) = &fault {
         early_fault(&caller, f, params.token()).await?;
     }
-    let base = settings
-        .public_url
-        .clone()
-        .or_else(|| {
-            headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .map(|h| format!("http://{h}"))
-        })
-        .unwrap_or_default();
+    let base = super::base_url(&settings, headers);
     let path: Arc<str> = uri.path().into();
     let quirks = sim
         .quirks
@@ -216,36 +177,14 @@ async fn serve(
         st.records += page.records.len() as u64;
         st.largest_page = st.largest_page.max(page.records.len() as u64);
     }
-    if let Some(f) = fault.as_ref().filter(|f| f.kind == FaultKind::Oversized) {
-        return Ok(caller.answer(super::transport::oversized(body.into_bytes(), f)));
-    }
-    let resp = match fault.map(|f| f.kind) {
-        Some(FaultKind::Malformed) => {
-            let cut = body.len() / 3;
-            let mut garbage = body.as_bytes()[..cut].to_vec();
-            garbage.extend_from_slice(b"<html><body>Internal error</body></html>");
-            json_response(Body::from(garbage), None)
-        }
-        Some(FaultKind::Truncated) => {
-            // Announce the full length, send half, then cut the connection.
-            let full = body.len();
-            let half = Bytes::copy_from_slice(&body.as_bytes()[..full / 2]);
-            json_response(Body::from_stream(futures_stream(half)), Some(full))
-        }
-        _ => {
-            let mut r = json_response(Body::from(body), None);
-            if prefs.page_size.is_some() {
-                if let Ok(v) = HeaderValue::from_str(&format!("odata.maxpagesize={size}")) {
-                    r.headers_mut().insert("preference-applied", v);
-                }
-            }
-            r
-        }
-    };
-    Ok(caller.answer(resp))
+    let applied = prefs
+        .page_size
+        .and_then(|_| HeaderValue::from_str(&format!("odata.maxpagesize={size}")).ok());
+    Ok(deliver(&caller, fault.as_ref(), body, applied))
 }
 
-/// The bearer check (first, as Graph does it), then the mailbox in the caller's tenant.
+/// The bearer check (first, as Graph does it), the token's permission, then the mailbox in
+/// the caller's tenant.
 fn authorize<'a>(
     sim: &'a SimState,
     headers: &HeaderMap,
@@ -257,20 +196,22 @@ fn authorize<'a>(
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("")
         .to_string();
-    let tenant = match sim.auth.lock().check(authz) {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = match e {
-                BearerError::Missing => "Access token is empty.",
-                BearerError::Unknown => "Invalid access token.",
-                BearerError::Expired => "Lifetime validation failed, the token is expired.",
-            };
-            return refuse(count(sim, endpoint, None, unauthorized(msg)));
-        }
+    let grant = match sim.auth.lock().check_grant(authz) {
+        Ok(g) => g,
+        Err(e) => return refuse(count(sim, endpoint, None, bearer_error(e))),
     };
+    let need = Need::for_endpoint(endpoint);
+    if !need.granted(&grant.roles) {
+        let todo = sim.settings.read().todo_denied;
+        return refuse(count(sim, endpoint, None, need.denied(todo)));
+    }
     let store = sim.store.read();
     match store.user(user_key) {
-        Ok(u) if u.tenant == tenant => Ok(Caller {
+        Ok(u) if u.tenant == grant.tenant && !u.mailbox => {
+            drop(store);
+            refuse(count(sim, endpoint, None, mailbox_not_enabled()))
+        }
+        Ok(u) if u.tenant == grant.tenant => Ok(Caller {
             sim,
             endpoint,
             user_id: u.id.clone(),
@@ -291,6 +232,20 @@ fn authorize<'a>(
             ))
         }
     }
+}
+
+/// A user without an Exchange Online mailbox (no license): "404 … MailboxNotEnabledForRESTAPI"
+/// (microsoft-graph-docs-contrib issue 6519; O365/python-o365 issue 588), "The mailbox is
+/// either inactive, soft-deleted, or is hosted on-premise." (a user with a Teams-only license,
+/// MicrosoftDocs/azure-docs issue 85666; microsoftgraph/msgraph-sdk-javascript issue 1756;
+/// iyear/E5SubBot issue 39). To Do lives in the same mailbox; no To Do-specific answer is
+/// documented, so its endpoints answer the same.
+fn mailbox_not_enabled() -> Response {
+    graph_error(
+        StatusCode::NOT_FOUND,
+        "MailboxNotEnabledForRESTAPI",
+        "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+    )
 }
 
 /// Outlook's per-mailbox limits: a slot held while the request is served, or a 429.
@@ -326,62 +281,6 @@ fn enter_mailbox(caller: &Caller<'_>, settings: &SimSettings) -> Answer<crate::f
             refuse(caller.answer(with_retry_after(r, secs)))
         }
     }
-}
-
-/// Faults answered before the page is built (the `gone` fault resets the token here and
-/// answers once the round's initial request is known).
-async fn early_fault(caller: &Caller<'_>, f: &FaultSpec, token: Option<&str>) -> Answer<()> {
-    let sim = caller.sim;
-    match f.kind {
-        FaultKind::Gone => {
-            if let Some(t) = token {
-                sim.tokens.lock().evict(t);
-            }
-        }
-        FaultKind::Throttle => {
-            let r = graph_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "Too many requests.",
-            );
-            return refuse(caller.answer(with_retry_after(r, f.retry_after.unwrap_or(1.0))));
-        }
-        FaultKind::Unavailable => {
-            let r = graph_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "Service Unavailable",
-            );
-            let r = match f.retry_after {
-                Some(s) => with_retry_after(r, s),
-                None => r,
-            };
-            return refuse(caller.answer(r));
-        }
-        FaultKind::GatewayTimeout => {
-            let r = graph_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "UnknownError",
-                "Gateway Timeout",
-            );
-            return refuse(caller.answer(r));
-        }
-        FaultKind::Unauthorized => {
-            sim.auth.lock().revoke(Some(&caller.bearer));
-            return refuse(caller.answer(unauthorized(
-                "Lifetime validation failed, the token is expired.",
-            )));
-        }
-        FaultKind::Slow => {
-            tokio::time::sleep(Duration::from_millis(f.delay_ms.unwrap_or(2000))).await;
-        }
-        // Answered with the page, below.
-        FaultKind::Malformed | FaultKind::Truncated => {}
-        FaultKind::Redirect => return refuse(caller.answer(super::transport::redirect(f))),
-        // Answered with the page, below.
-        FaultKind::Oversized => {}
-    }
-    Ok(())
 }
 
 /// The state behind a `$skiptoken` or `$deltatoken`, or the `410` it answers.

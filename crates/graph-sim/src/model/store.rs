@@ -1,15 +1,15 @@
 //! The store: every mailbox, and the operations the control API and the generators apply.
 //! Event operations live in `events.rs`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    new_id, Calendar, CalendarData, Client, Collection, NameSpec, Seq, Task, TaskData, TaskList,
-    TaskListData, TaskSpec, Tenant, User,
+    new_id, Calendar, CalendarData, Client, Collection, Group, NameSpec, Seq, Task, TaskData,
+    TaskList, TaskListData, TaskSpec, Tenant, User,
 };
 use crate::{text, SimError};
 
@@ -28,6 +28,10 @@ pub struct Store {
     pub users: HashMap<String, User>,
     /// Lower-cased UPN → user id.
     pub upns: HashMap<String, String>,
+    /// Security groups by id, deleted ones kept for `/groups/delta` (`directory.rs`).
+    pub groups: HashMap<String, Group>,
+    /// Application permissions set per `tenant/client_id` (absent: the defaults).
+    pub roles: HashMap<String, BTreeSet<String>>,
 }
 
 /// A user as the control API creates and lists it.
@@ -49,6 +53,9 @@ pub struct UserSpec {
 pub struct UserInfo {
     pub id: String,
     pub user_principal_name: String,
+    pub mail: Option<String>,
+    /// `false`: no Exchange Online mailbox (see `PATCH /_sim/users/{u}`).
+    pub mailbox: bool,
     pub tenant: String,
     pub primary_calendar: String,
     /// Calendar ids, the primary one first.
@@ -71,9 +78,14 @@ impl Store {
             .insert(client.client_id.clone(), client);
     }
 
-    /// Finds a user by id or (case-insensitively) by UPN.
+    /// Finds a user by id (a GUID in any case, as Graph reads object ids) or,
+    /// case-insensitively, by UPN.
     pub fn user_id(&self, key: &str) -> Option<&str> {
-        if let Some(u) = self.users.get(key) {
+        if let Some(u) = self
+            .users
+            .get(key)
+            .or_else(|| self.users.get(&key.to_ascii_lowercase()))
+        {
             return Some(&u.id);
         }
         self.upns.get(&key.to_lowercase()).map(String::as_str)
@@ -119,6 +131,8 @@ impl Store {
         let user = User {
             id: id.clone(),
             upn: spec.user_principal_name.clone(),
+            mail: Some(spec.user_principal_name.clone()),
+            mailbox: true,
             tenant: tenant.clone(),
             display_name,
             primary_calendar: cal_id.clone(),
@@ -142,6 +156,8 @@ impl Store {
         Ok(UserInfo {
             id: u.id.clone(),
             user_principal_name: u.upn.clone(),
+            mail: u.mail.clone(),
+            mailbox: u.mailbox,
             tenant: u.tenant.clone(),
             primary_calendar: u.primary_calendar.to_string(),
             calendars: sorted(

@@ -5,4 +5,6 @@ mod calendars;
 mod client;
 mod delta;
 mod faults;
+mod groups;
 mod sync_state;
+mod users;
