@@ -121,3 +121,20 @@ pub fn user_renamed(configured: &str, now: &str, id: &str) {
         "user renamed: its partitions go on under the same id; update the configuration"
     );
 }
+
+/// Graph cannot serve a partition's user (`answers` in a row): `UNASSIGNED`, asked again
+/// after `wait`. Logged once at info, then at debug: thousands of unlicensed members must
+/// not flood the logs.
+pub fn partition_unserved(partition: &PartitionId, why: &str, answers: u32, wait: Duration) {
+    let wait_secs = wait.as_secs();
+    if answers == 1 {
+        tracing::info!(partition = %partition, reason = why, wait_secs, "Graph cannot serve this user; partition unassigned, asked again rarely");
+    } else {
+        tracing::debug!(partition = %partition, reason = why, answers, wait_secs, "Graph still cannot serve this user");
+    }
+}
+
+/// A partition Graph could not serve answers again.
+pub fn partition_served(partition: &PartitionId) {
+    tracing::info!(partition = %partition, "Graph serves this user again; partition running");
+}

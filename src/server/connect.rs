@@ -35,6 +35,10 @@ fn task_state(s: &ServerState, p: &PartitionId, st: &PartitionState) -> Value {
     match st {
         PartitionState::Running => t["state"] = json!("RUNNING"),
         PartitionState::Stopped => t["state"] = json!("UNASSIGNED"),
+        PartitionState::Unassigned(why) => {
+            t["state"] = json!("UNASSIGNED");
+            t["trace"] = json!(why);
+        }
         PartitionState::Failed(e) => {
             t["state"] = json!("FAILED");
             t["trace"] = json!(e);

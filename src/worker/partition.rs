@@ -102,6 +102,8 @@ struct PartitionTask<'a> {
     failures: u32,
     /// Transactions aborted in a row.
     aborts: u32,
+    /// Answers in a row saying Graph cannot serve the user (see `fetch`).
+    unserved: u32,
     /// The next page, fetched while the previous one was being committed (see `commit`).
     prefetched: Option<Result<SourceBatch, GraphError>>,
     /// Initial-sync progress, logged at most every 10 seconds.
@@ -130,6 +132,7 @@ impl<'a> PartitionTask<'a> {
             supervisor,
             failures: 0,
             aborts: 0,
+            unserved: 0,
             prefetched: None,
             pages: 0,
             records: 0,
@@ -182,6 +185,12 @@ impl<'a> PartitionTask<'a> {
             Ok(batch) => {
                 health.graph.succeeded();
                 self.failures = 0;
+                if std::mem::take(&mut self.unserved) > 0 {
+                    metrics::partition_served(&self.id);
+                    self.shared
+                        .status
+                        .set_state(&self.id, PartitionState::Running);
+                }
                 return Step::Next(batch);
             }
             Err(e) => e,
@@ -199,6 +208,28 @@ impl<'a> PartitionTask<'a> {
                 let _ = Box::pin(self.shared.sink.write_offsets(reset)).await;
                 self.shared.tracked.lock().remove(&**id);
                 Step::End(PartitionState::Stopped)
+            }
+            // The user has no mailbox (or no To Do) Graph can serve: not a failure of the
+            // connector's, and it may change (a licence assigned later). Shown `UNASSIGNED`,
+            // asked again rarely: ten poll intervals, doubling up to 6 hours.
+            GraphError::Client {
+                status: 404,
+                code,
+                message,
+            } if unserved(id.kind(), &code) => {
+                self.unserved += 1;
+                let base = self.shared.spec.poll_interval.saturating_mul(10);
+                let wait = jittered(
+                    base.saturating_mul(1 << (self.unserved - 1).min(16))
+                        .min(Duration::from_secs(6 * 3600)),
+                    0.2,
+                );
+                let why = format!("Graph cannot serve this user: 404 {code}: {message}");
+                metrics::partition_unserved(id, &why, self.unserved, wait);
+                self.shared
+                    .status
+                    .set_state(id, PartitionState::Unassigned(why));
+                again_after(wait, self.cancel).await
             }
             e if e.is_partition_fault() => {
                 metrics::partition_failed(id, &e.to_string());
@@ -363,6 +394,21 @@ impl<'a> PartitionTask<'a> {
         } else {
             Step::End(PartitionState::Stopped)
         }
+    }
+}
+
+/// Whether a `404` with Graph's `code` says the user has no mailbox (or To Do) Graph serves,
+/// for a partition of `kind`: `MailboxNotEnabledForRESTAPI` (an unlicensed, inactive,
+/// soft-deleted or on-premises mailbox), and `ResourceNotFound` from To Do's lists (To Do
+/// answers it for a user without the service); a task partition's 404 is its list gone.
+fn unserved(kind: PartitionKind, code: &str) -> bool {
+    match kind {
+        PartitionKind::Tasks => false,
+        PartitionKind::TaskLists => {
+            code.eq_ignore_ascii_case("MailboxNotEnabledForRESTAPI")
+                || code.eq_ignore_ascii_case("ResourceNotFound")
+        }
+        _ => code.eq_ignore_ascii_case("MailboxNotEnabledForRESTAPI"),
     }
 }
 

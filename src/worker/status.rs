@@ -52,6 +52,9 @@ pub enum PartitionState {
     Running,
     Failed(String),
     Stopped,
+    /// Graph cannot serve the user (no Exchange Online mailbox, no To Do): the partition
+    /// retries rarely, and is not counted as failing.
+    Unassigned(String),
 }
 
 /// What the worker reports about itself (read by the HTTP server: status, readiness, offsets).
@@ -136,6 +139,7 @@ impl WorkerStatus {
             let state = match st {
                 PartitionState::Failed(_) => "failed",
                 PartitionState::Stopped => "stopped",
+                PartitionState::Unassigned(_) => "unassigned",
                 PartitionState::Running if paused => "paused",
                 PartitionState::Running if offsets.get(p).is_none_or(|o| o.round <= 1) => {
                     "initial_sync"

@@ -161,3 +161,91 @@ async fn keys_carry_object_ids_and_survive_a_rename() {
     );
     let _ = worker::task_id(ghost);
 }
+
+/// A member Graph cannot serve (no Exchange Online mailbox): its partitions are
+/// `UNASSIGNED` with Graph's reason, asked again rarely, not counted as failures; the other
+/// user goes on; once the mailbox exists they run and catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_a_mailbox_is_unassigned_not_failed() {
+    let (sim, ids) = sim_with_users(2, 20, 3, 32).await;
+    let no_mailbox = |on: bool| graph_sim::model::UserPatch {
+        mailbox: Some(on),
+        ..Default::default()
+    };
+    sim.state
+        .store
+        .write()
+        .patch_user(&ids[1], no_mailbox(false))
+        .unwrap();
+    let parts: Vec<PartitionId> = ids
+        .iter()
+        .flat_map(|u| {
+            [
+                PartitionId::CalendarView {
+                    user: u.clone(),
+                    calendar: "primary".into(),
+                    window: WINDOW.into(),
+                },
+                PartitionId::CalendarList { user: u.clone() },
+                PartitionId::TaskLists { user: u.clone() },
+            ]
+        })
+        .collect();
+    let mut spec = spec(&sim, &bootstrap(), parts.clone());
+    spec.poll_interval = Duration::from_millis(200);
+    let w = start_worker(&spec);
+    tokio::task::block_in_place(|| converge(&sim, &spec, &parts[0]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let states = w.status.partitions.lock().clone();
+        let unassigned = parts[3..]
+            .iter()
+            .filter(|p| {
+                matches!(states.get(*p), Some(PartitionState::Unassigned(why))
+                    if why.contains("MailboxNotEnabledForRESTAPI"))
+            })
+            .count();
+        if unassigned == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not unassigned: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Asked again rarely: a few requests, not one per poll.
+    let asked = || sim.state.stats.lock().count("calendar_view", 404);
+    let (n0, t0) = (asked(), Instant::now());
+    while t0.elapsed() < Duration::from_secs(3) {
+        let states = w.status.partitions.lock().clone();
+        for p in &parts[3..] {
+            assert!(
+                matches!(states.get(p), Some(PartitionState::Unassigned(_))),
+                "{p}: {:?}, never failed",
+                states.get(p)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n1 = asked();
+    assert!(
+        n1 - n0 <= 2,
+        "{} requests in {:?} (polls every 200 ms)",
+        n1 - n0,
+        t0.elapsed()
+    );
+    // The mailbox is enabled: they run and catch up.
+    sim.state
+        .store
+        .write()
+        .patch_user(&ids[1], no_mailbox(true))
+        .unwrap();
+    tokio::task::block_in_place(|| converge(&sim, &spec, &parts[3]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while parts[3..]
+        .iter()
+        .any(|p| w.status.partitions.lock().get(p) != Some(&PartitionState::Running))
+    {
+        assert!(Instant::now() < deadline, "not running again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.stop().await.unwrap();
+}
