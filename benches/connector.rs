@@ -657,6 +657,7 @@ events = "events-{run}"
 calendars = "calendars-{run}"
 task_lists = "lists-{run}"
 tasks = "tasks-{run}"
+members = "members-{run}"
 [server]
 listen = "{listen}"
 [log]

@@ -168,16 +168,24 @@ fn demo_settings(
     let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     s.sources = vec![
         Source::CalendarView {
-            users: users.clone(),
+            users: Some(users.clone()),
+            group: None,
+            on_member_removed: Default::default(),
             calendar: "primary".into(),
             start: rfc3339(start),
             end: rfc3339(end),
             window_roll: Dur(Duration::from_secs(86_400)),
         },
         Source::CalendarList {
-            users: users.clone(),
+            users: Some(users.clone()),
+            group: None,
+            on_member_removed: Default::default(),
         },
-        Source::Todo { users },
+        Source::Todo {
+            users: Some(users),
+            group: None,
+            on_member_removed: Default::default(),
+        },
     ];
     s
 }

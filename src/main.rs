@@ -126,6 +126,19 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
         settings.kafka.bootstrap_servers,
         settings.transactional_id()
     );
+    for g in settings.groups() {
+        let members = graph_cdc::source::PartitionId::GroupMembers {
+            group: g.group.clone(),
+        };
+        if writeln!(out, "{members}").is_err() {
+            break;
+        }
+        eprintln!(
+            "note: group {}: each transitive user member gets {} partitions, started as the group is listed (every graph.membership_interval)",
+            g.group,
+            g.templates.len()
+        );
+    }
     if partitions.iter().any(|p| p.user().contains('@')) {
         eprintln!(
             "note: users listed by principal name are looked up when the worker starts; their partitions and record keys carry the users' object ids"

@@ -19,6 +19,8 @@ pub enum PartitionKind {
     TaskLists,
     /// The tasks of one To Do list.
     Tasks,
+    /// The transitive user members of a group (a group source's users).
+    GroupMembers,
 }
 
 impl PartitionKind {
@@ -29,14 +31,16 @@ impl PartitionKind {
             PartitionKind::CalendarList => "calendar_list",
             PartitionKind::TaskLists => "task_lists",
             PartitionKind::Tasks => "tasks",
+            PartitionKind::GroupMembers => "group_members",
         }
     }
 
-    pub const ALL: [PartitionKind; 4] = [
+    pub const ALL: [PartitionKind; 5] = [
         PartitionKind::CalendarView,
         PartitionKind::CalendarList,
         PartitionKind::TaskLists,
         PartitionKind::Tasks,
+        PartitionKind::GroupMembers,
     ];
 }
 
@@ -65,6 +69,11 @@ pub enum PartitionId {
     Tasks {
         user: String,
         list: String,
+    },
+    /// A group's transitive user members: `{"kind":"group_members","group":"<object id>"}`;
+    /// its record keys are `{"group":…,"id":<user object id>}`.
+    GroupMembers {
+        group: String,
     },
 }
 
@@ -112,19 +121,25 @@ impl PartitionId {
             PartitionId::CalendarList { .. } => PartitionKind::CalendarList,
             PartitionId::TaskLists { .. } => PartitionKind::TaskLists,
             PartitionId::Tasks { .. } => PartitionKind::Tasks,
+            PartitionId::GroupMembers { .. } => PartitionKind::GroupMembers,
         }
     }
 
+    /// The user; for a group's membership partition, the group (what its requests are
+    /// counted and limited under: it reads no mailbox).
     pub fn user(&self) -> &str {
         match self {
             PartitionId::CalendarView { user, .. }
             | PartitionId::CalendarList { user }
             | PartitionId::TaskLists { user }
             | PartitionId::Tasks { user, .. } => user,
+            PartitionId::GroupMembers { group } => group,
         }
     }
 
-    /// The same partition of another user (a configured name replaced by its object id).
+    /// The same partition of another user (a configured name replaced by its object id, a
+    /// group source's template given a member); a membership partition has no user and
+    /// stays as it is.
     pub fn with_user(&self, id: &str) -> PartitionId {
         let mut p = self.clone();
         match &mut p {
@@ -132,6 +147,7 @@ impl PartitionId {
             | PartitionId::CalendarList { user }
             | PartitionId::TaskLists { user }
             | PartitionId::Tasks { user, .. } => *user = id.to_string(),
+            PartitionId::GroupMembers { .. } => {}
         }
         p
     }
@@ -149,7 +165,11 @@ impl PartitionId {
             PartitionId::Tasks { list, .. } => (Some(("list", list.as_str())), None),
             _ => (None, None),
         };
-        [("kind", self.kind().as_str()), ("user", self.user())]
+        let owner = match self {
+            PartitionId::GroupMembers { group } => ("group", group.as_str()),
+            _ => ("user", self.user()),
+        };
+        [("kind", self.kind().as_str()), owner]
             .into_iter()
             .chain(third)
             .chain(fourth)
@@ -178,8 +198,14 @@ impl PartitionId {
                 .map(str::to_string)
                 .ok_or_else(|| BadIdentity(format!("missing string field '{k}' in {v}")))
         };
+        let kind = get("kind")?;
+        if kind == "group_members" {
+            return Ok(PartitionId::GroupMembers {
+                group: get("group")?,
+            });
+        }
         let user = get("user")?;
-        match get("kind")?.as_str() {
+        match kind.as_str() {
             "calendar_view" => Ok(PartitionId::CalendarView {
                 user,
                 calendar: get("calendar")?,
@@ -522,6 +548,12 @@ mod tests {
             br#"{"user":"bob@contoso.com","list":"L1","id":"T"}"#
         );
         assert!(PartitionId::from_json(&serde_json::json!({"kind": "mail", "user": "x"})).is_err());
+        let g = PartitionId::GroupMembers { group: "G1".into() };
+        assert_eq!(g.to_json(), r#"{"kind":"group_members","group":"G1"}"#);
+        let v: Value = serde_json::from_str(&g.to_json()).unwrap();
+        assert_eq!(PartitionId::from_json(&v).unwrap(), g);
+        assert_eq!(&g.record_key("U1")[..], br#"{"group":"G1","id":"U1"}"#);
+        assert_eq!(g.with_user("U2"), g, "a membership partition has no user");
     }
 
     #[test]

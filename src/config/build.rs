@@ -47,6 +47,7 @@ impl Settings {
                 calendars: k.topics.calendars.clone(),
                 task_lists: k.topics.task_lists.clone(),
                 tasks: k.topics.tasks.clone(),
+                members: k.topics.members.clone(),
             },
             offsets_topic: k.offsets_topic.clone(),
             state_topic: k.state_topic.clone(),

@@ -87,6 +87,10 @@ pub struct GraphSettings {
     /// nextLinks that never end on some mailboxes): the round restarts from its deltaLink,
     /// then from scratch; a partition that keeps looping fails with the reason.
     pub max_pages_per_round: u32,
+    /// How often a group source's members are listed again (`transitiveMembers`, a listing
+    /// from scratch each time: Graph's delta cannot follow transitive membership). At least
+    /// `1s`; members who joined or left meanwhile are found at the next listing.
+    pub membership_interval: Dur,
 }
 
 /// `graph.cloud`: the national cloud, which decides the Graph and login hosts.

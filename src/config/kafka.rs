@@ -77,6 +77,8 @@ pub struct TopicSettings {
     pub task_lists: String,
     /// To Do tasks.
     pub tasks: String,
+    /// Group sources' members (`group_members` partitions).
+    pub members: String,
 }
 
 /// `[errors]`: records Kafka refuses (too large, topic not writable), like Kafka Connect's

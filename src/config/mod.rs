@@ -41,13 +41,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::source::PartitionId;
-
 mod build;
 mod graph;
 mod kafka;
 mod lenient;
 mod server;
+mod sources;
 mod timezones;
 mod types;
 mod validate;
@@ -57,6 +56,7 @@ pub use crate::sink::properties::PRODUCER_DEFAULTS;
 pub use graph::{Cloud, Credentials, GraphSettings};
 pub use kafka::{ErrorSettings, KafkaOptions, KafkaSettings, Tolerance, TopicSettings};
 pub use server::{parse_listen, ListenHost, ServerFiles, TlsPem};
+pub use sources::{GroupSource, OnMemberRemoved, Source};
 pub use timezones::WINDOWS_ZONES;
 pub use types::{parse_duration, Dur, Secret};
 pub use validate::{topic_name, MIN_POLL_INTERVAL, MIN_REQUEST_TIMEOUT};
@@ -83,6 +83,7 @@ max_response_bytes = 67108864
 allow_insecure_http = false
 reconcile_interval = "7d"
 max_pages_per_round = 10000
+membership_interval = "1h"
 
 [kafka]
 bootstrap_servers = "localhost:9092"
@@ -98,6 +99,7 @@ events = "graph.events"
 calendars = "graph.calendars"
 task_lists = "graph.todo.lists"
 tasks = "graph.todo.tasks"
+members = "graph.group.members"
 
 [worker]
 heartbeat_interval = "30s"
@@ -243,48 +245,6 @@ impl LogFormat {
     }
 }
 
-/// `[[sources]]`: one entry per kind and set of users.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Source {
-    /// One calendar of each user over a window `[start, end)`, fixed or rolling.
-    CalendarView {
-        /// User principal names or ids.
-        users: Vec<String>,
-        /// `primary` (v1.0 route) or a calendar id (beta route).
-        #[serde(default = "primary")]
-        calendar: String,
-        /// Window start: RFC 3339 with offset (fixed), or a signed duration from now
-        /// (`-30d`; units `s`, `m`, `h`, `d`) that rolls with `window_roll`.
-        start: String,
-        /// Window end (exclusive), as `start` (`+365d`).
-        end: String,
-        /// How often a window with a relative bound moves: it is computed from now aligned
-        /// down to a multiple of this since the Unix epoch (UTC). At least `1s`.
-        #[serde(default = "one_day")]
-        window_roll: Dur,
-    },
-    /// Each user's calendars.
-    CalendarList {
-        /// User principal names or ids.
-        users: Vec<String>,
-    },
-    /// Each user's To Do lists, and the tasks of every list.
-    Todo {
-        /// User principal names or ids.
-        users: Vec<String>,
-    },
-}
-
-fn primary() -> String {
-    "primary".into()
-}
-
-/// `window_roll`'s default (a source is an array entry: no place in [`DEFAULTS`]).
-fn one_day() -> Dur {
-    Dur(std::time::Duration::from_secs(86_400))
-}
-
 impl Settings {
     /// Defaults → `path` → environment, then validation.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -350,29 +310,6 @@ impl Settings {
         Ok(s)
     }
 
-    /// The configured partitions (the task partitions of To Do lists are found at run time).
-    pub fn partitions(&self) -> Vec<PartitionId> {
-        self.sources
-            .iter()
-            .filter_map(|s| source_partitions(s).ok())
-            .flatten()
-            .collect()
-    }
-
-    /// How often each rolling calendar view's window moves (its source's `window_roll`).
-    pub fn window_rolls(&self) -> std::collections::HashMap<PartitionId, std::time::Duration> {
-        self.sources
-            .iter()
-            .filter_map(|s| match s {
-                Source::CalendarView { window_roll, .. } => {
-                    Some((source_partitions(s).ok()?, window_roll.0))
-                }
-                _ => None,
-            })
-            .flat_map(|(ps, roll)| ps.into_iter().map(move |p| (p, roll)))
-            .collect()
-    }
-
     /// `kafka.worker_id`, else `$HOSTNAME`, else `worker-0`.
     pub fn worker_id(&self) -> String {
         self.kafka
@@ -403,38 +340,6 @@ impl Settings {
         }
         v
     }
-}
-
-fn source_partitions(s: &Source) -> Result<Vec<PartitionId>, String> {
-    Ok(match s {
-        Source::CalendarView {
-            users,
-            calendar,
-            start,
-            end,
-            ..
-        } => {
-            let w = crate::window::WindowSpec::new(start, end)
-                .map_err(|(_, e)| e)?
-                .to_string();
-            users
-                .iter()
-                .map(|u| PartitionId::CalendarView {
-                    user: u.clone(),
-                    calendar: calendar.clone(),
-                    window: w.clone(),
-                })
-                .collect()
-        }
-        Source::CalendarList { users } => users
-            .iter()
-            .map(|u| PartitionId::CalendarList { user: u.clone() })
-            .collect(),
-        Source::Todo { users } => users
-            .iter()
-            .map(|u| PartitionId::TaskLists { user: u.clone() })
-            .collect(),
-    })
 }
 
 /// The first layer: [`DEFAULTS`].

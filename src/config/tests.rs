@@ -280,3 +280,74 @@ fn the_token_file_is_read_once_as_the_settings_load() {
     assert!(e.starts_with("server.auth_token_file: cannot read "), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn group_sources_replace_users_and_give_templates() {
+    let groups = r#"
+    [[sources]]
+    kind = "calendar_list"
+    group = "g-1"
+    [[sources]]
+    kind = "calendar_view"
+    group = "g-1"
+    on_member_removed = "keep"
+    start = "-1d"
+    end = "+7d"
+    window_roll = "1h"
+    "#;
+    let s = Settings::from_toml_str(&format!("{OK}{groups}"), false).unwrap();
+    assert_eq!(s.graph.membership_interval.0, Duration::from_secs(3600));
+    assert_eq!(s.kafka.topics.members, "graph.group.members");
+    assert_eq!(s.partitions().len(), 3, "group sources list no users");
+    let g = s.groups();
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].group, "g-1");
+    assert_eq!(g[0].templates.len(), 2);
+    assert!(g[0].templates.iter().all(|t| t.user().is_empty()));
+    let view = &g[0].templates[1];
+    assert_eq!(
+        s.window_rolls().get(view),
+        Some(&Duration::from_secs(3600)),
+        "a group view's roll is found under its template"
+    );
+    for (bad, key, says) in [
+        (
+            format!("{OK}[[sources]]\nkind = \"todo\"\n"),
+            "sources[2].users / sources[2].group",
+            "give the users",
+        ),
+        (
+            format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g\"\nusers = [\"a@b.c\"]\n"),
+            "sources[2].users / sources[2].group",
+            "not both",
+        ),
+        (
+            format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g h\"\n"),
+            "sources[2].group",
+            "not a group object id",
+        ),
+        (
+            format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g\"\non_member_removed = \"tombstone\"\n"),
+            "sources[2].on_member_removed",
+            "not available yet",
+        ),
+        (
+            format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g\"\n[[sources]]\nkind = \"todo\"\ngroup = \"g\"\n"),
+            "sources[3]",
+            "listed twice",
+        ),
+        (
+            OK.replace("[graph]", "[graph]\nmembership_interval = \"0s\""),
+            "graph.membership_interval",
+            "at least 1s",
+        ),
+        (
+            OK.replace("[kafka.options]", "[kafka.topics]\nmembers = \"bad topic\"\n[kafka.options]"),
+            "kafka.topics.members",
+            "Kafka allows only",
+        ),
+    ] {
+        let e = err(&bad);
+        assert!(e.contains(key) && e.contains(says), "expected '{key}' … '{says}' in: {e}");
+    }
+}

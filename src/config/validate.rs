@@ -19,6 +19,7 @@ use chrono::Utc;
 
 use crate::window::WindowSpec;
 
+use super::sources::source_partitions;
 use super::*;
 
 /// The shortest `graph.poll_interval` against Microsoft's Graph (see the module's comment).
@@ -118,6 +119,9 @@ fn graph(errs: &mut Vec<String>, g: &GraphSettings) {
     if g.max_concurrency == 0 {
         errs.push("graph.max_concurrency: must be at least 1".into());
     }
+    if g.membership_interval.0 < Duration::from_secs(1) {
+        errs.push("graph.membership_interval: must be at least 1s".into());
+    }
     positive(
         errs,
         &[
@@ -205,6 +209,7 @@ fn errors(errs: &mut Vec<String>, e: &ErrorSettings, k: &KafkaSettings) {
                 &n.calendars,
                 &n.task_lists,
                 &n.tasks,
+                &n.members,
                 &k.offsets_topic,
                 &k.state_topic,
             ];
@@ -261,6 +266,7 @@ fn topics(errs: &mut Vec<String>, k: &KafkaSettings, e: &ErrorSettings) {
         ("kafka.topics.calendars", &t.calendars),
         ("kafka.topics.task_lists", &t.task_lists),
         ("kafka.topics.tasks", &t.tasks),
+        ("kafka.topics.members", &t.members),
     ];
     if let Some(d) = &e.dead_letter_topic {
         all.push(("errors.dead_letter_topic", d));
@@ -309,15 +315,44 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
     let mut views: Vec<ViewWindow> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, s) in sources.iter().enumerate() {
-        let users = match s {
-            Source::CalendarView { users, .. }
-            | Source::CalendarList { users }
-            | Source::Todo { users } => users,
+        let group_key;
+        let users: &[String] = match (s.users(), s.group()) {
+            (Some(users), None) => {
+                if users.is_empty() {
+                    errs.push(format!("sources[{i}].users: must list at least one user"));
+                }
+                users
+            }
+            (None, Some(g)) => {
+                if g.trim().is_empty() || g.contains(char::is_whitespace) || g.contains('/') {
+                    errs.push(format!(
+                        "sources[{i}].group: '{g}' is not a group object id"
+                    ));
+                }
+                if s.on_member_removed() == OnMemberRemoved::Tombstone {
+                    errs.push(format!("sources[{i}].on_member_removed: \"tombstone\" is not available yet: only \"keep\" (a departed member's records stay as they are)"));
+                }
+                // Two sources of one group collide as two of one user would.
+                group_key = [format!("group:{g}")];
+                &group_key
+            }
+            (Some(_), Some(_)) => {
+                errs.push(format!(
+                    "sources[{i}].users / sources[{i}].group: give one of them, not both"
+                ));
+                &[]
+            }
+            (None, None) => {
+                errs.push(format!("sources[{i}].users / sources[{i}].group: give the users to track, or a group whose members they are"));
+                &[]
+            }
         };
-        if users.is_empty() {
-            errs.push(format!("sources[{i}].users: must list at least one user"));
+        if s.group().is_none() && s.on_member_removed() != OnMemberRemoved::Keep {
+            errs.push(format!(
+                "sources[{i}].on_member_removed: only for a source with a group"
+            ));
         }
-        for u in users {
+        for u in users.iter().filter(|_| s.group().is_none()) {
             if u.trim().is_empty() || u.contains(char::is_whitespace) || u.contains('/') {
                 errs.push(format!(
                     "sources[{i}].users: '{u}' is not a user principal name or id"
@@ -370,7 +405,15 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
             }
             _ => {}
         }
-        if let Ok(parts) = source_partitions(s) {
+        let parts = match s.group() {
+            Some(_) => source_partitions(s).map(|ps| {
+                ps.iter()
+                    .map(|p| p.with_user(users.first().map_or("", String::as_str)))
+                    .collect()
+            }),
+            None => source_partitions(s),
+        };
+        if let Ok(parts) = parts {
             for p in parts {
                 if !seen.insert(p.clone()) {
                     errs.push(format!("sources[{i}]: partition {p} is listed twice"));

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 
 use super::auth::{AccessToken, TokenProvider};
 use super::batch::{Batcher, Mailbox};
-use super::delta::{parse_page, DeltaPage};
+use super::delta::{parse_listing, parse_page, DeltaPage};
 use super::error::{AuthError, GraphError, MalformedPage, Transient};
 use super::http::{location_origin, read_capped};
 use super::options::{prefer, ClientOptions};
@@ -115,6 +115,20 @@ impl GraphClient {
     ) -> Result<DeltaPage, GraphError> {
         self.get_parsed(user, Some(kind), url, |b| {
             parse_page(b).map_err(Transient::from)
+        })
+        .await
+    }
+
+    /// Fetches and parses one page of a directory listing (group members: no delta, a page
+    /// without nextLink ends it), with the same retries and limits as a delta page.
+    pub async fn get_listing_page(
+        &self,
+        owner: &str,
+        kind: PartitionKind,
+        url: &str,
+    ) -> Result<DeltaPage, GraphError> {
+        self.get_parsed(owner, Some(kind), url, |b| {
+            parse_listing(b).map_err(Transient::from)
         })
         .await
     }

@@ -52,10 +52,31 @@ struct Removed {
 
 /// Parses a page body; exactly one of nextLink / deltaLink must be present.
 pub fn parse_page(body: Bytes) -> Result<DeltaPage, MalformedPage> {
+    parse(body, false)
+}
+
+/// Parses a page of a directory listing (a group's transitive members), which has no delta:
+/// a page without nextLink is the listing's last, and a deltaLink or an `@removed` item
+/// cannot be part of it. Only `group_members` partitions read listings; every other kind
+/// keeps [`parse_page`]'s rule, where a page without either link is malformed.
+pub fn parse_listing(body: Bytes) -> Result<DeltaPage, MalformedPage> {
+    parse(body, true)
+}
+
+fn parse(body: Bytes, listing: bool) -> Result<DeltaPage, MalformedPage> {
     let text = std::str::from_utf8(&body).map_err(MalformedPage::Utf8)?;
     let env: Envelope = serde_json::from_str(text).map_err(MalformedPage::Json)?;
-    if env.next.is_some() == env.delta.is_some() {
-        return Err(MalformedPage::Links);
+    let links_ok = if listing {
+        env.delta.is_none()
+    } else {
+        env.next.is_some() != env.delta.is_some()
+    };
+    if !links_ok {
+        return Err(if listing {
+            MalformedPage::Listing
+        } else {
+            MalformedPage::Links
+        });
     }
     let mut items = Vec::with_capacity(env.value.len());
     for raw in env.value {
@@ -64,6 +85,9 @@ pub fn parse_page(body: Bytes) -> Result<DeltaPage, MalformedPage> {
             // Keys with escapes, duplicate members, not an object: let serde decide.
             None => serde_json::from_str(raw.get()).map_err(MalformedPage::Item)?,
         };
+        if listing && head.removed.is_some() {
+            return Err(MalformedPage::Listing);
+        }
         items.push(DeltaItem {
             id: head.id,
             removed: head
@@ -256,6 +280,31 @@ mod tests {
             br#"{"value":[{"id":"x"}],"@odata.nextLink":"a""#,
         ] {
             assert!(parse_page(Bytes::copy_from_slice(bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn a_listing_page_without_links_is_its_last_and_delta_pages_stay_strict() {
+        let last = Bytes::from_static(
+            br#"{"@odata.context":"x","value":[{"id":"u1","userPrincipalName":"a@c.com","mail":null}]}"#,
+        );
+        let p = parse_listing(last.clone()).unwrap();
+        assert_eq!((p.next_link, p.delta_link), (None, None));
+        assert_eq!(p.items[0].id, "u1");
+        assert_eq!(
+            &p.items[0].raw[..],
+            br#"{"id":"u1","userPrincipalName":"a@c.com","mail":null}"#
+        );
+        assert!(parse_page(last).is_err(), "a delta page needs a link");
+        let next = Bytes::from_static(br#"{"value":[],"@odata.nextLink":"n"}"#);
+        assert_eq!(parse_listing(next).unwrap().next_link.as_deref(), Some("n"));
+        for bad in [
+            &br#"{"value":[],"@odata.deltaLink":"d"}"#[..],
+            br#"{"value":[{"id":"u","@removed":{}}]}"#,
+            br#"{"value":[{"userPrincipalName":"no id"}]}"#,
+            br#"{"@odata.nextLink":"n"}"#,
+        ] {
+            assert!(parse_listing(Bytes::copy_from_slice(bad)).is_err());
         }
     }
 }

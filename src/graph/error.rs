@@ -168,6 +168,9 @@ pub enum MalformedPage {
     Json(#[source] serde_json::Error),
     #[error("malformed delta page: expected exactly one of @odata.nextLink and @odata.deltaLink")]
     Links,
+    /// A listing page (group members) with a deltaLink or an `@removed` item.
+    #[error("malformed listing page: a listing has no @odata.deltaLink and no @removed items")]
+    Listing,
     #[error("malformed delta page: item without an id: {0}")]
     Item(#[source] serde_json::Error),
     /// Another answer (a directory object, a listing) not in the shape asked for.

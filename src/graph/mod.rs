@@ -31,6 +31,7 @@ pub mod error;
 pub mod guard;
 pub mod http;
 pub mod lists;
+pub mod members;
 pub mod options;
 pub mod partition;
 pub mod reader;

@@ -50,6 +50,10 @@ impl Default for ClientOptions {
 /// The `Prefer` headers of a delta request, one value each (the plain client sends them as
 /// separate headers, a batch item joins them with ", "; Graph reads both the same way).
 pub(crate) fn prefer(opts: &ClientOptions, kind: PartitionKind) -> Vec<String> {
+    // A directory listing pages by `$top` (in its URL, see `Route`), not by Prefer.
+    if kind == PartitionKind::GroupMembers {
+        return Vec::new();
+    }
     let mut out = vec![format!("odata.maxpagesize={}", opts.page_size)];
     if kind == PartitionKind::CalendarView {
         if let Some(tz) = &opts.timezone {
@@ -98,6 +102,10 @@ mod tests {
         for kind in [PartitionKind::TaskLists, PartitionKind::Tasks] {
             assert_eq!(prefer(&opts, kind), ["odata.maxpagesize=50"]);
         }
+        assert!(
+            prefer(&opts, PartitionKind::GroupMembers).is_empty(),
+            "paged by $top"
+        );
         let off = ClientOptions {
             immutable_ids: false,
             ..opts

@@ -31,6 +31,8 @@ enum Segment {
     Calendar(String),
     /// A To Do list id: compared exactly.
     List(String),
+    /// A group's object id: compared without case, as Graph compares object ids.
+    Group(String),
 }
 
 /// Where a partition's requests go: its Graph host, API version and path.
@@ -43,7 +45,14 @@ pub struct Route {
     /// [`Route::in_window`] sets it (rolling); `None` for other kinds, and for a rolling view
     /// whose window is not known (its links' window is then not checked).
     window: Option<(String, String)>,
+    /// A directory listing (group members): the query of its initial request, which its
+    /// nextLinks repeat beside their `$skiptoken` (`$select`, `$top`).
+    listing: Option<&'static [(&'static str, &'static str)]>,
 }
+
+/// The query of a group members listing: the fields record values carry, and Graph's
+/// largest page of directory objects (999).
+const MEMBERS_QUERY: &[(&str, &str)] = &[("$select", "id,userPrincipalName,mail"), ("$top", "999")];
 
 /// Why a link does not address a partition's own resource. The texts name the parts that
 /// differ, never a state token.
@@ -83,7 +92,7 @@ impl Route {
     /// Primary-calendar views use v1.0; views of another calendar and calendar lists exist
     /// only in beta.
     pub fn new(graph_host: &str, id: &PartitionId) -> Result<Self, GraphError> {
-        use Segment::{Calendar, List, Name, User};
+        use Segment::{Calendar, Group, List, Name, User};
         let host = Url::parse(graph_host).map_err(|source| GraphError::Host {
             host: graph_host.to_string(),
             source,
@@ -94,6 +103,7 @@ impl Route {
             )));
         }
         let user = |u: &str| [Name("users"), User(u.to_string())];
+        let listing = matches!(id, PartitionId::GroupMembers { .. }).then_some(MEMBERS_QUERY);
         let (version, segments, window) = match id {
             PartitionId::CalendarView {
                 user: u,
@@ -135,12 +145,25 @@ impl Route {
                 .concat(),
                 None,
             ),
+            // "List group transitive members": a user reached through nested groups is
+            // listed once; the cast keeps devices, contacts and groups out.
+            PartitionId::GroupMembers { group } => (
+                "v1.0",
+                vec![
+                    Name("groups"),
+                    Group(group.clone()),
+                    Name("transitiveMembers"),
+                    Name("microsoft.graph.user"),
+                ],
+                None,
+            ),
         };
         Ok(Self {
             host,
             version,
             segments,
             window,
+            listing,
         })
     }
 
@@ -166,8 +189,13 @@ impl Route {
             path.pop_if_empty().push(self.version);
             path.extend(self.segments.iter().map(|s| match s {
                 Segment::Name(n) => *n,
-                Segment::User(v) | Segment::Calendar(v) | Segment::List(v) => v.as_str(),
+                Segment::User(v) | Segment::Calendar(v) | Segment::List(v) | Segment::Group(v) => {
+                    v.as_str()
+                }
             }));
+        }
+        for (k, v) in self.listing.unwrap_or_default() {
+            url.query_pairs_mut().append_pair(k, v);
         }
         if let Some((start, end)) = &self.window {
             url.query_pairs_mut()
@@ -243,6 +271,16 @@ impl Route {
         for (want, got) in self.segments.iter().zip(decoded.iter().cloned()) {
             let (what, expected, same) = match want {
                 Segment::Name(_) => continue,
+                Segment::Group(g) => {
+                    if !g.eq_ignore_ascii_case(&got) {
+                        return Err(LinkMismatch::Resource {
+                            what: "group",
+                            expected: g.clone(),
+                            found: got,
+                        });
+                    }
+                    continue;
+                }
                 Segment::User(u) => {
                     if !u.eq_ignore_ascii_case(&got) {
                         return Err(LinkMismatch::User {
@@ -272,6 +310,14 @@ impl Route {
             let lower = name.to_ascii_lowercase();
             let (param, bound) = match (lower.as_str(), &self.window) {
                 ("$skiptoken" | "$deltatoken", _) => continue,
+                // A listing's own query, repeated by its nextLinks.
+                (q, _)
+                    if self
+                        .listing
+                        .is_some_and(|l| l.iter().any(|(k, _)| k.eq_ignore_ascii_case(q))) =>
+                {
+                    continue
+                }
                 ("startdatetime", Some((start, _))) => ("startDateTime", start),
                 ("enddatetime", Some((_, end))) => ("endDateTime", end),
                 _ => return Err(LinkMismatch::Query(name.into_owned())),

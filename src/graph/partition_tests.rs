@@ -258,3 +258,25 @@ fn links_of_anything_else_are_refused_with_the_reason() {
         Err(LinkMismatch::Route { .. })
     ));
 }
+
+#[test]
+fn a_group_listing_owns_its_next_links_only() {
+    let g = PartitionId::GroupMembers {
+        group: "0AB1-c2".into(),
+    };
+    let r = Route::new("https://graph.microsoft.com", &g).unwrap();
+    let next = "https://graph.microsoft.com/v1.0/groups/0ab1-C2/transitiveMembers/microsoft.graph.user?$select=id,userPrincipalName,mail&$top=999&$skiptoken=RFNwdAIAAQ";
+    assert_eq!(r.owns_link(next), Ok(()));
+    assert!(matches!(
+        r.owns_link(&next.replace("0ab1-C2", "other")),
+        Err(LinkMismatch::Resource { what: "group", .. })
+    ));
+    assert!(matches!(
+        r.owns_link(&next.replace("transitiveMembers", "members")),
+        Err(LinkMismatch::Route { .. })
+    ));
+    assert!(matches!(
+        r.owns_link(&format!("{next}&$filter=x")),
+        Err(LinkMismatch::Query(_))
+    ));
+}

@@ -138,3 +138,18 @@ pub fn partition_unserved(partition: &PartitionId, why: &str, answers: u32, wait
 pub fn partition_served(partition: &PartitionId) {
     tracing::info!(partition = %partition, "Graph serves this user again; partition running");
 }
+
+/// A group's membership commit started the partitions of `joined` members and reset those
+/// of `left` members (their records stay: `on_member_removed = "keep"`).
+pub fn membership_changed(partition: &PartitionId, joined: usize, left: usize) {
+    tracing::info!(partition = %partition, joined, left, "group membership changed; members' partitions started and stopped");
+}
+
+/// At start, `partitions` of group members were found in the offsets and started.
+pub fn members_resumed(groups: usize, partitions: usize) {
+    tracing::info!(
+        groups,
+        partitions,
+        "group sources: members' partitions resumed from the offsets"
+    );
+}

@@ -60,6 +60,8 @@ pub struct TopicNames {
     pub calendars: String,
     pub task_lists: String,
     pub tasks: String,
+    /// Group members (`group_members` partitions).
+    pub members: String,
 }
 
 impl TopicNames {
@@ -69,11 +71,18 @@ impl TopicNames {
             PartitionKind::CalendarList => &self.calendars,
             PartitionKind::TaskLists => &self.task_lists,
             PartitionKind::Tasks => &self.tasks,
+            PartitionKind::GroupMembers => &self.members,
         }
     }
 
-    pub fn all(&self) -> [&str; 4] {
-        [&self.events, &self.calendars, &self.task_lists, &self.tasks]
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.events,
+            &self.calendars,
+            &self.task_lists,
+            &self.tasks,
+            &self.members,
+        ]
     }
 }
 

@@ -23,6 +23,7 @@
 //! - `links.rs`: offsets' links checked against their partition's route (from the offsets
 //!   topic at start, from `PATCH …/offsets`).
 //! - `directory.rs`: configured users resolved to object ids before their partitions start.
+//! - `groups.rs`: group sources: membership partitions, members' partitions at start.
 //! - `supervisor.rs`: starting and stopping partition tasks.
 //! - `partition.rs`: a partition's loop.
 //! - `reconcile.rs`: a page reconciled with its partition's live items before its commit
@@ -33,6 +34,7 @@
 mod commands;
 mod control;
 mod directory;
+mod groups;
 mod health;
 mod links;
 mod partition;

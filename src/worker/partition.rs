@@ -184,6 +184,9 @@ impl<'a> PartitionTask<'a> {
         let e = match fetched {
             Ok(batch) => {
                 health.graph.succeeded();
+                if self.id.kind() == PartitionKind::GroupMembers {
+                    super::groups::learn_principals(self.shared, &batch);
+                }
                 self.failures = 0;
                 if std::mem::take(&mut self.unserved) > 0 {
                     metrics::partition_served(&self.id);
@@ -274,7 +277,8 @@ impl<'a> PartitionTask<'a> {
             round_done: offset.round > round,
         };
         let shared = self.shared;
-        if batch.records.is_empty() && batch.resets.is_empty() && batch.state.is_empty() {
+        let nothing = batch.records.is_empty() && batch.state.is_empty();
+        if nothing && batch.resets.is_empty() && batch.starts.is_empty() {
             if Box::pin(shared.sink.idle(self.id.clone(), offset.clone()))
                 .await
                 .is_err()
@@ -388,7 +392,13 @@ impl<'a> PartitionTask<'a> {
             .insert((*self.id).clone(), now)
             .map_or(Duration::ZERO, |t| now.duration_since(t));
         metrics::round_completed(&self.id, done.round, age);
-        let wait = jittered(self.shared.spec.poll_interval, self.shared.spec.poll_jitter);
+        // A group's members are listed again every `membership_interval` (a listing from
+        // scratch costs a page per 999 members, not a poll).
+        let interval = match self.id.kind() {
+            PartitionKind::GroupMembers => self.shared.spec.membership_interval,
+            _ => self.shared.spec.poll_interval,
+        };
+        let wait = jittered(interval, self.shared.spec.poll_jitter);
         if Box::pin(sleep_or_cancel(wait, self.cancel)).await {
             Step::Next(())
         } else {
@@ -403,7 +413,7 @@ impl<'a> PartitionTask<'a> {
 /// answers it for a user without the service); a task partition's 404 is its list gone.
 fn unserved(kind: PartitionKind, code: &str) -> bool {
     match kind {
-        PartitionKind::Tasks => false,
+        PartitionKind::Tasks | PartitionKind::GroupMembers => false,
         PartitionKind::TaskLists => {
             code.eq_ignore_ascii_case("MailboxNotEnabledForRESTAPI")
                 || code.eq_ignore_ascii_case("ResourceNotFound")

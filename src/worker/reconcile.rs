@@ -22,7 +22,8 @@ use crate::metrics;
 use crate::sink::readback::keys_at;
 use crate::sink::scan::live_records;
 use crate::source::{
-    key_id, Loc, Op, PartitionId, SourceBatch, SourceOffset, SourceRecord, StateWrite,
+    key_id, Loc, Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord,
+    StateWrite,
 };
 
 use super::Shared;
@@ -135,7 +136,14 @@ pub(super) async fn reconcile(
         }
     }
     let ids = reader.advance_ids(&batch.records);
-    let (extra, writes, removed) = removed_lists(shared, batch).await?;
+    let (extra, writes, removed) = match p.kind() {
+        // Departed members' records stay (`on_member_removed = "keep"`): nothing to add.
+        PartitionKind::GroupMembers => {
+            super::groups::departed(shared, batch).await;
+            Default::default()
+        }
+        _ => removed_lists(shared, batch).await?,
+    };
     let plan = match &*slot.lock() {
         Slot::Known(l) => {
             let records = std::mem::take(&mut batch.records);

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::config::{ConfigError, Credentials, Settings};
+use crate::config::{ConfigError, Credentials, GroupSource, Settings};
 use crate::graph::{ClientOptions, Credential, Rounds};
 use crate::sink::SinkOptions;
 use crate::source::PartitionId;
@@ -25,7 +25,13 @@ pub struct WorkerSpec {
     pub sink: SinkOptions,
     /// The configured partitions (task partitions of To Do lists are found at run time).
     pub partitions: Vec<PartitionId>,
-    /// Each calendar view's `window_roll` (absent: a day).
+    /// Group sources: each group named, with the partitions its sources give a member
+    /// (started at run time, as members are listed).
+    pub groups: Vec<GroupSource>,
+    /// `graph.membership_interval`: how often a group's members are listed again.
+    pub membership_interval: Duration,
+    /// Each calendar view's `window_roll` (absent: a day); a group source's under its
+    /// template (empty user).
     pub window_rolls: HashMap<PartitionId, Duration>,
     /// `graph.reconcile_interval`; `None`: off.
     pub reconcile_interval: Option<Duration>,
@@ -48,7 +54,12 @@ impl WorkerSpec {
     pub fn rounds(&self, id: &PartitionId) -> Rounds {
         let d = Rounds::default();
         Rounds {
-            window_roll: self.window_rolls.get(id).copied().unwrap_or(d.window_roll),
+            window_roll: self
+                .window_rolls
+                .get(id)
+                .or_else(|| self.window_rolls.get(&id.with_user("")))
+                .copied()
+                .unwrap_or(d.window_roll),
             reconcile_interval: self.reconcile_interval,
             max_pages_per_round: self.max_pages_per_round,
         }
@@ -79,6 +90,8 @@ impl WorkerSpec {
             poll_jitter: g.poll_jitter,
             sink: SinkOptions::from(s),
             partitions: s.partitions(),
+            groups: s.groups(),
+            membership_interval: g.membership_interval.0,
             window_rolls: s.window_rolls(),
             reconcile_interval: Some(g.reconcile_interval.0).filter(|d| !d.is_zero()),
             max_pages_per_round: g.max_pages_per_round,

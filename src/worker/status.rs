@@ -109,9 +109,12 @@ impl WorkerStatus {
         let now = std::time::Instant::now();
         let per_partition = self.per_partition_metrics.load(Ordering::Relaxed);
         let fresh = self.fresh_at.lock();
+        // Membership partitions list their group every `membership_interval` (an hour by
+        // default): their age would hide the data partitions' in the maximum.
         let stalest = fresh
-            .values()
-            .map(|t| now.duration_since(*t).as_secs_f64())
+            .iter()
+            .filter(|(p, _)| p.kind() != crate::source::PartitionKind::GroupMembers)
+            .map(|(_, t)| now.duration_since(*t).as_secs_f64())
             .fold(0.0, f64::max);
         m.staleness_max.set(stalest);
         if per_partition {

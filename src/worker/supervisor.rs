@@ -23,9 +23,11 @@ use super::partition::{partition_loop, Supervise};
 use super::{panic_message, PartitionState, Shared, Tracked};
 
 /// Starts the configured partitions (their users resolved first, see `directory.rs`) and
-/// the task partitions found in the offsets of their To Do lists.
+/// the task partitions found in the offsets of their To Do lists; then each group source's
+/// membership partition and its members' partitions found in the offsets (`groups.rs`).
 pub(super) fn start_all(shared: &Arc<Shared>) {
     super::directory::start_configured(shared, false);
+    super::groups::start_groups(shared);
 }
 
 pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
@@ -44,7 +46,12 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     let principal = super::directory::principal(shared, id.user());
     let reader = match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed, rounds)
     {
-        Ok(r) => r.with_principal(principal),
+        Ok(r) => match &*id {
+            PartitionId::GroupMembers { group } => {
+                r.with_members(super::groups::templates(shared, group))
+            }
+            _ => r.with_principal(principal),
+        },
         Err(e) => {
             metrics::partition_failed(&id, &e.to_string());
             return;

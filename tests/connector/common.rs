@@ -78,6 +78,7 @@ pub fn truth_as(
         PartitionId::CalendarList { .. } => ("calendar_list", None, None, None, None),
         PartitionId::TaskLists { .. } => ("task_lists", None, None, None, None),
         PartitionId::Tasks { list, .. } => ("tasks", None, None, None, Some(list.clone())),
+        PartitionId::GroupMembers { .. } => panic!("no truth query for group members"),
     };
     let params = TruthParams {
         user: p.user().to_string(),
@@ -337,6 +338,7 @@ events = "{events}"
 calendars = "{calendars}"
 task_lists = "{lists}"
 tasks = "{tasks}"
+members = "{members}"
 [server]
 listen = "127.0.0.1:0"
 [worker]
@@ -363,6 +365,7 @@ users = {users:?}
         calendars = t.calendars,
         lists = t.task_lists,
         tasks = t.tasks,
+        members = t.members,
     )
 }
 

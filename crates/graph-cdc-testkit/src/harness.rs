@@ -63,6 +63,7 @@ pub fn settings(graph_url: &str, bootstrap: &str, run: &str) -> Settings {
     k.topics.calendars = format!("calendars-{run}");
     k.topics.task_lists = format!("lists-{run}");
     k.topics.tasks = format!("tasks-{run}");
+    k.topics.members = format!("members-{run}");
     s
 }
 
