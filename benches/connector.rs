@@ -34,7 +34,7 @@ use graph_cdc::metrics::metrics;
 use graph_cdc::source::{PartitionId, PartitionKind};
 use graph_cdc::worker::WorkerSpec;
 use graph_cdc_testkit::broker::KafkaBroker;
-use graph_sim::generate::{random_event, GenerateSpec, MutateSpec};
+use graph_sim::generate::MutateSpec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -69,35 +69,6 @@ static GLOBAL: Counting = Counting;
 
 // ---------------------------------------------------------------------------------------
 // Shared setup.
-
-/// `users` users (`{prefix}NNN@contoso.com`), each with `events` single events in the window
-/// and `tasks` tasks in one list.
-fn populate(sim: &Sim, prefix: &str, users: usize, events: usize, tasks: usize) -> Vec<String> {
-    let mut store = sim.server.state.store.write();
-    let spec = GenerateSpec {
-        users,
-        prefix: prefix.into(),
-        tenant: Some(TENANT.into()),
-        start: window_start(),
-        days: WINDOW_DAYS,
-        events_per_user: 0,
-        recurring_per_user: 0,
-        extra_calendars: 0,
-        extra_lists: 0,
-        tasks_per_list: tasks,
-        seed: Some(7),
-        ..Default::default()
-    };
-    let infos = graph_sim::generate::generate(&mut store, &spec).expect("generate");
-    let mut rng = rand::rng();
-    for u in &infos {
-        for _ in 0..events {
-            let ev = random_event(&mut rng, window_start(), WINDOW_DAYS, 0.0, false);
-            store.create_event(&u.id, "primary", ev).expect("event");
-        }
-    }
-    infos.into_iter().map(|u| u.user_principal_name).collect()
-}
 
 fn view_partitions(users: &[String]) -> Vec<PartitionId> {
     users
@@ -354,7 +325,7 @@ fn ceiling_run(
 fn bench_throughput(rt: &tokio::runtime::Runtime, bootstrap: &str) {
     let sim = start_sim();
     let t = Instant::now();
-    let users = populate(&sim, "tp", TP_USERS, TP_EVENTS_PER_USER, 0);
+    let users = populate(&sim, "tp", TP_USERS, TP_EVENTS_PER_USER, 0, 7);
     println!(
         "throughput: {} events over {} partitions generated in {:.1} s",
         TP_USERS * TP_EVENTS_PER_USER,
@@ -550,7 +521,7 @@ fn cpu_self_thread() -> f64 {
 
 fn bench_cost() {
     let sim = start_sim();
-    let users = populate(&sim, "cost", 1, 2000, 0);
+    let users = populate(&sim, "cost", 1, 2000, 0, 7);
     let bodies = page_bodies(&sim, &users[0]);
     let p = view_partitions(&users).remove(0);
     let reader = PartitionReader::new(
@@ -790,9 +761,9 @@ fn bench_idle(bootstrap: &str) {
     const USERS: usize = 2500;
     const MEASURE: Duration = Duration::from_secs(120);
     let sim = start_sim();
-    let plain_users = populate(&sim, "idle", USERS, 2, 2);
-    let batch_users = populate(&sim, "idlb", USERS, 2, 2);
-    let small_users = populate(&sim, "solo", 1, 2, 2);
+    let plain_users = populate(&sim, "idle", USERS, 2, 2, 7);
+    let batch_users = populate(&sim, "idlb", USERS, 2, 2, 7);
+    let small_users = populate(&sim, "solo", 1, 2, 2, 7);
     // Measured side by side over the same window: 10,000 partitions polling one by one,
     // 10,000 polling in JSON batches (`graph.batch_polls`), and 4 partitions.
     let workers = [
@@ -888,7 +859,7 @@ fn requests_run(
     page_size: usize,
 ) -> (u64, u64, u64) {
     let sim = start_sim();
-    let users = populate(&sim, "req", 20, 50, 20);
+    let users = populate(&sim, "req", 20, 50, 20, 7);
     let mut spec = worker_spec(&sim, bootstrap, all_kinds(&users));
     spec.client.page_size = page_size;
     spec.poll_interval = Duration::from_secs(2);
@@ -993,7 +964,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, bootstrap: &str) {
     };
 
     let sim = start_sim();
-    let users = populate(&sim, "lat", 10, 20, 0);
+    let users = populate(&sim, "lat", 10, 20, 0, 7);
     let mut spec = worker_spec(&sim, bootstrap, view_partitions(&users));
     spec.poll_interval = poll;
     let topic = spec.sink.topics.events.clone();

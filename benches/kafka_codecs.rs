@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::WorkerSpec;
 use graph_cdc_testkit::broker::{BrokerInfo, KafkaBroker};
-use graph_sim::generate::{random_event, GenerateSpec};
 
 mod common;
 use common::*;
@@ -50,34 +49,6 @@ const CODECS: [&str; 4] = ["none", "lz4", "zstd", "gzip"];
 
 // ---------------------------------------------------------------------------------------
 // Simulator and worker (as in benches/connector.rs).
-
-/// `users` users, each with `events` single events in the window.
-fn populate(sim: &Sim, users: usize, events: usize) -> Vec<String> {
-    let mut store = sim.server.state.store.write();
-    let spec = GenerateSpec {
-        users,
-        prefix: "kc".into(),
-        tenant: Some(TENANT.into()),
-        start: window_start(),
-        days: WINDOW_DAYS,
-        events_per_user: 0,
-        recurring_per_user: 0,
-        extra_calendars: 0,
-        extra_lists: 0,
-        tasks_per_list: 0,
-        seed: Some(7),
-        ..Default::default()
-    };
-    let infos = graph_sim::generate::generate(&mut store, &spec).expect("generate");
-    let mut rng = rand::rng();
-    for u in &infos {
-        for _ in 0..events {
-            let ev = random_event(&mut rng, window_start(), WINDOW_DAYS, 0.0, false);
-            store.create_event(&u.id, "primary", ev).expect("event");
-        }
-    }
-    infos.into_iter().map(|u| u.user_principal_name).collect()
-}
 
 /// The connector's defaults (as `benches/connector.rs`'s throughput bench), on topics of
 /// their own, tracking each user's primary calendar.
@@ -465,7 +436,7 @@ fn main() {
     };
     let sim = start_sim();
     let t = Instant::now();
-    let users = populate(&sim, USERS, EVENTS_PER_USER);
+    let users = populate(&sim, "kc", USERS, EVENTS_PER_USER, 0, 7);
     println!(
         "graph-cdc Kafka benchmarks: {} cores; broker {} (plaintext), {} (SASL_SSL), {} (mTLS), \
          JVM pid {:?}; {} events over {} partitions generated in {:.1} s",

@@ -33,7 +33,7 @@ use graph_cdc::sink::SinkOptions;
 use graph_cdc::source::{Op, PartitionId, PartitionKind, SourceOffset};
 use graph_cdc::worker::WorkerStatus;
 use graph_cdc_testkit::broker::KafkaBroker;
-use graph_sim::generate::{random_event, GenerateSpec};
+use graph_sim::generate::random_event;
 use rdkafka::message::Message;
 
 mod common;
@@ -229,35 +229,6 @@ fn old_live_keys(opts: &SinkOptions, topic: &str, prefix: &[u8]) -> HashSet<Vec<
 
 // ---------------------------------------------------------------------------------------
 // Setup and progress.
-
-/// `users` users (`rsNNN@contoso.com`), each with `items` single events inside the window.
-fn populate(sim: &Sim, users: usize, items: usize) -> Vec<String> {
-    let mut store = sim.server.state.store.write();
-    let spec = GenerateSpec {
-        users,
-        prefix: "rs".into(),
-        tenant: Some(TENANT.into()),
-        start: window_start(),
-        days: WINDOW_DAYS,
-        events_per_user: 0,
-        recurring_per_user: 0,
-        extra_calendars: 0,
-        extra_lists: 0,
-        tasks_per_list: 0,
-        seed: Some(12),
-        ..Default::default()
-    };
-    let infos = graph_sim::generate::generate(&mut store, &spec).expect("generate");
-    let mut rng = rand::rng();
-    for u in &infos {
-        for _ in 0..items {
-            // Outside fraction 0: every event is one item of the partition.
-            let ev = random_event(&mut rng, window_start(), WINDOW_DAYS, 0.0, false);
-            store.create_event(&u.id, "primary", ev).expect("event");
-        }
-    }
-    infos.into_iter().map(|u| u.user_principal_name).collect()
-}
 
 fn view(user: &str) -> PartitionId {
     PartitionId::CalendarView {
@@ -503,7 +474,7 @@ fn main() {
 
     let sim = start_sim();
     let t = Instant::now();
-    let users = populate(&sim, parts_n, items);
+    let users = populate(&sim, "rs", parts_n, items, 0, 12);
     let (seed_s, seed_rss) = (t.elapsed().as_secs_f64(), status_mib("VmRSS:"));
     println!("  seeded in {seed_s:.1} s; process resident {seed_rss:.0} MiB");
     let configured = users.iter().map(|u| view(u)).collect();

@@ -5,6 +5,7 @@
 
 use chrono::NaiveDateTime;
 use graph_cdc::worker::WorkerSpec;
+use graph_sim::generate::{random_event, GenerateSpec};
 use graph_sim::{SimServer, SimSettings};
 
 // Not every bench uses every one.
@@ -63,4 +64,41 @@ impl Running {
 
 pub fn start_worker(rt: &tokio::runtime::Runtime, spec: WorkerSpec) -> Running {
     Running(InProcessWorker::start(rt.handle(), spec))
+}
+
+/// `users` users (`{prefix}NNN@contoso.com`, users from generator seed `seed`), each with
+/// `events` single events inside the window (none outside: every event is an item of the
+/// partition) and `tasks` tasks in one list.
+pub fn populate(
+    sim: &Sim,
+    prefix: &str,
+    users: usize,
+    events: usize,
+    tasks: usize,
+    seed: u64,
+) -> Vec<String> {
+    let mut store = sim.server.state.store.write();
+    let spec = GenerateSpec {
+        users,
+        prefix: prefix.into(),
+        tenant: Some(TENANT.into()),
+        start: window_start(),
+        days: WINDOW_DAYS,
+        events_per_user: 0,
+        recurring_per_user: 0,
+        extra_calendars: 0,
+        extra_lists: 0,
+        tasks_per_list: tasks,
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let infos = graph_sim::generate::generate(&mut store, &spec).expect("generate");
+    let mut rng = rand::rng();
+    for u in &infos {
+        for _ in 0..events {
+            let ev = random_event(&mut rng, window_start(), WINDOW_DAYS, 0.0, false);
+            store.create_event(&u.id, "primary", ev).expect("event");
+        }
+    }
+    infos.into_iter().map(|u| u.user_principal_name).collect()
 }

@@ -63,6 +63,22 @@ pub struct TaskPartitions {
     pub resets: Vec<Arc<PartitionId>>,
 }
 
+impl TaskPartitions {
+    /// What `op` on the item behind `p` does to it: an upsert runs it (and starts it when
+    /// `new`: its first offset joins the batch), a delete resets it.
+    pub fn add(&mut self, p: Arc<PartitionId>, op: Op, new: bool) {
+        match op {
+            Op::Upsert => {
+                if new {
+                    self.starts.push(p.clone());
+                }
+                self.runs.push(p);
+            }
+            Op::Delete => self.resets.push(p),
+        }
+    }
+}
+
 /// The task partitions of the lists in `records` (the final records of a batch of
 /// `lists_partition`), given the lists known before the batch. Unknown (`None`: never
 /// seeded) starts nothing: writing a first offset over a known list's would restart it.
@@ -92,15 +108,7 @@ pub fn task_partitions(
             user: lists_partition.user().to_string(),
             list: list.to_string(),
         });
-        match op {
-            Op::Upsert => {
-                if known.is_some_and(|k| !k.contains(list)) {
-                    out.starts.push(p.clone());
-                }
-                out.runs.push(p);
-            }
-            Op::Delete => out.resets.push(p),
-        }
+        out.add(p, op, known.is_some_and(|k| !k.contains(list)));
     }
     out
 }

@@ -96,16 +96,8 @@ impl Members {
         let mut out = TaskPartitions::default();
         for (user, op) in order {
             for p in self.of(user) {
-                let p = Arc::new(p);
-                match op {
-                    Op::Upsert => {
-                        if self.seeded && !self.known.contains(&*p) {
-                            out.starts.push(p.clone());
-                        }
-                        out.runs.push(p);
-                    }
-                    Op::Delete => out.resets.push(p),
-                }
+                let new = self.seeded && !self.known.contains(&p);
+                out.add(Arc::new(p), op, new);
             }
         }
         out

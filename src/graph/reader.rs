@@ -361,7 +361,6 @@ impl PartitionReader {
         let offset = match (page.next_link, page.delta_link) {
             (Some(next), _) => SourceOffset {
                 link: Some(next),
-                delta_link: self.offset.delta_link.clone(),
                 ..self.offset.clone()
             },
             (None, delta) => SourceOffset {

@@ -147,7 +147,7 @@ async fn resolve_and_start(shared: &Arc<Shared>, user: String, parts: Vec<Partit
 async fn resolve(shared: &Shared, user: &str) -> Result<DirectoryUser, GraphError> {
     let host = &shared.spec.graph_host;
     match lookup(&shared.client, host, user).await {
-        Err(GraphError::Client { status: 404, .. }) if user.contains('@') => {
+        Err(e @ GraphError::Client { status: 404, .. }) if user.contains('@') => {
             let id = shared
                 .status
                 .offsets
@@ -160,7 +160,7 @@ async fn resolve(shared: &Shared, user: &str) -> Result<DirectoryUser, GraphErro
                 })
                 .map(|(p, _)| p.user().to_string());
             let Some(id) = id else {
-                return lookup(&shared.client, host, user).await;
+                return Err(e);
             };
             let found = lookup(&shared.client, host, &id).await?;
             metrics::user_renamed(

@@ -84,14 +84,7 @@ async fn a_record_over_the_producer_limit_fails_only_its_partition() {
     let prefix = view.key_prefix();
     converge_except(&sim, &spec, &w, &|k| k.starts_with(&prefix));
     // The big event's partition is FAILED, saying which item, how large and which limit.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reason = loop {
-        match w.state(&view) {
-            Some(PartitionState::Failed(r)) => break r,
-            other => assert!(Instant::now() < deadline, "{view} is {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let reason = w.failed(&view, Duration::from_secs(30)).await;
     assert!(reason.contains(&big), "names the item: {reason}");
     assert!(reason.contains("record_too_large"), "{reason}");
     assert!(reason.contains("200000"), "names the limit: {reason}");

@@ -9,7 +9,7 @@
 //!   partition converges, never FAILED.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::{PartitionState, WorkerSpec};
@@ -117,14 +117,7 @@ async fn a_mailbox_whose_next_links_cycle_fails_alone_with_the_reason() {
     for u in &users {
         change_events(&sim, u, 25);
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let reason = loop {
-        match w.state(&p) {
-            Some(PartitionState::Failed(r)) => break r,
-            other => assert!(Instant::now() < deadline, "{p} is {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let reason = w.failed(&p, Duration::from_secs(90)).await;
     assert!(
         reason.starts_with("paging loop: the round returned a page it had already returned"),
         "{reason}"

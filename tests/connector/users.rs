@@ -178,20 +178,7 @@ async fn a_user_without_a_mailbox_is_unassigned_not_failed() {
         .write()
         .patch_user(&ids[1], no_mailbox(false))
         .unwrap();
-    let parts: Vec<PartitionId> = ids
-        .iter()
-        .flat_map(|u| {
-            [
-                PartitionId::CalendarView {
-                    user: u.clone(),
-                    calendar: "primary".into(),
-                    window: WINDOW.into(),
-                },
-                PartitionId::CalendarList { user: u.clone() },
-                PartitionId::TaskLists { user: u.clone() },
-            ]
-        })
-        .collect();
+    let parts = configured_partitions(&ids);
     let mut spec = spec(&sim, &bootstrap(), parts.clone());
     spec.poll_interval = Duration::from_millis(200);
     let w = start_worker(&spec);

@@ -125,6 +125,18 @@ impl InProcessWorker {
         self.status.partitions.lock().get(p).cloned()
     }
 
+    /// Waits until `p` is `FAILED`, at most `within`; its reason.
+    pub async fn failed(&self, p: &PartitionId, within: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match self.state(p) {
+                Some(PartitionState::Failed(r)) => return r,
+                other => assert!(std::time::Instant::now() < deadline, "{p} is {other:?}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// [`Self::stop`] from outside the runtime (benchmarks).
     pub fn stop_blocking(self, rt: &tokio::runtime::Runtime) -> Result<(), WorkerError> {
         rt.block_on(self.stop())
