@@ -19,9 +19,10 @@ pub enum Source {
         /// A group's object id: its transitive user members are the users (or `users`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
-        /// What a group member's records become once the member left.
-        #[serde(default)]
-        on_member_removed: OnMemberRemoved,
+        /// What a group member's records become once the member left (default
+        /// `tombstone`; a group source only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_member_removed: Option<OnMemberRemoved>,
         /// `primary` (v1.0 route) or a calendar id (beta route).
         #[serde(default = "primary")]
         calendar: String,
@@ -43,9 +44,10 @@ pub enum Source {
         /// A group's object id: its transitive user members are the users (or `users`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
-        /// What a group member's records become once the member left.
-        #[serde(default)]
-        on_member_removed: OnMemberRemoved,
+        /// What a group member's records become once the member left (default
+        /// `tombstone`; a group source only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_member_removed: Option<OnMemberRemoved>,
     },
     /// Each user's To Do lists, and the tasks of every list.
     Todo {
@@ -55,22 +57,27 @@ pub enum Source {
         /// A group's object id: its transitive user members are the users (or `users`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
-        /// What a group member's records become once the member left.
-        #[serde(default)]
-        on_member_removed: OnMemberRemoved,
+        /// What a group member's records become once the member left (default
+        /// `tombstone`; a group source only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_member_removed: Option<OnMemberRemoved>,
     },
 }
 
 /// `on_member_removed`: what happens to the records of a group source's member who left
-/// the group. Their partitions stop and their offsets are reset either way.
+/// the group. Their partitions stop and their offsets are reset either way. One group's
+/// sources share one choice (a member leaves all of them at once).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnMemberRemoved {
-    /// The records stay as they are (the only choice in this version).
+    /// Each live record gets a tombstone (`removed-reason: member-removed`) in the
+    /// transaction that resets the member's offsets, and the partitions' reconciliation
+    /// state goes with them: the topics hold current members only.
     #[default]
-    Keep,
-    /// The records are tombstoned: not available yet (validation refuses it).
     Tombstone,
+    /// The records stay as they are (an archive of former members); the reconciliation
+    /// state stays too, so a member who comes back rewrites only what changed.
+    Keep,
 }
 
 /// The partitions a group source gives each member: `templates` carry an empty user, to be
@@ -80,6 +87,18 @@ pub struct GroupSource {
     pub group: String,
     /// Of every source naming the group, in source order, each once.
     pub templates: Vec<PartitionId>,
+    /// Departed members' records are tombstoned (`on_member_removed`).
+    pub tombstone: bool,
+}
+
+impl OnMemberRemoved {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMemberRemoved::Tombstone => "tombstone",
+            OnMemberRemoved::Keep => "keep",
+        }
+    }
 }
 
 fn primary() -> String {
@@ -110,7 +129,8 @@ impl Source {
         }
     }
 
-    pub fn on_member_removed(&self) -> OnMemberRemoved {
+    /// `on_member_removed` as written.
+    pub fn on_member_removed(&self) -> Option<OnMemberRemoved> {
         match self {
             Source::CalendarView {
                 on_member_removed, ..
@@ -150,6 +170,9 @@ impl Settings {
                     out.push(GroupSource {
                         group: group.to_string(),
                         templates: Vec::new(),
+                        // Validation refuses two choices for one group.
+                        tombstone: s.on_member_removed().unwrap_or_default()
+                            == OnMemberRemoved::Tombstone,
                     });
                     out.len() - 1
                 }

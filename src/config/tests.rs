@@ -287,6 +287,7 @@ fn group_sources_replace_users_and_give_templates() {
     [[sources]]
     kind = "calendar_list"
     group = "g-1"
+    on_member_removed = "keep"
     [[sources]]
     kind = "calendar_view"
     group = "g-1"
@@ -303,6 +304,7 @@ fn group_sources_replace_users_and_give_templates() {
     assert_eq!(g.len(), 1);
     assert_eq!(g[0].group, "g-1");
     assert_eq!(g[0].templates.len(), 2);
+    assert!(!g[0].tombstone, "as its sources say");
     assert!(g[0].templates.iter().all(|t| t.user().is_empty()));
     let view = &g[0].templates[1];
     assert_eq!(
@@ -310,6 +312,9 @@ fn group_sources_replace_users_and_give_templates() {
         Some(&Duration::from_secs(3600)),
         "a group view's roll is found under its template"
     );
+    let todo = format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g-2\"\n");
+    let default = Settings::from_toml_str(&todo, false).unwrap();
+    assert!(default.groups()[0].tombstone, "tombstone is the default");
     for (bad, key, says) in [
         (
             format!("{OK}[[sources]]\nkind = \"todo\"\n"),
@@ -327,9 +332,14 @@ fn group_sources_replace_users_and_give_templates() {
             "not a group object id",
         ),
         (
-            format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g\"\non_member_removed = \"tombstone\"\n"),
+            format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g\"\n[[sources]]\nkind = \"calendar_list\"\ngroup = \"g\"\non_member_removed = \"keep\"\n"),
+            "sources[3].on_member_removed",
+            "\"keep\" differs from sources[2] of the same group (\"tombstone\")",
+        ),
+        (
+            format!("{OK}[[sources]]\nkind = \"todo\"\nusers = [\"a@b.c\"]\non_member_removed = \"tombstone\"\n"),
             "sources[2].on_member_removed",
-            "not available yet",
+            "only for a source with a group",
         ),
         (
             format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g\"\n[[sources]]\nkind = \"todo\"\ngroup = \"g\"\n"),

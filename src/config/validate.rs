@@ -314,6 +314,8 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
     }
     let mut views: Vec<ViewWindow> = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    // Each group's `on_member_removed`, as its first source says.
+    let mut policies: Vec<(&str, usize, OnMemberRemoved)> = Vec::new();
     for (i, s) in sources.iter().enumerate() {
         let group_key;
         let users: &[String] = match (s.users(), s.group()) {
@@ -329,8 +331,15 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
                         "sources[{i}].group: '{g}' is not a group object id"
                     ));
                 }
-                if s.on_member_removed() == OnMemberRemoved::Tombstone {
-                    errs.push(format!("sources[{i}].on_member_removed: \"tombstone\" is not available yet: only \"keep\" (a departed member's records stay as they are)"));
+                let policy = s.on_member_removed().unwrap_or_default();
+                match policies.iter().find(|(group, _, _)| *group == g) {
+                    Some((_, j, other)) if *other != policy => errs.push(format!(
+                        "sources[{i}].on_member_removed: \"{}\" differs from sources[{j}] of the same group (\"{}\"): a member leaves all of a group's sources at once, give them one choice",
+                        policy.as_str(),
+                        other.as_str()
+                    )),
+                    Some(_) => {}
+                    None => policies.push((g, i, policy)),
                 }
                 // Two sources of one group collide as two of one user would.
                 group_key = [format!("group:{g}")];
@@ -347,7 +356,7 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
                 &[]
             }
         };
-        if s.group().is_none() && s.on_member_removed() != OnMemberRemoved::Keep {
+        if s.group().is_none() && s.on_member_removed().is_some() {
             errs.push(format!(
                 "sources[{i}].on_member_removed: only for a source with a group"
             ));

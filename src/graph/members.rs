@@ -16,7 +16,8 @@
 //!   them); every upserted member's partitions run once committed (`runs`);
 //! - a member tombstoned (no longer listed) has its partitions' offsets reset in the same
 //!   transaction and they stop (`resets`; the worker adds the task partitions of the
-//!   member's To Do lists). Their records stay (`on_member_removed = "keep"`).
+//!   member's To Do lists). The worker adds their records' tombstones
+//!   (`on_member_removed = "tombstone"`) or leaves them (`"keep"`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -73,6 +73,7 @@ pub const HEALTH_KAFKA_OK: &str = "graph_cdc_health_kafka_ok";
 pub const HEALTH_GRAPH_OK: &str = "graph_cdc_health_graph_ok";
 pub const OFFSET_LINKS_REFUSED: &str = "graph_cdc_offset_links_refused_total";
 pub const RECORDS_SKIPPED: &str = "graph_cdc_records_skipped_total";
+pub const MEMBERSHIP_CHANGES: &str = "graph_cdc_group_membership_changes_total";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -112,6 +113,7 @@ pub struct Metrics {
     pub health_graph_ok: IntGauge,
     pub offset_links_refused: IntCounterVec,
     pub records_skipped: IntCounterVec,
+    pub membership_changes: IntCounterVec,
 }
 
 /// Registers `m` in `r` and hands it back.
@@ -295,6 +297,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             RECORDS_SKIPPED,
             "Records not written: an upsert whose content is live already, a tombstone for a key not live",
             &["kind", "reason"],
+        )?,
+        membership_changes: counter(
+            MEMBERSHIP_CHANGES,
+            "Group source members who joined or left, by group object id",
+            &["group", "change"],
         )?,
         registry: r,
     })

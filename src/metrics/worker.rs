@@ -139,9 +139,17 @@ pub fn partition_served(partition: &PartitionId) {
     tracing::info!(partition = %partition, "Graph serves this user again; partition running");
 }
 
-/// A group's membership commit started the partitions of `joined` members and reset those
-/// of `left` members (their records stay: `on_member_removed = "keep"`).
+/// A group's membership batch starts the partitions of `joined` members and resets those of
+/// `left` members (their records tombstoned or kept, as `on_member_removed` says). Counted
+/// as the batch is prepared: a page fetched again after a failed commit counts again.
 pub fn membership_changed(partition: &PartitionId, joined: usize, left: usize) {
+    if let PartitionId::GroupMembers { group } = partition {
+        let m = &metrics().membership_changes;
+        m.with_label_values(&[group.as_str(), "joined"])
+            .inc_by(joined as u64);
+        m.with_label_values(&[group.as_str(), "left"])
+            .inc_by(left as u64);
+    }
     tracing::info!(partition = %partition, joined, left, "group membership changed; members' partitions started and stopped");
 }
 

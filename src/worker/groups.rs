@@ -101,10 +101,19 @@ pub(super) fn learn_principals(shared: &Shared, batch: &SourceBatch) {
 
 /// A membership batch's departed members: their To Do lists' task partitions (running or
 /// with an offset) are reset with their other partitions, and all of them are halted before
-/// the commit so that none commits after its reset. Their records stay (`keep`): nothing is
-/// tombstoned, and their reconciliation state is kept, so a member who comes back is read
-/// from scratch against it (unchanged items write nothing).
-pub(super) async fn departed(shared: &Arc<Shared>, batch: &mut SourceBatch) {
+/// the commit so that none commits after its reset. Returns whether their records are to be
+/// tombstoned (`on_member_removed = "tombstone"`, the caller's part). With `keep` their
+/// reconciliation state is kept too, so a member who comes back is read from scratch
+/// against it (unchanged items write nothing).
+pub(super) async fn departed(shared: &Arc<Shared>, batch: &mut SourceBatch) -> bool {
+    let tombstone = match &*batch.partition {
+        PartitionId::GroupMembers { group } => shared
+            .spec
+            .groups
+            .iter()
+            .any(|g| g.group == *group && g.tombstone),
+        _ => false,
+    };
     let joined = batch
         .starts
         .iter()
@@ -115,7 +124,7 @@ pub(super) async fn departed(shared: &Arc<Shared>, batch: &mut SourceBatch) {
         if joined > 0 {
             metrics::membership_changed(&batch.partition, joined, 0);
         }
-        return;
+        return tombstone;
     }
     let users: HashSet<String> = batch
         .resets
@@ -149,4 +158,5 @@ pub(super) async fn departed(shared: &Arc<Shared>, batch: &mut SourceBatch) {
     shared
         .halt("member removed", batch.resets.iter().map(|p| &**p))
         .await;
+    tombstone
 }

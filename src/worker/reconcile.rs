@@ -137,10 +137,13 @@ pub(super) async fn reconcile(
     }
     let ids = reader.advance_ids(&batch.records);
     let (extra, writes, removed) = match p.kind() {
-        // Departed members' records stay (`on_member_removed = "keep"`): nothing to add.
         PartitionKind::GroupMembers => {
-            super::groups::departed(shared, batch).await;
-            Default::default()
+            let tombstone = super::groups::departed(shared, batch).await;
+            match tombstone && !batch.resets.is_empty() {
+                true => tombstone_all(shared, batch, "member-removed").await?,
+                // `on_member_removed = "keep"`: their records and state stay.
+                false => Default::default(),
+            }
         }
         _ => removed_lists(shared, batch).await?,
     };
@@ -162,18 +165,30 @@ pub(super) async fn reconcile(
 
 /// The task partitions of the lists `batch` removes: each is halted, and a tombstone for
 /// each of its live tasks (`list-removed`) and the removal of its state join the batch.
-async fn removed_lists(
-    shared: &Arc<Shared>,
-    batch: &SourceBatch,
-) -> Result<(Vec<SourceRecord>, Vec<StateWrite>, Vec<Arc<PartitionId>>), String> {
-    let (mut records, mut writes, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+async fn removed_lists(shared: &Arc<Shared>, batch: &SourceBatch) -> Result<Removal, String> {
     if batch.resets.is_empty() {
-        return Ok((records, writes, removed));
+        return Ok(Default::default());
     }
     // Their tasks must not commit anything meanwhile.
     shared
         .halt("list removed", batch.resets.iter().map(|p| &**p))
         .await;
+    tombstone_all(shared, batch, "list-removed").await
+}
+
+/// Tombstones, state removals and the partitions whose state goes: what `batch` adds for
+/// the partitions it resets.
+type Removal = (Vec<SourceRecord>, Vec<StateWrite>, Vec<Arc<PartitionId>>);
+
+/// A tombstone (`reason`) for each live item of each partition `batch` resets (halted
+/// already), and the removal of their state: a removed list's tasks, a departed member's
+/// partitions (`on_member_removed = "tombstone"`).
+async fn tombstone_all(
+    shared: &Arc<Shared>,
+    batch: &SourceBatch,
+    reason: &'static str,
+) -> Result<Removal, String> {
+    let (mut records, mut writes, mut removed) = (Vec::new(), Vec::new(), Vec::new());
     let round = batch.records_round();
     for p in &batch.resets {
         let Some(slot) = shared.states.get(p) else {
@@ -199,7 +214,7 @@ async fn removed_lists(
         };
         records.extend(
             ids.into_iter()
-                .map(|id| SourceRecord::tombstone(p.clone(), id, round, "list-removed", false)),
+                .map(|id| SourceRecord::tombstone(p.clone(), id, round, reason, false)),
         );
         removed.push(p.clone());
     }

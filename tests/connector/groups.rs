@@ -1,13 +1,15 @@
-//! Group sources (issue 13, item 1, `on_member_removed = "keep"`): a group's transitive user
-//! members are the source's users. Members who join have their partitions started without a
-//! restart; members who leave have theirs stopped and their offsets reset, their records
-//! kept; a restarted worker resumes the members' partitions from the offsets, even when it
-//! cannot list the group any more.
+//! Group sources (issue 13, item 1): a group's transitive user members are the source's
+//! users. Members who join have their partitions started without a restart; members who
+//! leave have theirs stopped and their offsets reset, their records kept
+//! (`on_member_removed = "keep"`) or tombstoned in the same transaction (`"tombstone"`); a
+//! restarted worker resumes the members' partitions from the offsets, even when it cannot
+//! list the group any more.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use graph_cdc::config::GroupSource;
+use graph_cdc::metrics::MEMBERSHIP_CHANGES;
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::{PartitionState, WorkerSpec};
 use graph_sim::model::{EventPatch, GroupSpec};
@@ -103,6 +105,16 @@ fn partitions_of(sim: &SimServer, user: &str) -> Vec<PartitionId> {
         .collect()
 }
 
+/// Live records (the compacted view) of `user`'s partitions in the data topics.
+fn live_of(spec: &WorkerSpec, user: &str) -> usize {
+    let needle = format!("\"user\":\"{user}\"");
+    let records = tokio::task::block_in_place(|| all_records(spec));
+    compacted(&records)
+        .keys()
+        .filter(|k| String::from_utf8_lossy(k).contains(&needle))
+        .count()
+}
+
 /// Records of `user`'s partitions in the data topics.
 fn records_of(spec: &WorkerSpec, user: &str) -> usize {
     let needle = format!("\"user\":\"{user}\"");
@@ -120,6 +132,39 @@ fn offsets_view(spec: &WorkerSpec) -> std::collections::HashMap<Vec<u8>, Vec<u8>
             &spec.sink.offsets_topic,
         ))
     })
+}
+
+/// Waits until none of `user`'s partitions runs or has an offset.
+async fn stopped_and_reset(
+    w: &graph_cdc_testkit::harness::InProcessWorker,
+    sim: &SimServer,
+    spec: &WorkerSpec,
+    user: &str,
+) {
+    let theirs = partitions_of(sim, user);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: Vec<_> = theirs
+            .iter()
+            .filter(|p| w.state(p) == Some(PartitionState::Running))
+            .collect();
+        let offsets = offsets_view(spec);
+        let with_offset: Vec<_> = theirs
+            .iter()
+            .filter(|p| {
+                let key = graph_cdc::offsets::encode_key(&spec.sink.connector, p);
+                offsets.contains_key(key.as_bytes())
+            })
+            .collect();
+        if running.is_empty() && with_offset.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {running:?}, with offsets {with_offset:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn change_an_event(sim: &SimServer, user: &str, subject: &str) {
@@ -143,31 +188,35 @@ fn change_an_event(sim: &SimServer, user: &str, subject: &str) {
         .expect("update");
 }
 
+/// OUTER = {ids[0], ids[1], INNER}, INNER = {ids[2]}.
+fn nested_groups(sim: &SimServer, ids: &[String]) {
+    let mut store = sim.state.store.write();
+    let group = |id: &str, members: Vec<String>| GroupSpec {
+        tenant: Some(TENANT.into()),
+        id: Some(id.into()),
+        display_name: Some(id.into()),
+        members,
+    };
+    store
+        .create_group(group(INNER, vec![ids[2].clone()]))
+        .expect("inner group");
+    store
+        .create_group(group(
+            OUTER,
+            vec![ids[0].clone(), ids[1].clone(), INNER.into()],
+        ))
+        .expect("outer group");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_and_leave_and_a_restart_resumes_them_from_the_offsets() {
     let (sim, ids) = sim_with_users(4, 12, 2, 41).await;
-    {
-        let mut store = sim.state.store.write();
-        let group = |id: &str, members: Vec<String>| GroupSpec {
-            tenant: Some(TENANT.into()),
-            id: Some(id.into()),
-            display_name: Some(id.into()),
-            members,
-        };
-        store
-            .create_group(group(INNER, vec![ids[2].clone()]))
-            .expect("inner group");
-        store
-            .create_group(group(
-                OUTER,
-                vec![ids[0].clone(), ids[1].clone(), INNER.into()],
-            ))
-            .expect("outer group");
-    }
+    nested_groups(&sim, &ids);
     let mut spec = spec(&sim, &bootstrap(), Vec::new());
     spec.groups = vec![GroupSource {
         group: OUTER.into(),
         templates: templates(),
+        tombstone: false,
     }];
     spec.membership_interval = Duration::from_millis(500);
     spec.poll_interval = Duration::from_millis(200);
@@ -218,30 +267,7 @@ async fn members_join_and_leave_and_a_restart_resumes_them_from_the_offsets() {
         .expect("remove");
     members.retain(|u| *u != left);
     converge(&sim, &spec, &members);
-    let theirs = partitions_of(&sim, &left);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let running: Vec<_> = theirs
-            .iter()
-            .filter(|p| w.state(p) == Some(PartitionState::Running))
-            .collect();
-        let offsets = offsets_view(&spec);
-        let with_offset: Vec<_> = theirs
-            .iter()
-            .filter(|p| {
-                let key = graph_cdc::offsets::encode_key(&spec.sink.connector, p);
-                offsets.contains_key(key.as_bytes())
-            })
-            .collect();
-        if running.is_empty() && with_offset.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running {running:?}, with offsets {with_offset:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stopped_and_reset(&w, &sim, &spec, &left).await;
     change_an_event(&sim, &left, "after leaving");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -287,5 +313,88 @@ async fn members_join_and_leave_and_a_restart_resumes_them_from_the_offsets() {
         kept,
         "the departed member stays stopped"
     );
+    w.stop().await.expect("stop");
+}
+
+/// `on_member_removed = "tombstone"`: a departed member's records (events, calendars, To Do
+/// lists and tasks) are tombstoned (`member-removed`) with its offsets reset; the other
+/// members' are untouched; a member who comes back is written again from scratch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_members_records_are_tombstoned_and_come_back_with_it() {
+    let (sim, ids) = sim_with_users(3, 10, 3, 43).await;
+    nested_groups(&sim, &ids);
+    let mut spec = spec(&sim, &bootstrap(), Vec::new());
+    spec.groups = vec![GroupSource {
+        group: OUTER.into(),
+        templates: templates(),
+        tombstone: true,
+    }];
+    spec.membership_interval = Duration::from_millis(500);
+    spec.poll_interval = Duration::from_millis(200);
+    let w = start_worker(&spec);
+    let mut members: Vec<String> = ids[..3].to_vec();
+    converge(&sim, &spec, &members);
+
+    // The member in the nested group leaves through it.
+    let left = ids[2].clone();
+    let had = live_of(&spec, &left);
+    let tasks = partitions_of(&sim, &left)
+        .iter()
+        .filter(|p| matches!(p, PartitionId::Tasks { .. }))
+        .map(|p| truth(&sim, p).len())
+        .sum::<usize>();
+    assert!(had > 0 && tasks > 0, "{had} live records, {tasks} tasks");
+    let others: Vec<usize> = ids[..2].iter().map(|u| records_of(&spec, u)).collect();
+    let left_counted = || {
+        graph_cdc::metrics::metrics()
+            .membership_changes
+            .with_label_values(&[OUTER, "left"])
+            .get()
+    };
+    let left_before = left_counted();
+    sim.state
+        .store
+        .write()
+        .remove_member(INNER, &left)
+        .expect("remove");
+    members.retain(|u| *u != left);
+    converge(&sim, &spec, &members);
+    stopped_and_reset(&w, &sim, &spec, &left).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while live_of(&spec, &left) > 0 {
+        assert!(Instant::now() < deadline, "{} live", live_of(&spec, &left));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let needle = format!("\"user\":\"{left}\"");
+    let tombstones: Vec<_> = tokio::task::block_in_place(|| all_records(&spec))
+        .into_iter()
+        .filter(|r| r.value.is_none() && String::from_utf8_lossy(&r.key).contains(&needle))
+        .collect();
+    assert_eq!(tombstones.len(), had, "one tombstone per live record");
+    assert!(
+        tombstones.iter().all(|r| r
+            .headers
+            .get("graph-cdc.removed-reason")
+            .map(String::as_str)
+            == Some("member-removed")),
+        "{:?}",
+        tombstones.first().map(|r| &r.headers)
+    );
+    let now: Vec<usize> = ids[..2].iter().map(|u| records_of(&spec, u)).collect();
+    assert_eq!(now, others, "the other members' records are untouched");
+    assert!(
+        left_counted() > left_before,
+        "counted in {MEMBERSHIP_CHANGES}"
+    );
+
+    // It comes back: everything is written again, from scratch.
+    sim.state
+        .store
+        .write()
+        .add_member(OUTER, &left)
+        .expect("add");
+    members.push(left.clone());
+    converge(&sim, &spec, &members);
+    assert_eq!(live_of(&spec, &left), had);
     w.stop().await.expect("stop");
 }
