@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use crate::common::*;
 
-const OUTER: &str = "0b0e6c4e-0000-4000-8000-00000000000a";
-const INNER: &str = "0b0e6c4e-0000-4000-8000-00000000000b";
+pub(crate) const OUTER: &str = "0b0e6c4e-0000-4000-8000-00000000000a";
+pub(crate) const INNER: &str = "0b0e6c4e-0000-4000-8000-00000000000b";
 
 fn templates() -> Vec<PartitionId> {
     vec![
@@ -37,7 +37,7 @@ fn templates() -> Vec<PartitionId> {
     ]
 }
 
-fn members_partition() -> PartitionId {
+pub(crate) fn members_partition() -> PartitionId {
     PartitionId::GroupMembers {
         group: OUTER.into(),
     }
@@ -45,7 +45,7 @@ fn members_partition() -> PartitionId {
 
 /// The first difference between the topics and the truth for `members` (their partitions,
 /// and the members topic naming exactly them); `None` when equal.
-fn difference(sim: &SimServer, spec: &WorkerSpec, members: &[String]) -> Option<String> {
+pub(crate) fn difference(sim: &SimServer, spec: &WorkerSpec, members: &[String]) -> Option<String> {
     let b = &spec.sink.bootstrap_servers;
     let mut views = BTreeMap::new();
     for t in spec.sink.topics.all() {
@@ -86,7 +86,7 @@ fn difference(sim: &SimServer, spec: &WorkerSpec, members: &[String]) -> Option<
     None
 }
 
-fn converge(sim: &SimServer, spec: &WorkerSpec, members: &[String]) {
+pub(crate) fn converge(sim: &SimServer, spec: &WorkerSpec, members: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(90);
     tokio::task::block_in_place(|| loop {
         match difference(sim, spec, members) {
@@ -106,7 +106,7 @@ fn partitions_of(sim: &SimServer, user: &str) -> Vec<PartitionId> {
 }
 
 /// Live records (the compacted view) of `user`'s partitions in the data topics.
-fn live_of(spec: &WorkerSpec, user: &str) -> usize {
+pub(crate) fn live_of(spec: &WorkerSpec, user: &str) -> usize {
     let needle = format!("\"user\":\"{user}\"");
     let records = tokio::task::block_in_place(|| all_records(spec));
     compacted(&records)
@@ -189,7 +189,7 @@ fn change_an_event(sim: &SimServer, user: &str, subject: &str) {
 }
 
 /// OUTER = {ids[0], ids[1], INNER}, INNER = {ids[2]}.
-fn nested_groups(sim: &SimServer, ids: &[String]) {
+pub(crate) fn nested_groups(sim: &SimServer, ids: &[String]) {
     let mut store = sim.state.store.write();
     let group = |id: &str, members: Vec<String>| GroupSpec {
         tenant: Some(TENANT.into()),

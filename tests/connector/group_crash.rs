@@ -1,0 +1,248 @@
+//! Group sources under churn and crashes (issue 13): the worker runs as its own process and
+//! is SIGKILLed at random moments while members join and leave the group (directly and
+//! through the nested group) and their data changes. Once it converges, a `read_committed`
+//! consumer's compacted view equals the truth for the current members, departed members have
+//! nothing live (`on_member_removed = "tombstone"`, the default), and no record was committed
+//! twice between two tombstones of its key.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use graph_cdc::source::PartitionId;
+use graph_cdc::worker::WorkerSpec;
+use graph_sim::generate::MutateSpec;
+use graph_sim::SimServer;
+use rand::seq::IndexedRandom;
+use rand::Rng;
+
+use crate::common::*;
+use crate::groups::{difference, live_of, nested_groups, INNER, OUTER};
+
+/// `config`'s worker (300 ms polls, pages of 5) with group sources instead of users,
+/// listing the group every second (the least allowed).
+fn group_config(spec: &WorkerSpec) -> String {
+    let base = config(spec, &[]);
+    let base = &base[..base.find("[[sources]]").expect("sources")];
+    let base = base.replace(
+        "poll_interval = \"300ms\"",
+        "poll_interval = \"300ms\"\nmembership_interval = \"1s\"",
+    );
+    format!(
+        r#"{base}
+[[sources]]
+kind = "calendar_view"
+group = "{OUTER}"
+start = "2026-05-01T00:00:00Z"
+end = "2026-06-01T00:00:00Z"
+[[sources]]
+kind = "calendar_list"
+group = "{OUTER}"
+[[sources]]
+kind = "todo"
+group = "{OUTER}"
+"#
+    )
+}
+
+/// The group's current (transitive) user members, sorted.
+fn members(sim: &SimServer) -> Vec<String> {
+    sim.state
+        .store
+        .read()
+        .transitive_users(OUTER)
+        .expect("group")
+}
+
+/// Records committed twice with the same content (key and etag) with no tombstone of the
+/// key between them (a member who left, tombstoned, and came back is written again).
+fn duplicates_between_tombstones(records: &[Committed]) -> Vec<String> {
+    let mut seen: HashMap<&[u8], HashSet<String>> = HashMap::new();
+    let mut dups = Vec::new();
+    for r in records {
+        let Some(v) = &r.value else {
+            seen.remove(&r.key[..]);
+            continue;
+        };
+        if r.headers.contains_key("graph-cdc.resync") {
+            continue;
+        }
+        let etag = serde_json::from_slice::<serde_json::Value>(v)
+            .ok()
+            .and_then(|j| j.get("@odata.etag")?.as_str().map(str::to_string))
+            .unwrap_or_default();
+        if !seen.entry(&r.key).or_default().insert(etag.clone()) {
+            dups.push(format!("{} {etag}", String::from_utf8_lossy(&r.key)));
+        }
+    }
+    dups
+}
+
+/// One membership change: a random user other than `ids[0]` (always a member) leaves the
+/// group it is directly in, or joins OUTER or INNER. Returns what was done.
+fn churn(sim: &SimServer, ids: &[String], direct: &mut HashMap<String, &'static str>) -> String {
+    let mut rng = rand::rng();
+    let user = ids[1..].choose(&mut rng).expect("users").clone();
+    let mut store = sim.state.store.write();
+    match direct.remove(&user) {
+        Some(group) => {
+            store.remove_member(group, &user).expect("remove");
+            format!("{user} left {group}")
+        }
+        None => {
+            let group = if rng.random_bool(0.5) { OUTER } else { INNER };
+            store.add_member(group, &user).expect("add");
+            direct.insert(user.clone(), group);
+            format!("{user} joined {group}")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_and_leave_under_sigkills_and_the_view_equals_the_truth() {
+    const KILLS: u64 = 8;
+    let (sim, ids) = sim_with_users(6, 15, 4, 61).await;
+    nested_groups(&sim, &ids);
+    let mut direct: HashMap<String, &'static str> =
+        HashMap::from([(ids[1].clone(), OUTER), (ids[2].clone(), INNER)]);
+    let start = NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").unwrap();
+    let mut spec = spec(&sim, &bootstrap(), Vec::<PartitionId>::new());
+    spec.sink.transactional_id = format!("{}-w", spec.sink.connector);
+    let dir = std::env::temp_dir().join(format!(
+        "graph-cdc-group-crash-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("worker.toml");
+    std::fs::write(&cfg, group_config(&spec)).unwrap();
+
+    // The first members' data is in Kafka before the churn begins.
+    let first_log = dir.join("first.log");
+    let mut child = launch_logged(&cfg, "info", &first_log);
+    let first = members(&sim);
+    converged(&mut child, &sim, &spec, &first, &[], &first_log, &[]);
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait();
+
+    let mut rng = rand::rng();
+    let mut changes = Vec::new();
+    let mut ever: HashSet<String> = first.into_iter().collect();
+    for i in 0..KILLS {
+        let mut child = launch(&cfg);
+        // Changes land while the worker runs: some before a kill, some right after a start.
+        let ms = rng.random_range(400..3000);
+        tokio::time::sleep(Duration::from_millis(ms / 2)).await;
+        changes.push(churn(&sim, &ids, &mut direct));
+        ever.extend(members(&sim));
+        tokio::time::sleep(Duration::from_millis(ms / 2)).await;
+        signal(&child, libc::SIGKILL);
+        let _ = child.wait();
+        changes.push(churn(&sim, &ids, &mut direct));
+        ever.extend(members(&sim));
+        let m = MutateSpec {
+            count: 10,
+            start,
+            days: 31,
+            seed: Some(700 + i),
+            ..Default::default()
+        };
+        graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
+    }
+
+    // One departure the worker finds out about at its start, so that at least one member
+    // with records in Kafka has left.
+    if let Some(group) = direct.remove(&ids[1]) {
+        sim.state
+            .store
+            .write()
+            .remove_member(group, &ids[1])
+            .expect("remove");
+        changes.push(format!("{} left {group}", ids[1]));
+    }
+
+    // A last run to convergence, then a graceful stop.
+    let log = dir.join("worker.log");
+    let mut child = launch_logged(&cfg, "info", &log);
+    let now = members(&sim);
+    let gone: Vec<String> = ids.iter().filter(|u| !now.contains(u)).cloned().collect();
+    converged(&mut child, &sim, &spec, &now, &gone, &log, &changes);
+    signal(&child, libc::SIGTERM);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "SIGTERM: not stopped in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "graceful stop exits 0: {status}");
+
+    let records = all_records(&spec);
+    let mut tombstoned = 0;
+    for u in ever.iter().filter(|u| !now.contains(u)) {
+        let needle = format!("\"user\":\"{u}\"");
+        let theirs: Vec<&Committed> = records
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.key).contains(&needle))
+            .collect();
+        // A member who joined and left while the worker was down has nothing to tombstone.
+        if theirs.is_empty() {
+            continue;
+        }
+        assert!(
+            theirs.iter().any(|r| r.value.is_none()
+                && r.headers
+                    .get("graph-cdc.removed-reason")
+                    .map(String::as_str)
+                    == Some("member-removed")),
+            "{u}: no member-removed tombstone"
+        );
+        tombstoned += 1;
+    }
+    assert!(tombstoned >= 1, "{ever:?} {now:?} {changes:?}");
+    eprintln!(
+        "{KILLS} kills, changes {changes:?}; {tombstoned} departed members tombstoned, {} members now, {} records",
+        now.len(),
+        records.len()
+    );
+    assert_eq!(
+        duplicates_between_tombstones(&records),
+        Vec::<String>::new()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until the view equals the truth for `now`'s members and none of `gone` has a live
+/// record; panics with the changes and the log's tail after 120 s, or at once if the worker
+/// exited.
+fn converged(
+    child: &mut std::process::Child,
+    sim: &SimServer,
+    spec: &WorkerSpec,
+    now: &[String],
+    gone: &[String],
+    log: &std::path::Path,
+    changes: &[String],
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    tokio::task::block_in_place(|| loop {
+        let live: Vec<(&String, usize)> = gone
+            .iter()
+            .map(|u| (u, live_of(spec, u)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let exited = child.try_wait().ok().flatten();
+        match (difference(sim, spec, now), live.is_empty()) {
+            (None, true) => return,
+            (d, _) if Instant::now() > deadline || exited.is_some() => {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                panic!("not converged (worker exited: {exited:?}) after {changes:?}: {d:?}, departed with live records {live:?}\n{tail:#?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    });
+}
