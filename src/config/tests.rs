@@ -312,6 +312,9 @@ fn group_sources_replace_users_and_give_templates() {
         Some(&Duration::from_secs(3600)),
         "a group view's roll is found under its template"
     );
+    let two = format!("{OK}{groups}[[sources]]\nkind = \"todo\"\ngroup = \"g-2\"\n");
+    let two = Settings::from_toml_str(&two, false).expect("two groups, different kinds");
+    assert_eq!(two.groups().len(), 2);
     let todo = format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g-2\"\n");
     let default = Settings::from_toml_str(&todo, false).unwrap();
     assert!(default.groups()[0].tombstone, "tombstone is the default");
@@ -345,6 +348,16 @@ fn group_sources_replace_users_and_give_templates() {
             format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g\"\n[[sources]]\nkind = \"todo\"\ngroup = \"g\"\n"),
             "sources[3]",
             "listed twice",
+        ),
+        (
+            format!("{OK}[[sources]]\nkind = \"todo\"\ngroup = \"g\"\n[[sources]]\nkind = \"todo\"\ngroup = \"h\"\n"),
+            "sources[3].group",
+            "tracks To Do through group 'g' already",
+        ),
+        (
+            format!("{OK}[[sources]]\nkind = \"calendar_view\"\ngroup = \"g\"\nstart = \"-1d\"\nend = \"+1d\"\n[[sources]]\nkind = \"calendar_view\"\ngroup = \"h\"\nstart = \"+2d\"\nend = \"+3d\"\n"),
+            "sources[3].group",
+            "tracks calendar 'primary' through group 'g' already",
         ),
         (
             OK.replace("[graph]", "[graph]\nmembership_interval = \"0s\""),

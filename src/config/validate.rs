@@ -316,6 +316,8 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
     let mut seen = std::collections::HashSet::new();
     // Each group's `on_member_removed`, as its first source says.
     let mut policies: Vec<(&str, usize, OnMemberRemoved)> = Vec::new();
+    // What each group source tracks (kind, calendar), and through which group.
+    let mut tracked: Vec<(String, &str, usize)> = Vec::new();
     for (i, s) in sources.iter().enumerate() {
         let group_key;
         let users: &[String] = match (s.users(), s.group()) {
@@ -413,6 +415,24 @@ fn sources(errs: &mut Vec<String>, sources: &[Source], cloud: Cloud) {
                 ));
             }
             _ => {}
+        }
+        // A user in two groups tracking one kind would have one set of partitions, stopped
+        // by the first group it left: one group per kind (and calendar).
+        if let Some(g) = s.group() {
+            let what = match s {
+                Source::CalendarView { calendar, .. } => {
+                    format!("calendar '{}'", calendar.to_ascii_lowercase())
+                }
+                Source::CalendarList { .. } => "calendar lists".into(),
+                Source::Todo { .. } => "To Do".into(),
+            };
+            match tracked.iter().find(|(w, _, _)| *w == what) {
+                Some((_, g2, j)) if *g2 != g => errs.push(format!(
+                    "sources[{i}].group: sources[{j}] tracks {what} through group '{g2}' already: a user in both groups would share one set of partitions, stopped by the first group it left; nest the groups in one group and name that one"
+                )),
+                Some(_) => {}
+                None => tracked.push((what, g, i)),
+            }
         }
         let parts = match s.group() {
             Some(_) => source_partitions(s).map(|ps| {

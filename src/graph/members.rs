@@ -32,6 +32,9 @@ pub struct Members {
     /// With an empty user (see `config::GroupSource`).
     templates: Vec<PartitionId>,
     known: HashSet<PartitionId>,
+    /// Partitions of users listed in `users` (by object id, as [`calendar_of`]): theirs,
+    /// not the group's, so a listed user's leaving the group stops nothing.
+    listed: HashSet<PartitionId>,
     /// Seeded at least once: until then nothing is started (a first offset could overwrite
     /// a known partition's).
     seeded: bool,
@@ -45,10 +48,16 @@ impl Members {
         }
     }
 
+    /// Leaves `listed` (partitions of users the config lists) to their sources.
+    pub fn with_listed(mut self, listed: &[PartitionId]) -> Self {
+        self.listed = listed.iter().map(calendar_of).collect();
+        self
+    }
+
     /// Whether `p` is a partition of some member (its kind, calendar and window match a
-    /// template; any user).
+    /// template; any user), not a listed user's.
     pub fn owns(&self, p: &PartitionId) -> bool {
-        self.templates.contains(&p.with_user(""))
+        self.templates.contains(&p.with_user("")) && !self.listed.contains(&calendar_of(p))
     }
 
     /// Adds the members' partitions among `partitions`.
@@ -64,7 +73,10 @@ impl Members {
     /// `user`'s partitions.
     pub fn of(&self, user: &str) -> impl Iterator<Item = PartitionId> + '_ {
         let user = user.to_string();
-        self.templates.iter().map(move |t| t.with_user(&user))
+        self.templates
+            .iter()
+            .map(move |t| t.with_user(&user))
+            .filter(|p| !self.listed.contains(&calendar_of(p)))
     }
 
     /// After a committed batch: upserted members' partitions are known, removed ones' not.
@@ -102,6 +114,19 @@ impl Members {
             }
         }
         out
+    }
+}
+
+/// `p` without its window: a listed user's view of a calendar leaves a group's view of it
+/// out whatever the windows (two windows of one calendar would delete each other's events).
+fn calendar_of(p: &PartitionId) -> PartitionId {
+    match p {
+        PartitionId::CalendarView { user, calendar, .. } => PartitionId::CalendarView {
+            user: user.clone(),
+            calendar: calendar.clone(),
+            window: String::new(),
+        },
+        other => other.clone(),
     }
 }
 
@@ -179,6 +204,38 @@ mod tests {
             m.decide(&[rec(Op::Upsert, "a")]).starts,
             of(&m, "a"),
             "back again"
+        );
+    }
+
+    #[test]
+    fn a_listed_users_partitions_are_left_to_its_source() {
+        let listed = PartitionId::TaskLists {
+            user: "both".into(),
+        };
+        let view = PartitionId::CalendarView {
+            user: "view".into(),
+            calendar: "primary".into(),
+            window: "-9d/+9d".into(),
+        };
+        let mut m = Members::new(templates()).with_listed(&[listed.clone(), view.clone()]);
+        m.extend(std::iter::empty());
+        assert!(!m.owns(&listed));
+        let theirs = m.of("both").next().expect("the calendar view");
+        assert!(m.owns(&theirs));
+        let joined = m.decide(&[rec(Op::Upsert, "both")]);
+        assert_eq!(joined.starts, vec![Arc::new(theirs.clone())]);
+        let left = m.decide(&[rec(Op::Delete, "both")]);
+        assert_eq!(
+            left.resets,
+            vec![Arc::new(theirs)],
+            "the listed one runs on"
+        );
+        assert_eq!(
+            m.of("view").collect::<Vec<_>>(),
+            vec![PartitionId::TaskLists {
+                user: "view".into()
+            }],
+            "a listed view of the calendar, another window: the group's is left out"
         );
     }
 

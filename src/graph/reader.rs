@@ -125,10 +125,10 @@ impl PartitionReader {
     }
 
     /// The partitions a `GroupMembers` reader's group gives each member (its sources'
-    /// templates, see `members.rs`).
-    pub fn with_members(mut self, templates: Vec<PartitionId>) -> Self {
+    /// templates, see `members.rs`), but `listed` (users the config lists).
+    pub fn with_members(mut self, templates: Vec<PartitionId>, listed: Vec<PartitionId>) -> Self {
         if self.id.kind() == PartitionKind::GroupMembers {
-            self.members = Some(Members::new(templates));
+            self.members = Some(Members::new(templates).with_listed(&listed));
         }
         self
     }

@@ -268,7 +268,7 @@ fn a_group_listing_is_a_round_from_scratch_every_time_and_decides_members_partit
     };
     let mut r = PartitionReader::new(group, HOST, None, Rounds::default())
         .unwrap()
-        .with_members(vec![lists.clone()]);
+        .with_members(vec![lists.clone()], Vec::new());
     assert_eq!(
         r.link(),
         "https://graph.microsoft.com/v1.0/groups/g1/transitiveMembers/microsoft.graph.user?%24select=id%2CuserPrincipalName%2Cmail&%24top=999"

@@ -39,7 +39,7 @@ pub(super) fn start_groups(shared: &Arc<Shared>) {
     }
     let all: Vec<PartitionId> = groups.iter().flat_map(|g| g.templates.clone()).collect();
     // Only asked which partitions are members' (any user): no knowledge to seed.
-    let members = Members::new(all);
+    let members = Members::new(all).with_listed(&super::directory::configured(shared));
     let resumed: Vec<PartitionId> = {
         let offsets = shared.status.offsets.lock();
         let mut principals = shared.principals.lock();

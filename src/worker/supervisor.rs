@@ -48,7 +48,8 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     {
         Ok(r) => match &*id {
             PartitionId::GroupMembers { group } => {
-                r.with_members(super::groups::templates(shared, group))
+                let listed = super::directory::configured(shared);
+                r.with_members(super::groups::templates(shared, group), listed)
             }
             _ => r.with_principal(principal),
         },

@@ -134,14 +134,12 @@ fn offsets_view(spec: &WorkerSpec) -> std::collections::HashMap<Vec<u8>, Vec<u8>
     })
 }
 
-/// Waits until none of `user`'s partitions runs or has an offset.
+/// Waits until none of `theirs` runs or has an offset.
 async fn stopped_and_reset(
     w: &graph_cdc_testkit::harness::InProcessWorker,
-    sim: &SimServer,
     spec: &WorkerSpec,
-    user: &str,
+    theirs: &[PartitionId],
 ) {
-    let theirs = partitions_of(sim, user);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let running: Vec<_> = theirs
@@ -267,7 +265,7 @@ async fn members_join_and_leave_and_a_restart_resumes_them_from_the_offsets() {
         .expect("remove");
     members.retain(|u| *u != left);
     converge(&sim, &spec, &members);
-    stopped_and_reset(&w, &sim, &spec, &left).await;
+    stopped_and_reset(&w, &spec, &partitions_of(&sim, &left)).await;
     change_an_event(&sim, &left, "after leaving");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -316,14 +314,18 @@ async fn members_join_and_leave_and_a_restart_resumes_them_from_the_offsets() {
     w.stop().await.expect("stop");
 }
 
-/// `on_member_removed = "tombstone"`: a departed member's records (events, calendars, To Do
-/// lists and tasks) are tombstoned (`member-removed`) with its offsets reset; the other
-/// members' are untouched; a member who comes back is written again from scratch.
+/// `on_member_removed = "tombstone"`: a departed member's records (events, To Do lists and
+/// tasks) are tombstoned (`member-removed`) with its offsets reset, but those of a partition
+/// its user is listed for (its calendar list); the other members' are untouched; a member
+/// who comes back is written again from scratch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_departed_members_records_are_tombstoned_and_come_back_with_it() {
     let (sim, ids) = sim_with_users(3, 10, 3, 43).await;
     nested_groups(&sim, &ids);
-    let mut spec = spec(&sim, &bootstrap(), Vec::new());
+    // The member who will leave is also listed for its calendar list: that one stays.
+    let left = ids[2].clone();
+    let listed = PartitionId::CalendarList { user: left.clone() };
+    let mut spec = spec(&sim, &bootstrap(), vec![listed.clone()]);
     spec.groups = vec![GroupSource {
         group: OUTER.into(),
         templates: templates(),
@@ -336,8 +338,9 @@ async fn a_departed_members_records_are_tombstoned_and_come_back_with_it() {
     converge(&sim, &spec, &members);
 
     // The member in the nested group leaves through it.
-    let left = ids[2].clone();
     let had = live_of(&spec, &left);
+    let stays = truth(&sim, &listed).len();
+    assert!(stays > 0);
     let tasks = partitions_of(&sim, &left)
         .iter()
         .filter(|p| matches!(p, PartitionId::Tasks { .. }))
@@ -359,9 +362,13 @@ async fn a_departed_members_records_are_tombstoned_and_come_back_with_it() {
         .expect("remove");
     members.retain(|u| *u != left);
     converge(&sim, &spec, &members);
-    stopped_and_reset(&w, &sim, &spec, &left).await;
+    let group_ones: Vec<PartitionId> = partitions_of(&sim, &left)
+        .into_iter()
+        .filter(|p| *p != listed)
+        .collect();
+    stopped_and_reset(&w, &spec, &group_ones).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while live_of(&spec, &left) > 0 {
+    while live_of(&spec, &left) > stays {
         assert!(Instant::now() < deadline, "{} live", live_of(&spec, &left));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -370,7 +377,17 @@ async fn a_departed_members_records_are_tombstoned_and_come_back_with_it() {
         .into_iter()
         .filter(|r| r.value.is_none() && String::from_utf8_lossy(&r.key).contains(&needle))
         .collect();
-    assert_eq!(tombstones.len(), had, "one tombstone per live record");
+    assert_eq!(
+        tombstones.len(),
+        had - stays,
+        "one tombstone per live record"
+    );
+    assert_eq!(
+        live_of(&spec, &left),
+        stays,
+        "the listed calendar list stays"
+    );
+    assert_eq!(w.state(&listed), Some(PartitionState::Running));
     assert!(
         tombstones.iter().all(|r| r
             .headers
