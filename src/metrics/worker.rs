@@ -122,6 +122,17 @@ pub fn user_renamed(configured: &str, now: &str, id: &str) {
     );
 }
 
+/// A configured principal name names another account now (`id` deleted, the name given to
+/// `now`): its partitions move to the new id.
+pub fn user_moved(configured: &str, id: &str, now: &str) {
+    tracing::warn!(
+        configured,
+        id,
+        now,
+        "user deleted and its name given to another account: its partitions move to the new account; the old account's records stay under its id"
+    );
+}
+
 /// Graph cannot serve a partition's user (`answers` in a row): `UNASSIGNED`, asked again
 /// after `wait`. Logged once at info, then at debug: thousands of unlicensed members must
 /// not flood the logs.

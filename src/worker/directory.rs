@@ -11,6 +11,10 @@
 //! its partitions with the reason (under their configured identity, since they have no
 //! other); the other users go on. Graph not answering is retried, with a growing backoff,
 //! until it does or the worker stops.
+//!
+//! The cached answer is asked again when a mailbox answers `404 ErrorInvalidUser` (Exchange
+//! does not know the account: deleted, [`moved`]): a configured principal name now naming
+//! another account moves its partitions to that account's id.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -140,6 +144,51 @@ async fn resolve_and_start(shared: &Arc<Shared>, user: String, parts: Vec<Partit
             }
         }
     }
+}
+
+/// `p`'s mailbox answered `404 ErrorInvalidUser`: if its user was configured by principal
+/// name and that name now belongs to another account (the old one deleted, the name given to
+/// a new one), the name's partitions move to the new account's id: the old id's partitions
+/// stop (their records and offsets stay, under the old id), the new one's start. Returns
+/// whether they moved (then `p`'s task ends); `false` leaves `p` to its usual handling.
+pub(super) async fn moved(shared: &Arc<Shared>, p: &PartitionId) -> bool {
+    let old = p.user().to_string();
+    let name = shared
+        .directory
+        .lock()
+        .iter()
+        .find(|(name, u)| u.id == old && name.contains('@'))
+        .map(|(name, _)| name.clone());
+    let Some(name) = name else { return false };
+    let found = match lookup(&shared.client, &shared.spec.graph_host, &name).await {
+        Ok(found) if found.id != old => found,
+        _ => return false,
+    };
+    metrics::user_moved(&name, &old, &found.id);
+    shared.directory.lock().insert(name.clone(), found.clone());
+    let parts: Vec<PartitionId> = shared
+        .spec
+        .partitions
+        .iter()
+        .filter(|q| key(q.user()) == name)
+        .cloned()
+        .collect();
+    let stale: Vec<PartitionId> = shared
+        .tracked
+        .lock()
+        .keys()
+        .filter(|q| q.user() == old && *q != p)
+        .cloned()
+        .collect();
+    let s = shared.clone();
+    shared.tasks.lock().spawn(async move {
+        s.halt("user moved", stale.iter()).await;
+        for q in &stale {
+            s.status.set_state(q, PartitionState::Stopped);
+        }
+        start_user(&s, &found, &parts);
+    });
+    true
 }
 
 /// Looks `user` up; a name the directory does not know may be a renamed user's old name: the

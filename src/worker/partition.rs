@@ -220,6 +220,12 @@ impl<'a> PartitionTask<'a> {
                 code,
                 message,
             } if unserved(id.kind(), &code) => {
+                // A configured name whose account was deleted may name a new one now.
+                if code.eq_ignore_ascii_case("ErrorInvalidUser")
+                    && super::directory::moved(self.shared, id).await
+                {
+                    return Step::End(PartitionState::Stopped);
+                }
                 self.unserved += 1;
                 let base = self.shared.spec.poll_interval.saturating_mul(10);
                 let wait = jittered(
@@ -409,16 +415,18 @@ impl<'a> PartitionTask<'a> {
 
 /// Whether a `404` with Graph's `code` says the user has no mailbox (or To Do) Graph serves,
 /// for a partition of `kind`: `MailboxNotEnabledForRESTAPI` (an unlicensed, inactive,
-/// soft-deleted or on-premises mailbox), and `ResourceNotFound` from To Do's lists (To Do
-/// answers it for a user without the service); a task partition's 404 is its list gone.
+/// soft-deleted or on-premises mailbox), `ErrorInvalidUser` (a mailbox Exchange does not
+/// know: not provisioned yet for a new account, microsoft-graph-docs-contrib issue 5460, or
+/// a deleted account, microsoft-graph-explorer-v4 issue 3293), and `ResourceNotFound` from
+/// To Do's lists (To Do answers it for a user without the service); a task partition's 404
+/// is its list gone.
 fn unserved(kind: PartitionKind, code: &str) -> bool {
+    let mailbox = code.eq_ignore_ascii_case("MailboxNotEnabledForRESTAPI")
+        || code.eq_ignore_ascii_case("ErrorInvalidUser");
     match kind {
         PartitionKind::Tasks | PartitionKind::GroupMembers => false,
-        PartitionKind::TaskLists => {
-            code.eq_ignore_ascii_case("MailboxNotEnabledForRESTAPI")
-                || code.eq_ignore_ascii_case("ResourceNotFound")
-        }
-        _ => code.eq_ignore_ascii_case("MailboxNotEnabledForRESTAPI"),
+        PartitionKind::TaskLists => mailbox || code.eq_ignore_ascii_case("ResourceNotFound"),
+        _ => mailbox,
     }
 }
 

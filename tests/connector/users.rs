@@ -237,3 +237,72 @@ async fn a_user_without_a_mailbox_is_unassigned_not_failed() {
     }
     w.stop().await.unwrap();
 }
+
+/// A configured name whose account is deleted and given to a new account: the old id's
+/// partitions stop (Graph answers `404 ErrorInvalidUser`; not `FAILED`), the name is looked
+/// up again and its partitions move to the new id, written with the name in the header; the
+/// other user goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_users_name_given_to_a_new_account_moves_its_partitions() {
+    let (sim, ids) = sim_with_users(2, 12, 2, 33).await;
+    let names: Vec<String> = ids.iter().map(|id| upn_of(&sim, id)).collect();
+    let mut spec = spec(&sim, &bootstrap(), configured_partitions(&names));
+    spec.poll_interval = Duration::from_millis(200);
+    let w = start_worker(&spec);
+    let old = configured_partitions(&ids[..1]);
+    tokio::task::block_in_place(|| converge(&sim, &spec, &old[0]));
+
+    let new_id = {
+        let mut store = sim.state.store.write();
+        store.delete_user(&ids[0]).expect("delete");
+        let info = store
+            .create_user(graph_sim::model::UserSpec {
+                tenant: Some(TENANT.into()),
+                user_principal_name: names[0].clone(),
+                id: None,
+                display_name: None,
+            })
+            .expect("a new account, same name");
+        let start =
+            chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
+                .unwrap();
+        let mut rng = rand::rng();
+        for _ in 0..4 {
+            let ev = graph_sim::generate::random_event(&mut rng, start, 30, 0.0, false);
+            store.create_event(&info.id, "primary", ev).expect("event");
+        }
+        info.id
+    };
+    assert_ne!(new_id, ids[0]);
+    let moved = configured_partitions(std::slice::from_ref(&new_id));
+    tokio::task::block_in_place(|| converge(&sim, &spec, &moved[0]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let states = w.status.partitions.lock().clone();
+        let stopped = old
+            .iter()
+            .all(|p| states.get(p) == Some(&PartitionState::Stopped));
+        let running = moved
+            .iter()
+            .chain(&configured_partitions(&ids[1..]))
+            .all(|p| states.get(p) == Some(&PartitionState::Running));
+        if stopped && running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = tokio::task::block_in_place(|| {
+        read_all(&spec.sink.bootstrap_servers, &spec.sink.topics.events)
+    });
+    let needle = format!("\"user\":\"{new_id}\"");
+    let theirs: Vec<_> = records
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.key).contains(&needle))
+        .collect();
+    assert_eq!(theirs.len(), 4);
+    assert!(theirs
+        .iter()
+        .all(|r| r.headers.get("graph-cdc.user-principal-name") == Some(&names[0])));
+    w.stop().await.unwrap();
+}

@@ -48,7 +48,12 @@ pub fn router() -> Router<Arc<SimState>> {
         .route("/health", get(|| async { "ok" }))
         .route("/clients", post(add_client))
         .route("/users", get(list_users).post(create_user))
-        .route("/users/{user}", get(get_user).patch(directory::patch_user))
+        .route(
+            "/users/{user}",
+            get(get_user)
+                .patch(directory::patch_user)
+                .delete(directory::delete_user),
+        )
         .route("/users/{user}/calendars", post(create_calendar))
         .route(
             "/users/{user}/calendars/{cal}",

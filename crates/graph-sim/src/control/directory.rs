@@ -37,6 +37,12 @@ pub(super) async fn patch_user(
     ok(json!(sim.store.write().patch_user(&user, p)?))
 }
 
+/// `DELETE /_sim/users/{u}`: the user and its mailbox are gone (see `Store::delete_user`).
+pub(super) async fn delete_user(State(sim): S, Path(user): Path<String>) -> R {
+    sim.store.write().delete_user(&user)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn list_groups(State(sim): S) -> R {
     let store = sim.store.read();
     let groups: Vec<_> = store

@@ -263,6 +263,28 @@ impl Store {
         }
     }
 
+    /// Deletes a user permanently, with its mailbox: its id no longer resolves (`/users/{id}`
+    /// answers `404 Request_ResourceNotFound`; its mailbox and To Do routes `404
+    /// ErrorInvalidUser` "The requested user '…' is invalid.", as Exchange answers for a user
+    /// it does not know: microsoftgraph/microsoft-graph-explorer-v4 issue 3293, a deleted
+    /// user), its memberships end (Entra removes a deleted user from its groups), and its
+    /// principal name is free for a new account (after the 30 days a soft-deleted user keeps
+    /// it, or a permanent delete).
+    pub fn delete_user(&mut self, key: &str) -> Result<(), SimError> {
+        let id = self.user(key)?.id.clone();
+        if let Some(u) = self.users.remove(&id) {
+            self.upns.remove(&u.upn.to_lowercase());
+        }
+        let seq = self.next_seq();
+        for g in self.groups.values_mut().filter(|g| g.deleted.is_none()) {
+            if let Some(m) = g.members.get_mut(&id).filter(|m| m.live) {
+                m.live = false;
+                m.seq = seq;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a group (permanently, as a security group is) and its memberships in others.
     pub fn delete_group(&mut self, id: &str) -> Result<(), SimError> {
         let gid = self.group(id)?.id.clone();

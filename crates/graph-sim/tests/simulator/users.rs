@@ -165,6 +165,60 @@ async fn a_renamed_user_keeps_its_id_and_every_item() {
 }
 
 #[tokio::test]
+async fn a_deleted_user_is_invalid_for_its_mailbox_unknown_to_the_directory_and_leaves_its_groups()
+{
+    let sim = start(SimSettings::default()).await;
+    let g = Graph::new(&sim).await;
+    let (id, _, url) = tasks(&sim, &g, "gone@contoso.com", 3);
+    let view = format!("/v1.0/users/{id}/calendarView/delta?startDateTime=2026-05-01T00:00:00Z&endDateTime=2026-06-01T00:00:00Z");
+    assert_eq!(get(&g, &view).await.0, 200);
+    let (s, v) = control(
+        &g,
+        reqwest::Method::POST,
+        "/groups",
+        json!({"tenant": "contoso", "id": "g-del", "members": [id]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let r = g
+        .http
+        .delete(g.url(&format!("/_sim/users/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let (s, v) = get(&g, &view).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["error"]["code"], "ErrorInvalidUser", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("is invalid"));
+    assert_eq!(g.page(&url, None).await.status, 404, "To Do too");
+    let (s, v) = get(&g, &format!("/v1.0/users/gone@contoso.com?{SELECT}")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("Request_ResourceNotFound"))
+    );
+    let (s, v) = get(
+        &g,
+        "/v1.0/groups/g-del/transitiveMembers/microsoft.graph.user",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["value"], json!([]), "no longer a member");
+    let (s, v) = control(
+        &g,
+        reqwest::Method::POST,
+        "/users",
+        json!({"tenant": "contoso", "userPrincipalName": "gone@contoso.com"}),
+    )
+    .await;
+    assert_eq!(s, 201, "the name is free: {v}");
+    assert_ne!(v["id"], json!(id), "a new account, a new id");
+}
+
+#[tokio::test]
 async fn a_user_without_a_mailbox_answers_mailbox_not_enabled() {
     let sim = start(SimSettings::default()).await;
     let (_, list, _) = {
