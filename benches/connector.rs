@@ -607,8 +607,8 @@ fn worker_config(
     users: &[String],
     listen: &str,
     batch: bool,
+    run: &str,
 ) -> String {
-    let run = run_id();
     format!(
         r#"
 name = "idle-{run}"
@@ -656,6 +656,8 @@ users = {users:?}
 struct Proc {
     child: std::process::Child,
     listen: String,
+    /// The connector's name (`idle-{run}`).
+    name: String,
     _dir: tempdir::Dir,
 }
 
@@ -680,7 +682,12 @@ fn launch_worker(sim: &Sim, bootstrap: &str, users: &[String], batch: bool) -> P
     std::fs::create_dir_all(&dir).expect("dir");
     let listen = format!("127.0.0.1:{}", free_port());
     let cfg = dir.join("worker.toml");
-    std::fs::write(&cfg, worker_config(sim, bootstrap, users, &listen, batch)).expect("config");
+    let run = run_id();
+    std::fs::write(
+        &cfg,
+        worker_config(sim, bootstrap, users, &listen, batch, &run),
+    )
+    .expect("config");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_graph-cdc"))
         .args(["run", "--config"])
         .arg(&cfg)
@@ -692,6 +699,7 @@ fn launch_worker(sim: &Sim, bootstrap: &str, users: &[String], batch: bool) -> P
     Proc {
         child,
         listen,
+        name: format!("idle-{run}"),
         _dir: tempdir::Dir(dir),
     }
 }
@@ -714,6 +722,28 @@ impl Proc {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
         (cpu / tick, rss_kb / 1024.0)
+    }
+
+    /// Partitions whose committed offset is past their first round (`round` ≥ 2), from the
+    /// worker's `GET /connectors/{name}/offsets`.
+    fn first_rounds_done(&self) -> usize {
+        let Ok(out) = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                &format!("http://{}/connectors/{}/offsets", self.listen, self.name),
+            ])
+            .output()
+        else {
+            return 0;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return 0;
+        };
+        v["offsets"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|o| o["offset"]["round"].as_u64().unwrap_or(0) >= 2)
+                .count()
+        })
     }
 
     /// Sum of a metric's series, from the worker's `/metrics`.
@@ -844,11 +874,25 @@ fn bench_idle(bootstrap: &str) {
     let t0 = Instant::now();
     // 900 s at 10,000 partitions and below, 9 s per 100 partitions above.
     let sync_limit = Duration::from_secs((parts as u64 * 9 / 100).max(900));
+    // Every partition's first round: as many rounds completed as partitions (cheap, asked
+    // every 0.5 s), then every committed offset past round 1 (the offsets listed, every 5 s).
+    // The counter alone is no proof: partitions complete more than one round each in their
+    // initial sync (and the first done poll again when the sync outlasts the interval).
+    let mut rounds_reached = vec![false; workers.len()];
     wait_until("the initial rounds", sync_limit, || {
         std::thread::sleep(Duration::from_millis(500));
-        workers
-            .iter()
-            .all(|(_, w, n)| w.metric("graph_cdc_rounds_completed_total") >= *n as f64)
+        let mut all = true;
+        for (i, (_, w, n)) in workers.iter().enumerate() {
+            if !rounds_reached[i] {
+                rounds_reached[i] = w.metric("graph_cdc_rounds_completed_total") >= *n as f64;
+            }
+            all &= rounds_reached[i];
+        }
+        if !all {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(4500));
+        workers.iter().all(|(_, w, n)| w.first_rounds_done() >= *n)
     });
     let synced = t0.elapsed().as_secs_f64();
     // Warm-up: the first idle polls (60 s interval, 10% jitter) have all happened.

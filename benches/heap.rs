@@ -2,8 +2,9 @@
 //! whose partitions have all completed their first round and polled their deltaLink once.
 //!
 //! ```text
-//! cargo bench --bench heap                                     # 10,000 partitions (~15 min)
+//! cargo bench --bench heap                                     # 10,000 partitions (~3 min)
 //! GRAPH_CDC_HEAP_PARTITIONS=400 cargo bench --bench heap       # a quick try
+//! GRAPH_CDC_HEAP_PROFILE=0 cargo bench --bench heap            # unprofiled: malloc and RSS
 //! cargo bench --bench heap -- report target/dhat-heap.json     # the report of a saved profile
 //! ```
 //!
@@ -11,7 +12,8 @@
 //! unless `GRAPH_CDC_TEST_KAFKA` names one, a real Kafka broker started for the run. Every
 //! Rust allocation goes through [dhat](https://docs.rs/dhat): the profiler starts once the
 //! simulator is populated (its data is not counted), just before the worker; when every
-//! partition has completed its first round and its first idle poll, the bytes live are
+//! partition has completed its first round (its committed offset is past round 1) and then
+//! another (its first idle poll, 60 s ± 10% later), the bytes live are
 //! taken (`dhat::HeapStats`) and the profile written (`GRAPH_CDC_HEAP_OUT`, default
 //! `target/dhat-heap.json`, readable in dhat's viewer `dh_view.html`).
 //!
@@ -21,8 +23,10 @@
 //! - the simulator (a `graph_sim::` frame, or the frames of its HTTP server: axum, hyper's
 //!   server side) and the bench itself: left out;
 //! - the connector: the rest, by its innermost `graph_cdc::` frame (function, file:line)
-//!   with the innermost library frame under it ("via": `hashbrown`, `tokio`...), or, with no
-//!   `graph_cdc::` frame in the backtrace, by the innermost library frame alone.
+//!   with the innermost library frame under it ("via": `hashbrown`, `tokio`...); a clone of
+//!   a connector type (`PartitionId`, `SourceOffset`...) by the next `graph_cdc::` frame out,
+//!   the one keeping the copy; with no `graph_cdc::` frame in the backtrace, by the
+//!   innermost library frame alone.
 //!
 //! librdkafka's, OpenSSL's and libcurl's own buffers are C allocations (`malloc`), not seen
 //! by dhat: glibc's `mallinfo2` totals are printed beside (the whole process).
@@ -30,7 +34,12 @@
 //! `GRAPH_CDC_HEAP_PARTITIONS` (default 10,000; users = partitions / 4, each with a calendar
 //! view, a calendar list, its To Do lists and one task list), `GRAPH_CDC_HEAP_BATCH_POLLS`
 //! (default 1: `graph.batch_polls`, as issue 15 measures), `GRAPH_CDC_HEAP_FRAMES` (frames
-//! kept per backtrace, default 48), `GRAPH_CDC_HEAP_TOP` (sites listed, default 25).
+//! kept per backtrace, default 48), `GRAPH_CDC_HEAP_TOP` (sites listed, default 25),
+//! `GRAPH_CDC_HEAP_PROFILE=0` (no profile: the same run with glibc's and the kernel's totals
+//! only, which dhat's own tables inflate).
+//!
+//! Both modes end with `malloc_trim(0)`: the resident memory it gives back is free space
+//! glibc held in its arenas (fragmentation and the sync's transients).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -277,13 +286,34 @@ fn report(path: &str, parts: usize, top: usize) {
             sim.1 += ebk;
             continue;
         }
-        let mine = fs.iter().position(|f| crate_of(f.name) == "graph_cdc");
+        let first = fs.iter().position(|f| crate_of(f.name) == "graph_cdc");
+        // A clone of one of the connector's types is named by who clones it (which map or
+        // struct keeps the copy): the next connector frame out.
+        let cloned = first.filter(|&i| fs[i].name.ends_with("as core::clone::Clone>::clone"));
+        let mine = match cloned {
+            Some(i) => fs[i + 1..]
+                .iter()
+                .position(|f| crate_of(f.name) == "graph_cdc" && !f.name.ends_with("::clone"))
+                .map(|j| i + 1 + j)
+                .or(first),
+            None => first,
+        };
         // The innermost library frame (not std/core/alloc), above the connector's if any.
         let lib = fs
             .iter()
-            .take(mine.unwrap_or(fs.len()))
+            .take(first.unwrap_or(fs.len()))
             .find(|f| !STD_CRATES.contains(&crate_of(f.name)));
-        let via = lib.map_or_else(|| "-".to_string(), |f| short_name(f.name));
+        let via = match cloned {
+            Some(i) => format!(
+                "clone of {}",
+                short_name(fs[i].name)
+                    .trim_start_matches('<')
+                    .split(" as ")
+                    .next()
+                    .unwrap_or("")
+            ),
+            None => lib.map_or_else(|| "-".to_string(), |f| short_name(f.name)),
+        };
         match mine {
             Some(i) => {
                 conn.0 += eb;
@@ -426,6 +456,9 @@ fn main() {
     }
     let batch = env_usize("GRAPH_CDC_HEAP_BATCH_POLLS", 1) != 0;
     let frames = env_usize("GRAPH_CDC_HEAP_FRAMES", 48);
+    // `GRAPH_CDC_HEAP_PROFILE=0`: no profile, only the allocator's and the kernel's totals
+    // (dhat's tables inflate both when it profiles).
+    let profile = env_usize("GRAPH_CDC_HEAP_PROFILE", 1) != 0;
     print_sizes();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -457,60 +490,106 @@ fn main() {
     spec.client.batch_polls = batch;
     let (malloc0, _) = malloc_totals();
     let rss0 = status_mib("VmRSS:");
-    let profiler = dhat::Profiler::builder()
-        .file_name(&out)
-        .trim_backtraces(Some(frames))
-        .build();
+    let (_, free0) = malloc_totals();
+    let profiler = profile.then(|| {
+        dhat::Profiler::builder()
+            .file_name(&out)
+            .trim_backtraces(Some(frames))
+            .build()
+    });
     let r0 = rounds();
     let t0 = Instant::now();
-    let w = start_worker(&rt, spec);
+    let w = InProcessWorker::start(rt.handle(), spec);
+    // A partition has completed its first round when its committed offset is at round 2
+    // (on its first deltaLink).
+    let first_rounds = || {
+        w.status
+            .offsets
+            .lock()
+            .values()
+            .filter(|o| o.round >= 2)
+            .count()
+    };
     wait_until(
         "every partition's first round",
         Duration::from_secs((parts as u64 / 5).max(600)),
         || {
             std::thread::sleep(Duration::from_millis(500));
-            rounds() - r0 >= parts as u64
+            first_rounds() >= parts
         },
     );
     let synced = t0.elapsed().as_secs_f64();
-    // Every partition's first idle poll (60 s ± 10%), and a little more.
+    // Then every partition's first idle poll (60 s ± 10%): a round completed since.
     let t1 = Instant::now();
-    while rounds() - r0 < 2 * parts as u64 && t1.elapsed() < Duration::from_secs(300) {
+    let polled_since = || {
+        w.status
+            .fresh_at
+            .lock()
+            .values()
+            .filter(|t| **t > t1)
+            .count()
+    };
+    while polled_since() < parts && t1.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let polled = rounds() - r0 - parts as u64;
+    let polled = polled_since();
     std::thread::sleep(Duration::from_secs(5));
-    let stats = dhat::HeapStats::get();
+    let stats = profile.then(dhat::HeapStats::get);
     let (malloc1, free1) = malloc_totals();
     let rss1 = status_mib("VmRSS:");
     println!(
-        "first rounds done in {synced:.0} s; then {polled} idle polls completed in {:.0} s",
+        "every partition's first round done in {synced:.0} s ({} rounds completed); then {polled} \
+         partitions polled their deltaLink in {:.0} s",
+        rounds() - r0,
         t1.elapsed().as_secs_f64()
     );
+    if let Some(stats) = &stats {
+        println!(
+            "dhat, every Rust allocation since the worker started (simulator's included): {} live in {} blocks \
+             ({} per partition); peak {}; {} allocated in {} blocks over the run",
+            mib(stats.curr_bytes as f64),
+            stats.curr_blocks,
+            kib(stats.curr_bytes as f64 / parts as f64),
+            mib(stats.max_bytes as f64),
+            mib(stats.total_bytes as f64),
+            stats.total_blocks
+        );
+    }
     println!(
-        "dhat, every Rust allocation since the worker started (simulator's included): {} live in {} blocks \
-         ({} per partition); peak {}; {} allocated in {} blocks over the run",
-        mib(stats.curr_bytes as f64),
-        stats.curr_blocks,
-        kib(stats.curr_bytes as f64 / parts as f64),
-        mib(stats.max_bytes as f64),
-        mib(stats.total_bytes as f64),
-        stats.total_blocks
-    );
-    println!(
-        "malloc (glibc mallinfo2, whole process, C included; dhat's own tables included): \
-         +{} in use since the worker started, {} free in the arenas; resident +{:.0} MiB",
+        "malloc (glibc mallinfo2, whole process, C included{}): +{} in use since the worker started \
+         ({} per partition), free in the arenas {} -> {} (+{} per partition); resident +{:.0} MiB \
+         ({} per partition)",
+        if profile { "; dhat's own tables included" } else { "" },
         mib(malloc1 - malloc0),
+        kib((malloc1 - malloc0) / parts as f64),
+        mib(free0),
         mib(free1),
-        rss1 - rss0
+        kib((free1 - free0) / parts as f64),
+        rss1 - rss0,
+        kib((rss1 - rss0) * 1024.0 * 1024.0 / parts as f64)
     );
-    let t2 = Instant::now();
-    drop(profiler);
+    // What of the resident memory is free space the allocator holds: malloc_trim gives
+    // the free pages inside the arenas back.
+    // SAFETY: a plain call into the allocator.
+    unsafe { libc::malloc_trim(0) };
+    let rss2 = status_mib("VmRSS:");
     println!(
-        "profile written to {out} in {:.0} s",
-        t2.elapsed().as_secs_f64()
+        "malloc_trim(0): resident {rss1:.0} -> {rss2:.0} MiB ({} per partition held free by malloc)",
+        kib((rss1 - rss2) * 1024.0 * 1024.0 / parts as f64)
     );
-    w.stop(&rt);
+    if let Some(profiler) = profiler {
+        let t2 = Instant::now();
+        drop(profiler);
+        println!(
+            "profile written to {out} in {:.0} s",
+            t2.elapsed().as_secs_f64()
+        );
+    }
+    if let Err(e) = w.stop_blocking(&rt) {
+        eprintln!("worker ended: {e}");
+    }
     drop(own);
-    report(&out, parts, top);
+    if profile {
+        report(&out, parts, top);
+    }
 }

@@ -34,8 +34,8 @@ pub struct KafkaSettings {
     /// round from scratch tombstones what it no longer returns and repeats nothing that did
     /// not change. A topic of its own (neither a data topic nor the offsets topic).
     pub state_topic: String,
-    /// This worker's identity; `transactional.id` is `{name}-{worker_id}`.
-    /// Default: `$HOSTNAME` (a StatefulSet pod name), else `worker-0`.
+    /// This worker's identity in the group of the connector's workers (status, logs);
+    /// distinct per worker. Default: `$HOSTNAME` (a StatefulSet pod name), else `worker-0`.
     #[serde(default)]
     pub worker_id: Option<String>,
     /// Create missing topics (compacted) at start.
@@ -46,6 +46,13 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// `transaction.timeout.ms` of the producer (at least 1s).
     pub transaction_timeout: super::Dur,
+    /// The coordination topic: one partition per shard (`worker.shards`), no records. The
+    /// connector's workers form the consumer group `{name}.workers` on it, and each owns
+    /// the shards assigned to it.
+    pub shards_topic: String,
+    /// `session.timeout.ms` of that group: how long a worker may go unheard before its
+    /// shards move to the others (6s–300s, within the broker's group session bounds).
+    pub session_timeout: super::Dur,
     /// `[kafka.topics]`: the topic of each kind of record.
     pub topics: TopicSettings,
     /// Any librdkafka property, passed to every client (`"security.protocol" = "SASL_SSL"`).

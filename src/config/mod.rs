@@ -93,6 +93,8 @@ create_topics = true
 topic_partitions = 6
 replication_factor = 1
 transaction_timeout = "60s"
+shards_topic = "graph-cdc-shards"
+session_timeout = "10s"
 
 [kafka.topics]
 events = "graph.events"
@@ -107,6 +109,7 @@ max_batch_records = 5000
 linger = "100ms"
 shutdown_timeout = "10s"
 offsets_load_timeout = "60s"
+shards = 8
 health_interval = "10s"
 
 [server]
@@ -178,6 +181,12 @@ pub struct WorkerSettings {
     /// request on one long-lived client); `/readyz` reads the result. Kafka counts as
     /// unreachable when no check succeeded for 3 intervals (at least 30 s).
     pub health_interval: Dur,
+    /// How many shards the partitions are spread over (each partition's shard is a hash of
+    /// its user's id, or of its group's for a group source's); workers share the shards
+    /// through Kafka's group protocol, so at most this many workers share the work. Every
+    /// worker of a connector must say the same, and `kafka.shards_topic` must have this
+    /// many partitions (created so when missing). 1–256.
+    pub shards: u32,
 }
 
 /// `[server]`: the HTTP listener (metrics, health, REST).
@@ -319,9 +328,10 @@ impl Settings {
             .unwrap_or_else(|| "worker-0".into())
     }
 
-    /// `{name}-{worker_id}`: a second worker with the same identity fences the first.
+    /// `{name}`: each shard's producer uses `{name}-shard-{n}`, the same on every worker, so
+    /// a worker taking a shard over fences whoever wrote it before.
     pub fn transactional_id(&self) -> String {
-        format!("{}-{}", self.name, self.worker_id())
+        self.name.clone()
     }
 
     /// The settings as JSON with every secret masked (for the REST API and `validate`).

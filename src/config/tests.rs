@@ -65,7 +65,13 @@ fn defaults_partitions_and_redaction() {
         !shown.contains("s3cr3t") && !shown.contains("hunter"),
         "{shown}"
     );
-    assert!(s.transactional_id().starts_with("graph-cdc-"));
+    assert_eq!(
+        s.transactional_id(),
+        "graph-cdc",
+        "a prefix shared by the workers: shard n's producer is graph-cdc-shard-n"
+    );
+    assert_eq!(s.worker.shards, 8);
+    assert_eq!(s.kafka.shards_topic, "graph-cdc-shards");
 }
 
 #[test]
@@ -204,7 +210,8 @@ fn sink_options_follow_the_settings() {
     );
     let s = Settings::from_toml_str(&toml, false).unwrap();
     let o = s.sink_options();
-    assert_eq!(o.transactional_id, "graph-cdc-w3");
+    assert_eq!(o.transactional_id, "graph-cdc", "the same for every worker");
+    assert_eq!(s.worker_id(), "w3");
     assert_eq!(o.topics.events, "ev");
     assert_eq!(o.topics.tasks, "graph.todo.tasks");
     assert_eq!(o.errors.dead_letter_topic.as_deref(), Some("dlq"));

@@ -177,6 +177,13 @@ fn kafka(errs: &mut Vec<String>, k: &KafkaSettings) {
     if k.replication_factor < 1 {
         errs.push("kafka.replication_factor: must be at least 1".into());
     }
+    let session = k.session_timeout.0;
+    if session < Duration::from_secs(6) || session > Duration::from_secs(300) {
+        errs.push(format!(
+            "kafka.session_timeout: {} is outside 6s–300s (the broker's default group.min.session.timeout.ms and group.max.session.timeout.ms)",
+            show(session)
+        ));
+    }
     k.check_owned(errs);
 }
 
@@ -193,6 +200,9 @@ fn worker(errs: &mut Vec<String>, w: &WorkerSettings) {
     );
     if w.max_batch_records == 0 {
         errs.push("worker.max_batch_records: must be at least 1".into());
+    }
+    if !(1..=256).contains(&w.shards) {
+        errs.push(format!("worker.shards: {} is outside 1–256", w.shards));
     }
 }
 
@@ -212,6 +222,7 @@ fn errors(errs: &mut Vec<String>, e: &ErrorSettings, k: &KafkaSettings) {
                 &n.members,
                 &k.offsets_topic,
                 &k.state_topic,
+                &k.shards_topic,
             ];
             if taken.contains(&t) {
                 errs.push(format!(
@@ -262,6 +273,7 @@ fn topics(errs: &mut Vec<String>, k: &KafkaSettings, e: &ErrorSettings) {
     let mut all: Vec<(&str, &str)> = vec![
         ("kafka.offsets_topic", &k.offsets_topic),
         ("kafka.state_topic", &k.state_topic),
+        ("kafka.shards_topic", &k.shards_topic),
         ("kafka.topics.events", &t.events),
         ("kafka.topics.calendars", &t.calendars),
         ("kafka.topics.task_lists", &t.task_lists),
@@ -289,6 +301,9 @@ fn topics(errs: &mut Vec<String>, k: &KafkaSettings, e: &ErrorSettings) {
                     }
                     ("kafka.state_topic", _) => {
                         "the state topic holds each partition's reconciliation state only (compacted, read whole at start)"
+                    }
+                    ("kafka.shards_topic", _) | (_, "kafka.shards_topic") => {
+                        "the shards topic is the workers' group's own (one partition per shard, no records)"
                     }
                     ("kafka.topics.calendars", "kafka.topics.task_lists") => {
                         "calendars and task lists are both keyed {user, id}, so a full resync of one would delete the other's records"

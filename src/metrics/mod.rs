@@ -34,8 +34,8 @@ pub use kafka::{
 pub use worker::{
     graph_health_changed, halt_timed_out, kafka_health_changed, members_resumed,
     membership_changed, offset_link_refused, partition_failed, partition_served,
-    partition_unserved, reconciled, shutdown_timed_out, state_loaded, state_seeded,
-    user_lookup_retry, user_moved, user_renamed, user_resolved,
+    partition_unserved, reconciled, shards_assigned, shards_revoked, shutdown_timed_out,
+    state_loaded, state_seeded, user_lookup_retry, user_moved, user_renamed, user_resolved,
 };
 
 pub const GRAPH_REQUESTS: &str = "graph_cdc_graph_requests_total";
@@ -74,6 +74,8 @@ pub const HEALTH_GRAPH_OK: &str = "graph_cdc_health_graph_ok";
 pub const OFFSET_LINKS_REFUSED: &str = "graph_cdc_offset_links_refused_total";
 pub const RECORDS_SKIPPED: &str = "graph_cdc_records_skipped_total";
 pub const MEMBERSHIP_CHANGES: &str = "graph_cdc_group_membership_changes_total";
+pub const SHARDS_OWNED: &str = "graph_cdc_shards_owned";
+pub const SHARD_MOVES: &str = "graph_cdc_shard_moves_total";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -114,6 +116,8 @@ pub struct Metrics {
     pub offset_links_refused: IntCounterVec,
     pub records_skipped: IntCounterVec,
     pub membership_changes: IntCounterVec,
+    pub shards_owned: IntGauge,
+    pub shard_moves: IntCounterVec,
 }
 
 /// Registers `m` in `r` and hands it back.
@@ -302,6 +306,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
             MEMBERSHIP_CHANGES,
             "Group source members who joined or left, by group object id",
             &["group", "change"],
+        )?,
+        shards_owned: gauge(SHARDS_OWNED, "Shards this worker owns (worker.shards in all)")?,
+        shard_moves: counter(
+            SHARD_MOVES,
+            "Shards assigned to this worker, revoked from it, or lost (taken by another worker while this one was unheard)",
+            &["change"],
         )?,
         registry: r,
     })

@@ -172,3 +172,35 @@ pub fn members_resumed(groups: usize, partitions: usize) {
         "group sources: members' partitions resumed from the offsets"
     );
 }
+
+/// Shards taken over: their committers started (fencing their previous writer), their
+/// offsets and state read; `owned` now.
+pub fn shards_assigned(shards: &[u32], owned: &[u32], elapsed: Duration) {
+    metrics().shards_owned.set(owned.len() as i64);
+    metrics()
+        .shard_moves
+        .with_label_values(&["assigned"])
+        .inc_by(shards.len() as u64);
+    tracing::info!(
+        ?shards,
+        ?owned,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "shards assigned: their partitions start"
+    );
+}
+
+/// Shards given up (`lost`: taken by another worker already), `halted` partitions stopped.
+pub fn shards_revoked(shards: &[u32], lost: bool, halted: usize, elapsed: Duration) {
+    let m = metrics();
+    m.shards_owned.sub(shards.len() as i64);
+    m.shard_moves
+        .with_label_values(&[if lost { "lost" } else { "revoked" }])
+        .inc_by(shards.len() as u64);
+    tracing::info!(
+        ?shards,
+        lost,
+        halted,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "shards revoked: their partitions stopped and committed"
+    );
+}

@@ -32,6 +32,7 @@ pub mod committer;
 mod error;
 pub mod handle;
 pub mod health;
+pub mod membership;
 pub mod offsets_store;
 pub mod producer;
 pub mod properties;

@@ -111,26 +111,54 @@ pub fn read_to_end(
         return Ok(());
     }
     consumer.assign(&tpl).map_err(err)?;
+    // A `read_committed` consumer's end is the last stable offset: a transaction still open
+    // (another worker's, a zombie's until fenced or timed out) holds it before records
+    // committed after that transaction began. The read ends at the high watermark seen at
+    // the start instead, waiting for such transactions to end.
+    let mut ended: HashSet<i32> = HashSet::new();
     while !pending.is_empty() {
         match poll(&consumer, topic, deadline, timeout)? {
             Polled::Nothing => {}
             Polled::End(p) => {
-                pending.remove(&p);
+                ended.insert(p);
             }
             Polled::Record(m) => each(&m),
+        }
+        if ended.is_empty() {
+            continue;
+        }
+        let position = consumer.position().map_err(err)?;
+        for p in std::mem::take(&mut ended) {
+            let at = position
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1);
+            match pending.get(&p) {
+                Some(&high) if at >= high => {
+                    pending.remove(&p);
+                }
+                Some(_) => {
+                    ended.insert(p);
+                }
+                None => {}
+            }
+        }
+        if !ended.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
     Ok(())
 }
 
-/// The partitions of `topic` that hold records, assigned from their beginning.
+/// The partitions of `topic` that hold records, assigned from their beginning, with their
+/// high watermarks.
 fn plan(
     consumer: &BaseConsumer<HealthContext>,
     topic: &str,
-) -> Result<(TopicPartitionList, HashSet<i32>), KafkaError> {
+) -> Result<(TopicPartitionList, HashMap<i32, i64>), KafkaError> {
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
-    let mut pending = HashSet::new();
+    let mut pending = HashMap::new();
     let t = md
         .topics()
         .iter()
@@ -146,7 +174,7 @@ fn plan(
         let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
         if high > low {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-            pending.insert(p.id());
+            pending.insert(p.id(), high);
         }
     }
     Ok((tpl, pending))

@@ -61,3 +61,39 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// Creates the shards topic (`kafka.shards_topic`, one partition per shard, no records: the
+/// workers' group is assigned its partitions) if it is missing. An existing one is left
+/// alone: the worker checks its partition count against `worker.shards`.
+pub async fn ensure_shards_topic(
+    opts: &SinkOptions,
+    topic: &str,
+    shards: u32,
+    replication: i32,
+) -> Result<(), SinkError> {
+    let admin: AdminClient<DefaultClientContext> = opts
+        .admin_config()
+        .create()
+        .map_err(|e| SinkError::Setup(Reason::because("creating the admin client", e)))?;
+    let t = NewTopic::new(topic, shards as i32, TopicReplication::Fixed(replication))
+        .set("cleanup.policy", "compact");
+    let results = admin
+        .create_topics(
+            [&t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(|e| SinkError::Setup(Reason::because("creating the shards topic", e)))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(SinkError::Setup(Reason::because(
+                    format_args!("creating topic '{t}'"),
+                    KafkaError::AdminOp(code),
+                )))
+            }
+        }
+    }
+    Ok(())
+}

@@ -83,7 +83,7 @@ fn resume(shared: &Arc<Shared>) -> String {
 async fn stop(shared: &Shared) -> Result<String, CommandError> {
     let all: Vec<PartitionId> = shared.tracked.lock().keys().cloned().collect();
     shared.halt("stop", &all).await;
-    shared.sink.flush().await.map_err(failed)?;
+    shared.sinks.flush().await.map_err(failed)?;
     shared.paused.send_replace(false);
     *shared.status.connector.lock() = ConnectorState::Stopped;
     Ok("stopped".into())
@@ -168,8 +168,14 @@ async fn alter_offsets(shared: &Shared, a: AlterOffsets) -> Result<String, Comma
     need_stopped(shared)?;
     let AlterOffsets(writes) = a;
     super::links::check_writes(&shared.spec.graph_host, &writes)?;
+    if let Some((p, _)) = writes.iter().find(|(p, _)| !shared.sinks.owns(p)) {
+        return Err(CommandError::BadRequest(format!(
+            "partition {p} is in shard {} of another worker: send this request to the worker that owns it (GET /connectors/{{name}}/status)",
+            shared.sinks.router.shard(p)
+        )));
+    }
     shared
-        .sink
+        .sinks
         .write_offsets(writes.clone())
         .await
         .map_err(failed)?;
@@ -187,8 +193,10 @@ async fn reset_offsets(shared: &Shared) -> Result<String, CommandError> {
     need_stopped(shared)?;
     let mut targets: BTreeSet<PartitionId> = shared.status.offsets.lock().keys().cloned().collect();
     targets.extend(super::directory::configured(shared));
+    // Another worker's shards are its own to reset.
+    targets.retain(|p| shared.sinks.owns(p));
     let writes = targets.into_iter().map(|p| (p, None)).collect();
-    shared.sink.write_offsets(writes).await.map_err(failed)?;
+    shared.sinks.write_offsets(writes).await.map_err(failed)?;
     shared.status.offsets.lock().clear();
     Ok("The offsets for this connector have been reset successfully".into())
 }

@@ -37,8 +37,10 @@ mod directory;
 mod groups;
 mod health;
 mod links;
+mod ownership;
 mod partition;
 mod reconcile;
+mod sinks;
 mod spec;
 mod status;
 mod supervisor;
@@ -46,11 +48,11 @@ mod supervisor;
 pub use commands::{AlterOffsets, BadRequest, Command, Restart, RestartQuery, Resync};
 pub use control::{CommandError, Request};
 pub use health::{Check, Health, Windows};
-pub use spec::WorkerSpec;
+pub use spec::{Sharding, WorkerSpec};
 pub use status::{task_id, ConnectorState, PartitionState, WorkerStatus};
 
 use control::command;
-use supervisor::{start_all, stop_all};
+use supervisor::stop_all;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -64,10 +66,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::graph::{GraphClient, GraphError, TokenProvider};
 use crate::metrics;
-use crate::sink::offsets_store::load_offsets;
-use crate::sink::state::load_state;
-use crate::sink::topics::ensure_topics;
-use crate::sink::{Committer, SinkError, SinkHandle};
+use crate::sink::membership::{shard_count, Membership, MembershipOptions, ShardEvent};
+use crate::sink::topics::{ensure_shards_topic, ensure_topics};
+use crate::sink::SinkError;
 use crate::source::PartitionId;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,9 @@ pub enum WorkerError {
     HttpClient(#[source] reqwest::Error),
     #[error("the committer thread panicked: {0}")]
     CommitterPanicked(String),
+    /// The shards topic and `worker.shards` disagree.
+    #[error("{0}")]
+    Shards(String),
 }
 
 struct Tracked {
@@ -107,7 +111,8 @@ impl Tracked {
 struct Shared {
     status: Arc<WorkerStatus>,
     client: GraphClient,
-    sink: SinkHandle,
+    /// The committers of the shards this worker owns (`sinks.rs`).
+    sinks: sinks::Sinks,
     spec: WorkerSpec,
     /// `true` while the connector is paused.
     paused: tokio::sync::watch::Sender<bool>,
@@ -162,43 +167,31 @@ pub async fn run_with_status(
     status.health.kafka.succeeded();
     if let Some((parts, repl)) = spec.create_topics {
         ensure_topics(&spec.sink, parts, repl).await?;
+        let sh = &spec.sharding;
+        ensure_shards_topic(&spec.sink, &sh.topic, sh.shards, repl).await?;
     }
-    // 1. Transactions first: fences an older worker with the same transactional.id.
-    let sink_opts = spec.sink.clone();
-    let health = status.kafka.clone();
-    let (sink, committer) =
-        tokio::task::spawn_blocking(move || Committer::start(sink_opts, health)).await??;
-    // 2. Then the committed offsets.
-    let cfg = spec.sink.consumer_config();
-    let (topic, name, timeout) = (
-        spec.sink.offsets_topic.clone(),
-        spec.sink.connector.clone(),
-        spec.offsets_load_timeout,
-    );
-    let mut loaded =
-        tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??;
-    // A link of another mailbox must never be followed under this partition's keys.
-    links::refuse_foreign(&spec.graph_host, &mut loaded);
-    // 3. And each partition's live items, committed with those offsets.
-    let t0 = std::time::Instant::now();
-    let (cfg, topic, name) = (
-        spec.sink.consumer_config(),
-        spec.sink.state_topic.clone(),
-        spec.sink.connector.clone(),
-    );
-    let state =
-        tokio::task::spawn_blocking(move || load_state(&cfg, &topic, &name, timeout)).await??;
-    let states = reconcile::States::new(state, &loaded);
-    let (partitions, items) = states.size();
-    metrics::state_loaded(partitions, items, t0.elapsed());
-    status
-        .offsets_loaded
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    status
-        .offsets
-        .lock()
-        .extend(loaded.iter().map(|(k, v)| (k.clone(), v.clone())));
-    tracing::info!(offsets = loaded.len(), partitions = spec.partitions.len(), transactional_id = %spec.sink.transactional_id, "worker starting");
+    // 1. The shards topic must say as many shards as this worker: all workers must agree.
+    let (cfg, topic) = (spec.sink.consumer_config(), spec.sharding.topic.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        // A topic just created may take a moment to appear in the metadata.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match shard_count(&cfg, &topic, Duration::from_secs(10)) {
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250))
+                }
+                r => break r,
+            }
+        }
+    })
+    .await??;
+    if found != spec.sharding.shards {
+        return Err(WorkerError::Shards(format!(
+            "kafka.shards_topic '{}' has {found} partitions but worker.shards is {}: every worker of a connector must use as many shards as its shards topic has partitions (give a new topic to change the count)",
+            spec.sharding.topic, spec.sharding.shards
+        )));
+    }
+    tracing::info!(partitions = spec.partitions.len(), shards = spec.sharding.shards, worker_id = %spec.sharding.worker_id, "worker starting");
 
     let http = crate::graph::http::client(&spec.client).map_err(WorkerError::HttpClient)?;
     let tokens = Arc::new(TokenProvider::new(
@@ -210,24 +203,37 @@ pub async fn run_with_status(
         &spec.client,
     ));
     let client = GraphClient::new(http, tokens, spec.client.clone());
+    let sinks = sinks::Sinks::new(&spec, status.kafka.clone());
     let shared = Arc::new(Shared {
         status,
         client,
-        sink,
+        sinks,
         paused: tokio::sync::watch::channel(false).0,
         tracked: Mutex::new(HashMap::new()),
         tasks: Mutex::new(JoinSet::new()),
         shutdown: CancellationToken::new(),
         fatal: Mutex::new(None),
-        states,
-        spec,
+        states: reconcile::States::default(),
         directory: Mutex::new(HashMap::new()),
         principals: Mutex::new(HashMap::new()),
+        spec,
     });
     // Should this future be dropped half-way, the tasks (which hold `shared`) go too.
     let abort_tasks = AbortTasksOnDrop(Arc::downgrade(&shared));
-    start_all(&shared);
+    // 2. Join the workers' group: the shards it assigns start (`ownership.rs`).
+    let sh = &shared.spec.sharding;
+    let opts = MembershipOptions {
+        group: sh.group.clone(),
+        topic: sh.topic.clone(),
+        worker_id: sh.worker_id.clone(),
+        session_timeout: sh.session_timeout,
+        revoke_timeout: shared.spec.shutdown_timeout + Duration::from_secs(30),
+    };
+    let cfg = shared.spec.sink.consumer_config();
+    let (membership, mut shard_events) =
+        tokio::task::spawn_blocking(move || Membership::start(cfg, opts)).await??;
     start_health_check(&shared);
+    let mut failed: Option<WorkerError> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -235,6 +241,22 @@ pub async fn run_with_status(
                 break;
             }
             _ = shared.shutdown.cancelled() => break,
+            Some(event) = shard_events.recv() => match event {
+                ShardEvent::Assigned(shards) => {
+                    if let Err(e) = ownership::assigned(&shared, &shards).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                ShardEvent::Revoked { shards, lost, done } => {
+                    ownership::revoked(&shared, &shards, lost).await;
+                    let _ = done.send(());
+                }
+                ShardEvent::Failed(why) => {
+                    failed = Some(WorkerError::Shards(why));
+                    break;
+                }
+            },
             Some(req) = commands.recv() => {
                 let answer = command(&shared, req.command).await;
                 let _ = req.reply.send(answer);
@@ -243,20 +265,20 @@ pub async fn run_with_status(
     }
     shared.shutdown.cancel();
     // In-flight commits are waited for; tasks still there after the timeout are aborted, so
-    // that none holds the committer's handle any more.
+    // that none holds a committer's handle any more.
     stop_all(&shared, shared.spec.shutdown_timeout).await;
     let fatal = shared.fatal.lock().take();
     drop(abort_tasks);
-    // The last handle to the committer: it commits what it holds and stops.
-    drop(shared);
-    let joined = tokio::task::spawn_blocking(move || committer.join()).await?;
-    match (fatal, joined) {
-        (Some(e), _) => Err(e.into()),
-        (None, Ok(Ok(()))) => Ok(()),
-        (None, Ok(Err(e))) => Err(e.into()),
-        (None, Err(panic)) => Err(WorkerError::CommitterPanicked(
-            panic_message(&*panic).into(),
-        )),
+    // The committers commit what they hold and stop; then the group hears this worker
+    // leave (its shards revoked: nothing left to do), and the others take them.
+    let closed = shared.sinks.close_all().await;
+    drop(shard_events);
+    tokio::task::spawn_blocking(move || membership.stop()).await?;
+    match (failed, fatal, closed) {
+        (Some(e), _, _) => Err(e),
+        (None, Some(e), _) => Err(e.into()),
+        (None, None, Ok(())) => Ok(()),
+        (None, None, Err(e)) => Err(e.into()),
     }
 }
 

@@ -208,7 +208,7 @@ impl<'a> PartitionTask<'a> {
             GraphError::Client { status: 404, .. } if id.kind() == PartitionKind::Tasks => {
                 tracing::info!(partition = %id, "task list no longer exists; resetting its offset");
                 let reset = vec![((**id).clone(), None)];
-                let _ = Box::pin(self.shared.sink.write_offsets(reset)).await;
+                let _ = Box::pin(self.shared.sinks.write_offsets(reset)).await;
                 self.shared.tracked.lock().remove(&**id);
                 Step::End(PartitionState::Stopped)
             }
@@ -285,7 +285,7 @@ impl<'a> PartitionTask<'a> {
         let shared = self.shared;
         let nothing = batch.records.is_empty() && batch.state.is_empty();
         if nothing && batch.resets.is_empty() && batch.starts.is_empty() {
-            if Box::pin(shared.sink.idle(self.id.clone(), offset.clone()))
+            if Box::pin(shared.sinks.idle(self.id.clone(), offset.clone()))
                 .await
                 .is_err()
             {
@@ -313,9 +313,9 @@ impl<'a> PartitionTask<'a> {
                         _ = cancel.cancelled() => None,
                     }
                 };
-                Box::pin(async { tokio::join!(shared.sink.commit_located(batch), fetch) }).await
+                Box::pin(async { tokio::join!(shared.sinks.commit_located(batch), fetch) }).await
             }
-            None => (Box::pin(shared.sink.commit_located(batch)).await, None),
+            None => (Box::pin(shared.sinks.commit_located(batch)).await, None),
         };
         match committed {
             Ok(locs) => {

@@ -62,6 +62,23 @@ impl States {
         Self(Mutex::new(map))
     }
 
+    /// Takes what was read of newly owned partitions (a shard assigned): their slots are
+    /// replaced as [`States::new`] would make them.
+    pub fn adopt<'a>(
+        &self,
+        loaded: HashMap<PartitionId, LiveItems>,
+        offsets: impl IntoIterator<Item = (&'a PartitionId, &'a SourceOffset)>,
+    ) {
+        let fresh = Self::new(loaded, offsets);
+        let fresh = fresh.0.into_inner();
+        self.0.lock().extend(fresh);
+    }
+
+    /// Drops the slots of the partitions `gone` says (their shard went to another worker).
+    pub fn forget(&self, gone: impl Fn(&PartitionId) -> bool) {
+        self.0.lock().retain(|p, _| !gone(p));
+    }
+
     /// A partition's slot (a new partition's is empty).
     pub fn slot(&self, p: &PartitionId) -> Arc<Mutex<Slot>> {
         self.0
@@ -80,6 +97,7 @@ impl States {
     }
 
     /// `(partitions, items)` known.
+    #[cfg(test)]
     pub fn size(&self) -> (usize, usize) {
         let map = self.0.lock();
         let items = map

@@ -47,6 +47,23 @@ pub struct WorkerSpec {
     pub health_interval: Duration,
     /// How long a success keeps Kafka reachable and Graph answering for `/readyz`.
     pub readiness: Windows,
+    /// How the workers of the connector share its partitions.
+    pub sharding: Sharding,
+}
+
+/// The workers' group: each partition belongs to a shard, each shard to one worker.
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    /// `worker.shards`: partitions of `topic`.
+    pub shards: u32,
+    /// `kafka.shards_topic`.
+    pub topic: String,
+    /// The consumer group of the connector's workers (`{name}.workers`).
+    pub group: String,
+    /// `kafka.worker_id`: this worker in the group.
+    pub worker_id: String,
+    /// `kafka.session_timeout`.
+    pub session_timeout: Duration,
 }
 
 impl WorkerSpec {
@@ -102,6 +119,13 @@ impl WorkerSpec {
             shutdown_timeout: s.worker.shutdown_timeout.0,
             health_interval: s.worker.health_interval.0,
             readiness: Windows::new(s.worker.health_interval.0, g.poll_interval.0),
+            sharding: Sharding {
+                shards: s.worker.shards,
+                topic: k.shards_topic.clone(),
+                group: format!("{}.workers", s.name),
+                worker_id: s.worker_id(),
+                session_timeout: k.session_timeout.0,
+            },
         })
     }
 }

@@ -99,6 +99,14 @@ impl WorkerStatus {
         reasons
     }
 
+    /// Forgets what it knows of the partitions `gone` says (their shard went to another
+    /// worker).
+    pub(super) fn forget(&self, gone: impl Fn(&PartitionId) -> bool) {
+        self.partitions.lock().retain(|p, _| !gone(p));
+        self.fresh_at.lock().retain(|p, _| !gone(p));
+        self.round_pages.lock().retain(|p, _| !gone(p));
+    }
+
     pub(super) fn set_state(&self, p: &PartitionId, st: PartitionState) {
         self.partitions.lock().insert(p.clone(), st);
     }

@@ -31,6 +31,10 @@ pub(super) fn start_all(shared: &Arc<Shared>) {
 }
 
 pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
+    // Another worker's (or nobody's yet): its shard's owner starts it.
+    if !shared.sinks.owns(&id) {
+        return;
+    }
     let mut tracked = shared.tracked.lock();
     if tracked.get(&id).is_some_and(Tracked::alive) {
         return;

@@ -331,6 +331,7 @@ max_backoff = "500ms"
 bootstrap_servers = "{bootstrap}"
 offsets_topic = "{offsets}"
 state_topic = "{state}"
+shards_topic = "{shards_topic}"
 worker_id = "w"
 topic_partitions = 3
 [kafka.topics]
@@ -342,6 +343,7 @@ members = "{members}"
 [server]
 listen = "127.0.0.1:0"
 [worker]
+shards = {shards}
 heartbeat_interval = "1s"
 linger = "20ms"
 [[sources]]
@@ -361,6 +363,8 @@ users = {users:?}
         bootstrap = spec.sink.bootstrap_servers,
         offsets = spec.sink.offsets_topic,
         state = spec.sink.state_topic,
+        shards_topic = spec.sharding.topic,
+        shards = spec.sharding.shards,
         events = t.events,
         calendars = t.calendars,
         lists = t.task_lists,

@@ -311,38 +311,6 @@ async fn todo_lists_come_and_go() {
     assert!(tomb.value.is_none(), "the list is tombstoned");
 }
 
-/// A second worker with the same transactional id fences the first, which stops with an error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_worker_fences_the_first() {
-    let sim = sim_with_users(SimSettings::default(), 1, 15).await;
-    let spec = spec(&sim, &bootstrap(), configured(&sim));
-    let first = start_worker(&spec);
-    converge(&sim, &spec, &first);
-    let second = start_worker(&spec);
-    // Keep changes coming so the zombie tries to commit; on a loaded machine (the whole
-    // suite runs in parallel) its next transaction can take a while.
-    let mut fenced = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    for i in 0.. {
-        if std::time::Instant::now() > deadline {
-            break;
-        }
-        mutate(&sim, 5, 300 + i);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if first.task.is_finished() {
-            fenced = Some(first.task.await.unwrap());
-            break;
-        }
-    }
-    let err = fenced
-        .expect("the first worker stopped")
-        .expect_err("with an error");
-    assert!(err.to_string().to_lowercase().contains("fenc"), "{err}");
-    converge(&sim, &spec, &second);
-    second.stop().await.unwrap();
-    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
-}
-
 /// Certificate credentials: the worker signs a JWT client assertion the simulator verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_credentials_work_end_to_end() {

@@ -48,6 +48,8 @@ pub async fn start_sim() -> SimServer {
 pub fn settings(graph_url: &str, bootstrap: &str, run: &str) -> Settings {
     let mut s = Settings::defaults();
     s.name = format!("conn-{run}");
+    // Few shards: each is a producer of its own.
+    s.worker.shards = 3;
     let g = &mut s.graph;
     g.tenant_id = TENANT.into();
     g.client_id = CLIENT.into();
@@ -58,6 +60,7 @@ pub fn settings(graph_url: &str, bootstrap: &str, run: &str) -> Settings {
     k.bootstrap_servers = bootstrap.into();
     k.worker_id = Some("0".into());
     k.offsets_topic = format!("offsets-{run}");
+    k.shards_topic = format!("shards-{run}");
     k.state_topic = format!("state-{run}");
     k.topics.events = format!("events-{run}");
     k.topics.calendars = format!("calendars-{run}");

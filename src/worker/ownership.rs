@@ -1,0 +1,100 @@
+//! Shards coming and going as the workers' group rebalances (see `sinks.rs`).
+//!
+//! - **Assigned**: each shard's committer starts first (fencing the shard's previous writer
+//!   and ending its open transaction); then the offsets and state topics are read to their
+//!   high watermarks with `read_committed` (so the previous writer's last transaction is in
+//!   what is read), and the shards' partitions take what was read and start.
+//! - **Revoked**: the shards' partitions are halted (in-flight commits waited for), then their
+//!   committers commit what they hold (idle offsets) and stop; only then does the rebalance
+//!   go on and another worker take them. What this worker knew of them is dropped.
+//!
+//! A single worker owns every shard: it reads and starts everything once, as before shards.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::metrics;
+use crate::sink::offsets_store::load_offsets;
+use crate::sink::state::load_state;
+use crate::sink::SinkError;
+use crate::source::PartitionId;
+
+use super::{links, supervisor, Shared, WorkerError};
+
+/// Takes `shards` over (see the module docs).
+pub(super) async fn assigned(shared: &Arc<Shared>, shards: &[u32]) -> Result<(), WorkerError> {
+    let t0 = std::time::Instant::now();
+    // Each producer's initialisation waits for its shard's previous writer: side by side.
+    let opened = futures_util::future::join_all(shards.iter().map(|n| shared.sinks.open(*n))).await;
+    opened.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let spec = &shared.spec;
+    let new: HashSet<u32> = shards.iter().copied().collect();
+    let ours = |p: &PartitionId| new.contains(&shared.sinks.router.shard(p));
+    let (cfg, topic, name, timeout) = (
+        spec.sink.consumer_config(),
+        spec.sink.offsets_topic.clone(),
+        spec.sink.connector.clone(),
+        spec.offsets_load_timeout,
+    );
+    let mut loaded =
+        tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??;
+    loaded.retain(|p, _| ours(p));
+    // A link of another mailbox must never be followed under this partition's keys.
+    links::refuse_foreign(&spec.graph_host, &mut loaded);
+    let (cfg, topic, name) = (
+        spec.sink.consumer_config(),
+        spec.sink.state_topic.clone(),
+        spec.sink.connector.clone(),
+    );
+    let mut state =
+        tokio::task::spawn_blocking(move || load_state(&cfg, &topic, &name, timeout)).await??;
+    state.retain(|p, _| ours(p));
+    let (partitions, items) = (state.len(), state.values().map(|l| l.len()).sum());
+    shared.states.adopt(state, &loaded);
+    {
+        let mut offsets = shared.status.offsets.lock();
+        offsets.retain(|p, _| !ours(p));
+        offsets.extend(loaded);
+    }
+    metrics::state_loaded(partitions, items, t0.elapsed());
+    metrics::shards_assigned(shards, &shared.sinks.owned(), t0.elapsed());
+    shared
+        .status
+        .offsets_loaded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    if !shared.stopped() {
+        supervisor::start_all(shared);
+    }
+    Ok(())
+}
+
+/// Gives `shards` up (see the module docs); `lost`: another worker may own them already
+/// (what is left to commit will be refused).
+pub(super) async fn revoked(shared: &Arc<Shared>, shards: &[u32], lost: bool) {
+    let t0 = std::time::Instant::now();
+    let gone: HashSet<u32> = shards.iter().copied().collect();
+    let theirs = |p: &PartitionId| gone.contains(&shared.sinks.router.shard(p));
+    let halted: Vec<PartitionId> = shared
+        .tracked
+        .lock()
+        .keys()
+        .filter(|p| theirs(p))
+        .cloned()
+        .collect();
+    shared.halt("shards revoked", &halted).await;
+    for n in shards {
+        match shared.sinks.close(*n).await {
+            Ok(()) => {}
+            // Fenced by the shard's new owner (a lost shard): nothing of it commits.
+            Err(SinkError::Fatal(why)) if lost => {
+                tracing::info!(shard = n, why = %why, "lost shard's committer fenced");
+            }
+            Err(e) => tracing::warn!(shard = n, error = %e, "closing a revoked shard's committer"),
+        }
+    }
+    shared.tracked.lock().retain(|p, _| !theirs(p));
+    shared.status.offsets.lock().retain(|p, _| !theirs(p));
+    shared.status.forget(|p| theirs(p));
+    shared.states.forget(|p| theirs(p));
+    metrics::shards_revoked(shards, lost, halted.len(), t0.elapsed());
+}

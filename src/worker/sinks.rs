@@ -1,0 +1,300 @@
+//! Shards: which partitions commit together, and the committers of the shards this worker
+//! owns.
+//!
+//! Each partition belongs to one of `worker.shards` shards, a hash of its user's object id,
+//! or of its group's id for a partition a group source gives its members (a membership
+//! commit starts and resets its members' partitions in its own transaction, so they must
+//! share its producer). The connector's workers share the shards through Kafka's group
+//! protocol (`sink::membership`); each owned shard has a committer of its own whose
+//! producer's `transactional.id` is `{prefix}-shard-{n}`, the same on every worker. A worker
+//! taking a shard over initialises that producer first, which fences the shard's previous
+//! writer and ends its open transaction (KIP-98's producer epoch): only then are the
+//! shard's offsets read and its partitions started. A zombie that lost the shard (paused past
+//! the session timeout) is refused at its next transaction, whatever it believes; this is
+//! how Kafka Connect fences a task that moved (KIP-618: a transactional id per task).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::sink::{Committer, KafkaHealth, Reason, SinkError, SinkHandle, SinkOptions};
+use crate::source::{Loc, PartitionId, SourceBatch, SourceOffset};
+
+use super::WorkerSpec;
+
+/// Which shard a partition belongs to.
+#[derive(Debug, Clone)]
+pub(super) struct Router {
+    shards: u32,
+    /// Each group source's templates (empty user), with its group.
+    groups: Vec<(PartitionId, String)>,
+}
+
+impl Router {
+    pub fn new(spec: &WorkerSpec) -> Self {
+        let groups = spec
+            .groups
+            .iter()
+            .flat_map(|g| g.templates.iter().map(|t| (t.clone(), g.group.clone())))
+            .collect();
+        Self {
+            shards: spec.sharding.shards.max(1),
+            groups,
+        }
+    }
+
+    /// `p`'s shard: a group source's partitions (with their task partitions) go with
+    /// their group's membership partition, every other with its user.
+    pub fn shard(&self, p: &PartitionId) -> u32 {
+        let key = match p {
+            PartitionId::GroupMembers { group } => group.as_str(),
+            _ => {
+                let template = match p {
+                    PartitionId::Tasks { .. } => PartitionId::TaskLists {
+                        user: String::new(),
+                    },
+                    _ => p.with_user(""),
+                };
+                self.groups
+                    .iter()
+                    .find(|(t, _)| *t == template)
+                    .map_or(p.user(), |(_, g)| g.as_str())
+            }
+        };
+        (fnv1a(key.as_bytes()) % u64::from(self.shards)) as u32
+    }
+}
+
+/// FNV-1a (64 bits): stable across processes, versions and platforms, as every worker must
+/// agree on a partition's shard.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// An owned shard's committer.
+struct Open {
+    handle: SinkHandle,
+    thread: std::thread::JoinHandle<Result<(), SinkError>>,
+}
+
+/// The committers of the owned shards.
+pub(super) struct Sinks {
+    pub router: Router,
+    opts: SinkOptions,
+    health: Arc<KafkaHealth>,
+    open: Mutex<HashMap<u32, Open>>,
+}
+
+impl Sinks {
+    pub fn new(spec: &WorkerSpec, health: Arc<KafkaHealth>) -> Self {
+        Self {
+            router: Router::new(spec),
+            opts: spec.sink.clone(),
+            health,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `p`'s shard is owned (its committer open).
+    pub fn owns(&self, p: &PartitionId) -> bool {
+        self.open.lock().contains_key(&self.router.shard(p))
+    }
+
+    /// The owned shards, in order.
+    pub fn owned(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.open.lock().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// `p`'s committer; [`SinkError::Stopped`] when its shard is not this worker's.
+    pub fn handle(&self, p: &PartitionId) -> Result<SinkHandle, SinkError> {
+        self.open
+            .lock()
+            .get(&self.router.shard(p))
+            .map(|o| o.handle.clone())
+            .ok_or(SinkError::Stopped)
+    }
+
+    /// Starts shard `n`'s committer: initialising its producer's transactions fences the
+    /// shard's previous writer and ends its open transaction (blocking, off the executor).
+    pub async fn open(&self, n: u32) -> Result<(), SinkError> {
+        if self.open.lock().contains_key(&n) {
+            return Ok(());
+        }
+        let mut opts = self.opts.clone();
+        opts.transactional_id = format!("{}-shard-{n}", self.opts.transactional_id);
+        let health = self.health.clone();
+        let (handle, thread) = tokio::task::spawn_blocking(move || Committer::start(opts, health))
+            .await
+            .map_err(|e| SinkError::Setup(Reason::new(format!("shard {n}: {e}"))))??;
+        self.open.lock().insert(n, Open { handle, thread });
+        Ok(())
+    }
+
+    /// Stops shard `n`'s committer once it committed what it holds (its partitions must be
+    /// halted first: their handles gone, the last one here).
+    pub async fn close(&self, n: u32) -> Result<(), SinkError> {
+        let Some(open) = self.open.lock().remove(&n) else {
+            return Ok(());
+        };
+        drop(open.handle);
+        join(n, open.thread).await
+    }
+
+    /// Closes every committer (shutdown); the first error is returned.
+    pub async fn close_all(&self) -> Result<(), SinkError> {
+        let mut first = Ok(());
+        for n in self.owned() {
+            let r = self.close(n).await;
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Commits a batch through its partition's shard (see [`SinkHandle::commit_located`]).
+    pub async fn commit_located(&self, batch: SourceBatch) -> Result<Vec<Loc>, SinkError> {
+        let h = self.handle(&batch.partition)?;
+        h.commit_located(batch).await
+    }
+
+    /// Hands over an offset that covers no records (see [`SinkHandle::idle`]).
+    pub async fn idle(&self, p: Arc<PartitionId>, o: SourceOffset) -> Result<(), SinkError> {
+        let h = self.handle(&p)?;
+        h.idle(p, o).await
+    }
+
+    /// Writes offsets (operator changes; `None` resets), one transaction per shard; a
+    /// partition of a shard this worker does not own is refused ([`SinkError::Stopped`]).
+    pub async fn write_offsets(
+        &self,
+        offsets: Vec<(PartitionId, Option<SourceOffset>)>,
+    ) -> Result<(), SinkError> {
+        let mut by_shard: HashMap<u32, Vec<(PartitionId, Option<SourceOffset>)>> = HashMap::new();
+        for (p, o) in offsets {
+            by_shard
+                .entry(self.router.shard(&p))
+                .or_default()
+                .push((p, o));
+        }
+        let handles: Vec<(SinkHandle, Vec<_>)> = {
+            let open = self.open.lock();
+            by_shard
+                .into_iter()
+                .map(|(n, w)| open.get(&n).map(|o| (o.handle.clone(), w)))
+                .collect::<Option<_>>()
+                .ok_or(SinkError::Stopped)?
+        };
+        for (h, w) in handles {
+            h.write_offsets(w).await?;
+        }
+        Ok(())
+    }
+
+    /// Persists every shard's idle offsets now.
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        let handles: Vec<SinkHandle> = self
+            .open
+            .lock()
+            .values()
+            .map(|o| o.handle.clone())
+            .collect();
+        for h in handles {
+            h.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for a committer's thread (off the executor).
+async fn join(
+    n: u32,
+    thread: std::thread::JoinHandle<Result<(), SinkError>>,
+) -> Result<(), SinkError> {
+    match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(SinkError::Fatal(Reason::new(format!(
+            "shard {n}: the committer thread panicked"
+        )))),
+        Err(e) => Err(SinkError::Setup(Reason::new(format!("shard {n}: {e}")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(shards: u32, groups: &[(PartitionId, &str)]) -> Router {
+        Router {
+            shards,
+            groups: groups
+                .iter()
+                .map(|(t, g)| (t.clone(), g.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Every worker must agree on a partition's shard: the hash is fixed, not the
+    /// process's (`DefaultHasher` promises no stability across releases).
+    #[test]
+    fn shards_are_stable_and_a_users_partitions_share_one() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let r = router(8, &[]);
+        let u = "6f1c2d3e-0000-4000-8000-000000000001";
+        let list = PartitionId::TaskLists { user: u.into() };
+        let tasks = PartitionId::Tasks {
+            user: u.into(),
+            list: "L".into(),
+        };
+        let cal = PartitionId::CalendarList { user: u.into() };
+        assert_eq!(r.shard(&list), r.shard(&tasks));
+        assert_eq!(r.shard(&list), r.shard(&cal));
+        assert!(r.shard(&list) < 8);
+        // 1,000 users spread over the 8 shards, none empty, none with twice its share.
+        let mut count = [0u32; 8];
+        for i in 0..1000 {
+            count[r.shard(&PartitionId::CalendarList {
+                user: format!("user-{i}"),
+            }) as usize] += 1;
+        }
+        assert!(count.iter().all(|c| (60..250).contains(c)), "{count:?}");
+    }
+
+    #[test]
+    fn a_group_sources_partitions_go_with_their_group() {
+        let lists = PartitionId::TaskLists {
+            user: String::new(),
+        };
+        let r = router(16, &[(lists, "g-1")]);
+        let members = PartitionId::GroupMembers {
+            group: "g-1".into(),
+        };
+        let n = r.shard(&members);
+        for u in ["a", "b", "c", "d"] {
+            let tasks = PartitionId::Tasks {
+                user: u.into(),
+                list: "L".into(),
+            };
+            assert_eq!(r.shard(&PartitionId::TaskLists { user: u.into() }), n);
+            assert_eq!(r.shard(&tasks), n, "a member's task partitions too");
+        }
+        // Calendar lists are no group source's here: by user.
+        let by_user: std::collections::HashSet<u32> = (0..50)
+            .map(|i| {
+                r.shard(&PartitionId::CalendarList {
+                    user: format!("u{i}"),
+                })
+            })
+            .collect();
+        assert!(by_user.len() > 1);
+    }
+}

@@ -1,0 +1,136 @@
+//! Several workers as processes (issue 14): three `graph-cdc run` processes of one connector
+//! share its 6 shards while workers are SIGKILLed at random moments and restarted (a
+//! Kubernetes pod would be), a fourth joins and one leaves gracefully, and one is SIGSTOPped
+//! past the session timeout and resumed (a zombie: the shards it held went to the others,
+//! whose producers fenced it, so it must not commit again; it exits non-zero, fenced, or
+//! rejoins after losing its shards). The `read_committed` compacted view must end equal to
+//! the truth, with no record committed twice.
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use graph_cdc::source::PartitionId;
+use graph_sim::generate::MutateSpec;
+use rand::Rng;
+
+use crate::common::*;
+
+/// Writes the configuration of worker `id` (a shared connector, 6 shards, a 6 s session).
+fn worker_config(base: &str, dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    let toml = base.replace(
+        "worker_id = \"w\"",
+        &format!("worker_id = \"{id}\"\nsession_timeout = \"6s\""),
+    );
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn exited(child: &mut Child) -> Option<std::process::ExitStatus> {
+    child.try_wait().ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_shards_under_kills_joins_leaves_and_a_pause() {
+    let (sim, users) = sim_with_users(6, 30, 8, 71).await;
+    let start = NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").unwrap();
+    let mut spec = spec(&sim, &bootstrap(), Vec::<PartitionId>::new());
+    spec.sharding.shards = 6;
+    let dir =
+        std::env::temp_dir().join(format!("graph-cdc-fleet-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = config(&spec, &users);
+    let cfgs: Vec<_> = ["w1", "w2", "w3", "w4"]
+        .iter()
+        .map(|id| worker_config(&base, &dir, id))
+        .collect();
+    let mut workers: Vec<Option<Child>> = vec![
+        Some(launch(&cfgs[0])),
+        Some(launch(&cfgs[1])),
+        Some(launch(&cfgs[2])),
+        None,
+    ];
+    let mut rng = rand::rng();
+    let mut mutations = 0;
+    let mut mutate = |sim: &graph_sim::SimServer| {
+        mutations += 1;
+        let m = MutateSpec {
+            count: 15,
+            start,
+            days: 31,
+            seed: Some(800 + mutations),
+            ..Default::default()
+        };
+        graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
+    };
+
+    // SIGKILLs at random moments (the initial sync, rebalances, incremental rounds), each
+    // worker restarted after a while, as its supervisor would.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..3500))).await;
+        let i = rng.random_range(0..3);
+        if let Some(c) = workers[i].take() {
+            signal(&c, libc::SIGKILL);
+            let mut c = c;
+            let _ = c.wait();
+        }
+        mutate(&sim);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
+        workers[i] = Some(launch(&cfgs[i]));
+    }
+
+    // A fourth worker joins; the third leaves gracefully (SIGTERM: exit 0).
+    workers[3] = Some(launch(&cfgs[3]));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    mutate(&sim);
+    let mut third = workers[2].take().expect("w3");
+    signal(&third, libc::SIGTERM);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = exited(&mut third) {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "SIGTERM: not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a graceful leave exits 0: {status}");
+    mutate(&sim);
+
+    // A zombie: w1 paused past the 6 s session timeout while changes keep coming, then
+    // resumed. Its shards went to the others meanwhile; it must not commit for them again.
+    let zombie = workers[0].take().expect("w1");
+    signal(&zombie, libc::SIGSTOP);
+    for _ in 0..4 {
+        mutate(&sim);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    signal(&zombie, libc::SIGCONT);
+    let mut zombie = zombie;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    match exited(&mut zombie) {
+        // Fenced at its first commit: it stops with an error, its supervisor restarts it.
+        Some(s) => {
+            assert!(!s.success(), "a fenced worker exits non-zero: {s}");
+            workers[0] = Some(launch(&cfgs[0]));
+        }
+        // Told its shards were lost before it tried: it rejoined in place.
+        None => workers[0] = Some(zombie),
+    }
+    mutate(&sim);
+
+    tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(150)));
+    for c in workers.iter_mut().flatten() {
+        signal(c, libc::SIGTERM);
+    }
+    for c in workers.iter_mut().flatten() {
+        let _ = c.wait();
+    }
+    let records = all_records(&spec);
+    assert!(records.len() > 300, "{} records", records.len());
+    assert_eq!(duplicates(&records), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,119 @@
+//! Scale-out (issue 14): workers of one connector share its shards through Kafka's group
+//! protocol. A second worker takes some shards over (cooperative: the first keeps the rest),
+//! each partition runs on exactly one worker, both commit, and when the second leaves its
+//! shards come back to the first; the topics equal the truth and nothing is committed twice.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use graph_cdc::source::PartitionId;
+use graph_cdc::worker::{PartitionState, WorkerSpec};
+use graph_sim::generate::MutateSpec;
+use graph_sim::SimServer;
+
+use crate::common::*;
+
+/// The partitions `w` runs.
+fn running(w: &Running) -> BTreeSet<PartitionId> {
+    w.status
+        .partitions
+        .lock()
+        .iter()
+        .filter(|(_, s)| **s == PartitionState::Running)
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+fn mutate(sim: &SimServer, seed: u64) {
+    let start =
+        chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").unwrap();
+    let m = MutateSpec {
+        count: 6,
+        start,
+        days: 30,
+        seed: Some(seed),
+        ..Default::default()
+    };
+    graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
+}
+
+fn converge(sim: &SimServer, spec: &WorkerSpec, workers: &[&Running]) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    tokio::task::block_in_place(|| loop {
+        let Some(d) = difference(sim, spec, WINDOW) else {
+            return;
+        };
+        for w in workers {
+            if let Some(end) = w.ended.lock().clone() {
+                panic!("a worker stopped by itself ({end}): {d}");
+            }
+        }
+        assert!(Instant::now() < deadline, "not converged: {d}");
+        std::thread::sleep(Duration::from_millis(500));
+    });
+}
+
+/// Waits until `workers` run `want` between them, each partition on one worker, each
+/// worker some; returns what each runs.
+async fn shared_out(
+    workers: &[&Running],
+    want: &BTreeSet<PartitionId>,
+) -> Vec<BTreeSet<PartitionId>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sets: Vec<BTreeSet<PartitionId>> = workers.iter().map(|w| running(w)).collect();
+        let union: BTreeSet<PartitionId> = sets.iter().flatten().cloned().collect();
+        let total: usize = sets.iter().map(BTreeSet::len).sum();
+        if union == *want && total == want.len() && sets.iter().all(|s| !s.is_empty()) {
+            return sets;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not shared out: {:?} of {} ({total} running in all)",
+            sets.iter().map(BTreeSet::len).collect::<Vec<_>>(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_takes_shards_over_and_hands_them_back() {
+    let (sim, ids) = sim_with_users(6, 10, 2, 51).await;
+    let mut spec = spec(&sim, &bootstrap(), configured_partitions(&ids));
+    spec.sharding.shards = 6;
+    spec.sharding.worker_id = "a".into();
+    let all: BTreeSet<PartitionId> = all_partitions(&sim, WINDOW).into_iter().collect();
+    let first = start_worker(&spec);
+    converge(&sim, &spec, &[&first]);
+    shared_out(&[&first], &all).await;
+
+    // A second worker: some shards move to it, the first keeps the others.
+    let mut second_spec = spec.clone();
+    second_spec.sharding.worker_id = "b".into();
+    let second = start_worker(&second_spec);
+    shared_out(&[&first, &second], &all).await;
+    let moves = |n: &str| {
+        graph_cdc::metrics::metrics()
+            .shard_moves
+            .with_label_values(&[n])
+            .get()
+    };
+    assert!(moves("revoked") >= 1, "the first gave shards up");
+    for i in 0..4 {
+        mutate(&sim, 900 + i);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    converge(&sim, &spec, &[&first, &second]);
+    // The second leaves: its shards come back to the first.
+    let t0 = Instant::now();
+    second.stop().await.expect("a graceful stop");
+    shared_out(&[&first], &all).await;
+    let handover = t0.elapsed();
+    assert!(handover < Duration::from_secs(30), "{handover:?}");
+    eprintln!("handover after a graceful leave: {handover:?}");
+    mutate(&sim, 990);
+    converge(&sim, &spec, &[&first]);
+    first.stop().await.expect("stop");
+    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
+}
