@@ -99,6 +99,8 @@ impl Member {
         thread::spawn(move || {
             while let Some(ev) = rx.blocking_recv() {
                 let seen = match ev {
+                    // In the group with nothing new (readiness): not a move.
+                    ShardEvent::Assigned(shards) if shards.is_empty() => continue,
                     ShardEvent::Assigned(shards) => {
                         v.lock().unwrap().owned.extend(shards.iter().copied());
                         Seen::Assigned(shards)

@@ -61,7 +61,8 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub enum ShardEvent {
     /// Shards now this worker's (their partitions may start once their offsets are read).
-    /// Only the shards added by this rebalance (never empty).
+    /// Only the shards added by this rebalance; empty when it added none (the worker is in
+    /// the group all the same).
     Assigned(Vec<u32>),
     /// Shards to give up. The rebalance waits (at most `revoke_timeout`) until `done` is
     /// answered (or dropped): the worker stops their partitions and commits or aborts what
@@ -426,7 +427,10 @@ impl ConsumerContext for GroupContext {
             return;
         };
         let shards = self.shards(tpl);
+        // An empty assignment still says the worker is in the group (with nothing to do:
+        // more workers than shards), which readiness wants to hear.
         if shards.is_empty() {
+            let _ = self.events.send(ShardEvent::Assigned(shards));
             return;
         }
         // Nothing is read from the shards: no fetching.

@@ -23,6 +23,13 @@ use super::{links, supervisor, Shared, WorkerError};
 
 /// Takes `shards` over (see the module docs).
 pub(super) async fn assigned(shared: &Arc<Shared>, shards: &[u32]) -> Result<(), WorkerError> {
+    let loaded = &shared.status.offsets_loaded;
+    if shards.is_empty() {
+        // In the group with nothing new: nothing to read (a worker beyond the shard count
+        // is ready, idle).
+        loaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        return Ok(());
+    }
     let t0 = std::time::Instant::now();
     // Each producer's initialisation waits for its shard's previous writer: side by side.
     let opened = futures_util::future::join_all(shards.iter().map(|n| shared.sinks.open(*n))).await;

@@ -117,3 +117,37 @@ async fn a_second_worker_takes_shards_over_and_hands_them_back() {
     first.stop().await.expect("stop");
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
 }
+
+/// More workers than shards: the one left without a shard is in the group, idle and ready
+/// (its offsets are "loaded": it has none to read), while the other runs everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_beyond_the_shard_count_is_idle_and_ready() {
+    let (sim, ids) = sim_with_users(2, 4, 1, 52).await;
+    let mut spec = spec(&sim, &bootstrap(), configured_partitions(&ids));
+    spec.sharding.shards = 1;
+    spec.sharding.worker_id = "a".into();
+    let all: BTreeSet<PartitionId> = all_partitions(&sim, WINDOW).into_iter().collect();
+    let first = start_worker(&spec);
+    converge(&sim, &spec, &[&first]);
+    let mut idle_spec = spec.clone();
+    idle_spec.sharding.worker_id = "b".into();
+    let idle = start_worker(&idle_spec);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !idle
+        .status
+        .offsets_loaded
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            idle.status.unready_reasons()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(running(&idle).is_empty(), "no shard, no partition");
+    assert_eq!(running(&first), all, "the shard stays with the first");
+    idle.stop().await.expect("stop");
+    first.stop().await.expect("stop");
+}
