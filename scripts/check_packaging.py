@@ -662,7 +662,7 @@ def check_chart(binary):
     all_on = yaml.safe_load(open(os.path.join(CHART, "ci", "all-on-values.yaml")))
     all_on = merge(all_on, {"secrets": {"certificate": pki["graph.crt"], "privateKey": pki["graph.key"]},
                             "kafka": {"tls": real_tls}})
-    check_release(binary, "all options on", all_on, pki, extra_kinds=("ServiceMonitor", "PodDisruptionBudget"),
+    check_release(binary, "all options on", all_on, pki, extra_kinds=("ServiceMonitor", "PodDisruptionBudget", "HorizontalPodAutoscaler"),
                   expect={"tls": "ca+cert", "tls_secret_created": True, "token": all_on["secrets"]["authToken"],
                           "secret_env": ["GRAPH_CDC__KAFKA__OPTIONS__SASL_PASSWORD",
                                          "GRAPH_CDC__KAFKA__OPTIONS__SASL_OAUTHBEARER_CLIENT_SECRET"],
@@ -746,6 +746,8 @@ def check_chart(binary):
                 {"secrets": {"mountPath": "relative"}},
                 {"extraVolumes": [{"emptyDir": {}}]}, {"extraVolumeMounts": [{"name": "x"}]},
                 {"networkPolicy": {"enabled": "true"}},
+                {"autoscaling": {"maxReplicas": 0}}, {"autoscaling": {"targetCPUUtilizationPercentage": 150}},
+                {"autoscaling": {"enabled": "yes"}},
                 {"networkPolicy": {"egress": {"kafka": {"ports": []}}}},
                 {"networkPolicy": {"egress": {"dns": {"ports": [{"port": 53, "protocol": "ICMP"}]}}}},
                 {"networkPolicy": {"ingress": {"clientPodLabels": {"graph-cdc-client": True}}}}]:
@@ -774,6 +776,10 @@ def check_chart(binary):
          "give the Graph client secret one way"),
         ({"config": {"graph": {"certificate_path": "/x"}}}, "config.graph.certificate_path"),
         ({"secrets": {"mountPath": "/tmp"}}, "secrets.mountPath"),
+        ({"autoscaling": {"enabled": True, "maxReplicas": 9}},
+         "autoscaling.maxReplicas (9) is over config.worker.shards (8)"),
+        ({"autoscaling": {"enabled": True, "maxReplicas": 5}, "config": {"worker": {"shards": 4}}},
+         "autoscaling.maxReplicas (5) is over config.worker.shards (4)"),
     ]:
         try:
             chart.render(merge({"secrets": {"authToken": "t"}}, bad), name=RELEASE, namespace="cdc", is_install=True)
@@ -783,7 +789,7 @@ def check_chart(binary):
             continue
         fail(f"the chart rendered contradictory values {bad}")
     ok("the templates refuse contradictory TLS values, config.errors, secrets in config and credentials "
-       "given two ways, naming the value")
+       "given two ways, an autoscaler past the shard count, naming the value")
     # No token, no render: the REST API would be open to anyone who reaches the port.
     for values in [{}, {"secrets": {"clientSecret": "s"}}, {"server": {"allowUnauthenticated": False}}]:
         try:
@@ -839,8 +845,13 @@ def check_compose(spec_path, graph_cdc_binary):
             if host_ip != "127.0.0.1":
                 fail(f"service {name} publishes {p} beyond 127.0.0.1")
     cdc = compose["services"]["graph-cdc"]
-    if cdc.get("ports") != ["127.0.0.1:8083:8083"]:
-        fail(f"graph-cdc must publish 127.0.0.1:8083:8083, not {cdc.get('ports')}")
+    if cdc.get("ports") != ["127.0.0.1:8083-8085:8083"]:
+        fail(f"graph-cdc must publish 127.0.0.1:8083-8085:8083 (8083, and a port each for --scale 3), not {cdc.get('ports')}")
+    # `--scale graph-cdc=N` needs no fixed name or identity: each container's hostname is
+    # its worker_id (distinct static members of the workers' group).
+    env = cdc.get("environment") or {}
+    if "container_name" in cdc or "hostname" in cdc or "GRAPH_CDC__KAFKA__WORKER_ID" in env:
+        fail("graph-cdc in compose must not fix container_name, hostname or worker_id: --scale needs distinct workers")
     health = " ".join(cdc["healthcheck"]["test"])
     if "/readyz" not in health:
         fail("graph-cdc's health check must GET /readyz (open without the token)")
@@ -872,7 +883,7 @@ def check_compose(spec_path, graph_cdc_binary):
                            capture_output=True, text=True, timeout=120)
         if r.returncode == 0 or "server.auth_token: required" not in r.stderr:
             fail(f"compose's graph-cdc without its token was not refused for want of one: exit {r.returncode}, {r.stderr[-300:]}")
-    ok("compose publishes only on 127.0.0.1 (8083); graph-cdc runs with a token (.env or a development "
+    ok("compose publishes only on 127.0.0.1 (8083, 8083-8085 for --scale 3, no fixed worker identity); graph-cdc runs with a token (.env or a development "
        "default), health-checked on /readyz; its config passes graph-cdc validate, and is refused without the token")
 
 
