@@ -94,6 +94,7 @@ pub async fn run(
     mock.create_topic(&spec.sink.state_topic, 3, 1)?;
     let shards = spec.sharding.shards as i32;
     mock.create_topic(&spec.sharding.topic, shards, 1)?;
+    mock.create_topic(&spec.sharding.control_topic, 1, 1)?;
     let bootstrap = spec.sink.bootstrap_servers.clone();
     let topics: Vec<String> = spec.sink.topics.all().map(str::to_string).into();
 

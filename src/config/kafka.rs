@@ -50,6 +50,10 @@ pub struct KafkaSettings {
     /// connector's workers form the consumer group `{name}.workers` on it, and each owns
     /// the shards assigned to it.
     pub shards_topic: String,
+    /// The control topic (compacted, one partition): each connector's target state
+    /// (running, paused, stopped) as an operator last set it through any worker; every worker
+    /// follows it, and takes it up at start.
+    pub control_topic: String,
     /// `session.timeout.ms` of that group: how long a worker may go unheard before its
     /// shards move to the others (6s–300s, within the broker's group session bounds).
     pub session_timeout: super::Dur,

@@ -94,6 +94,7 @@ topic_partitions = 6
 replication_factor = 1
 transaction_timeout = "60s"
 shards_topic = "graph-cdc-shards"
+control_topic = "graph-cdc-control"
 session_timeout = "10s"
 
 [kafka.topics]

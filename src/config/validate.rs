@@ -223,6 +223,7 @@ fn errors(errs: &mut Vec<String>, e: &ErrorSettings, k: &KafkaSettings) {
                 &k.offsets_topic,
                 &k.state_topic,
                 &k.shards_topic,
+                &k.control_topic,
             ];
             if taken.contains(&t) {
                 errs.push(format!(
@@ -274,6 +275,7 @@ fn topics(errs: &mut Vec<String>, k: &KafkaSettings, e: &ErrorSettings) {
         ("kafka.offsets_topic", &k.offsets_topic),
         ("kafka.state_topic", &k.state_topic),
         ("kafka.shards_topic", &k.shards_topic),
+        ("kafka.control_topic", &k.control_topic),
         ("kafka.topics.events", &t.events),
         ("kafka.topics.calendars", &t.calendars),
         ("kafka.topics.task_lists", &t.task_lists),
@@ -304,6 +306,9 @@ fn topics(errs: &mut Vec<String>, k: &KafkaSettings, e: &ErrorSettings) {
                     }
                     ("kafka.shards_topic", _) | (_, "kafka.shards_topic") => {
                         "the shards topic is the workers' group's own (one partition per shard, no records)"
+                    }
+                    ("kafka.control_topic", _) | (_, "kafka.control_topic") => {
+                        "the control topic holds connectors' target states only"
                     }
                     ("kafka.topics.calendars", "kafka.topics.task_lists") => {
                         "calendars and task lists are both keyed {user, id}, so a full resync of one would delete the other's records"

@@ -96,6 +96,14 @@ impl SinkOptions {
         c
     }
 
+    /// A plain (not transactional) idempotent producer's configuration: the control topic's
+    /// records (`control.rs`), written outside any shard.
+    pub fn plain_producer_config(&self) -> ClientConfig {
+        let mut c = self.config(ClientRole::Producer);
+        c.set("enable.idempotence", "true");
+        c
+    }
+
     /// The consumers' configuration (the reader adds its group and isolation level).
     pub fn consumer_config(&self) -> ClientConfig {
         self.config(ClientRole::Consumer)

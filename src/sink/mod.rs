@@ -29,6 +29,7 @@
 
 pub mod clients;
 pub mod committer;
+pub mod control;
 mod error;
 pub mod handle;
 pub mod health;

@@ -63,12 +63,13 @@ pub async fn ensure_topics(
 }
 
 /// Creates the shards topic (`kafka.shards_topic`, one partition per shard, no records: the
-/// workers' group is assigned its partitions) if it is missing. An existing one is left
+/// workers' group is assigned its partitions) and the control topic if missing. An existing one is left
 /// alone: the worker checks its partition count against `worker.shards`.
 pub async fn ensure_shards_topic(
     opts: &SinkOptions,
     topic: &str,
     shards: u32,
+    control: &str,
     replication: i32,
 ) -> Result<(), SinkError> {
     let admin: AdminClient<DefaultClientContext> = opts
@@ -77,9 +78,12 @@ pub async fn ensure_shards_topic(
         .map_err(|e| SinkError::Setup(Reason::because("creating the admin client", e)))?;
     let t = NewTopic::new(topic, shards as i32, TopicReplication::Fixed(replication))
         .set("cleanup.policy", "compact");
+    // The control topic: the connectors' target states (`control.rs`), one partition.
+    let c = NewTopic::new(control, 1, TopicReplication::Fixed(replication))
+        .set("cleanup.policy", "compact");
     let results = admin
         .create_topics(
-            [&t],
+            [&t, &c],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::sink::control::{self as control_topic, TargetState};
 use crate::sink::SinkError;
 use crate::source::PartitionId;
 
@@ -38,9 +40,9 @@ pub enum CommandError {
 pub(super) async fn command(shared: &Arc<Shared>, c: Command) -> Result<String, CommandError> {
     tracing::info!(command = ?c, "operator command");
     match c {
-        Command::Pause => Ok(pause(shared)),
-        Command::Resume => Ok(resume(shared)),
-        Command::Stop => stop(shared).await,
+        Command::Pause => set_target(shared, TargetState::Paused).await,
+        Command::Resume => set_target(shared, TargetState::Running).await,
+        Command::Stop => set_target(shared, TargetState::Stopped).await,
         Command::Restart(r) => restart(shared, r).await,
         Command::Resync(r) => resync(shared, r),
         Command::AlterOffsets(a) => alter_offsets(shared, a).await,
@@ -62,6 +64,41 @@ fn need_stopped(shared: &Shared) -> Result<(), CommandError> {
             shared.spec.sink.connector
         )))
     }
+}
+
+/// Pause, resume, stop: written to the control topic first, so that every worker of the
+/// connector (each follows the topic) and any started later carry it out, then carried out
+/// here.
+async fn set_target(shared: &Arc<Shared>, t: TargetState) -> Result<String, CommandError> {
+    let (cfg, topic, name) = (
+        shared.spec.sink.plain_producer_config(),
+        shared.spec.sharding.control_topic.clone(),
+        shared.spec.sink.connector.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        control_topic::publish(&cfg, &topic, &name, t, Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| CommandError::Failed(e.to_string()))?
+    .map_err(failed)?;
+    apply_target(shared, t).await
+}
+
+/// Carries a target state out on this worker (from an operator here, or from the control
+/// topic); doing it twice changes nothing.
+pub(super) async fn apply_target(
+    shared: &Arc<Shared>,
+    t: TargetState,
+) -> Result<String, CommandError> {
+    let r = match t {
+        TargetState::Paused => Ok(pause(shared)),
+        TargetState::Running => Ok(resume(shared)),
+        TargetState::Stopped => stop(shared).await,
+    };
+    if let Err(e) = &r {
+        tracing::warn!(target = ?t, error = %e, "carrying out the connector's target state");
+    }
+    r
 }
 
 fn pause(shared: &Shared) -> String {

@@ -66,6 +66,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::graph::{GraphClient, GraphError, TokenProvider};
 use crate::metrics;
+use crate::sink::control as control_topic;
 use crate::sink::membership::{shard_count, Membership, MembershipOptions, ShardEvent};
 use crate::sink::topics::{ensure_shards_topic, ensure_topics};
 use crate::sink::SinkError;
@@ -168,7 +169,7 @@ pub async fn run_with_status(
     if let Some((parts, repl)) = spec.create_topics {
         ensure_topics(&spec.sink, parts, repl).await?;
         let sh = &spec.sharding;
-        ensure_shards_topic(&spec.sink, &sh.topic, sh.shards, repl).await?;
+        ensure_shards_topic(&spec.sink, &sh.topic, sh.shards, &sh.control_topic, repl).await?;
     }
     // 1. The shards topic must say as many shards as this worker: all workers must agree.
     let (cfg, topic) = (spec.sink.consumer_config(), spec.sharding.topic.clone());
@@ -191,6 +192,25 @@ pub async fn run_with_status(
             spec.sharding.topic, spec.sharding.shards
         )));
     }
+    // 2. The connector's target state, as an operator last set it through any worker.
+    let (cfg, topic, name, timeout) = (
+        spec.sink.consumer_config(),
+        spec.sharding.control_topic.clone(),
+        spec.sink.connector.clone(),
+        spec.offsets_load_timeout,
+    );
+    let (target, next) = tokio::task::spawn_blocking(move || {
+        control_topic::read_target(&cfg, &topic, &name, timeout)
+    })
+    .await??;
+    let (targets_tx, mut targets) = tokio::sync::mpsc::unbounded_channel();
+    let follower = control_topic::follow(
+        &spec.sink.consumer_config(),
+        &spec.sharding.control_topic,
+        &spec.sink.connector,
+        next,
+        targets_tx,
+    )?;
     tracing::info!(partitions = spec.partitions.len(), shards = spec.sharding.shards, worker_id = %spec.sharding.worker_id, "worker starting");
 
     let http = crate::graph::http::client(&spec.client).map_err(WorkerError::HttpClient)?;
@@ -220,7 +240,10 @@ pub async fn run_with_status(
     });
     // Should this future be dropped half-way, the tasks (which hold `shared`) go too.
     let abort_tasks = AbortTasksOnDrop(Arc::downgrade(&shared));
-    // 2. Join the workers' group: the shards it assigns start (`ownership.rs`).
+    if let Some(t) = target {
+        let _ = control::apply_target(&shared, t).await;
+    }
+    // 3. Join the workers' group: the shards it assigns start (`ownership.rs`).
     let sh = &shared.spec.sharding;
     let opts = MembershipOptions {
         group: sh.group.clone(),
@@ -257,6 +280,9 @@ pub async fn run_with_status(
                     break;
                 }
             },
+            Some(t) = targets.recv() => {
+                let _ = control::apply_target(&shared, t).await;
+            }
             Some(req) = commands.recv() => {
                 let answer = command(&shared, req.command).await;
                 let _ = req.reply.send(answer);
@@ -273,6 +299,7 @@ pub async fn run_with_status(
     // leave (its shards revoked: nothing left to do), and the others take them.
     let closed = shared.sinks.close_all().await;
     drop(shard_events);
+    drop(follower);
     tokio::task::spawn_blocking(move || membership.stop()).await?;
     match (failed, fatal, closed) {
         (Some(e), _, _) => Err(e),

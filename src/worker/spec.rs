@@ -64,6 +64,8 @@ pub struct Sharding {
     pub worker_id: String,
     /// `kafka.session_timeout`.
     pub session_timeout: Duration,
+    /// `kafka.control_topic`: the connector's target state, shared by its workers.
+    pub control_topic: String,
 }
 
 impl WorkerSpec {
@@ -125,6 +127,7 @@ impl WorkerSpec {
                 group: format!("{}.workers", s.name),
                 worker_id: s.worker_id(),
                 session_timeout: k.session_timeout.0,
+                control_topic: k.control_topic.clone(),
             },
         })
     }

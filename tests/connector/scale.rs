@@ -79,7 +79,8 @@ async fn shared_out(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_worker_takes_shards_over_and_hands_them_back() {
-    let (sim, ids) = sim_with_users(6, 10, 2, 51).await;
+    // 12 users over 6 shards: each of two workers gets some (a user is a shard's unit).
+    let (sim, ids) = sim_with_users(12, 6, 2, 51).await;
     let mut spec = spec(&sim, &bootstrap(), configured_partitions(&ids));
     spec.sharding.shards = 6;
     spec.sharding.worker_id = "a".into();
@@ -150,4 +151,73 @@ async fn a_worker_beyond_the_shard_count_is_idle_and_ready() {
     assert_eq!(running(&first), all, "the shard stays with the first");
     idle.stop().await.expect("stop");
     first.stop().await.expect("stop");
+}
+
+/// Connector-wide commands reach every worker through the control topic, whichever worker an
+/// operator asked, and outlive a restart: stop on one stops both (nothing more is written),
+/// a worker restarted meanwhile comes up stopped, resume on the other starts everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_resume_reach_every_worker_and_outlive_a_restart() {
+    use graph_cdc::worker::{Command, ConnectorState};
+    let (sim, ids) = sim_with_users(12, 4, 1, 53).await;
+    let mut spec = spec(&sim, &bootstrap(), configured_partitions(&ids));
+    spec.sharding.shards = 4;
+    spec.sharding.worker_id = "a".into();
+    let mut b_spec = spec.clone();
+    b_spec.sharding.worker_id = "b".into();
+    let all: BTreeSet<PartitionId> = all_partitions(&sim, WINDOW).into_iter().collect();
+    let a = start_worker(&spec);
+    let b = start_worker(&b_spec);
+    shared_out(&[&a, &b], &all).await;
+    converge(&sim, &spec, &[&a, &b]);
+    let state = |w: &Running| *w.status.connector.lock();
+
+    a.command(Command::Stop).await.expect("stop");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&b) != ConnectorState::Stopped {
+        assert!(Instant::now() < deadline, "b: {:?}", state(&b));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state(&a), ConnectorState::Stopped);
+    let written = all_records(&spec).len();
+    mutate(&sim, 700);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        all_records(&spec).len(),
+        written,
+        "stopped: nothing written"
+    );
+
+    // b restarts while the connector is stopped: it comes up stopped.
+    b.stop().await.expect("stop b");
+    let b = start_worker(&b_spec);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b
+        .status
+        .offsets_loaded
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state(&b), ConnectorState::Stopped);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        running(&b).is_empty(),
+        "a stopped connector's worker runs nothing"
+    );
+    assert_eq!(all_records(&spec).len(), written, "still nothing written");
+
+    // Resume through b: both run again and catch up.
+    b.command(Command::Resume).await.expect("resume");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&a) != ConnectorState::Running {
+        assert!(Instant::now() < deadline, "a: {:?}", state(&a));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    converge(&sim, &spec, &[&a, &b]);
+    shared_out(&[&a, &b], &all).await;
+    a.stop().await.expect("stop");
+    b.stop().await.expect("stop");
+    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
 }

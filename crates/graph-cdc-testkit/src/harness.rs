@@ -61,6 +61,7 @@ pub fn settings(graph_url: &str, bootstrap: &str, run: &str) -> Settings {
     k.worker_id = Some("0".into());
     k.offsets_topic = format!("offsets-{run}");
     k.shards_topic = format!("shards-{run}");
+    k.control_topic = format!("control-{run}");
     k.state_topic = format!("state-{run}");
     k.topics.events = format!("events-{run}");
     k.topics.calendars = format!("calendars-{run}");
@@ -85,6 +86,8 @@ pub struct InProcessWorker {
     pub task: tokio::task::JoinHandle<Result<(), WorkerError>>,
     /// How the worker ended, if it did by itself.
     pub ended: Arc<parking_lot::Mutex<Option<String>>>,
+    /// Operator commands (see [`InProcessWorker::command`]).
+    pub commands: tokio::sync::mpsc::Sender<graph_cdc::worker::Request>,
 }
 
 impl InProcessWorker {
@@ -98,7 +101,7 @@ impl InProcessWorker {
         }
         let stop = CancellationToken::new();
         let status = Arc::new(WorkerStatus::default());
-        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let (commands, rx) = tokio::sync::mpsc::channel(1);
         let ended = Arc::new(parking_lot::Mutex::new(None));
         let (e, st, s) = (ended.clone(), status.clone(), stop.clone());
         let task = rt.spawn(async move {
@@ -111,7 +114,22 @@ impl InProcessWorker {
             status,
             task,
             ended,
+            commands,
         }
+    }
+
+    /// Carries out an operator's command, as the REST API would ask it.
+    pub async fn command(
+        &self,
+        command: graph_cdc::worker::Command,
+    ) -> Result<String, graph_cdc::worker::CommandError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let req = graph_cdc::worker::Request { command, reply };
+        self.commands
+            .send(req)
+            .await
+            .expect("the worker takes commands");
+        rx.await.expect("the worker answers")
     }
 
     /// Stops the worker and returns how it ended; panics if that takes over 20 s.
