@@ -361,7 +361,9 @@ async fn sigkill_during_rolls_and_reconciles_loses_no_delete_and_repeats_nothing
             }
         }
         let mut child = launch(&cfg);
-        tokio::time::sleep(Duration::from_millis(600 + next(2_500))).await;
+        // A start takes ~2 s before the first page (the workers' group, the shards'
+        // producers, the offsets and state read): kills land in the rounds after it.
+        tokio::time::sleep(Duration::from_millis(2_000 + next(2_500))).await;
         if child.try_wait().unwrap().is_none() {
             killed += 1;
         }
