@@ -262,8 +262,9 @@ impl Proc {
         Scrape(String::from_utf8_lossy(&get(&self.listen, "/metrics")).into_owned())
     }
 
-    /// The partitions this worker runs, with their states (`GET /connectors/{name}/status`).
-    fn status(&self, name: &str) -> Vec<(PartitionId, String)> {
+    /// The partitions this worker lists, with their states and traces
+    /// (`GET /connectors/{name}/status`).
+    fn status(&self, name: &str) -> Vec<(PartitionId, String, String)> {
         let body = get(&self.listen, &format!("/connectors/{name}/status"));
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
             return Vec::new();
@@ -274,7 +275,11 @@ impl Proc {
                 a.iter()
                     .filter_map(|t| {
                         let p = PartitionId::from_json(&t["partition"]).ok()?;
-                        Some((p, t["state"].as_str().unwrap_or_default().to_string()))
+                        Some((
+                            p,
+                            t["state"].as_str().unwrap_or_default().to_string(),
+                            t["trace"].as_str().unwrap_or_default().to_string(),
+                        ))
                     })
                     .collect()
             })
@@ -1103,13 +1108,18 @@ fn kill(fleet: &mut Fleet, v: usize, restart: bool, what: &str) -> Kill {
     // The partitions it runs: its status's `RUNNING` tasks (others it lists are told apart).
     let listed = fleet.procs[v].as_ref().expect("victim").status(&fleet.name);
     let mut states: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, st) in &listed {
+    for (_, st, _) in &listed {
         *states.entry(st.clone()).or_default() += 1;
     }
+    let others: Vec<(PartitionId, String, String)> = listed
+        .iter()
+        .filter(|(_, st, _)| st != "RUNNING")
+        .cloned()
+        .collect();
     let targets: HashSet<PartitionId> = listed
         .into_iter()
-        .filter(|(_, st)| st == "RUNNING")
-        .map(|(p, _)| p)
+        .filter(|(_, st, _)| st == "RUNNING")
+        .map(|(p, _, _)| p)
         .collect();
     let running_total: f64 = fleet
         .running()
@@ -1117,8 +1127,28 @@ fn kill(fleet: &mut Fleet, v: usize, restart: bool, what: &str) -> Kill {
         .sum();
     let shards: Vec<f64> = fleet.running().map(|p| p.scrape().shards()).collect();
     if states.len() > 1 || running_total != partitions() as f64 {
+        // Those it lists but does not run: does another worker run them, and why not it?
+        let elsewhere: HashSet<PartitionId> = fleet
+            .procs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != v)
+            .filter_map(|(_, p)| p.as_ref())
+            .flat_map(|p| p.status(&fleet.name))
+            .filter(|(_, st, _)| st == "RUNNING")
+            .map(|(p, _, _)| p)
+            .collect();
+        let run_elsewhere = others
+            .iter()
+            .filter(|(p, _, _)| elsewhere.contains(p))
+            .count();
+        let mut traces: Vec<&str> = others.iter().map(|(_, _, t)| t.as_str()).collect();
+        traces.sort_unstable();
+        traces.dedup();
+        traces.truncate(3);
         println!(
-            "  {what}: {victim}'s status lists {states:?}; the workers' running partitions add up to \
+            "  {what}: {victim}'s status lists {states:?}; of those not RUNNING, {run_elsewhere} run on \
+             another worker; their traces: {traces:?}; the workers' running partitions add up to \
              {running_total} (of {}); shards owned {shards:?}",
             partitions()
         );
@@ -1261,7 +1291,7 @@ fn kill(fleet: &mut Fleet, v: usize, restart: bool, what: &str) -> Kill {
     // Every orphaned partition runs on exactly one worker.
     let mut on: HashMap<PartitionId, usize> = HashMap::new();
     for p in fleet.running() {
-        for (id, state) in p.status(&fleet.name) {
+        for (id, state, _) in p.status(&fleet.name) {
             if targets.contains(&id) && state == "RUNNING" {
                 *on.entry(id).or_default() += 1;
             }
