@@ -16,10 +16,6 @@ pub async fn ensure_topics(
     partitions: i32,
     replication: i32,
 ) -> Result<(), SinkError> {
-    let admin: AdminClient<DefaultClientContext> = opts
-        .admin_config()
-        .create()
-        .map_err(|e| SinkError::Setup(Reason::because("creating the admin client", e)))?;
     let mut names: Vec<(&str, i32)> = opts.topics.all().iter().map(|t| (*t, partitions)).collect();
     // The offsets topic is small and read whole at start: one partition keeps that fast.
     names.push((&opts.offsets_topic, 1));
@@ -41,9 +37,18 @@ pub async fn ensure_topics(
                 .set("cleanup.policy", "delete"),
         );
     }
+    create(opts, &new).await
+}
+
+/// Creates `topics`, leaving those that exist alone.
+async fn create(opts: &SinkOptions, topics: &[NewTopic<'_>]) -> Result<(), SinkError> {
+    let admin: AdminClient<DefaultClientContext> = opts
+        .admin_config()
+        .create()
+        .map_err(|e| SinkError::Setup(Reason::because("creating the admin client", e)))?;
     let results = admin
         .create_topics(
-            &new,
+            topics,
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
@@ -72,32 +77,10 @@ pub async fn ensure_shards_topic(
     control: &str,
     replication: i32,
 ) -> Result<(), SinkError> {
-    let admin: AdminClient<DefaultClientContext> = opts
-        .admin_config()
-        .create()
-        .map_err(|e| SinkError::Setup(Reason::because("creating the admin client", e)))?;
     let t = NewTopic::new(topic, shards as i32, TopicReplication::Fixed(replication))
         .set("cleanup.policy", "compact");
     // The control topic: the connectors' target states (`control.rs`), one partition.
     let c = NewTopic::new(control, 1, TopicReplication::Fixed(replication))
         .set("cleanup.policy", "compact");
-    let results = admin
-        .create_topics(
-            [&t, &c],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .map_err(|e| SinkError::Setup(Reason::because("creating the shards topic", e)))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => {
-                return Err(SinkError::Setup(Reason::because(
-                    format_args!("creating topic '{t}'"),
-                    KafkaError::AdminOp(code),
-                )))
-            }
-        }
-    }
-    Ok(())
+    create(opts, &[t, c]).await
 }
