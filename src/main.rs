@@ -82,12 +82,17 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs to stderr: text or JSON, filtered by `RUST_LOG` or else `filter`.
+/// Logs to stderr: text (coloured on a terminal) or JSON, filtered by `RUST_LOG` or else
+/// `filter`.
 fn init_logging(filter: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| format!("{filter},librdkafka=warn,rdkafka=warn").into());
+    // Colours only on a terminal: a pod's or a file's log must not carry escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -33,9 +33,10 @@ pub use kafka::{
 };
 pub use worker::{
     graph_health_changed, halt_timed_out, kafka_health_changed, members_resumed,
-    membership_changed, offset_link_refused, partition_failed, partition_served,
-    partition_unserved, reconciled, shards_assigned, shards_revoked, shutdown_timed_out,
-    state_loaded, state_seeded, user_lookup_retry, user_moved, user_renamed, user_resolved,
+    membership_changed, offset_link_refused, partition_failed, partition_fenced, partition_served,
+    partition_unserved, reconciled, shard_fenced, shards_assigned, shards_revoked,
+    shutdown_timed_out, state_loaded, state_seeded, user_lookup_retry, user_moved, user_renamed,
+    user_resolved,
 };
 
 pub const GRAPH_REQUESTS: &str = "graph_cdc_graph_requests_total";

@@ -26,6 +26,30 @@ pub fn partition_failed(partition: &PartitionId, error: &str) {
     tracing::error!(partition = %partition, error, "partition failed");
 }
 
+/// A partition's commit was refused because another worker fenced its shard's producer:
+/// it stops here, and the shard is given up (see [`shard_fenced`]).
+pub fn partition_fenced(partition: &PartitionId, why: &dyn std::fmt::Display) {
+    tracing::warn!(partition = %partition, error = %why, "commit fenced: the shard has another owner");
+}
+
+/// Shard `shard`'s producer was fenced while this worker believed it owned the shard: it is
+/// given up (`change="fenced"`); `rejoin`: the group still says it is this worker's after a
+/// session timeout, so the worker rejoins the group.
+pub fn shard_fenced(shard: u32, rejoin: bool) {
+    if rejoin {
+        tracing::warn!(
+            shard,
+            "a fenced shard is still assigned here; rejoining the workers' group"
+        );
+        return;
+    }
+    metrics().shard_moves.with_label_values(&["fenced"]).inc();
+    tracing::warn!(
+        shard,
+        "shard fenced by another worker: given up here until the group assigns it again"
+    );
+}
+
 /// A round from scratch ended: `tombstones` items it no longer returned, of `live` before.
 pub fn reconciled(partition: &PartitionId, tombstones: usize, live: usize) {
     tracing::info!(partition = %partition, tombstones, live, "round from scratch complete; tombstoning what it no longer returned");
@@ -190,9 +214,9 @@ pub fn shards_assigned(shards: &[u32], owned: &[u32], elapsed: Duration) {
 }
 
 /// Shards given up (`lost`: taken by another worker already), `halted` partitions stopped.
-pub fn shards_revoked(shards: &[u32], lost: bool, halted: usize, elapsed: Duration) {
+pub fn shards_revoked(shards: &[u32], lost: bool, halted: usize, elapsed: Duration, owned: usize) {
     let m = metrics();
-    m.shards_owned.sub(shards.len() as i64);
+    m.shards_owned.set(owned as i64);
     m.shard_moves
         .with_label_values(&[if lost { "lost" } else { "revoked" }])
         .inc_by(shards.len() as u64);

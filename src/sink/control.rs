@@ -7,6 +7,12 @@
 //! A record's key is the connector's name; its value `{"state":"PAUSED"}`. Workers read the
 //! topic to its end at start ([`read_target`]), then follow it ([`follow`]). Blocking calls:
 //! off the async executor.
+//!
+//! The topic also carries one-shot commands for every worker (a restart, a resync, offsets
+//! changed), keyed `{name}/command`, their values the worker's own JSON (this side only
+//! carries them: [`publish_command`], [`Control::Command`]). They are events, not state: a
+//! worker follows them from where its start read ended, never replaying older ones, and
+//! compaction keeping only the last one is harmless.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,6 +50,20 @@ fn setup(doing: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> SinkErro
     move |e| SinkError::Setup(Reason::because(doing, e))
 }
 
+/// What the control topic tells a worker that follows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// The connector's target state changed.
+    Target(TargetState),
+    /// A command for every worker, as [`publish_command`] wrote it.
+    Command(serde_json::Value),
+}
+
+/// The key of `connector`'s commands.
+fn command_key(connector: &str) -> String {
+    format!("{connector}/command")
+}
+
 /// Writes `connector`'s target state (blocking, at most `timeout`). `config`: a plain
 /// (non-transactional) producer's configuration.
 pub fn publish(
@@ -53,16 +73,57 @@ pub fn publish(
     state: TargetState,
     timeout: Duration,
 ) -> Result<(), SinkError> {
+    let value = serde_json::to_vec(&Value { state }).unwrap_or_default();
+    write(
+        config,
+        topic,
+        connector,
+        &value,
+        timeout,
+        "writing the target state",
+    )
+}
+
+/// Writes a command for every worker of `connector` (blocking, at most `timeout`).
+pub fn publish_command(
+    config: &ClientConfig,
+    topic: &str,
+    connector: &str,
+    command: &serde_json::Value,
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    let value = serde_json::to_vec(command).unwrap_or_default();
+    let key = command_key(connector);
+    write(config, topic, &key, &value, timeout, "writing a command")
+}
+
+fn write(
+    config: &ClientConfig,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    timeout: Duration,
+    doing: &'static str,
+) -> Result<(), SinkError> {
     let producer: BaseProducer = config
         .create()
         .map_err(setup("creating the control producer"))?;
-    let value = serde_json::to_vec(&Value { state }).unwrap_or_default();
     producer
-        .send(BaseRecord::to(topic).key(connector).payload(&value))
-        .map_err(|(e, _)| SinkError::Setup(Reason::because("writing the target state", e)))?;
-    producer
-        .flush(timeout)
-        .map_err(setup("writing the target state"))
+        .send(BaseRecord::to(topic).key(key).payload(value))
+        .map_err(|(e, _)| SinkError::Setup(Reason::because(doing, e)))?;
+    producer.flush(timeout).map_err(setup(doing))
+}
+
+/// What a record of the topic says to `connector`'s workers, if anything.
+fn read(key: &str, command: &str, m: &impl Message) -> Option<Control> {
+    let payload = m.payload()?;
+    match m.key()? {
+        k if k == key.as_bytes() => serde_json::from_slice::<Value>(payload)
+            .ok()
+            .map(|v| Control::Target(v.state)),
+        k if k == command.as_bytes() => serde_json::from_slice(payload).ok().map(Control::Command),
+        _ => None,
+    }
 }
 
 /// The target state of `connector` as the topic holds it (`None`: never set), and the offset
@@ -75,6 +136,7 @@ pub fn read_target(
 ) -> Result<(Option<TargetState>, i64), SinkError> {
     let mut state = None;
     let mut next = 0;
+    let command = command_key(connector);
     read_to_end(
         config,
         &format!("{connector}-control-reader"),
@@ -82,13 +144,9 @@ pub fn read_target(
         timeout,
         |m| {
             next = next.max(m.offset() + 1);
-            if m.key() == Some(connector.as_bytes()) {
-                if let Some(v) = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-                {
-                    state = Some(v.state);
-                }
+            // Commands before the start are not replayed: only the state counts.
+            if let Some(Control::Target(t)) = read(connector, &command, m) {
+                state = Some(t);
             }
         },
     )
@@ -97,7 +155,7 @@ pub fn read_target(
 }
 
 /// Follows the topic from `from` on a thread of its own (`graph-cdc-control`): each new
-/// target state of `connector` goes to `tx`. Stops when dropped.
+/// target state and command of `connector` goes to `tx`. Stops when dropped.
 pub struct Follower {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -108,7 +166,7 @@ pub fn follow(
     topic: &str,
     connector: &str,
     from: i64,
-    tx: mpsc::UnboundedSender<TargetState>,
+    tx: mpsc::UnboundedSender<Control>,
 ) -> Result<Follower, SinkError> {
     let consumer: BaseConsumer<HealthContext> =
         reader_config(config, &format!("{connector}-control-follower"))
@@ -122,7 +180,7 @@ pub fn follow(
         .map_err(setup("following the control topic"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let key = connector.to_string();
+    let (key, command) = (connector.to_string(), command_key(connector));
     let thread = std::thread::Builder::new()
         .name("graph-cdc-control".into())
         .spawn(move || {
@@ -130,14 +188,8 @@ pub fn follow(
                 let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
                     continue;
                 };
-                if m.key() != Some(key.as_bytes()) {
-                    continue;
-                }
-                if let Some(v) = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-                {
-                    if tx.send(v.state).is_err() {
+                if let Some(c) = read(&key, &command, &m) {
+                    if tx.send(c).is_err() {
                         return;
                     }
                 }

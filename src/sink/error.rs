@@ -20,8 +20,12 @@ pub enum SinkError {
     /// Kafka refuses a record of this batch for good (too large, topic not writable) and
     /// errors are not tolerated: the partition stops with this reason.
     Rejected(String),
-    /// The producer cannot go on (fenced by another worker, fatal broker error…).
+    /// The producer cannot go on (a fatal broker or client error): the worker stops.
     Fatal(Reason),
+    /// The shard's producer was fenced: another worker initialised its transactional id
+    /// (it owns the shard now; this one lost it, e.g. paused past its session). Nothing of
+    /// the transaction was committed; the shard is given up, not the worker.
+    Fenced(Reason),
     /// Creating the producer or the topics failed.
     Setup(Reason),
     /// The sink stopped (shutdown).
@@ -34,6 +38,7 @@ impl fmt::Display for SinkError {
             SinkError::Aborted(r) => write!(f, "transaction aborted: {r}"),
             SinkError::Rejected(r) => write!(f, "record refused: {r}"),
             SinkError::Fatal(r) => write!(f, "fatal Kafka error: {r}"),
+            SinkError::Fenced(r) => write!(f, "fenced by the shard's new owner: {r}"),
             SinkError::Setup(r) => write!(f, "Kafka setup failed: {r}"),
             SinkError::Stopped => f.write_str("sink stopped"),
         }
@@ -45,9 +50,10 @@ impl Error for SinkError {
     /// already says), so a chain reads once.
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            SinkError::Aborted(r) | SinkError::Fatal(r) | SinkError::Setup(r) => {
-                r.cause().map(|c| c as &(dyn Error + 'static))
-            }
+            SinkError::Aborted(r)
+            | SinkError::Fatal(r)
+            | SinkError::Fenced(r)
+            | SinkError::Setup(r) => r.cause().map(|c| c as &(dyn Error + 'static)),
             SinkError::Rejected(_) | SinkError::Stopped => None,
         }
     }

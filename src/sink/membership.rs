@@ -108,6 +108,8 @@ pub struct MembershipOptions {
 pub struct Membership {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    /// Set by [`Membership::rejoin`], cleared by the group thread once it resubscribed.
+    rejoin: Arc<AtomicBool>,
     owned: Arc<Mutex<BTreeSet<u32>>>,
     health: HealthContext,
 }
@@ -146,11 +148,12 @@ impl Membership {
             opts.group, opts.topic
         )))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let group = opts.group.clone();
+        let rejoin = Arc::new(AtomicBool::new(false));
+        let flags = (Arc::clone(&stop), Arc::clone(&rejoin));
+        let (group, topic) = (opts.group.clone(), opts.topic.clone());
         let thread = thread::Builder::new()
             .name("graph-cdc-group".into())
-            .spawn(move || run(consumer, &flag, &group, &tx))
+            .spawn(move || run(consumer, &flags.0, &flags.1, &group, &topic, &tx))
             .map_err(|e| SinkError::Setup(Reason::because("starting the group thread", e)))?;
         tracing::info!(
             group = %opts.group,
@@ -162,6 +165,7 @@ impl Membership {
             Membership {
                 thread: Some(thread),
                 stop,
+                rejoin,
                 owned,
                 health,
             },
@@ -173,6 +177,13 @@ impl Membership {
     /// being revoked counts until `done` is answered.
     pub fn owned(&self) -> Vec<u32> {
         self.owned.lock().iter().copied().collect()
+    }
+
+    /// Leaves the group and joins it again (every shard is revoked, then whatever the
+    /// coordinator assigns arrives): for a worker that finds it cannot write a shard the
+    /// group still says is its own (its producer was fenced, see `worker::ownership`).
+    pub fn rejoin(&self) {
+        self.rejoin.store(true, Ordering::Release);
     }
 
     /// The most telling connection problem the group's consumer reported in the last two
@@ -301,10 +312,24 @@ fn group_config(
 fn run(
     consumer: BaseConsumer<GroupContext>,
     stop: &AtomicBool,
+    rejoin: &AtomicBool,
     group: &str,
+    topic: &str,
     events: &mpsc::UnboundedSender<ShardEvent>,
 ) {
     while !stop.load(Ordering::Acquire) {
+        if rejoin.swap(false, Ordering::AcqRel) {
+            // Unsubscribing revokes everything (the callback runs on this thread), then the
+            // subscription joins again.
+            tracing::warn!(group, "rejoining the workers' group");
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&[topic]) {
+                let why = format!("rejoining the workers' group '{group}': {e}");
+                tracing::error!(group, error = %e, "{why}");
+                let _ = events.send(ShardEvent::Failed(why));
+                break;
+            }
+        }
         match consumer.poll(POLL_INTERVAL) {
             None => {}
             Some(Ok(_)) => {} // the coordination topic carries no data

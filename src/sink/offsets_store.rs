@@ -1,13 +1,16 @@
-//! Reading the offsets topic to its end, `read_committed`, at start.
+//! Reading the offsets topic to its end, `read_committed`, at start; and writing operator
+//! changes to it outside any shard's transaction (the connector is stopped then).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::readback::{read_to_end, ReadError};
-use crate::offsets::decode;
+use super::{Reason, SinkError};
+use crate::offsets::{decode, encode_key, encode_value};
 use crate::source::{PartitionId, SourceOffset};
 
 /// Why the offsets could not be read.
@@ -45,4 +48,47 @@ pub fn load_offsets(
         }
     })?;
     Ok(out)
+}
+
+/// Writes operator changes to `connector`'s offsets (`None` resets a partition) with a plain
+/// idempotent producer (blocking, at most `timeout`). For a stopped connector only: no shard
+/// commits meanwhile, and each shard's owner reads its offsets again before it resumes. Not
+/// through the shards' transactional producers, which only their owners may use (another
+/// worker's initialising one would fence its owner).
+pub fn write_offsets(
+    config: &ClientConfig,
+    topic: &str,
+    connector: &str,
+    writes: &[(PartitionId, Option<SourceOffset>)],
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    let failed = |e| SinkError::Setup(Reason::because("writing the offsets", e));
+    let mut config = config.clone();
+    config.set("enable.idempotence", "true");
+    let producer: BaseProducer = config.create().map_err(failed)?;
+    for (p, o) in writes {
+        let key = encode_key(connector, p);
+        let value = o.as_ref().map(encode_value);
+        let mut record = BaseRecord::<str, [u8]>::to(topic).key(&key);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        let mut record = record;
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(failed(e)),
+            }
+        }
+    }
+    producer.flush(timeout).map_err(failed)
 }

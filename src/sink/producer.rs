@@ -43,6 +43,17 @@ pub fn classify(e: &KafkaError) -> TxnErrorClass {
     }
 }
 
+/// A fatal error as the sink says it: [`SinkError::Fenced`] when another producer took the
+/// transactional id over (the shard moved), [`SinkError::Fatal`] otherwise.
+pub fn fatal(e: KafkaError) -> SinkError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
+            SinkError::Fenced(Reason::from_cause(e))
+        }
+        _ => SinkError::Fatal(Reason::from_cause(e)),
+    }
+}
+
 /// Why Kafka refuses a record for good (sending it again cannot help), as the class named in
 /// dead-letter headers; `None` for errors worth retrying.
 pub fn record_fault_class(code: RDKafkaErrorCode) -> Option<&'static str> {
@@ -211,7 +222,7 @@ impl TxnProducer {
                         tries += 1;
                         std::thread::sleep(Duration::from_millis(100 << tries));
                     }
-                    TxnErrorClass::Fatal => return Err(SinkError::Fatal(Reason::from_cause(e))),
+                    TxnErrorClass::Fatal => return Err(fatal(e)),
                     _ => return Err(SinkError::Aborted(Reason::from_cause(e))),
                 },
             }
@@ -247,7 +258,7 @@ impl TxnProducer {
                             message: e.to_string(),
                         }),
                         _ => Err(match classify(&e) {
-                            TxnErrorClass::Fatal => SinkError::Fatal(Reason::from_cause(e)),
+                            TxnErrorClass::Fatal => fatal(e),
                             _ => SinkError::Aborted(Reason::from_cause(e)),
                         }),
                     });

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::sink::control::{self as control_topic, TargetState};
+use crate::sink::offsets_store::{load_offsets, write_offsets};
 use crate::sink::SinkError;
-use crate::source::PartitionId;
+use crate::source::{PartitionId, SourceOffset};
 
+use super::broadcast::{self, Broadcast};
 use super::commands::{AlterOffsets, Command, Restart, Resync};
 use super::status::{task_id, ConnectorState};
 use super::supervisor::{spawn_partition, start_all};
@@ -44,7 +46,7 @@ pub(super) async fn command(shared: &Arc<Shared>, c: Command) -> Result<String, 
         Command::Resume => set_target(shared, TargetState::Running).await,
         Command::Stop => set_target(shared, TargetState::Stopped).await,
         Command::Restart(r) => restart(shared, r).await,
-        Command::Resync(r) => resync(shared, r),
+        Command::Resync(r) => resync(shared, r).await,
         Command::AlterOffsets(a) => alter_offsets(shared, a).await,
         Command::ResetOffsets => reset_offsets(shared).await,
     }
@@ -126,7 +128,30 @@ async fn stop(shared: &Shared) -> Result<String, CommandError> {
     Ok("stopped".into())
 }
 
+/// A restart asked here: this worker's part, and every other worker's through the control
+/// topic (a task id this worker does not know may be another's).
 async fn restart(shared: &Arc<Shared>, r: Restart) -> Result<String, CommandError> {
+    if !broadcast::others(shared) {
+        return restart_here(shared, r).await;
+    }
+    let here = match restart_here(shared, r.clone()).await {
+        Ok(done) => done,
+        // Another worker's task, or none: its owner, if any, says so in its log.
+        Err(CommandError::NotFound(_)) if matches!(r, Restart::Task(_)) => {
+            "not a task of this worker".into()
+        }
+        Err(e) => return Err(e),
+    };
+    let task = matches!(r, Restart::Task(_));
+    broadcast::publish(shared, Broadcast::Restart(r)).await?;
+    Ok(match task {
+        true => format!("{here}; sent to every worker for the one that runs it"),
+        false => format!("{here} here; sent to every worker"),
+    })
+}
+
+/// A restart's part on this worker: the partitions it runs.
+pub(super) async fn restart_here(shared: &Arc<Shared>, r: Restart) -> Result<String, CommandError> {
     let (only_failed, partition) = match r {
         Restart::All { only_failed } => (only_failed, None),
         Restart::Task(id) => (false, Some(partition_of_task(shared, id)?)),
@@ -186,7 +211,29 @@ fn partition_of_task(shared: &Shared, id: u64) -> Result<PartitionId, CommandErr
     }
 }
 
-fn resync(shared: &Shared, r: Resync) -> Result<String, CommandError> {
+/// A resync asked here: of one partition, by its owner (this worker, or another through the
+/// control topic); of every partition, by every worker.
+async fn resync(shared: &Arc<Shared>, r: Resync) -> Result<String, CommandError> {
+    match &r.partition {
+        Some(p) if broadcast::elsewhere(shared, p) => {
+            let (p, shard) = (p.clone(), shared.sinks.router.shard(p));
+            broadcast::publish(shared, Broadcast::Resync(r)).await?;
+            Ok(format!(
+                "partition {p} is in shard {shard}, another worker's: resync sent to it"
+            ))
+        }
+        Some(_) => resync_here(shared, r),
+        None if broadcast::others(shared) => {
+            let here = resync_here(shared, r.clone()).unwrap_or_else(|_| "nothing".into());
+            broadcast::publish(shared, Broadcast::Resync(r)).await?;
+            Ok(format!("{here} here; sent to every worker"))
+        }
+        None => resync_here(shared, r),
+    }
+}
+
+/// A resync's part on this worker: the partitions it runs.
+pub(super) fn resync_here(shared: &Shared, r: Resync) -> Result<String, CommandError> {
     let tracked = shared.tracked.lock();
     let mut n = 0;
     for (p, t) in tracked.iter() {
@@ -201,39 +248,61 @@ fn resync(shared: &Shared, r: Resync) -> Result<String, CommandError> {
     Ok(format!("resync requested for {n} partitions"))
 }
 
-async fn alter_offsets(shared: &Shared, a: AlterOffsets) -> Result<String, CommandError> {
+/// `PATCH …/offsets` (while stopped), whatever shards they are in: written to the offsets
+/// topic here, then every worker reads its shards' offsets again (see [`change_offsets`]).
+async fn alter_offsets(shared: &Arc<Shared>, a: AlterOffsets) -> Result<String, CommandError> {
     need_stopped(shared)?;
     let AlterOffsets(writes) = a;
     super::links::check_writes(&shared.spec.graph_host, &writes)?;
-    if let Some((p, _)) = writes.iter().find(|(p, _)| !shared.sinks.owns(p)) {
-        return Err(CommandError::BadRequest(format!(
-            "partition {p} is in shard {} of another worker: send this request to the worker that owns it (GET /connectors/{{name}}/status)",
-            shared.sinks.router.shard(p)
-        )));
-    }
-    shared
-        .sinks
-        .write_offsets(writes.clone())
-        .await
-        .map_err(failed)?;
-    let mut offsets = shared.status.offsets.lock();
-    for (p, o) in writes {
-        match o {
-            Some(o) => offsets.insert(p, o),
-            None => offsets.remove(&p),
-        };
-    }
+    change_offsets(shared, writes).await?;
     Ok("The offsets for this connector have been altered successfully".into())
 }
 
-async fn reset_offsets(shared: &Shared) -> Result<String, CommandError> {
+/// `DELETE …/offsets` (while stopped): every partition with an offset in the topic, and
+/// every configured one, is reset, whichever worker owns it.
+async fn reset_offsets(shared: &Arc<Shared>) -> Result<String, CommandError> {
     need_stopped(shared)?;
-    let mut targets: BTreeSet<PartitionId> = shared.status.offsets.lock().keys().cloned().collect();
+    let (cfg, topic, name, timeout) = (
+        shared.spec.sink.consumer_config(),
+        shared.spec.sink.offsets_topic.clone(),
+        shared.spec.sink.connector.clone(),
+        shared.spec.offsets_load_timeout,
+    );
+    let all = tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout))
+        .await
+        .map_err(|e| CommandError::Failed(e.to_string()))?
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    let mut targets: BTreeSet<PartitionId> = all.into_keys().collect();
+    targets.extend(shared.status.offsets.lock().keys().cloned());
     targets.extend(super::directory::configured(shared));
-    // Another worker's shards are its own to reset.
-    targets.retain(|p| shared.sinks.owns(p));
-    let writes = targets.into_iter().map(|p| (p, None)).collect();
-    shared.sinks.write_offsets(writes).await.map_err(failed)?;
-    shared.status.offsets.lock().clear();
+    change_offsets(shared, targets.into_iter().map(|p| (p, None)).collect()).await?;
     Ok("The offsets for this connector have been reset successfully".into())
+}
+
+/// Writes offset changes outside any shard's transaction (the connector is stopped: no
+/// shard commits), then has every worker, this one included, read its shards' offsets
+/// again before it resumes. Writing through a shard's transactional producer would fence
+/// its owner.
+async fn change_offsets(
+    shared: &Arc<Shared>,
+    writes: Vec<(PartitionId, Option<SourceOffset>)>,
+) -> Result<(), CommandError> {
+    let (cfg, topic, name) = (
+        shared.spec.sink.plain_producer_config(),
+        shared.spec.sink.offsets_topic.clone(),
+        shared.spec.sink.connector.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        write_offsets(&cfg, &topic, &name, &writes, Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| CommandError::Failed(e.to_string()))?
+    .map_err(failed)?;
+    if broadcast::others(shared) {
+        broadcast::publish(shared, Broadcast::OffsetsChanged).await?;
+    }
+    super::ownership::reload_offsets(shared)
+        .await
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    Ok(())
 }

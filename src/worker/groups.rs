@@ -126,6 +126,13 @@ pub(super) async fn departed(shared: &Arc<Shared>, batch: &mut SourceBatch) -> b
         }
         return tombstone;
     }
+    // Their own partitions first: a To Do list partition halted mid-commit has started the
+    // task partitions that commit names by the time it ends, so none can escape the list
+    // gathered below (found by `group_crash`: a list found while its member left kept its
+    // tasks live).
+    shared
+        .halt("member removed", batch.resets.iter().map(|p| &**p))
+        .await;
     let users: HashSet<String> = batch
         .resets
         .iter()
@@ -152,11 +159,9 @@ pub(super) async fn departed(shared: &Arc<Shared>, batch: &mut SourceBatch) -> b
     );
     tasks.sort();
     tasks.dedup();
+    shared.halt("member removed", tasks.iter()).await;
     batch.resets.extend(tasks.into_iter().map(Arc::new));
     let left: HashSet<&str> = batch.resets.iter().map(|p| p.user()).collect();
     metrics::membership_changed(&batch.partition, joined, left.len());
-    shared
-        .halt("member removed", batch.resets.iter().map(|p| &**p))
-        .await;
     tombstone
 }

@@ -31,6 +31,7 @@
 //! - `health.rs`: what `/readyz` reads, and the background Kafka check that keeps it current
 //!   (a task of the same `JoinSet`, ended by the same shutdown).
 
+mod broadcast;
 mod commands;
 mod control;
 mod directory;
@@ -66,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::graph::{GraphClient, GraphError, TokenProvider};
 use crate::metrics;
-use crate::sink::control as control_topic;
+use crate::sink::control::{self as control_topic, Control};
 use crate::sink::membership::{shard_count, Membership, MembershipOptions, ShardEvent};
 use crate::sink::topics::{ensure_shards_topic, ensure_topics};
 use crate::sink::SinkError;
@@ -123,6 +124,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Set when the sink failed fatally: the worker must stop with an error.
     fatal: Mutex<Option<SinkError>>,
+    /// Shards whose producer another worker fenced (see `ownership::fenced`).
+    fenced: tokio::sync::mpsc::UnboundedSender<u32>,
     /// Each partition's live items (see `reconcile.rs`).
     states: reconcile::States,
     /// Configured users (lowercase) as the directory answered them (see `directory.rs`).
@@ -224,6 +227,7 @@ pub async fn run_with_status(
     ));
     let client = GraphClient::new(http, tokens, spec.client.clone());
     let sinks = sinks::Sinks::new(&spec, status.kafka.clone());
+    let (fenced_tx, mut fenced) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         status,
         client,
@@ -233,6 +237,7 @@ pub async fn run_with_status(
         tasks: Mutex::new(JoinSet::new()),
         shutdown: CancellationToken::new(),
         fatal: Mutex::new(None),
+        fenced: fenced_tx,
         states: reconcile::States::default(),
         directory: Mutex::new(HashMap::new()),
         principals: Mutex::new(HashMap::new()),
@@ -257,6 +262,7 @@ pub async fn run_with_status(
         tokio::task::spawn_blocking(move || Membership::start(cfg, opts)).await??;
     start_health_check(&shared);
     let mut failed: Option<WorkerError> = None;
+    let (rechecks_tx, mut rechecks) = tokio::sync::mpsc::unbounded_channel::<u32>();
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -280,9 +286,22 @@ pub async fn run_with_status(
                     break;
                 }
             },
-            Some(t) = targets.recv() => {
-                let _ = control::apply_target(&shared, t).await;
+            Some(n) = fenced.recv() => {
+                if ownership::fenced(&shared, n).await {
+                    let (tx, wait) = (rechecks_tx.clone(), sh.session_timeout);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = tx.send(n);
+                    });
+                }
             }
+            Some(n) = rechecks.recv() => ownership::recheck(&shared, n, &membership),
+            Some(c) = targets.recv() => match c {
+                Control::Target(t) => {
+                    let _ = control::apply_target(&shared, t).await;
+                }
+                Control::Command(v) => broadcast::apply(&shared, v).await,
+            },
             Some(req) = commands.recv() => {
                 let answer = command(&shared, req.command).await;
                 let _ = req.reply.send(answer);

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::metrics;
+use crate::sink::membership::Membership;
 use crate::sink::offsets_store::load_offsets;
 use crate::sink::state::load_state;
 use crate::sink::SinkError;
@@ -81,6 +82,11 @@ pub(super) async fn revoked(shared: &Arc<Shared>, shards: &[u32], lost: bool) {
     let t0 = std::time::Instant::now();
     let gone: HashSet<u32> = shards.iter().copied().collect();
     let theirs = |p: &PartitionId| gone.contains(&shared.sinks.router.shard(p));
+    // First, so that none of their partitions starts after the snapshot below (a To Do
+    // list's commit starting a task partition): `spawn_partition` checks ownership under
+    // the lock the snapshot takes.
+    shared.sinks.leave(shards);
+    let held = shards.iter().filter(|n| shared.sinks.is_open(**n)).count();
     let halted: Vec<PartitionId> = shared
         .tracked
         .lock()
@@ -93,7 +99,7 @@ pub(super) async fn revoked(shared: &Arc<Shared>, shards: &[u32], lost: bool) {
         match shared.sinks.close(*n).await {
             Ok(()) => {}
             // Fenced by the shard's new owner (a lost shard): nothing of it commits.
-            Err(SinkError::Fatal(why)) if lost => {
+            Err(SinkError::Fenced(why)) if lost => {
                 tracing::info!(shard = n, why = %why, "lost shard's committer fenced");
             }
             Err(e) => tracing::warn!(shard = n, error = %e, "closing a revoked shard's committer"),
@@ -103,5 +109,57 @@ pub(super) async fn revoked(shared: &Arc<Shared>, shards: &[u32], lost: bool) {
     shared.status.offsets.lock().retain(|p, _| !theirs(p));
     shared.status.forget(|p| theirs(p));
     shared.states.forget(|p| theirs(p));
-    metrics::shards_revoked(shards, lost, halted.len(), t0.elapsed());
+    if held > 0 {
+        let owned = shared.sinks.owned().len();
+        metrics::shards_revoked(shards, lost, halted.len(), t0.elapsed(), owned);
+    }
+}
+
+/// Shard `n`'s producer was fenced (a partition's commit said so): another worker
+/// initialised its transactional id, so the group gave it the shard while this one did not
+/// know yet (paused past its session, cut off). The shard is given up here as a lost
+/// revocation would; the group says the same at this worker's next heartbeat and it goes on
+/// with what it is assigned then, without a restart. Returns whether the group is to be
+/// asked again later ([`recheck`]): it is unless the shard was given up already.
+pub(super) async fn fenced(shared: &Arc<Shared>, n: u32) -> bool {
+    // A notice from a committer given up already (a lost revocation came first), or from
+    // one replaced since: a fresh committer's producer is not fenced.
+    if !shared.sinks.is_dead(n) {
+        return false;
+    }
+    metrics::shard_fenced(n, false);
+    revoked(shared, &[n], true).await;
+    true
+}
+
+/// A session timeout after [`fenced`]: should the group still say shard `n` is this
+/// worker's while it has no committer for it (no rebalance told it otherwise), nobody runs
+/// its partitions; rejoining the group settles who owns it.
+pub(super) fn recheck(shared: &Arc<Shared>, n: u32, membership: &Membership) {
+    if membership.owned().contains(&n) && !shared.sinks.is_open(n) {
+        metrics::shard_fenced(n, true);
+        membership.rejoin();
+    }
+}
+
+/// Reads the owned shards' offsets again (operator changes written while the connector was
+/// stopped, see `control.rs`): what the worker starts its partitions from when it resumes.
+/// Returns how many were read.
+pub(super) async fn reload_offsets(shared: &Arc<Shared>) -> Result<usize, WorkerError> {
+    let spec = &shared.spec;
+    let (cfg, topic, name, timeout) = (
+        spec.sink.consumer_config(),
+        spec.sink.offsets_topic.clone(),
+        spec.sink.connector.clone(),
+        spec.offsets_load_timeout,
+    );
+    let mut loaded =
+        tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??;
+    loaded.retain(|p, _| shared.sinks.owns(p));
+    links::refuse_foreign(&spec.graph_host, &mut loaded);
+    let n = loaded.len();
+    let mut offsets = shared.status.offsets.lock();
+    offsets.retain(|p, _| !shared.sinks.owns(p));
+    offsets.extend(loaded);
+    Ok(n)
 }

@@ -361,7 +361,19 @@ impl<'a> PartitionTask<'a> {
                 metrics::partition_failed(&self.id, &why);
                 Step::End(PartitionState::Failed(why))
             }
+            // Another worker owns the shard now: this one gives it up, not itself.
+            Err(SinkError::Fenced(why)) => {
+                metrics::partition_fenced(&self.id, &why);
+                let _ = shared.fenced.send(shared.sinks.router.shard(&self.id));
+                Step::End(PartitionState::Stopped)
+            }
             Err(e) => {
+                // A committer fenced at another partition's commit (or an idle flush) answers
+                // the rest `Stopped`: the shard is given up all the same.
+                let shard = shared.sinks.router.shard(&self.id);
+                if matches!(e, SinkError::Stopped) && shared.sinks.is_dead(shard) {
+                    let _ = shared.fenced.send(shard);
+                }
                 if matches!(e, SinkError::Fatal(_)) {
                     *shared.fatal.lock() = Some(e);
                     shared.shutdown.cancel();

@@ -13,7 +13,7 @@
 //! the session timeout) is refused at its next transaction, whatever it believes; this is
 //! how Kafka Connect fences a task that moved (KIP-618: a transactional id per task).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -100,6 +100,9 @@ pub(super) struct Sinks {
     opts: SinkOptions,
     health: Arc<KafkaHealth>,
     open: Mutex<HashMap<u32, Open>>,
+    /// Shards being given up: still open for their partitions' last commits, no longer
+    /// owned for a partition that would start.
+    leaving: Mutex<HashSet<u32>>,
 }
 
 impl Sinks {
@@ -109,12 +112,34 @@ impl Sinks {
             opts: spec.sink.clone(),
             health,
             open: Mutex::new(HashMap::new()),
+            leaving: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Whether `p`'s shard is owned (its committer open).
+    /// Whether `p`'s shard is owned (its committer open, and not being given up).
     pub fn owns(&self, p: &PartitionId) -> bool {
-        self.open.lock().contains_key(&self.router.shard(p))
+        let n = self.router.shard(p);
+        self.open.lock().contains_key(&n) && !self.leaving.lock().contains(&n)
+    }
+
+    /// Whether shard `n`'s committer is open (owned, or being given up).
+    pub fn is_open(&self, n: u32) -> bool {
+        self.open.lock().contains_key(&n)
+    }
+
+    /// Whether shard `n`'s committer is open but stopped: its producer failed for good
+    /// (fenced). A committer stops only that way or when closed.
+    pub fn is_dead(&self, n: u32) -> bool {
+        self.open
+            .lock()
+            .get(&n)
+            .is_some_and(|o| o.thread.is_finished())
+    }
+
+    /// Marks `shards` as being given up: [`Sinks::owns`] says no for them from now on, until
+    /// they are closed (and opened again, should they come back).
+    pub fn leave(&self, shards: &[u32]) {
+        self.leaving.lock().extend(shards.iter().copied());
     }
 
     /// The owned shards, in order.
@@ -137,6 +162,7 @@ impl Sinks {
     /// shard's previous writer and ends its open transaction (blocking, off the executor).
     pub async fn open(&self, n: u32) -> Result<(), SinkError> {
         if self.open.lock().contains_key(&n) {
+            self.leaving.lock().remove(&n);
             return Ok(());
         }
         let mut opts = self.opts.clone();
@@ -146,13 +172,16 @@ impl Sinks {
             .await
             .map_err(|e| SinkError::Setup(Reason::new(format!("shard {n}: {e}"))))??;
         self.open.lock().insert(n, Open { handle, thread });
+        self.leaving.lock().remove(&n);
         Ok(())
     }
 
     /// Stops shard `n`'s committer once it committed what it holds (its partitions must be
     /// halted first: their handles gone, the last one here).
     pub async fn close(&self, n: u32) -> Result<(), SinkError> {
-        let Some(open) = self.open.lock().remove(&n) else {
+        let open = self.open.lock().remove(&n);
+        self.leaving.lock().remove(&n);
+        let Some(open) = open else {
             return Ok(());
         };
         drop(open.handle);

@@ -31,11 +31,13 @@ pub(super) fn start_all(shared: &Arc<Shared>) {
 }
 
 pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
-    // Another worker's (or nobody's yet): its shard's owner starts it.
+    let mut tracked = shared.tracked.lock();
+    // Another worker's (or nobody's yet, or being given up): its shard's owner starts it.
+    // Checked under `tracked`'s lock, which a revocation's snapshot takes after marking
+    // its shards (`ownership::revoked`).
     if !shared.sinks.owns(&id) {
         return;
     }
-    let mut tracked = shared.tracked.lock();
     if tracked.get(&id).is_some_and(Tracked::alive) {
         return;
     }

@@ -2,9 +2,9 @@
 //! share its 6 shards while workers are SIGKILLed at random moments and restarted (a
 //! Kubernetes pod would be), a fourth joins and one leaves gracefully, and one is SIGSTOPped
 //! past the session timeout and resumed (a zombie: the shards it held went to the others,
-//! whose producers fenced it, so it must not commit again; it exits non-zero, fenced, or
-//! rejoins after losing its shards). The `read_committed` compacted view must end equal to
-//! the truth, with no record committed twice.
+//! whose producers fenced it, so it must not commit again; it must rejoin in place, without
+//! a restart). The `read_committed` compacted view must end equal to the truth, with no
+//! record committed twice.
 
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -45,8 +45,10 @@ async fn workers_share_shards_under_kills_joins_leaves_and_a_pause() {
         .iter()
         .map(|id| worker_config(&base, &dir, id))
         .collect();
+    // The future zombie's log says what it learnt when it came back.
+    let zombie_log = dir.join("w1.log");
     let mut workers: Vec<Option<Child>> = vec![
-        Some(launch(&cfgs[0])),
+        Some(launch_logged(&cfgs[0], "info", &zombie_log)),
         Some(launch(&cfgs[1])),
         Some(launch(&cfgs[2])),
         None,
@@ -77,7 +79,10 @@ async fn workers_share_shards_under_kills_joins_leaves_and_a_pause() {
         }
         mutate(&sim);
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
-        workers[i] = Some(launch(&cfgs[i]));
+        workers[i] = Some(match i {
+            0 => launch_logged(&cfgs[0], "info", &zombie_log),
+            _ => launch(&cfgs[i]),
+        });
     }
 
     // A fourth worker joins; the third leaves gracefully (SIGTERM: exit 0).
@@ -110,16 +115,30 @@ async fn workers_share_shards_under_kills_joins_leaves_and_a_pause() {
     }
     signal(&zombie, libc::SIGCONT);
     let mut zombie = zombie;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    match exited(&mut zombie) {
-        // Fenced at its first commit: it stops with an error, its supervisor restarts it.
-        Some(s) => {
-            assert!(!s.success(), "a fenced worker exits non-zero: {s}");
-            workers[0] = Some(launch(&cfgs[0]));
+    // It learns it lost its shards (a lost revocation, or a commit refused as fenced), stays
+    // up, and rejoins: the group assigns it shards again.
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            exited(&mut zombie).is_none(),
+            "the zombie must rejoin, not exit"
+        );
+        let log = std::fs::read_to_string(&zombie_log).unwrap_or_default();
+        let back = log
+            .find("lost=true")
+            .or_else(|| log.find("shard fenced by another worker"))
+            .map(|at| &log[at..]);
+        if back.is_some_and(|after| after.contains("shards assigned")) {
+            break;
         }
-        // Told its shards were lost before it tried: it rejoined in place.
-        None => workers[0] = Some(zombie),
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the zombie did not rejoin:\n{}",
+            log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    workers[0] = Some(zombie);
     mutate(&sim);
 
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(150)));

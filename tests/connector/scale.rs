@@ -221,3 +221,111 @@ async fn stop_and_resume_reach_every_worker_and_outlive_a_restart() {
     b.stop().await.expect("stop");
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
 }
+
+/// `p`'s offsets in the offsets topic, oldest first (`None`: a reset).
+fn offsets_of(spec: &WorkerSpec, p: &PartitionId) -> Vec<Option<graph_cdc::source::SourceOffset>> {
+    let key = graph_cdc::offsets::encode_key(&spec.sink.connector, p);
+    tokio::task::block_in_place(|| read_all(&spec.sink.bootstrap_servers, &spec.sink.offsets_topic))
+        .into_iter()
+        .filter(|r| r.key == key.as_bytes())
+        .map(|r| {
+            r.value
+                .map(|v| serde_json::from_slice(&v).expect("an offset"))
+        })
+        .collect()
+}
+
+/// Waits until `p`'s offsets satisfy `ok`, at most 30 s.
+async fn until_offsets(
+    spec: &WorkerSpec,
+    p: &PartitionId,
+    what: &str,
+    ok: impl Fn(&[Option<graph_cdc::source::SourceOffset>]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = offsets_of(spec, p);
+        if ok(&seen) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{p}: {what}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Partition-level commands asked of a worker that does not own the partition reach the one
+/// that does, through the control topic: a resync (its next round is from scratch) and,
+/// while stopped, an offset reset (its owner reads it before resuming, and starts over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_and_offset_changes_reach_the_partitions_owner() {
+    use graph_cdc::worker::{Command, ConnectorState, Resync};
+    let (sim, ids) = sim_with_users(12, 4, 1, 57).await;
+    let mut spec = spec(&sim, &bootstrap(), configured_partitions(&ids));
+    spec.sharding.shards = 4;
+    spec.sharding.worker_id = "a".into();
+    let mut b_spec = spec.clone();
+    b_spec.sharding.worker_id = "b".into();
+    let all: BTreeSet<PartitionId> = all_partitions(&sim, WINDOW).into_iter().collect();
+    let a = start_worker(&spec);
+    let b = start_worker(&b_spec);
+    let sets = shared_out(&[&a, &b], &all).await;
+    converge(&sim, &spec, &[&a, &b]);
+    let p = sets[1]
+        .iter()
+        .find(|p| matches!(p, PartitionId::CalendarView { .. }))
+        .expect("b runs a calendar view")
+        .clone();
+    let state = |w: &Running| *w.status.connector.lock();
+
+    // A resync of b's partition, asked of a.
+    // A round from scratch stamps its offsets with its start (`full_at`, in seconds).
+    let full_at = |o: &[Option<graph_cdc::source::SourceOffset>]| {
+        o.iter()
+            .flatten()
+            .filter_map(|o| o.full_at)
+            .max()
+            .unwrap_or(0)
+    };
+    let before = full_at(&offsets_of(&spec, &p));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let said = a
+        .command(Command::Resync(Resync {
+            partition: Some(p.clone()),
+        }))
+        .await
+        .expect("resync");
+    assert!(said.contains("another worker"), "{said}");
+    until_offsets(&spec, &p, "a round from scratch", |o| full_at(o) > before).await;
+
+    // Stopped, a resets b's partition; resumed, b starts it over from its initial request.
+    let rounds = |o: &[Option<graph_cdc::source::SourceOffset>]| {
+        o.iter().flatten().map(|o| o.round).max().unwrap_or(0)
+    };
+    until_offsets(&spec, &p, "a few rounds", |o| rounds(o) >= 5).await;
+    a.command(Command::Stop).await.expect("stop");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&b) != ConnectorState::Stopped {
+        assert!(Instant::now() < deadline, "b: {:?}", state(&b));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let round = rounds(&offsets_of(&spec, &p));
+    let writes = vec![(p.clone(), None)];
+    a.command(Command::AlterOffsets(graph_cdc::worker::AlterOffsets(
+        writes,
+    )))
+    .await
+    .expect("reset");
+    until_offsets(&spec, &p, "the reset", |o| o.last() == Some(&None)).await;
+    let n = offsets_of(&spec, &p).len();
+    b.command(Command::Resume).await.expect("resume");
+    until_offsets(&spec, &p, "started over", |o| {
+        o.len() > n
+            && o.last()
+                .is_some_and(|o| o.as_ref().is_some_and(|o| o.round < round))
+    })
+    .await;
+    converge(&sim, &spec, &[&a, &b]);
+    a.stop().await.expect("stop");
+    b.stop().await.expect("stop");
+    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
+}
