@@ -179,6 +179,26 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {}", settings.server.listen))?;
+    // Where the connector's other workers reach this one (for the connector-wide status).
+    let bound = listener
+        .local_addr()
+        .context("server.listen: the bound address")?;
+    let mut spec = spec;
+    spec.sharding.advertised_url = Some(match &settings.server.advertised_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => graph_cdc::server::peers::default_advertised(
+            bound,
+            tls.is_some(),
+            &settings.kafka.bootstrap_servers,
+        ),
+    });
+    let chain: Vec<&[u8]> = files
+        .tls
+        .iter()
+        .flat_map(|t| t.chain.iter().map(|c| c.as_ref()))
+        .collect();
+    let peers = graph_cdc::server::peers::client(&chain)
+        .context("server.tls_cert_path: the peers' client")?;
     let (commands, rx) = tokio::sync::mpsc::channel(16);
     let state = std::sync::Arc::new(graph_cdc::server::ServerState {
         commands,
@@ -187,9 +207,11 @@ async fn run(a: ConfigArgs) -> anyhow::Result<()> {
         worker_id: settings.worker_id(),
         config: settings.redacted_json(),
         status: status.clone(),
+        peers,
     });
     tracing::info!(
-        listen = %settings.server.listen,
+        listen = %bound,
+        advertised = spec.sharding.advertised_url.as_deref().unwrap_or_default(),
         https = tls.is_some(),
         token = state.auth_token.is_some(),
         "REST API listening"

@@ -361,3 +361,60 @@ fn broker_info_survives_json() {
     assert!(info.ca_pem.exists() && info.client_key_pem.exists());
     assert_eq!(info.scram_users.len(), 2);
 }
+
+/// The product's `read_to_end` (how a worker reads the offsets and state topics when it takes
+/// shards over) on the real broker: it waits for a transaction open at its start, so records
+/// committed after that transaction began (above the last stable offset) are read too, and
+/// a partition whose tail is an aborted transaction (nothing to deliver below the high
+/// watermark) still ends.
+#[test]
+fn read_to_end_waits_past_open_transactions_and_ends_after_aborted_ones() {
+    use graph_cdc::sink::readback::read_to_end;
+    let b = shared_bootstrap().unwrap();
+    let reader = config(&b, &[]);
+    let read = |topic: &str| {
+        let mut out = Vec::new();
+        read_to_end(&reader, &unique("g"), topic, Duration::from_secs(30), |m| {
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        })
+        .expect("read to the end");
+        out
+    };
+
+    // An aborted tail: committed x1, then an aborted y1 (and its marker) last.
+    let aborted = unique("aborted-tail");
+    let p = producer(&b, &unique("tid"));
+    p.begin_transaction().unwrap();
+    send(&p, &aborted, "x1");
+    p.commit_transaction(Duration::from_secs(30)).unwrap();
+    p.begin_transaction().unwrap();
+    send(&p, &aborted, "y1");
+    p.flush(Duration::from_secs(10)).unwrap();
+    p.abort_transaction(Duration::from_secs(30)).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(read(&aborted), vec!["x1"]);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+    // An open transaction (a1) holds the LSO before b1, committed after it began.
+    let open = unique("open-txn");
+    let a = producer(&b, &unique("tid"));
+    a.begin_transaction().unwrap();
+    send(&a, &open, "a1");
+    a.flush(Duration::from_secs(10)).unwrap();
+    let c = producer(&b, &unique("tid"));
+    c.begin_transaction().unwrap();
+    send(&c, &open, "b1");
+    c.commit_transaction(Duration::from_secs(30)).unwrap();
+    let committer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        a.commit_transaction(Duration::from_secs(30)).unwrap();
+    });
+    let t0 = Instant::now();
+    let got = read(&open);
+    committer.join().unwrap();
+    assert_eq!(got, vec!["a1", "b1"]);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "it waited for a1's transaction"
+    );
+}

@@ -219,6 +219,13 @@ pub struct ServerSettings {
     /// Also export one series per partition (staleness, pages in the current round, state):
     /// off by default, since 10,000 partitions must not mean 10,000 series.
     pub per_partition_metrics: bool,
+    /// The URL the connector's other workers reach this worker's REST API at
+    /// (`http://10.0.3.7:8083`, a pod's DNS name…), advertised in `kafka.control_topic`:
+    /// any worker answers the connector's status with every worker's partitions. Default:
+    /// `http(s)://` this host's address toward Kafka (loopback when `listen` is) and the
+    /// port the listener bound.
+    #[serde(default)]
+    pub advertised_url: Option<String>,
     /// What validation read from the token and TLS files as these settings were loaded
     /// (see [`ServerSettings::files`]).
     #[serde(skip)]

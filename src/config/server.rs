@@ -222,7 +222,43 @@ pub(super) fn check(errs: &mut Vec<String>, s: &ServerSettings) -> ServerFiles {
         }
         Ok(_) => {}
     }
+    if let Some(u) = &s.advertised_url {
+        if let Err(e) = check_advertised(u) {
+            errs.push(format!("server.advertised_url: {e}"));
+        }
+    }
     read_files(errs, s)
+}
+
+/// An absolute `http` or `https` URL with a host, and no path beyond `/`.
+fn check_advertised(u: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("'{u}' is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("'{u}': the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("'{u}' names no host"));
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err(format!(
+            "'{u}': only scheme, host and port (the API's paths are added to it)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod advertised_tests {
+    use super::check_advertised;
+
+    #[test]
+    fn an_advertised_url_is_scheme_host_and_port() {
+        assert!(check_advertised("http://10.0.3.7:8083").is_ok());
+        assert!(check_advertised("https://graph-cdc-0.graph-cdc:8083/").is_ok());
+        assert!(check_advertised("10.0.3.7:8083").is_err());
+        assert!(check_advertised("ftp://h:1").is_err());
+        assert!(check_advertised("http://h:1/api").is_err());
+    }
 }
 
 /// The token (`auth_token` or `auth_token_file`, one of them, not empty) and the TLS files

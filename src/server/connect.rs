@@ -2,7 +2,9 @@
 //! a connector, its configuration, status, tasks and offsets, a task's status, the plugins.
 //!
 //! Partitions are the connector's tasks, under their stable ids ([`task_id`]); task objects
-//! also carry the partition's identity as `partition`.
+//! also carry the partition's identity as `partition`. Status, tasks and offsets are the
+//! whole connector's: the other workers' parts are gathered (`peers.rs`) unless the query
+//! says `local=true`.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +15,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::errors::error;
+use super::peers::{self, local_only};
 use super::{ServerState, S};
 use crate::source::PartitionId;
 use crate::worker::{task_id, PartitionState};
@@ -45,6 +48,22 @@ fn task_state(s: &ServerState, p: &PartitionId, st: &PartitionState) -> Value {
         }
     }
     t
+}
+
+/// [`status_of`] with the other workers' tasks (unless `local`), and who answered.
+async fn gathered_status(s: &ServerState, local: bool) -> Value {
+    let mut v = status_of(s);
+    if local {
+        return v;
+    }
+    let answers = peers::ask(s, &format!("/connectors/{}/status", s.name)).await;
+    for a in &answers {
+        if let (Ok(theirs), Some(Value::Array(ours))) = (&a.body, v.get_mut("tasks")) {
+            ours.extend(theirs["tasks"].as_array().into_iter().flatten().cloned());
+        }
+    }
+    v["workers"] = peers::workers(s, &answers);
+    v
 }
 
 /// Connect's `ConnectorStateInfo`.
@@ -142,7 +161,7 @@ pub async fn connectors(State(s): S, RawQuery(query): RawQuery) -> Json<Value> {
     let mut one = serde_json::Map::new();
     for e in expand {
         match e.as_str() {
-            "status" => one.insert("status".into(), status_of(&s)),
+            "status" => one.insert("status".into(), gathered_status(&s, false).await),
             "info" => one.insert("info".into(), info_of(&s)),
             _ => None,
         };
@@ -171,22 +190,33 @@ pub async fn config(State(s): S, Path(name): Path<String>) -> Response {
 }
 
 /// `GET /connectors/{name}/status`.
-pub async fn status(State(s): S, Path(name): Path<String>) -> Response {
+pub async fn status(State(s): S, Path(name): Path<String>, RawQuery(q): RawQuery) -> Response {
     if let Some(r) = check(&s, &name) {
         return r;
     }
-    Json(status_of(&s)).into_response()
+    Json(gathered_status(&s, local_only(q.as_deref())).await).into_response()
 }
 
 /// `GET /connectors/{name}/tasks`: `[{"id": {"connector", "task"}, "config": {…}}]`, a
 /// task's configuration being its partition (`partition` as its canonical JSON, and each
 /// field as `partition.<field>`).
-pub async fn tasks(State(s): S, Path(name): Path<String>) -> Response {
+pub async fn tasks(State(s): S, Path(name): Path<String>, RawQuery(q): RawQuery) -> Response {
     if let Some(r) = check(&s, &name) {
         return r;
     }
-    let tasks: Vec<Value> = s
-        .status
+    let mut tasks = local_tasks(&s);
+    if !local_only(q.as_deref()) {
+        for a in peers::ask(&s, &format!("/connectors/{name}/tasks")).await {
+            if let Ok(Value::Array(theirs)) = a.body {
+                tasks.extend(theirs);
+            }
+        }
+    }
+    Json(tasks).into_response()
+}
+
+fn local_tasks(s: &ServerState) -> Vec<Value> {
+    s.status
         .partitions
         .lock()
         .keys()
@@ -203,12 +233,15 @@ pub async fn tasks(State(s): S, Path(name): Path<String>) -> Response {
             }
             json!({"id": {"connector": s.name, "task": task_id(p)}, "config": config})
         })
-        .collect();
-    Json(tasks).into_response()
+        .collect()
 }
 
 /// `GET /connectors/{name}/tasks/{task}/status`.
-pub async fn task_status(State(s): S, Path((name, task)): Path<(String, u64)>) -> Response {
+pub async fn task_status(
+    State(s): S,
+    Path((name, task)): Path<(String, u64)>,
+    RawQuery(q): RawQuery,
+) -> Response {
     if let Some(r) = check(&s, &name) {
         return r;
     }
@@ -219,24 +252,41 @@ pub async fn task_status(State(s): S, Path((name, task)): Path<(String, u64)>) -
         .iter()
         .find(|(p, _)| task_id(p) == task)
         .map(|(p, st)| task_state(&s, p, st));
-    match found {
-        Some(t) => Json(t).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no task {task}")),
+    if let Some(t) = found {
+        return Json(t).into_response();
     }
+    if !local_only(q.as_deref()) {
+        let path = format!("/connectors/{name}/tasks/{task}/status");
+        if let Some(t) = peers::ask(&s, &path)
+            .await
+            .into_iter()
+            .find_map(|a| a.body.ok())
+        {
+            return Json(t).into_response();
+        }
+    }
+    error(StatusCode::NOT_FOUND, format!("no task {task}"))
 }
 
 /// `GET /connectors/{name}/offsets` (KIP-875).
-pub async fn offsets(State(s): S, Path(name): Path<String>) -> Response {
+pub async fn offsets(State(s): S, Path(name): Path<String>, RawQuery(q): RawQuery) -> Response {
     if let Some(r) = check(&s, &name) {
         return r;
     }
-    let offsets: Vec<Value> = s
+    let mut offsets: Vec<Value> = s
         .status
         .offsets
         .lock()
         .iter()
         .map(|(p, o)| json!({"partition": identity(p), "offset": o}))
         .collect();
+    if !local_only(q.as_deref()) {
+        for a in peers::ask(&s, &format!("/connectors/{name}/offsets")).await {
+            if let Ok(theirs) = a.body {
+                offsets.extend(theirs["offsets"].as_array().into_iter().flatten().cloned());
+            }
+        }
+    }
     Json(json!({"offsets": offsets})).into_response()
 }
 

@@ -32,6 +32,7 @@ mod auth;
 mod commands;
 mod connect;
 mod errors;
+pub mod peers;
 mod tls;
 
 pub use auth::OPEN_PATHS;
@@ -54,6 +55,8 @@ pub struct ServerState {
     pub commands: tokio::sync::mpsc::Sender<Request>,
     /// Bearer token every endpoint but [`OPEN_PATHS`] requires, when set.
     pub auth_token: Option<String>,
+    /// The client the connector's other workers are asked with ([`peers::client`]).
+    pub peers: reqwest::Client,
 }
 
 type S = State<Arc<ServerState>>;

@@ -5,7 +5,7 @@
 //! or restarted, takes it up before it starts any partition.
 //!
 //! A record's key is the connector's name; its value `{"state":"PAUSED"}`. Workers read the
-//! topic to its end at start ([`read_target`]), then follow it ([`follow`]). Blocking calls:
+//! topic to its end at start ([`read_start`]), then follow it ([`follow`]). Blocking calls:
 //! off the async executor.
 //!
 //! The topic also carries one-shot commands for every worker (a restart, a resync, offsets
@@ -13,6 +13,9 @@
 //! carries them: [`publish_command`], [`Control::Command`]). They are events, not state: a
 //! worker follows them from where its start read ended, never replaying older ones, and
 //! compaction keeping only the last one is harmless.
+//!
+//! And where each worker's REST API is (`{name}/worker/{id}`, `{"url": …}`; a tombstone when
+//! it stops gracefully), so that any worker answers the whole connector's status.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -57,6 +60,51 @@ pub enum Control {
     Target(TargetState),
     /// A command for every worker, as [`publish_command`] wrote it.
     Command(serde_json::Value),
+    /// A worker's REST API is at `url` (`None`: the worker left).
+    Worker { id: String, url: Option<String> },
+}
+
+/// The keys of one connector's records.
+struct Keys {
+    target: String,
+    command: String,
+    /// Followed by the worker's id.
+    worker: String,
+}
+
+impl Keys {
+    fn of(connector: &str) -> Self {
+        Keys {
+            target: connector.to_string(),
+            command: command_key(connector),
+            worker: format!("{connector}/worker/"),
+        }
+    }
+
+    /// What a record of the topic says to the connector's workers, if anything.
+    fn read(&self, m: &impl Message) -> Option<Control> {
+        let key = m.key()?;
+        let payload = m.payload();
+        if key == self.target.as_bytes() {
+            let v = serde_json::from_slice::<Value>(payload?).ok()?;
+            return Some(Control::Target(v.state));
+        }
+        if key == self.command.as_bytes() {
+            return serde_json::from_slice(payload?).ok().map(Control::Command);
+        }
+        let id = key.strip_prefix(self.worker.as_bytes())?;
+        let id = String::from_utf8(id.to_vec()).ok()?;
+        let url = match payload {
+            None => None,
+            Some(p) => Some(serde_json::from_slice::<WorkerValue>(p).ok()?.url),
+        };
+        Some(Control::Worker { id, url })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WorkerValue {
+    url: String,
 }
 
 /// The key of `connector`'s commands.
@@ -114,48 +162,80 @@ fn write(
     producer.flush(timeout).map_err(setup(doing))
 }
 
-/// What a record of the topic says to `connector`'s workers, if anything.
-fn read(key: &str, command: &str, m: &impl Message) -> Option<Control> {
-    let payload = m.payload()?;
-    match m.key()? {
-        k if k == key.as_bytes() => serde_json::from_slice::<Value>(payload)
-            .ok()
-            .map(|v| Control::Target(v.state)),
-        k if k == command.as_bytes() => serde_json::from_slice(payload).ok().map(Control::Command),
-        _ => None,
+/// Says where worker `id`'s REST API is (`Some(url)`, at its start) or that it left (`None`,
+/// at a graceful stop): every worker answers the connector's status with its peers' parts.
+pub fn publish_worker(
+    config: &ClientConfig,
+    topic: &str,
+    connector: &str,
+    id: &str,
+    url: Option<&str>,
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    let producer: BaseProducer = config
+        .create()
+        .map_err(setup("creating the control producer"))?;
+    let key = format!("{}{id}", Keys::of(connector).worker);
+    let value =
+        url.map(|url| serde_json::to_vec(&WorkerValue { url: url.into() }).unwrap_or_default());
+    let mut record = BaseRecord::<str, [u8]>::to(topic).key(&key);
+    if let Some(v) = &value {
+        record = record.payload(v);
     }
+    producer
+        .send(record)
+        .map_err(|(e, _)| SinkError::Setup(Reason::because("advertising the worker", e)))?;
+    producer
+        .flush(timeout)
+        .map_err(setup("advertising the worker"))
 }
 
-/// The target state of `connector` as the topic holds it (`None`: never set), and the offset
-/// to follow it from.
-pub fn read_target(
+/// What the topic holds for a starting worker.
+#[derive(Debug, Default)]
+pub struct Start {
+    /// The connector's target state (`None`: never set).
+    pub target: Option<TargetState>,
+    /// The workers that said where their REST API is and have not left, by id.
+    pub workers: std::collections::BTreeMap<String, String>,
+    /// The offset to follow the topic from.
+    pub next: i64,
+}
+
+/// Reads the topic to its end for `connector` (blocking, at most `timeout`).
+pub fn read_start(
     config: &ClientConfig,
     topic: &str,
     connector: &str,
     timeout: Duration,
-) -> Result<(Option<TargetState>, i64), SinkError> {
-    let mut state = None;
-    let mut next = 0;
-    let command = command_key(connector);
+) -> Result<Start, SinkError> {
+    let mut start = Start::default();
+    let keys = Keys::of(connector);
     read_to_end(
         config,
         &format!("{connector}-control-reader"),
         topic,
         timeout,
         |m| {
-            next = next.max(m.offset() + 1);
+            start.next = start.next.max(m.offset() + 1);
             // Commands before the start are not replayed: only the state counts.
-            if let Some(Control::Target(t)) = read(connector, &command, m) {
-                state = Some(t);
+            match keys.read(m) {
+                Some(Control::Target(t)) => start.target = Some(t),
+                Some(Control::Worker { id, url: Some(url) }) => {
+                    start.workers.insert(id, url);
+                }
+                Some(Control::Worker { id, url: None }) => {
+                    start.workers.remove(&id);
+                }
+                _ => {}
             }
         },
     )
     .map_err(|e| SinkError::Setup(Reason::because("reading the control topic", e)))?;
-    Ok((state, next))
+    Ok(start)
 }
 
 /// Follows the topic from `from` on a thread of its own (`graph-cdc-control`): each new
-/// target state and command of `connector` goes to `tx`. Stops when dropped.
+/// target state, command and worker of `connector` goes to `tx`. Stops when dropped.
 pub struct Follower {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -180,7 +260,7 @@ pub fn follow(
         .map_err(setup("following the control topic"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let (key, command) = (connector.to_string(), command_key(connector));
+    let keys = Keys::of(connector);
     let thread = std::thread::Builder::new()
         .name("graph-cdc-control".into())
         .spawn(move || {
@@ -188,7 +268,7 @@ pub fn follow(
                 let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
                     continue;
                 };
-                if let Some(c) = read(&key, &command, &m) {
+                if let Some(c) = keys.read(&m) {
                     if tx.send(c).is_err() {
                         return;
                     }

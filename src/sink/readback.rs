@@ -93,12 +93,18 @@ pub fn read_to_end(
 ) -> Result<(), ReadError> {
     let err = ReadError::kafka(topic);
     let consumer = consumer(config, group, topic)?;
+    // The true high watermarks: a `read_committed` client's are the last stable offsets.
+    let mut uncommitted = reader_config(config, &format!("{group}-watermarks"));
+    uncommitted.set("isolation.level", "read_uncommitted");
+    let watermarks: BaseConsumer<HealthContext> = uncommitted
+        .create_with_context(HealthContext::default())
+        .map_err(err)?;
     // Right after the topic is created (or while the broker settles) metadata and
     // watermarks can fail for a while (NotLeaderForPartition, LeaderNotAvailable…): retry
     // until the deadline instead of failing the worker.
     let deadline = Instant::now() + timeout;
     let (tpl, mut pending) = loop {
-        match plan(&consumer, topic) {
+        match plan(&consumer, &watermarks, topic) {
             Ok(p) => break p,
             Err(e) if Instant::now() + Duration::from_millis(250) < deadline => {
                 tracing::debug!(topic, error = %e, "topic not readable yet; retrying");
@@ -111,11 +117,16 @@ pub fn read_to_end(
         return Ok(());
     }
     consumer.assign(&tpl).map_err(err)?;
-    // A `read_committed` consumer's end is the last stable offset: a transaction still open
-    // (another worker's, a zombie's until fenced or timed out) holds it before records
-    // committed after that transaction began. The read ends at the high watermark seen at
-    // the start instead, waiting for such transactions to end.
+    // A `read_committed` consumer's end is the last stable offset (LSO): a transaction
+    // still open (another shard's, a zombie's until fenced or timed out) holds it before
+    // records committed after that transaction began. So the read goes on to the high
+    // watermark seen at the start: a partition is read once the consumer's position
+    // reaches it, or, when what is left below it delivers nothing (aborted transactions,
+    // transaction markers: librdkafka's position counts delivered records only), once the
+    // LSO passed it and a read again from the position ended (a seek makes librdkafka say
+    // the end again).
     let mut ended: HashSet<i32> = HashSet::new();
+    let mut reread: HashSet<i32> = HashSet::new();
     while !pending.is_empty() {
         match poll(&consumer, topic, deadline, timeout)? {
             Polled::Nothing => {}
@@ -133,27 +144,43 @@ pub fn read_to_end(
                 .find_partition(topic, p)
                 .and_then(|e| e.offset().to_raw())
                 .unwrap_or(-1);
-            match pending.get(&p) {
-                Some(&high) if at >= high => {
-                    pending.remove(&p);
-                }
-                Some(_) => {
-                    ended.insert(p);
-                }
-                None => {}
+            let Some(&high) = pending.get(&p) else {
+                continue;
+            };
+            if at >= high || reread.contains(&p) {
+                pending.remove(&p);
+                continue;
+            }
+            let (_, stable) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_err(err)?;
+            if stable >= high {
+                let from = if at >= 0 {
+                    Offset::Offset(at)
+                } else {
+                    Offset::Beginning
+                };
+                consumer
+                    .seek(topic, p, from, Duration::from_secs(10))
+                    .map_err(err)?;
+                reread.insert(p);
+            } else {
+                // Transactions open at the start still are: look again shortly.
+                ended.insert(p);
             }
         }
         if !ended.is_empty() {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     Ok(())
 }
 
 /// The partitions of `topic` that hold records, assigned from their beginning, with their
-/// high watermarks.
+/// high watermarks (asked of `watermarks`, a `read_uncommitted` client).
 fn plan(
     consumer: &BaseConsumer<HealthContext>,
+    watermarks: &BaseConsumer<HealthContext>,
     topic: &str,
 ) -> Result<(TopicPartitionList, HashMap<i32, i64>), KafkaError> {
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -171,7 +198,7 @@ fn plan(
     }
     for p in t.partitions() {
         // Empty partitions never report EOF reliably: skip them up front.
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        let (low, high) = watermarks.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
         if high > low {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
             pending.insert(p.id(), high);

@@ -202,10 +202,12 @@ pub async fn run_with_status(
         spec.sink.connector.clone(),
         spec.offsets_load_timeout,
     );
-    let (target, next) = tokio::task::spawn_blocking(move || {
-        control_topic::read_target(&cfg, &topic, &name, timeout)
+    let start = tokio::task::spawn_blocking(move || {
+        control_topic::read_start(&cfg, &topic, &name, timeout)
     })
     .await??;
+    let (target, next) = (start.target, start.next);
+    *status.peers.lock() = start.workers;
     let (targets_tx, mut targets) = tokio::sync::mpsc::unbounded_channel();
     let follower = control_topic::follow(
         &spec.sink.consumer_config(),
@@ -214,6 +216,7 @@ pub async fn run_with_status(
         next,
         targets_tx,
     )?;
+    advertise(&spec, spec.sharding.advertised_url.clone()).await;
     tracing::info!(partitions = spec.partitions.len(), shards = spec.sharding.shards, worker_id = %spec.sharding.worker_id, "worker starting");
 
     let http = crate::graph::http::client(&spec.client).map_err(WorkerError::HttpClient)?;
@@ -301,6 +304,13 @@ pub async fn run_with_status(
                     let _ = control::apply_target(&shared, t).await;
                 }
                 Control::Command(v) => broadcast::apply(&shared, v).await,
+                Control::Worker { id, url } => {
+                    let mut peers = shared.status.peers.lock();
+                    match url {
+                        Some(url) => peers.insert(id, url),
+                        None => peers.remove(&id),
+                    };
+                }
             },
             Some(req) = commands.recv() => {
                 let answer = command(&shared, req.command).await;
@@ -320,11 +330,47 @@ pub async fn run_with_status(
     drop(shard_events);
     drop(follower);
     tokio::task::spawn_blocking(move || membership.stop()).await?;
+    if shared.spec.sharding.advertised_url.is_some() {
+        advertise(&shared.spec, None).await;
+    }
     match (failed, fatal, closed) {
         (Some(e), _, _) => Err(e),
         (None, Some(e), _) => Err(e.into()),
         (None, None, Ok(())) => Ok(()),
         (None, None, Err(e)) => Err(e.into()),
+    }
+}
+
+/// Says in the control topic where this worker's REST API is (`None`: it left), if it
+/// serves one; a failure costs only the others' view of its partitions.
+async fn advertise(spec: &WorkerSpec, url: Option<String>) {
+    let Some(own) = spec.sharding.advertised_url.clone() else {
+        return;
+    };
+    let (cfg, topic, name, id) = (
+        spec.sink.plain_producer_config(),
+        spec.sharding.control_topic.clone(),
+        spec.sink.connector.clone(),
+        spec.sharding.worker_id.clone(),
+    );
+    let left = url.is_none();
+    let r = tokio::task::spawn_blocking(move || {
+        control_topic::publish_worker(
+            &cfg,
+            &topic,
+            &name,
+            &id,
+            url.as_deref(),
+            Duration::from_secs(10),
+        )
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {
+            tracing::info!(url = %own, left, "advertised the REST API to the other workers")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "advertising the REST API to the other workers"),
+        Err(e) => tracing::warn!(error = %e, "advertising the REST API to the other workers"),
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Sharding {
     pub session_timeout: Duration,
     /// `kafka.control_topic`: the connector's target state, shared by its workers.
     pub control_topic: String,
+    /// Where the other workers reach this one's REST API (`None`: it serves none, and
+    /// the others' status leaves its partitions out). Set once the server listens.
+    pub advertised_url: Option<String>,
 }
 
 impl WorkerSpec {
@@ -128,6 +131,7 @@ impl WorkerSpec {
                 worker_id: s.worker_id(),
                 session_timeout: k.session_timeout.0,
                 control_topic: k.control_topic.clone(),
+                advertised_url: None,
             },
         })
     }

@@ -69,6 +69,9 @@ pub struct WorkerStatus {
     /// Offsets as last committed by this worker (or read at start); where partitions
     /// (re)start from.
     pub offsets: Mutex<std::collections::BTreeMap<PartitionId, SourceOffset>>,
+    /// The connector's other workers' REST APIs (and this one's), by worker id, as they
+    /// advertised them in the control topic.
+    pub peers: Mutex<std::collections::BTreeMap<String, String>>,
     /// Running, paused or stopped (unassigned until the worker starts).
     pub connector: Mutex<ConnectorState>,
     /// When each partition last completed a round (or started).

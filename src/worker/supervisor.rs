@@ -92,11 +92,18 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
             ))
             .catch_unwind()
             .await;
+            // Still this task's partition (not removed meanwhile, nor started again by a
+            // newer task).
+            let ours = shared
+                .tracked
+                .lock()
+                .get(&*id)
+                .is_some_and(|t| Arc::ptr_eq(&t.state, &state));
             let end = match end {
                 Ok(end) => {
                     // Where it stands is where it restarts (unless it was removed and reset
                     // meanwhile).
-                    if shared.tracked.lock().contains_key(&*id) {
+                    if ours {
                         shared
                             .status
                             .offsets
@@ -112,7 +119,14 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
                     PartitionState::Failed(why)
                 }
             };
-            shared.status.set_state(&id, end.clone());
+            match ours {
+                true => shared.status.set_state(&id, end.clone()),
+                // Removed (its list or member gone, its shard revoked): not a task any more.
+                false if !shared.tracked.lock().contains_key(&*id) => {
+                    shared.status.forget(|p| p == &*id)
+                }
+                false => {}
+            }
             *state.lock() = end;
         }
     };

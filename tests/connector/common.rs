@@ -332,6 +332,7 @@ bootstrap_servers = "{bootstrap}"
 offsets_topic = "{offsets}"
 state_topic = "{state}"
 shards_topic = "{shards_topic}"
+control_topic = "{control_topic}"
 worker_id = "w"
 topic_partitions = 3
 [kafka.topics]
@@ -364,6 +365,7 @@ users = {users:?}
         offsets = spec.sink.offsets_topic,
         state = spec.sink.state_topic,
         shards_topic = spec.sharding.topic,
+        control_topic = spec.sharding.control_topic,
         shards = spec.sharding.shards,
         events = t.events,
         calendars = t.calendars,

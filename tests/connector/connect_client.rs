@@ -159,6 +159,7 @@ async fn serve_alone(tls: Option<TlsConfig>) -> (String, CancellationToken) {
         worker_id: "w0".into(),
         config: json!({"name": "c", "graph": {"client_secret": "***"}}),
         status: Arc::new(WorkerStatus::default()),
+        peers: server::peers::client(&[]).unwrap(),
     });
     let stop = CancellationToken::new();
     tokio::spawn(server::serve_with(

@@ -6,6 +6,7 @@
 //! a restart). The `read_committed` compacted view must end equal to the truth, with no
 //! record committed twice.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,10 @@ async fn workers_share_shards_under_kills_joins_leaves_and_a_pause() {
     mutate(&sim);
 
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(150)));
+    // Any worker answers the whole connector's status: each partition once, RUNNING, on one
+    // worker, and every worker says the same.
+    let want: BTreeSet<PartitionId> = all_partitions(&sim, WINDOW).into_iter().collect();
+    owned_once_everywhere(&spec, &want).await;
     for c in workers.iter_mut().flatten() {
         signal(c, libc::SIGTERM);
     }
@@ -152,4 +157,85 @@ async fn workers_share_shards_under_kills_joins_leaves_and_a_pause() {
     assert!(records.len() > 300, "{} records", records.len());
     assert_eq!(duplicates(&records), Vec::<String>::new());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The REST APIs the workers advertised in the control topic, by worker id.
+fn advertised(spec: &graph_cdc::worker::WorkerSpec) -> BTreeMap<String, String> {
+    let prefix = format!("{}/worker/", spec.sink.connector);
+    let records = tokio::task::block_in_place(|| {
+        read_all(&spec.sink.bootstrap_servers, &spec.sharding.control_topic)
+    });
+    let mut out = BTreeMap::new();
+    for r in records {
+        let key = String::from_utf8_lossy(&r.key).to_string();
+        let Some(id) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        match r.value {
+            Some(v) => {
+                let v: serde_json::Value = serde_json::from_slice(&v).expect("an advert");
+                out.insert(id.to_string(), v["url"].as_str().expect("url").to_string());
+            }
+            None => {
+                out.remove(id);
+            }
+        }
+    }
+    out
+}
+
+/// Asks every advertised worker for the connector's status until each answers with `want`,
+/// every partition once and RUNNING, and all agree on which worker runs which (at most
+/// 60 s: a rebalance may still be settling).
+async fn owned_once_everywhere(spec: &graph_cdc::worker::WorkerSpec, want: &BTreeSet<PartitionId>) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let workers = advertised(spec);
+        let mut views = Vec::new();
+        let mut problems = Vec::new();
+        for (id, url) in &workers {
+            let path = format!("{url}/connectors/{}/status", spec.sink.connector);
+            let v: serde_json::Value = match http.get(&path).send().await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(e) => {
+                    problems.push(format!("{id}: {e}"));
+                    continue;
+                }
+            };
+            let mut owner: BTreeMap<PartitionId, String> = BTreeMap::new();
+            for t in v["tasks"].as_array().into_iter().flatten() {
+                let p = PartitionId::from_json(&t["partition"]).expect("a partition");
+                if t["state"] != "RUNNING" {
+                    problems.push(format!("{id} says {p} is {}", t["state"]));
+                }
+                let w = t["worker_id"].as_str().unwrap_or_default().to_string();
+                if let Some(other) = owner.insert(p.clone(), w.clone()) {
+                    problems.push(format!("{id} says {p} runs on {other} and {w}"));
+                }
+            }
+            let got: BTreeSet<PartitionId> = owner.keys().cloned().collect();
+            if got != *want {
+                problems.push(format!(
+                    "{id} lists {} of {} partitions",
+                    got.len(),
+                    want.len()
+                ));
+            }
+            views.push(owner);
+        }
+        if workers.len() < 2 {
+            problems.push(format!("advertised: {workers:?}"));
+        }
+        if problems.is_empty() && views.windows(2).all(|w| w[0] == w[1]) {
+            let used: BTreeSet<&String> = views[0].values().collect();
+            assert!(used.len() >= 2, "the partitions are shared out: {used:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status across workers: {problems:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -70,6 +70,7 @@ pub(crate) async fn start(spec: &WorkerSpec) -> Ops {
         worker_id: "w0".into(),
         config: settings.redacted_json(),
         status: status.clone(),
+        peers: server::peers::client(&[]).unwrap(),
     });
     let stop = CancellationToken::new();
     tokio::spawn(server::serve(
