@@ -247,20 +247,6 @@ fn check_advertised(u: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod advertised_tests {
-    use super::check_advertised;
-
-    #[test]
-    fn an_advertised_url_is_scheme_host_and_port() {
-        assert!(check_advertised("http://10.0.3.7:8083").is_ok());
-        assert!(check_advertised("https://graph-cdc-0.graph-cdc:8083/").is_ok());
-        assert!(check_advertised("10.0.3.7:8083").is_err());
-        assert!(check_advertised("ftp://h:1").is_err());
-        assert!(check_advertised("http://h:1/api").is_err());
-    }
-}
-
 /// The token (`auth_token` or `auth_token_file`, one of them, not empty) and the TLS files
 /// (both or neither, PEM). Errors name the key, never the token.
 fn read_files(errs: &mut Vec<String>, s: &ServerSettings) -> ServerFiles {
@@ -303,5 +289,19 @@ fn read_files(errs: &mut Vec<String>, s: &ServerSettings) -> ServerFiles {
             errs.extend(e);
             None
         }),
+    }
+}
+
+#[cfg(test)]
+mod advertised_tests {
+    use super::check_advertised;
+
+    #[test]
+    fn an_advertised_url_is_scheme_host_and_port() {
+        assert!(check_advertised("http://10.0.3.7:8083").is_ok());
+        assert!(check_advertised("https://graph-cdc-0.graph-cdc:8083/").is_ok());
+        assert!(check_advertised("10.0.3.7:8083").is_err());
+        assert!(check_advertised("ftp://h:1").is_err());
+        assert!(check_advertised("http://h:1/api").is_err());
     }
 }
