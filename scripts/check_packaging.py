@@ -254,8 +254,9 @@ def effective_values(values):
 
 
 def check_network_policy(np, sts, values, label):
-    """Ingress only to the named port http, only from the labelled peers; egress exactly the
-    Kafka, Graph (HTTPS) and DNS rules of the values, plus `extra`."""
+    """Ingress only to the named port http, only from the other workers and the labelled
+    peers; egress exactly the Kafka, Graph (HTTPS) and DNS rules of the values, the other
+    workers' port http, plus `extra`."""
     v = effective_values(values)["networkPolicy"]
     spec = np["spec"]
     if spec["podSelector"] != sts["spec"]["selector"]:
@@ -265,7 +266,9 @@ def check_network_policy(np, sts, values, label):
     ports = {p["name"]: p["containerPort"] for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]}
     if ports.get("http") != effective_values(values)["service"]["port"]:
         fail(f"the container port named http is not service.port ({label})")
-    want_from = []
+    # The other workers first: they gather each other's status over the REST API.
+    peers = {"podSelector": sts["spec"]["selector"]}
+    want_from = [peers]
     if v["ingress"].get("clientPodLabels"):
         want_from.append({"podSelector": {"matchLabels": v["ingress"]["clientPodLabels"]}})
     prom = v["ingress"].get("prometheus") or {}
@@ -286,6 +289,7 @@ def check_network_policy(np, sts, values, label):
         if r.get("to"):
             rule["to"] = r["to"]
         want_egress.append(rule)
+    want_egress.append({"ports": [{"port": "http", "protocol": "TCP"}], "to": [peers]})
     want_egress += v["egress"].get("extra") or []
     if spec.get("egress") != want_egress:
         fail(f"NetworkPolicy egress is {spec.get('egress')}, not {want_egress} ({label})")
@@ -293,8 +297,8 @@ def check_network_policy(np, sts, values, label):
     if not values.get("networkPolicy", {}).get("egress") and \
             not {("TCP", 9092, 9096), ("TCP", 443, None), ("UDP", 53, None), ("TCP", 53, None)} <= got:
         fail(f"default egress is not Kafka 9092-9096, HTTPS 443 and DNS 53 UDP/TCP ({label}): {got}")
-    ok(f"NetworkPolicy: ingress to port http only from {len(want_from)} labelled peer(s), "
-       f"egress Kafka/Graph/DNS{' + extra' if v['egress'].get('extra') else ''} ({label})")
+    ok(f"NetworkPolicy: ingress to port http only from the workers and {len(want_from) - 1} labelled peer(s), "
+       f"egress Kafka/Graph/DNS/workers{' + extra' if v['egress'].get('extra') else ''} ({label})")
 
 
 def check_test_pod(by_kind, values, expect, label):

@@ -29,6 +29,9 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   if have apt-get && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+    # A librdkafka configured before they were there lacks what they bring (OIDC without
+    # libcurl's headers), and cargo would not configure it again by itself.
+    cargo clean -q -p rdkafka-sys 2>/dev/null || true
   else
     echo "the Kafka client build needs: apt-get install ${missing[*]}" >&2
     exit 1
