@@ -134,20 +134,21 @@ async fn a_topic_authorization_failure_fails_the_batch_not_the_committer() {
 }
 
 #[tokio::test]
-async fn a_fenced_producer_stops_the_committer_with_a_fatal_error() {
+async fn a_fenced_producer_stops_the_committer_saying_fenced() {
     let mock = cluster();
     let (sink, thread) = start(&mock).await;
     mock.request_errors(
         RDKafkaApiKey::EndTxn,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
     );
+    // Fenced, not fatal: the worker gives the shard up, not itself.
     let err = sink.commit(batch(1)).await.expect_err("fenced");
-    assert!(matches!(err, SinkError::Fatal(_)), "{err}");
+    assert!(matches!(err, SinkError::Fenced(_)), "{err}");
     let ended = tokio::task::spawn_blocking(move || thread.join())
         .await
         .unwrap()
         .unwrap();
-    assert!(matches!(ended, Err(SinkError::Fatal(_))));
+    assert!(matches!(ended, Err(SinkError::Fenced(_))), "{ended:?}");
     assert!(
         sink.commit(batch(2)).await.is_err(),
         "nothing is committed after a fatal error"
