@@ -223,12 +223,32 @@ pub fn read_committed(bootstrap: &str, topic: &str) -> Vec<Committed> {
             .expect("tpl");
     }
     consumer.assign(&tpl).expect("assign");
+    // Each partition is read to its end as of now: its last stable offset (what a
+    // `read_committed` client's watermarks are), or an EOF, whichever comes first. An EOF
+    // alone may never come while workers keep appending faster than the fetches go.
+    let mut stable: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    for p in &parts {
+        // A topic just created may have no leader yet: then the EOF alone ends the read.
+        let lso = (0..20).find_map(|_| {
+            match consumer.fetch_watermarks(topic, *p, Duration::from_secs(5)) {
+                Ok((_, lso)) => Some(lso),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+            }
+        });
+        stable.insert(*p, lso.unwrap_or(i64::MAX));
+    }
     let mut eof = HashSet::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while eof.len() < parts.len() && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
+                if m.offset() + 1 >= stable.get(&m.partition()).copied().unwrap_or(i64::MAX) {
+                    eof.insert(m.partition());
+                }
                 let headers = m
                     .headers()
                     .map(|h| {
