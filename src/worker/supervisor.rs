@@ -164,11 +164,14 @@ impl Supervise for Supervisor<'_> {
     }
 }
 
+/// Stops a partition that is no more (its list removed, its member gone): it leaves the
+/// status too, whether it was still running or halted already.
 pub(super) fn stop_partition(shared: &Shared, id: &PartitionId) {
     if let Some(t) = shared.tracked.lock().remove(id) {
         t.cancel.cancel();
     }
     shared.status.offsets.lock().remove(id);
+    shared.status.forget(|p| p == id);
 }
 
 /// At shutdown (with `Shared::shutdown` cancelled): waits for every partition task to end, at

@@ -409,6 +409,27 @@ pub fn signal(child: &Child, sig: i32) {
     }
 }
 
+/// Sends SIGTERM and waits for the child to exit, at most `within` (panics past it, naming
+/// `what`); returns how it exited.
+pub async fn stop_gracefully(
+    child: &mut Child,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    signal(child, libc::SIGTERM);
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("the child's status") {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "SIGTERM: {what} not stopped within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A worker running in this test process.
 pub type Running = graph_cdc_testkit::harness::InProcessWorker;
 

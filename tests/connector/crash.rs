@@ -3,7 +3,7 @@
 //! `read_committed` consumer's compacted view must equal the truth, with no record committed
 //! twice.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use graph_cdc::source::PartitionId;
@@ -70,18 +70,7 @@ pub async fn crash_resume(secured: Option<(String, Vec<(String, String)>)>, kill
     let log = dir.join("worker.log");
     let mut child = launch_logged(&cfg, "debug", &log);
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(120)));
-    signal(&child, libc::SIGTERM);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "SIGTERM did not stop the worker in time"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = stop_gracefully(&mut child, Duration::from_secs(10), "the worker").await;
     assert!(status.success(), "graceful stop exits 0: {status}");
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.lines().count() > 50, "debug logs were written");

@@ -91,18 +91,7 @@ async fn workers_share_shards_under_kills_joins_leaves_and_a_pause() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     mutate(&sim);
     let mut third = workers[2].take().expect("w3");
-    signal(&third, libc::SIGTERM);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = exited(&mut third) {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "SIGTERM: not stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = stop_gracefully(&mut third, Duration::from_secs(20), "w3").await;
     assert!(status.success(), "a graceful leave exits 0: {status}");
     mutate(&sim);
 

@@ -166,18 +166,7 @@ async fn members_join_and_leave_under_sigkills_and_the_view_equals_the_truth() {
     let now = members(&sim);
     let gone: Vec<String> = ids.iter().filter(|u| !now.contains(u)).cloned().collect();
     converged(&mut child, &sim, &spec, &now, &gone, &log, &changes);
-    signal(&child, libc::SIGTERM);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "SIGTERM: not stopped in time"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = stop_gracefully(&mut child, Duration::from_secs(10), "the worker").await;
     assert!(status.success(), "graceful stop exits 0: {status}");
 
     let records = all_records(&spec);

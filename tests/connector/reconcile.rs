@@ -269,8 +269,8 @@ async fn sigkill_during_a_restarted_round_loses_no_delete_and_repeats_nothing() 
     // The last run, logged, to convergence.
     let mut child = launch_logged(&cfg, "info", &dir.join("worker.log"));
     tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(120)));
-    signal(&child, libc::SIGTERM);
-    assert!(child.wait().unwrap().success());
+    let status = stop_gracefully(&mut child, Duration::from_secs(20), "the worker").await;
+    assert!(status.success(), "graceful stop exits 0: {status}");
     let all = records(&spec, &p);
     let mut upserts: HashMap<(Vec<u8>, String), usize> = HashMap::new();
     let mut last_was_tombstone: HashMap<Vec<u8>, bool> = HashMap::new();

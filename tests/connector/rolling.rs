@@ -420,8 +420,8 @@ async fn sigkill_during_rolls_and_reconciles_loses_no_delete_and_repeats_nothing
     let w = tokio::task::block_in_place(|| {
         converge_rolling(&sim, &spec, &p, roll, Duration::from_secs(120))
     });
-    signal(&child, libc::SIGTERM);
-    assert!(child.wait().unwrap().success());
+    let status = stop_gracefully(&mut child, Duration::from_secs(20), "the worker").await;
+    assert!(status.success(), "graceful stop exits 0: {status}");
     let all = records(&spec);
     assert_eq!(repeats(&all), Vec::<String>::new(), "a record repeated");
     let reasons: std::collections::BTreeSet<String> = all
