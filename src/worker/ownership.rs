@@ -38,17 +38,8 @@ pub(super) async fn assigned(shared: &Arc<Shared>, shards: &[u32]) -> Result<(),
     let spec = &shared.spec;
     let new: HashSet<u32> = shards.iter().copied().collect();
     let ours = |p: &PartitionId| new.contains(&shared.sinks.router.shard(p));
-    let (cfg, topic, name, timeout) = (
-        spec.sink.consumer_config(),
-        spec.sink.offsets_topic.clone(),
-        spec.sink.connector.clone(),
-        spec.offsets_load_timeout,
-    );
-    let mut loaded =
-        tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??;
-    loaded.retain(|p, _| ours(p));
-    // A link of another mailbox must never be followed under this partition's keys.
-    links::refuse_foreign(&spec.graph_host, &mut loaded);
+    let loaded = read_offsets(shared, ours).await?;
+    let timeout = spec.offsets_load_timeout;
     let (cfg, topic, name) = (
         spec.sink.consumer_config(),
         spec.sink.state_topic.clone(),
@@ -146,6 +137,20 @@ pub(super) fn recheck(shared: &Arc<Shared>, n: u32, membership: &Membership) {
 /// stopped, see `control.rs`): what the worker starts its partitions from when it resumes.
 /// Returns how many were read.
 pub(super) async fn reload_offsets(shared: &Arc<Shared>) -> Result<usize, WorkerError> {
+    let loaded = read_offsets(shared, |p| shared.sinks.owns(p)).await?;
+    let n = loaded.len();
+    let mut offsets = shared.status.offsets.lock();
+    offsets.retain(|p, _| !shared.sinks.owns(p));
+    offsets.extend(loaded);
+    Ok(n)
+}
+
+/// The committed offsets of the partitions `keep` says, read to the end of the offsets topic
+/// (`read_committed`), those with another mailbox's link left out.
+async fn read_offsets(
+    shared: &Arc<Shared>,
+    keep: impl Fn(&PartitionId) -> bool,
+) -> Result<std::collections::HashMap<PartitionId, crate::source::SourceOffset>, WorkerError> {
     let spec = &shared.spec;
     let (cfg, topic, name, timeout) = (
         spec.sink.consumer_config(),
@@ -155,11 +160,8 @@ pub(super) async fn reload_offsets(shared: &Arc<Shared>) -> Result<usize, Worker
     );
     let mut loaded =
         tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??;
-    loaded.retain(|p, _| shared.sinks.owns(p));
+    loaded.retain(|p, _| keep(p));
+    // A link of another mailbox must never be followed under this partition's keys.
     links::refuse_foreign(&spec.graph_host, &mut loaded);
-    let n = loaded.len();
-    let mut offsets = shared.status.offsets.lock();
-    offsets.retain(|p, _| !shared.sinks.owns(p));
-    offsets.extend(loaded);
-    Ok(n)
+    Ok(loaded)
 }
