@@ -126,7 +126,7 @@ pub fn publish(
         config,
         topic,
         connector,
-        &value,
+        Some(&value),
         timeout,
         "writing the target state",
     )
@@ -142,22 +142,34 @@ pub fn publish_command(
 ) -> Result<(), SinkError> {
     let value = serde_json::to_vec(command).unwrap_or_default();
     let key = command_key(connector);
-    write(config, topic, &key, &value, timeout, "writing a command")
+    write(
+        config,
+        topic,
+        &key,
+        Some(&value),
+        timeout,
+        "writing a command",
+    )
 }
 
+/// Writes one record (`None`: a tombstone) with a plain producer, and waits for it.
 fn write(
     config: &ClientConfig,
     topic: &str,
     key: &str,
-    value: &[u8],
+    value: Option<&[u8]>,
     timeout: Duration,
     doing: &'static str,
 ) -> Result<(), SinkError> {
     let producer: BaseProducer = config
         .create()
         .map_err(setup("creating the control producer"))?;
+    let mut record = BaseRecord::<str, [u8]>::to(topic).key(key);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
     producer
-        .send(BaseRecord::to(topic).key(key).payload(value))
+        .send(record)
         .map_err(|(e, _)| SinkError::Setup(Reason::because(doing, e)))?;
     producer.flush(timeout).map_err(setup(doing))
 }
@@ -172,22 +184,11 @@ pub fn publish_worker(
     url: Option<&str>,
     timeout: Duration,
 ) -> Result<(), SinkError> {
-    let producer: BaseProducer = config
-        .create()
-        .map_err(setup("creating the control producer"))?;
     let key = format!("{}{id}", Keys::of(connector).worker);
     let value =
         url.map(|url| serde_json::to_vec(&WorkerValue { url: url.into() }).unwrap_or_default());
-    let mut record = BaseRecord::<str, [u8]>::to(topic).key(&key);
-    if let Some(v) = &value {
-        record = record.payload(v);
-    }
-    producer
-        .send(record)
-        .map_err(|(e, _)| SinkError::Setup(Reason::because("advertising the worker", e)))?;
-    producer
-        .flush(timeout)
-        .map_err(setup("advertising the worker"))
+    let doing = "advertising the worker";
+    write(config, topic, &key, value.as_deref(), timeout, doing)
 }
 
 /// What the topic holds for a starting worker.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::sink::control::{self as control_topic, TargetState};
-use crate::sink::offsets_store::{load_offsets, write_offsets};
+use crate::sink::offsets_store::write_offsets;
 use crate::sink::SinkError;
 use crate::source::{PartitionId, SourceOffset};
 
@@ -262,15 +262,8 @@ async fn alter_offsets(shared: &Arc<Shared>, a: AlterOffsets) -> Result<String, 
 /// every configured one, is reset, whichever worker owns it.
 async fn reset_offsets(shared: &Arc<Shared>) -> Result<String, CommandError> {
     need_stopped(shared)?;
-    let (cfg, topic, name, timeout) = (
-        shared.spec.sink.consumer_config(),
-        shared.spec.sink.offsets_topic.clone(),
-        shared.spec.sink.connector.clone(),
-        shared.spec.offsets_load_timeout,
-    );
-    let all = tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout))
+    let all = super::ownership::all_offsets(shared)
         .await
-        .map_err(|e| CommandError::Failed(e.to_string()))?
         .map_err(|e| CommandError::Failed(e.to_string()))?;
     let mut targets: BTreeSet<PartitionId> = all.into_keys().collect();
     targets.extend(shared.status.offsets.lock().keys().cloned());

@@ -150,7 +150,19 @@ pub(super) async fn reload_offsets(shared: &Arc<Shared>) -> Result<usize, Worker
 async fn read_offsets(
     shared: &Arc<Shared>,
     keep: impl Fn(&PartitionId) -> bool,
-) -> Result<std::collections::HashMap<PartitionId, crate::source::SourceOffset>, WorkerError> {
+) -> Result<Offsets, WorkerError> {
+    let mut loaded = all_offsets(shared).await?;
+    loaded.retain(|p, _| keep(p));
+    // A link of another mailbox must never be followed under this partition's keys.
+    links::refuse_foreign(&shared.spec.graph_host, &mut loaded);
+    Ok(loaded)
+}
+
+type Offsets = std::collections::HashMap<PartitionId, crate::source::SourceOffset>;
+
+/// Every committed offset of the connector, whichever shard, as the offsets topic holds them
+/// (read to its end, off the executor).
+pub(super) async fn all_offsets(shared: &Shared) -> Result<Offsets, WorkerError> {
     let spec = &shared.spec;
     let (cfg, topic, name, timeout) = (
         spec.sink.consumer_config(),
@@ -158,10 +170,5 @@ async fn read_offsets(
         spec.sink.connector.clone(),
         spec.offsets_load_timeout,
     );
-    let mut loaded =
-        tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??;
-    loaded.retain(|p, _| keep(p));
-    // A link of another mailbox must never be followed under this partition's keys.
-    links::refuse_foreign(&spec.graph_host, &mut loaded);
-    Ok(loaded)
+    Ok(tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??)
 }
