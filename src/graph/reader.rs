@@ -20,7 +20,6 @@ use super::delta::DeltaPage;
 use super::error::GraphError;
 use super::guard::{Abandon, Loop, RoundGuard};
 use super::lists::{task_partitions, KnownLists};
-use super::members::Members;
 use super::partition::{same_origin, Route};
 use super::rounds::{Restart, Rounds};
 use crate::metrics;
@@ -41,8 +40,6 @@ pub struct PartitionReader {
     fresh: bool,
     /// A `TaskLists` partition's known lists, once seeded (see [`Self::know_lists`]).
     lists: Option<KnownLists>,
-    /// A `GroupMembers` partition's members' partitions (see [`Self::with_members`]).
-    members: Option<Members>,
     /// When rounds start from scratch on their own (see `rounds.rs`).
     rounds: Rounds,
     /// A rolling calendar view's window as written, and the window in force.
@@ -98,7 +95,6 @@ impl PartitionReader {
             fresh: offset.link.is_none(),
             offset,
             lists: None,
-            members: None,
             guard: RoundGuard::new(rounds.max_pages_per_round),
             principal: None,
             rounds,
@@ -124,26 +120,14 @@ impl PartitionReader {
         self
     }
 
-    /// The partitions a `GroupMembers` reader's group gives each member (its sources'
-    /// templates, see `members.rs`), but `listed` (users the config lists).
-    pub fn with_members(mut self, templates: Vec<PartitionId>, listed: Vec<PartitionId>) -> Self {
-        if self.id.kind() == PartitionKind::GroupMembers {
-            self.members = Some(Members::new(templates).with_listed(&listed));
-        }
-        self
-    }
-
     /// Seeds a `TaskLists` reader with task partitions the caller knows (running or with a
-    /// committed offset), a `GroupMembers` reader with its members' partitions; may be
-    /// called more than once, it adds up. Until then, the reader writes no first offsets
-    /// for new lists or members (it could not tell them from known ones).
+    /// committed offset); may be called more than once, it adds up. Until then, the reader
+    /// writes no first offsets for new lists (it could not tell them from known ones).
     pub fn know_lists<'p>(&mut self, partitions: impl IntoIterator<Item = &'p PartitionId>) {
         if self.id.kind() == PartitionKind::TaskLists {
             self.lists
                 .get_or_insert_with(KnownLists::default)
                 .extend(self.id.user(), partitions);
-        } else if let Some(m) = &mut self.members {
-            m.extend(partitions);
         }
     }
 
@@ -155,7 +139,7 @@ impl PartitionReader {
     /// What [`Self::advance`] needs of a batch's records: their ids for a To Do lists
     /// partition (its known lists), nothing for other kinds (no copy of every id).
     pub fn advance_ids(&self, records: &[SourceRecord]) -> Vec<(Op, String)> {
-        if self.lists.is_some() || self.members.is_some() {
+        if self.lists.is_some() {
             records.iter().map(|r| (r.op, r.id.clone())).collect()
         } else {
             Vec::new()
@@ -166,9 +150,6 @@ impl PartitionReader {
     pub fn advance(&mut self, batch_offset: SourceOffset, batch_ids: &[(Op, String)]) {
         if let Some(lists) = &mut self.lists {
             lists.advance(batch_ids);
-        }
-        if let Some(members) = &mut self.members {
-            members.advance(batch_ids);
         }
         self.guard.advanced(batch_offset.round > self.offset.round);
         // Only a listing ends a round without a deltaLink: its next round is one from
@@ -413,17 +394,12 @@ impl PartitionReader {
             let d = task_partitions(&self.id, &batch.records[from..], self.lists.as_ref());
             batch.resets.extend(d.resets);
         }
-        if let Some(m) = &self.members {
-            batch.resets.extend(m.decide(&batch.records[from..]).resets);
-        }
     }
 
-    /// Fills `starts`, `runs` and `resets` from the batch's records (To Do lists and group
-    /// members only).
+    /// Fills `starts`, `runs` and `resets` from the batch's records (To Do lists only).
     fn decide_task_partitions(&self, batch: &mut SourceBatch) {
-        let d = match (&self.members, self.id.kind()) {
-            (Some(m), _) => m.decide(&batch.records),
-            (None, PartitionKind::TaskLists) => {
+        let d = match self.id.kind() {
+            PartitionKind::TaskLists => {
                 task_partitions(&self.id, &batch.records, self.lists.as_ref())
             }
             _ => return,

@@ -260,20 +260,16 @@ fn a_due_reconcile_restarts_the_round_at_its_boundary_only() {
     assert_eq!(r.offset().link.as_deref(), Some(DELTA));
 }
 
+/// A listing's batches carry the members alone: what their joining and leaving does to
+/// their partitions is the worker's (`worker::groups`), from the members topic.
 #[test]
-fn a_group_listing_is_a_round_from_scratch_every_time_and_decides_members_partitions() {
+fn a_group_listing_is_a_round_from_scratch_every_time() {
     let group = Arc::new(PartitionId::GroupMembers { group: "g1".into() });
-    let lists = PartitionId::TaskLists {
-        user: String::new(),
-    };
-    let mut r = PartitionReader::new(group, HOST, None, Rounds::default())
-        .unwrap()
-        .with_members(vec![lists.clone()], Vec::new());
+    let mut r = PartitionReader::new(group, HOST, None, Rounds::default()).unwrap();
     assert_eq!(
         r.link(),
         "https://graph.microsoft.com/v1.0/groups/g1/transitiveMembers/microsoft.graph.user?%24select=id%2CuserPrincipalName%2Cmail&%24top=999"
     );
-    r.know_lists(&[lists.with_user("old")]);
     let listing = |ids: &[&str]| DeltaPage {
         items: ids
             .iter()
@@ -293,17 +289,15 @@ fn a_group_listing_is_a_round_from_scratch_every_time_and_decides_members_partit
         "one page: the listing's first and last"
     );
     assert_eq!((b.offset.link.as_deref(), b.offset.round), (None, 2));
-    assert_eq!(b.starts, vec![Arc::new(lists.with_user("new"))]);
-    assert_eq!(b.runs.len(), 2);
+    assert!(b.starts.is_empty() && b.runs.is_empty() && b.resets.is_empty());
     let ids = r.advance_ids(&b.records);
     r.advance(b.offset.clone(), &ids);
-    // The next listing starts from scratch again, and knows "new" now.
+    // The next listing starts from scratch again; a member no longer listed is tombstoned.
     let mut b = r.batch(listing(&["new"]));
     assert_eq!(b.full_round.map(|f| f.first), Some(true));
-    assert!(b.starts.is_empty());
     r.complete_full_round(&mut b, vec!["old".into()]);
     let gone = b.records.last().unwrap();
     assert_eq!((gone.op, gone.id.as_str()), (Op::Delete, "old"));
     assert_eq!(gone.removed_reason.as_deref(), Some("member-removed"));
-    assert_eq!(b.resets, vec![Arc::new(lists.with_user("old"))]);
+    assert!(b.resets.is_empty());
 }

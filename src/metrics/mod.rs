@@ -32,7 +32,7 @@ pub use kafka::{
     records_written, transaction_aborted, transaction_committed,
 };
 pub use worker::{
-    graph_health_changed, halt_timed_out, kafka_health_changed, members_resumed,
+    graph_health_changed, halt_timed_out, kafka_health_changed, member_departed, members_resumed,
     membership_changed, offset_link_refused, partition_failed, partition_fenced, partition_served,
     partition_unserved, reconciled, shard_fenced, shards_assigned, shards_revoked,
     shutdown_timed_out, state_loaded, state_seeded, user_lookup_retry, user_moved, user_renamed,

@@ -174,9 +174,8 @@ pub fn partition_served(partition: &PartitionId) {
     tracing::info!(partition = %partition, "Graph serves this user again; partition running");
 }
 
-/// A group's membership batch starts the partitions of `joined` members and resets those of
-/// `left` members (their records tombstoned or kept, as `on_member_removed` says). Counted
-/// as the batch is prepared: a page fetched again after a failed commit counts again.
+/// The members topic says `joined` members joined the group and `left` left (each worker
+/// following it counts: every one carries out its own shards' part).
 pub fn membership_changed(partition: &PartitionId, joined: usize, left: usize) {
     if let PartitionId::GroupMembers { group } = partition {
         let m = &metrics().membership_changes;
@@ -185,15 +184,27 @@ pub fn membership_changed(partition: &PartitionId, joined: usize, left: usize) {
         m.with_label_values(&[group.as_str(), "left"])
             .inc_by(left as u64);
     }
-    tracing::info!(partition = %partition, joined, left, "group membership changed; members' partitions started and stopped");
+    tracing::info!(partition = %partition, joined, left, "group membership changed");
 }
 
-/// At start, `partitions` of group members were found in the offsets and started.
+/// The members topic was read to its end: the owned shards' partitions of the `groups`'
+/// members started (`partitions`), departed members' departed.
 pub fn members_resumed(groups: usize, partitions: usize) {
     tracing::info!(
         groups,
         partitions,
-        "group sources: members' partitions resumed from the offsets"
+        "group sources: members topic read; members' partitions started"
+    );
+}
+
+/// A departed member's `partitions` (of one shard) had their offsets reset, their records
+/// tombstoned if `tombstoned`, and stopped.
+pub fn member_departed(user: &str, partitions: usize, tombstoned: bool) {
+    tracing::info!(
+        user,
+        partitions,
+        tombstoned,
+        "departed member's partitions reset and stopped"
     );
 }
 

@@ -17,9 +17,7 @@
 //! And where each worker's REST API is (`{name}/worker/{id}`, `{"url": …}`; a tombstone when
 //! it stops gracefully), so that any worker answers the whole connector's status.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -33,6 +31,7 @@ use tokio::sync::mpsc;
 use super::health::HealthContext;
 use super::properties::reader_config;
 use super::readback::read_to_end;
+pub use super::tail::Follower;
 use super::{Reason, SinkError};
 
 /// What the operator wants the connector to do.
@@ -237,11 +236,6 @@ pub fn read_start(
 
 /// Follows the topic from `from` on a thread of its own (`graph-cdc-control`): each new
 /// target state, command and worker of `connector` goes to `tx`. Stops when dropped.
-pub struct Follower {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
 pub fn follow(
     config: &ClientConfig,
     topic: &str,
@@ -259,35 +253,17 @@ pub fn follow(
     consumer
         .assign(&tpl)
         .map_err(setup("following the control topic"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
     let keys = Keys::of(connector);
-    let thread = std::thread::Builder::new()
-        .name("graph-cdc-control".into())
-        .spawn(move || {
-            while !flag.load(Ordering::Acquire) {
-                let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
-                    continue;
-                };
-                if let Some(c) = keys.read(&m) {
-                    if tx.send(c).is_err() {
-                        return;
-                    }
+    Follower::spawn("graph-cdc-control", move |stop| {
+        while !stop.load(Ordering::Acquire) {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            if let Some(c) = keys.read(&m) {
+                if tx.send(c).is_err() {
+                    return;
                 }
             }
-        })
-        .map_err(|e| SinkError::Setup(Reason::because("starting the control thread", e)))?;
-    Ok(Follower {
-        stop,
-        thread: Some(thread),
-    })
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
-    }
+    })
 }

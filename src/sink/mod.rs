@@ -23,6 +23,8 @@
 //!   to their end (the offsets at start; a partition's live keys, once, when a worker
 //!   upgraded from a version without reconciliation state builds it), or the records at
 //!   given locations (the keys of tombstones).
+//! - `tail.rs`: following a topic from its beginning, then as it grows (the members topic,
+//!   each group's membership).
 //!
 //! It knows nothing of Graph (it consumes [`crate::source::SourceBatch`]es) nor of the
 //! settings: `config` builds its [`SinkOptions`].
@@ -42,6 +44,7 @@ pub mod records;
 mod refusals;
 pub mod scan;
 pub mod state;
+pub mod tail;
 pub mod topics;
 
 use std::time::Duration;

@@ -94,6 +94,16 @@ pub(super) fn configured(shared: &Shared) -> Vec<PartitionId> {
         .collect()
 }
 
+/// Whether every configured user is resolved (their partitions known by object id).
+pub(super) fn settled(shared: &Shared) -> bool {
+    let dir = shared.directory.lock();
+    shared
+        .spec
+        .partitions
+        .iter()
+        .all(|p| dir.contains_key(&key(p.user())))
+}
+
 /// The user's principal name, by object id, once resolved.
 pub(super) fn principal(shared: &Shared, id: &str) -> Option<Arc<str>> {
     shared.principals.lock().get(id).cloned()
@@ -122,6 +132,10 @@ async fn resolve_and_start(shared: &Arc<Shared>, user: String, parts: Vec<Partit
             Ok(found) => {
                 shared.directory.lock().insert(key(&user), found.clone());
                 start_user(shared, &found, &parts);
+                // Group members can be told from listed users now (`groups.rs`).
+                if settled(shared) {
+                    super::groups::reconcile(shared);
+                }
                 return;
             }
             Err(e) if e.is_partition_fault() => {

@@ -23,7 +23,8 @@
 //! - `links.rs`: offsets' links checked against their partition's route (from the offsets
 //!   topic at start, from `PATCH …/offsets`).
 //! - `directory.rs`: configured users resolved to object ids before their partitions start.
-//! - `groups.rs`: group sources: membership partitions, members' partitions at start.
+//! - `groups.rs`: group sources: membership partitions, and members' partitions started and
+//!   departed as the members topic says.
 //! - `supervisor.rs`: starting and stopping partition tasks.
 //! - `partition.rs`: a partition's loop.
 //! - `reconcile.rs`: a page reconciled with its partition's live items before its commit
@@ -132,6 +133,8 @@ struct Shared {
     directory: Mutex<HashMap<String, crate::graph::users::DirectoryUser>>,
     /// Principal names by object id, for the records' header.
     principals: Mutex<HashMap<String, Arc<str>>>,
+    /// Each group's members (see `groups.rs`); held while they are carried out.
+    roster: tokio::sync::Mutex<groups::Roster>,
 }
 
 /// Runs a worker until `shutdown` completes or Kafka fails fatally.
@@ -244,10 +247,13 @@ pub async fn run_with_status(
         states: reconcile::States::default(),
         directory: Mutex::new(HashMap::new()),
         principals: Mutex::new(HashMap::new()),
+        roster: tokio::sync::Mutex::new(groups::Roster::default()),
         spec,
     });
     // Should this future be dropped half-way, the tasks (which hold `shared`) go too.
     let abort_tasks = AbortTasksOnDrop(Arc::downgrade(&shared));
+    // Every worker follows each group's membership (its shards may hold any member's).
+    let members = groups::follow(&shared)?;
     if let Some(t) = target {
         let _ = control::apply_target(&shared, t).await;
     }
@@ -329,6 +335,7 @@ pub async fn run_with_status(
     let closed = shared.sinks.close_all().await;
     drop(shard_events);
     drop(follower);
+    drop(members);
     tokio::task::spawn_blocking(move || membership.stop()).await?;
     if shared.spec.sharding.advertised_url.is_some() {
         advertise(&shared.spec, None).await;

@@ -184,9 +184,6 @@ impl<'a> PartitionTask<'a> {
         let e = match fetched {
             Ok(batch) => {
                 health.graph.succeeded();
-                if self.id.kind() == PartitionKind::GroupMembers {
-                    super::groups::learn_principals(self.shared, &batch);
-                }
                 self.failures = 0;
                 if std::mem::take(&mut self.unserved) > 0 {
                     metrics::partition_served(&self.id);

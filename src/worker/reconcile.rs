@@ -1,7 +1,8 @@
 //! Reconciling a page with its partition's live items (`crate::live`) before it is
 //! committed: upserts whose content is live already and tombstones for keys not live are
 //! left out; the last page of a round from scratch gets tombstones for what the round no
-//! longer returned; a removed To Do list takes its tasks' tombstones and state with it; and
+//! longer returned; a removed To Do list takes its tasks' tombstones and state with it (as a
+//! departed group member's partitions do theirs, `groups.rs`); and
 //! the state records describing all that join the same transaction.
 //!
 //! Keys of tombstones are read back from where their item's last record is (the state keeps
@@ -22,8 +23,7 @@ use crate::metrics;
 use crate::sink::readback::keys_at;
 use crate::sink::scan::live_records;
 use crate::source::{
-    key_id, Loc, Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord,
-    StateWrite,
+    key_id, Loc, Op, PartitionId, SourceBatch, SourceOffset, SourceRecord, StateWrite,
 };
 
 use super::Shared;
@@ -154,17 +154,7 @@ pub(super) async fn reconcile(
         }
     }
     let ids = reader.advance_ids(&batch.records);
-    let (extra, writes, removed) = match p.kind() {
-        PartitionKind::GroupMembers => {
-            let tombstone = super::groups::departed(shared, batch).await;
-            match tombstone && !batch.resets.is_empty() {
-                true => tombstone_all(shared, batch, "member-removed").await?,
-                // `on_member_removed = "keep"`: their records and state stay.
-                false => Default::default(),
-            }
-        }
-        _ => removed_lists(shared, batch).await?,
-    };
+    let (extra, writes, removed) = removed_lists(shared, batch).await?;
     let plan = match &*slot.lock() {
         Slot::Known(l) => {
             let records = std::mem::take(&mut batch.records);
@@ -191,24 +181,25 @@ async fn removed_lists(shared: &Arc<Shared>, batch: &SourceBatch) -> Result<Remo
     shared
         .halt("list removed", batch.resets.iter().map(|p| &**p))
         .await;
-    tombstone_all(shared, batch, "list-removed").await
+    let round = batch.records_round();
+    tombstone_all(shared, &batch.resets, round, "list-removed").await
 }
 
 /// Tombstones, state removals and the partitions whose state goes: what `batch` adds for
 /// the partitions it resets.
-type Removal = (Vec<SourceRecord>, Vec<StateWrite>, Vec<Arc<PartitionId>>);
+pub(super) type Removal = (Vec<SourceRecord>, Vec<StateWrite>, Vec<Arc<PartitionId>>);
 
-/// A tombstone (`reason`) for each live item of each partition `batch` resets (halted
-/// already), and the removal of their state: a removed list's tasks, a departed member's
-/// partitions (`on_member_removed = "tombstone"`).
-async fn tombstone_all(
+/// A tombstone (`reason`, of round `round`) for each live item of each of `partitions`
+/// (halted already), and the removal of their state: a removed list's tasks, a departed
+/// member's partitions (`on_member_removed = "tombstone"`, see `groups.rs`).
+pub(super) async fn tombstone_all(
     shared: &Arc<Shared>,
-    batch: &SourceBatch,
+    partitions: &[Arc<PartitionId>],
+    round: u64,
     reason: &'static str,
 ) -> Result<Removal, String> {
     let (mut records, mut writes, mut removed) = (Vec::new(), Vec::new(), Vec::new());
-    let round = batch.records_round();
-    for p in &batch.resets {
+    for p in partitions {
         let Some(slot) = shared.states.get(p) else {
             continue;
         };

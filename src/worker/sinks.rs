@@ -1,10 +1,11 @@
 //! Shards: which partitions commit together, and the committers of the shards this worker
 //! owns.
 //!
-//! Each partition belongs to one of `worker.shards` shards, a hash of its user's object id,
-//! or of its group's id for a partition a group source gives its members (a membership
-//! commit starts and resets its members' partitions in its own transaction, so they must
-//! share its producer). The connector's workers share the shards through Kafka's group
+//! Each partition belongs to one of `worker.shards` shards, a hash of its user's object id
+//! (a To Do list's task partitions go with their list, whose commits start and reset them),
+//! or of its group's id for a group's membership partition. A group's members' partitions
+//! are their users' like any other, so a large group spreads over the shards (`groups.rs`
+//! says how a member's joining and leaving reach them). The connector's workers share the shards through Kafka's group
 //! protocol (`sink::membership`); each owned shard has a committer of its own whose
 //! producer's `transactional.id` is `{prefix}-shard-{n}`, the same on every worker. A worker
 //! taking a shard over initialises that producer first, which fences the shard's previous
@@ -27,40 +28,20 @@ use super::WorkerSpec;
 #[derive(Debug, Clone)]
 pub(super) struct Router {
     shards: u32,
-    /// Each group source's templates (empty user), with its group.
-    groups: Vec<(PartitionId, String)>,
 }
 
 impl Router {
     pub fn new(spec: &WorkerSpec) -> Self {
-        let groups = spec
-            .groups
-            .iter()
-            .flat_map(|g| g.templates.iter().map(|t| (t.clone(), g.group.clone())))
-            .collect();
         Self {
             shards: spec.sharding.shards.max(1),
-            groups,
         }
     }
 
-    /// `p`'s shard: a group source's partitions (with their task partitions) go with
-    /// their group's membership partition, every other with its user.
+    /// `p`'s shard: a group's membership partition by its group, every other by its user.
     pub fn shard(&self, p: &PartitionId) -> u32 {
         let key = match p {
             PartitionId::GroupMembers { group } => group.as_str(),
-            _ => {
-                let template = match p {
-                    PartitionId::Tasks { .. } => PartitionId::TaskLists {
-                        user: String::new(),
-                    },
-                    _ => p.with_user(""),
-                };
-                self.groups
-                    .iter()
-                    .find(|(t, _)| *t == template)
-                    .map_or(p.user(), |(_, g)| g.as_str())
-            }
+            _ => p.user(),
         };
         (mix(fnv1a(key.as_bytes())) % u64::from(self.shards)) as u32
     }
@@ -272,14 +253,8 @@ async fn join(
 mod tests {
     use super::*;
 
-    fn router(shards: u32, groups: &[(PartitionId, &str)]) -> Router {
-        Router {
-            shards,
-            groups: groups
-                .iter()
-                .map(|(t, g)| (t.clone(), g.to_string()))
-                .collect(),
-        }
+    fn router(shards: u32) -> Router {
+        Router { shards }
     }
 
     /// Every worker must agree on a partition's shard: the hash is fixed, not the
@@ -288,7 +263,7 @@ mod tests {
     fn shards_are_stable_and_a_users_partitions_share_one() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        let r = router(8, &[]);
+        let r = router(8);
         let u = "6f1c2d3e-0000-4000-8000-000000000001";
         let list = PartitionId::TaskLists { user: u.into() };
         let tasks = PartitionId::Tasks {
@@ -308,7 +283,7 @@ mod tests {
         }
         assert!(count.iter().all(|c| (90..160).contains(c)), "{count:?}");
         // Keys that differ in one bit (UUIDs) spread over 2 shards too: both used, evenly.
-        let r2 = router(2, &[]);
+        let r2 = router(2);
         let halves = (0..400)
             .filter(|i| {
                 let u = format!("0b0e6c4e-0000-4000-8000-{i:012}");
@@ -319,31 +294,20 @@ mod tests {
     }
 
     #[test]
-    fn a_group_sources_partitions_go_with_their_group() {
-        let lists = PartitionId::TaskLists {
-            user: String::new(),
-        };
-        let r = router(16, &[(lists, "g-1")]);
+    fn a_groups_members_spread_over_the_shards() {
+        let r = router(16);
         let members = PartitionId::GroupMembers {
             group: "g-1".into(),
         };
-        let n = r.shard(&members);
-        for u in ["a", "b", "c", "d"] {
-            let tasks = PartitionId::Tasks {
-                user: u.into(),
-                list: "L".into(),
-            };
-            assert_eq!(r.shard(&PartitionId::TaskLists { user: u.into() }), n);
-            assert_eq!(r.shard(&tasks), n, "a member's task partitions too");
-        }
-        // Calendar lists are no group source's here: by user.
+        assert!(r.shard(&members) < 16);
+        // A group's members' partitions go by user, not with their group.
         let by_user: std::collections::HashSet<u32> = (0..50)
             .map(|i| {
-                r.shard(&PartitionId::CalendarList {
+                r.shard(&PartitionId::TaskLists {
                     user: format!("u{i}"),
                 })
             })
             .collect();
-        assert!(by_user.len() > 1);
+        assert!(by_user.len() > 8, "{by_user:?}");
     }
 }

@@ -52,13 +52,7 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     let principal = super::directory::principal(shared, id.user());
     let reader = match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed, rounds)
     {
-        Ok(r) => match &*id {
-            PartitionId::GroupMembers { group } => {
-                let listed = super::directory::configured(shared);
-                r.with_members(super::groups::templates(shared, group), listed)
-            }
-            _ => r.with_principal(principal),
-        },
+        Ok(r) => r.with_principal(principal),
         Err(e) => {
             metrics::partition_failed(&id, &e.to_string());
             return;
@@ -149,6 +143,20 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     // Spawned last: the task's own end state must not be overwritten by `Running` above.
     reap(&mut tasks);
     tasks.spawn(fut);
+}
+
+/// Runs `fut` as a task of the worker's set (not a partition's: nothing tracks it), unless
+/// the worker is shutting down.
+pub(super) fn spawn_task(
+    shared: &Shared,
+    fut: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let mut tasks = shared.tasks.lock();
+    // Checked under the lock shutdown takes the set with, so no task escapes the set.
+    if !shared.shutdown.is_cancelled() {
+        reap(&mut tasks);
+        tasks.spawn(fut);
+    }
 }
 
 /// Runs and stops the task partitions a partition's commits name.
