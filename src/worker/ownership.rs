@@ -55,6 +55,8 @@ pub(super) async fn assigned(shared: &Arc<Shared>, shards: &[u32]) -> Result<(),
         offsets.retain(|p, _| !ours(p));
         offsets.extend(loaded);
     }
+    // Only now may their partitions start (a member's, say, as the members topic says).
+    shared.sinks.adopted(shards);
     metrics::state_loaded(partitions, items, t0.elapsed());
     metrics::shards_assigned(shards, &shared.sinks.owned(), t0.elapsed());
     shared

@@ -84,6 +84,9 @@ pub(super) struct Sinks {
     /// Shards being given up: still open for their partitions' last commits, no longer
     /// owned for a partition that would start.
     leaving: Mutex<HashSet<u32>>,
+    /// Shards opened whose offsets are not read yet: not owned for a partition that would
+    /// start (it would start from scratch), until [`Sinks::adopted`].
+    adopting: Mutex<HashSet<u32>>,
 }
 
 impl Sinks {
@@ -94,13 +97,25 @@ impl Sinks {
             health,
             open: Mutex::new(HashMap::new()),
             leaving: Mutex::new(HashSet::new()),
+            adopting: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Whether `p`'s shard is owned (its committer open, and not being given up).
+    /// Whether `p`'s shard is owned (its committer open, its offsets read, and not being
+    /// given up).
     pub fn owns(&self, p: &PartitionId) -> bool {
         let n = self.router.shard(p);
-        self.open.lock().contains_key(&n) && !self.leaving.lock().contains(&n)
+        self.open.lock().contains_key(&n)
+            && !self.leaving.lock().contains(&n)
+            && !self.adopting.lock().contains(&n)
+    }
+
+    /// `shards`' offsets are read: their partitions may start.
+    pub fn adopted(&self, shards: &[u32]) {
+        let mut adopting = self.adopting.lock();
+        for n in shards {
+            adopting.remove(n);
+        }
     }
 
     /// Whether shard `n`'s committer is open (owned, or being given up).
@@ -142,6 +157,7 @@ impl Sinks {
     /// Starts shard `n`'s committer: initialising its producer's transactions fences the
     /// shard's previous writer and ends its open transaction (blocking, off the executor).
     pub async fn open(&self, n: u32) -> Result<(), SinkError> {
+        self.adopting.lock().insert(n);
         if self.open.lock().contains_key(&n) {
             self.leaving.lock().remove(&n);
             return Ok(());
@@ -162,6 +178,7 @@ impl Sinks {
     pub async fn close(&self, n: u32) -> Result<(), SinkError> {
         let open = self.open.lock().remove(&n);
         self.leaving.lock().remove(&n);
+        self.adopting.lock().remove(&n);
         let Some(open) = open else {
             return Ok(());
         };
