@@ -21,7 +21,7 @@ use crate::common::*;
 pub(crate) const OUTER: &str = "0b0e6c4e-0000-4000-8000-00000000000a";
 pub(crate) const INNER: &str = "0b0e6c4e-0000-4000-8000-00000000000b";
 
-fn templates() -> Vec<PartitionId> {
+pub(crate) fn templates() -> Vec<PartitionId> {
     vec![
         PartitionId::CalendarView {
             user: String::new(),
@@ -98,7 +98,7 @@ pub(crate) fn converge(sim: &SimServer, spec: &WorkerSpec, members: &[String]) {
 }
 
 /// The partitions of `user` (task partitions of its live lists included).
-fn partitions_of(sim: &SimServer, user: &str) -> Vec<PartitionId> {
+pub(crate) fn partitions_of(sim: &SimServer, user: &str) -> Vec<PartitionId> {
     all_partitions(sim, WINDOW)
         .into_iter()
         .filter(|p| p.user() == user)

@@ -2,10 +2,13 @@
 //! protocol. A second worker takes some shards over (cooperative: the first keeps the rest),
 //! each partition runs on exactly one worker, both commit, and when the second leaves its
 //! shards come back to the first; the topics equal the truth and nothing is committed twice.
+//! A group source's members spread over the workers too, and a member's leaving is carried
+//! out by whichever worker owns its shard.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use graph_cdc::config::GroupSource;
 use graph_cdc::source::PartitionId;
 use graph_cdc::worker::{PartitionState, WorkerSpec};
 use graph_sim::generate::MutateSpec;
@@ -325,6 +328,90 @@ async fn resyncs_and_offset_changes_reach_the_partitions_owner() {
     })
     .await;
     converge(&sim, &spec, &[&a, &b]);
+    a.stop().await.expect("stop");
+    b.stop().await.expect("stop");
+    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
+}
+
+/// A group of 10 members over 6 shards and two workers: each worker runs some members'
+/// partitions (by user, not with their group's membership partition); members who leave
+/// have their records tombstoned and their partitions stopped by the worker that owns them,
+/// wherever the membership partition runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_members_spread_over_the_workers() {
+    use crate::groups::{members_partition, nested_groups, partitions_of, templates, OUTER};
+    let (sim, ids) = sim_with_users(10, 5, 2, 57).await;
+    nested_groups(&sim, &ids);
+    for u in &ids[3..] {
+        sim.state.store.write().add_member(OUTER, u).expect("add");
+    }
+    let mut spec = spec(&sim, &bootstrap(), Vec::new());
+    spec.groups = vec![GroupSource {
+        group: OUTER.into(),
+        templates: templates(),
+        tombstone: true,
+    }];
+    spec.membership_interval = Duration::from_millis(500);
+    spec.sharding.shards = 6;
+    spec.sharding.worker_id = "a".into();
+    let mut b_spec = spec.clone();
+    b_spec.sharding.worker_id = "b".into();
+    let a = start_worker(&spec);
+    let b = start_worker(&b_spec);
+    let mut members: Vec<String> = ids.clone();
+    crate::groups::converge(&sim, &spec, &members);
+    let want = |members: &[String]| -> BTreeSet<PartitionId> {
+        members
+            .iter()
+            .flat_map(|u| partitions_of(&sim, u))
+            .chain([members_partition()])
+            .collect()
+    };
+    let sets = shared_out(&[&a, &b], &want(&members)).await;
+    let users_of = |s: &BTreeSet<PartitionId>| -> BTreeSet<String> {
+        s.iter()
+            .filter(|p| !matches!(p, PartitionId::GroupMembers { .. }))
+            .map(|p| p.user().to_string())
+            .collect()
+    };
+    let (on_a, on_b) = (users_of(&sets[0]), users_of(&sets[1]));
+    assert!(
+        !on_a.is_empty() && !on_b.is_empty() && on_a.is_disjoint(&on_b),
+        "members on a: {on_a:?}, on b: {on_b:?}"
+    );
+    // One member of each worker leaves.
+    let leaving = [
+        on_a.iter().next().expect("a member on a").clone(),
+        on_b.iter().next().expect("a member on b").clone(),
+    ];
+    let had: Vec<usize> = leaving
+        .iter()
+        .map(|u| crate::groups::live_of(&spec, u))
+        .collect();
+    assert!(had.iter().all(|n| *n > 0), "{had:?}");
+    for u in &leaving {
+        let group = if *u == ids[2] {
+            crate::groups::INNER
+        } else {
+            OUTER
+        };
+        sim.state
+            .store
+            .write()
+            .remove_member(group, u)
+            .expect("remove");
+    }
+    members.retain(|u| !leaving.contains(u));
+    crate::groups::converge(&sim, &spec, &members);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leaving.iter().any(|u| crate::groups::live_of(&spec, u) > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "departed members' records still live"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shared_out(&[&a, &b], &want(&members)).await;
     a.stop().await.expect("stop");
     b.stop().await.expect("stop");
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
