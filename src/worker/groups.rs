@@ -233,6 +233,13 @@ async fn carry_out(shared: &Arc<Shared>, roster: &Roster, users: Option<HashSet<
         all.extend(known_group_partitions(shared, &sources).map(|p| p.user().to_string()));
         all
     });
+    // The task partitions the offsets know, by user: a member's To Do lists bring theirs.
+    let mut tasks: HashMap<String, Vec<PartitionId>> = HashMap::new();
+    for p in shared.status.offsets.lock().keys() {
+        if let PartitionId::Tasks { user, .. } = p {
+            tasks.entry(user.clone()).or_default().push(p.clone());
+        }
+    }
     let mut started = 0;
     let mut departing: Vec<(String, Vec<PartitionId>, bool)> = Vec::new();
     for user in users {
@@ -253,7 +260,11 @@ async fn carry_out(shared: &Arc<Shared>, roster: &Roster, users: Option<HashSet<
             }
         }
         for p in &wanted {
-            started += start_member_partition(shared, p);
+            let theirs = match p {
+                PartitionId::TaskLists { .. } => tasks.get(&user).map_or(&[][..], Vec::as_slice),
+                _ => &[],
+            };
+            started += start_member_partition(shared, p, theirs);
         }
         let gone: Vec<PartitionId> = unwanted
             .into_iter()
@@ -295,26 +306,14 @@ fn known_group_partitions<'a>(
     })
 }
 
-/// Starts a member's partition (if not running); a To Do lists partition brings the task
-/// partitions its offsets know. Returns how many started.
-fn start_member_partition(shared: &Arc<Shared>, p: &PartitionId) -> usize {
-    let mut ps = vec![p.clone()];
-    if let PartitionId::TaskLists { user } = p {
-        ps.extend(
-            shared
-                .status
-                .offsets
-                .lock()
-                .keys()
-                .filter(|q| matches!(q, PartitionId::Tasks { user: u, .. } if u == user))
-                .cloned(),
-        );
-    }
+/// Starts a member's partition (if not running) and the task partitions `tasks` (its To Do
+/// lists' in the offsets). Returns how many started.
+fn start_member_partition(shared: &Arc<Shared>, p: &PartitionId, tasks: &[PartitionId]) -> usize {
     let mut n = 0;
-    for p in ps {
-        let alive = shared.tracked.lock().get(&p).is_some_and(|t| t.alive());
+    for p in std::iter::once(p).chain(tasks) {
+        let alive = shared.tracked.lock().get(p).is_some_and(|t| t.alive());
         if !alive {
-            spawn_partition(shared, p);
+            spawn_partition(shared, p.clone());
             n += 1;
         }
     }
