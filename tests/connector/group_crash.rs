@@ -3,7 +3,8 @@
 //! through the nested group) and their data changes. Once it converges, a `read_committed`
 //! consumer's compacted view equals the truth for the current members, departed members have
 //! nothing live (`on_member_removed = "tombstone"`, the default), and no record was committed
-//! twice between two tombstones of its key.
+//! twice between two tombstones of its key. The same with two workers (issue 14): a
+//! member's tombstone and its partitions' departure are then often two workers' doing.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -100,43 +101,77 @@ fn churn(sim: &SimServer, ids: &[String], direct: &mut HashMap<String, &'static 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_and_leave_under_sigkills_and_the_view_equals_the_truth() {
+    churn_under_kills(1, 61).await;
+}
+
+/// Two workers over 4 shards: a member's tombstone is committed in its group's shard and its
+/// departure in its own, often by the other worker; one of the two is SIGKILLed at random
+/// moments (and restarted under its id), the other runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_and_leave_across_two_workers_under_sigkills() {
+    churn_under_kills(2, 67).await;
+}
+
+/// `workers` processes (ids `w0`, `w1`…) follow a nested group of 6 users while members
+/// join and leave and events change; each round one of them is SIGKILLed at a random moment
+/// and started again. Then the checks of the module docs.
+async fn churn_under_kills(workers: usize, seed: u64) {
     const KILLS: u64 = 8;
-    let (sim, ids) = sim_with_users(6, 15, 4, 61).await;
+    let (sim, ids) = sim_with_users(6, 15, 4, seed).await;
     nested_groups(&sim, &ids);
     let mut direct: HashMap<String, &'static str> =
         HashMap::from([(ids[1].clone(), OUTER), (ids[2].clone(), INNER)]);
     let start = NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S").unwrap();
     let mut spec = spec(&sim, &bootstrap(), Vec::<PartitionId>::new());
     spec.sink.transactional_id = format!("{}-w", spec.sink.connector);
+    spec.sharding.shards = 4;
     let dir = std::env::temp_dir().join(format!(
         "graph-cdc-group-crash-{}",
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("worker.toml");
-    std::fs::write(&cfg, group_config(&spec)).unwrap();
+    let cfgs: Vec<std::path::PathBuf> = (0..workers)
+        .map(|w| {
+            let cfg = dir.join(format!("w{w}.toml"));
+            let text =
+                group_config(&spec).replace("worker_id = \"w\"", &format!("worker_id = \"w{w}\""));
+            std::fs::write(&cfg, text).unwrap();
+            cfg
+        })
+        .collect();
+    let launch_all = |name: &str| -> (Vec<std::process::Child>, Vec<std::path::PathBuf>) {
+        cfgs.iter()
+            .enumerate()
+            .map(|(w, cfg)| {
+                let log = dir.join(format!("{name}-w{w}.log"));
+                (launch_logged(cfg, "info", &log), log)
+            })
+            .unzip()
+    };
 
     // The first members' data is in Kafka before the churn begins.
-    let first_log = dir.join("first.log");
-    let mut child = launch_logged(&cfg, "info", &first_log);
+    let (mut children, logs) = launch_all("first");
     let first = members(&sim);
-    converged(&mut child, &sim, &spec, &first, &[], &first_log, &[]);
-    signal(&child, libc::SIGKILL);
-    let _ = child.wait();
+    converged(&mut children, &sim, &spec, &first, &[], &logs, &[]);
+    for c in &mut children {
+        signal(c, libc::SIGKILL);
+        let _ = c.wait();
+    }
 
     let mut rng = rand::rng();
     let mut changes = Vec::new();
     let mut ever: HashSet<String> = first.into_iter().collect();
+    let mut children: Vec<std::process::Child> = cfgs.iter().map(|c| launch(c)).collect();
     for i in 0..KILLS {
-        let mut child = launch(&cfg);
-        // Changes land while the worker runs: some before a kill, some right after a start.
+        // Changes land while the workers run: some before a kill, some right after a start.
         let ms = rng.random_range(400..3000);
         tokio::time::sleep(Duration::from_millis(ms / 2)).await;
         changes.push(churn(&sim, &ids, &mut direct));
         ever.extend(members(&sim));
         tokio::time::sleep(Duration::from_millis(ms / 2)).await;
-        signal(&child, libc::SIGKILL);
-        let _ = child.wait();
+        let w = rng.random_range(0..workers);
+        signal(&children[w], libc::SIGKILL);
+        let _ = children[w].wait();
         changes.push(churn(&sim, &ids, &mut direct));
         ever.extend(members(&sim));
         let m = MutateSpec {
@@ -147,9 +182,14 @@ async fn members_join_and_leave_under_sigkills_and_the_view_equals_the_truth() {
             ..Default::default()
         };
         graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
+        children[w] = launch(&cfgs[w]);
+    }
+    for c in &mut children {
+        signal(c, libc::SIGKILL);
+        let _ = c.wait();
     }
 
-    // One departure the worker finds out about at its start, so that at least one member
+    // One departure the workers find out about at their start, so that at least one member
     // with records in Kafka has left.
     if let Some(group) = direct.remove(&ids[1]) {
         sim.state
@@ -161,13 +201,14 @@ async fn members_join_and_leave_under_sigkills_and_the_view_equals_the_truth() {
     }
 
     // A last run to convergence, then a graceful stop.
-    let log = dir.join("worker.log");
-    let mut child = launch_logged(&cfg, "info", &log);
+    let (mut children, logs) = launch_all("last");
     let now = members(&sim);
     let gone: Vec<String> = ids.iter().filter(|u| !now.contains(u)).cloned().collect();
-    converged(&mut child, &sim, &spec, &now, &gone, &log, &changes);
-    let status = stop_gracefully(&mut child, Duration::from_secs(10), "the worker").await;
-    assert!(status.success(), "graceful stop exits 0: {status}");
+    converged(&mut children, &sim, &spec, &now, &gone, &logs, &changes);
+    for c in &mut children {
+        let status = stop_gracefully(c, Duration::from_secs(10), "a worker").await;
+        assert!(status.success(), "graceful stop exits 0: {status}");
+    }
 
     let records = all_records(&spec);
     let mut tombstoned = 0;
@@ -177,7 +218,7 @@ async fn members_join_and_leave_under_sigkills_and_the_view_equals_the_truth() {
             .iter()
             .filter(|r| String::from_utf8_lossy(&r.key).contains(&needle))
             .collect();
-        // A member who joined and left while the worker was down has nothing to tombstone.
+        // A member who joined and left while the workers were down has nothing to tombstone.
         if theirs.is_empty() {
             continue;
         }
@@ -193,7 +234,7 @@ async fn members_join_and_leave_under_sigkills_and_the_view_equals_the_truth() {
     }
     assert!(tombstoned >= 1, "{ever:?} {now:?} {changes:?}");
     eprintln!(
-        "{KILLS} kills, changes {changes:?}; {tombstoned} departed members tombstoned, {} members now, {} records",
+        "{workers} worker(s), {KILLS} kills, changes {changes:?}; {tombstoned} departed members tombstoned, {} members now, {} records",
         now.len(),
         records.len()
     );
@@ -205,15 +246,15 @@ async fn members_join_and_leave_under_sigkills_and_the_view_equals_the_truth() {
 }
 
 /// Waits until the view equals the truth for `now`'s members and none of `gone` has a live
-/// record; panics with the changes and the log's tail after 120 s, or at once if the worker
+/// record; panics with the changes and the logs' tails after 120 s, or at once if a worker
 /// exited.
 fn converged(
-    child: &mut std::process::Child,
+    children: &mut [std::process::Child],
     sim: &SimServer,
     spec: &WorkerSpec,
     now: &[String],
     gone: &[String],
-    log: &std::path::Path,
+    logs: &[std::path::PathBuf],
     changes: &[String],
 ) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -223,13 +264,21 @@ fn converged(
             .map(|u| (u, live_of(spec, u)))
             .filter(|(_, n)| *n > 0)
             .collect();
-        let exited = child.try_wait().ok().flatten();
+        let exited: Vec<_> = children
+            .iter_mut()
+            .filter_map(|c| c.try_wait().ok().flatten())
+            .collect();
         match (difference(sim, spec, now), live.is_empty()) {
             (None, true) => return,
-            (d, _) if Instant::now() > deadline || exited.is_some() => {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                panic!("not converged (worker exited: {exited:?}) after {changes:?}: {d:?}, departed with live records {live:?}\n{tail:#?}")
+            (d, _) if Instant::now() > deadline || !exited.is_empty() => {
+                let tails: Vec<Vec<String>> = logs
+                    .iter()
+                    .map(|log| {
+                        let text = std::fs::read_to_string(log).unwrap_or_default();
+                        text.lines().rev().take(30).map(str::to_string).collect()
+                    })
+                    .collect();
+                panic!("not converged (workers exited: {exited:?}) after {changes:?}: {d:?}, departed with live records {live:?}\n{tails:#?}")
             }
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
