@@ -115,6 +115,9 @@ fn resume(shared: &Arc<Shared>) -> String {
     *shared.status.connector.lock() = ConnectorState::Running;
     if was_stopped {
         start_all(shared);
+    } else {
+        // Members who left while paused depart now (`groups.rs`).
+        super::groups::reconcile(shared);
     }
     "resumed".into()
 }

@@ -221,7 +221,7 @@ pub(super) fn reconcile(shared: &Arc<Shared>) {
 /// Carries the roster out for `users` (`None`: every member, and every user with a group
 /// partition running or with an offset): members' partitions of owned shards start,
 /// others' depart. Returns how many partitions it started. Nothing while the connector is
-/// stopped: the resume reconciles.
+/// stopped, and no departure (a write) while it is paused: the resume reconciles.
 async fn carry_out(shared: &Arc<Shared>, roster: &Roster, users: Option<HashSet<String>>) -> usize {
     if shared.stopped() {
         return 0;
@@ -277,6 +277,9 @@ async fn carry_out(shared: &Arc<Shared>, roster: &Roster, users: Option<HashSet<
     // A configured user not resolved yet cannot be told from a member (its partitions are
     // listed by name): a whole reconciliation departs nothing until all are (the last one
     // resolved reconciles again, `directory.rs`).
+    if *shared.paused.borrow() {
+        return started;
+    }
     if whole && !super::directory::settled(shared) {
         tracing::debug!(
             users = departing.len(),
