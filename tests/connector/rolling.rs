@@ -199,6 +199,30 @@ fn last_offset(spec: &WorkerSpec, needle: &str) -> Option<Value> {
     last_offset_within(spec, needle, 1)
 }
 
+/// Whether an offset stands inside a round from scratch (a resync's, a roll's or a
+/// reconcile's): its last commit left the round unfinished.
+fn mid_round_from_scratch(o: &Value) -> bool {
+    o["resync"] == Value::Bool(true) && o.get("delta_link").is_none()
+}
+
+/// The partition's last committed offset, if any, without a word when there is none.
+fn quiet_last_offset(spec: &WorkerSpec, needle: &str) -> Option<Value> {
+    offsets_and_last(spec, needle).1
+}
+
+/// The offsets topic, and the last offset of the partition whose key holds `needle`.
+fn offsets_and_last(spec: &WorkerSpec, needle: &str) -> (Vec<Committed>, Option<Value>) {
+    let offsets = tokio::task::block_in_place(|| {
+        read_all(&spec.sink.bootstrap_servers, &spec.sink.offsets_topic)
+    });
+    let last = offsets
+        .iter()
+        .rev()
+        .find(|r| String::from_utf8_lossy(&r.key).contains(needle))
+        .and_then(|r| serde_json::from_slice(r.value.as_deref()?).ok());
+    (offsets, last)
+}
+
 /// [`last_offset`], read again up to `reads` times while missing, saying what the topic
 /// held if it never shows: a loaded CI machine once read none after a graceful stop (the
 /// cause is not known yet).
@@ -208,14 +232,7 @@ fn last_offset_within(spec: &WorkerSpec, needle: &str, reads: usize) -> Option<V
         if i > 0 {
             tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(2)));
         }
-        let offsets = tokio::task::block_in_place(|| {
-            read_all(&spec.sink.bootstrap_servers, &spec.sink.offsets_topic)
-        });
-        let found = offsets
-            .iter()
-            .rev()
-            .find(|r| String::from_utf8_lossy(&r.key).contains(needle))
-            .and_then(|r| serde_json::from_slice(r.value.as_deref()?).ok());
+        let (offsets, found) = offsets_and_last(spec, needle);
         if found.is_some() {
             return found;
         }
@@ -393,22 +410,36 @@ async fn sigkill_during_rolls_and_reconciles_loses_no_delete_and_repeats_nothing
                 store.update_event(user, changed, patch).unwrap();
             }
         }
+        let before = quiet_last_offset(&spec, "-30s/+30s");
         let mut child = launch(&cfg);
-        // A start takes ~2 s before the first page (the workers' group, the shards'
-        // producers, the offsets and state read): kills land in the rounds after it.
-        tokio::time::sleep(Duration::from_millis(2_000 + next(2_500))).await;
+        if i % 2 == 0 {
+            // A start takes ~2 s before the first page (the workers' group, the shards'
+            // producers, the offsets and state read): kills land in the rounds after it.
+            tokio::time::sleep(Duration::from_millis(2_000 + next(2_500))).await;
+        } else {
+            // Every other run is killed as soon as this run's commits show a round from
+            // scratch under way (or after 10 s): how long a start takes varies with the
+            // machine's load, and the kills must land in such rounds too.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let now = quiet_last_offset(&spec, "-30s/+30s");
+                if now != before && now.as_ref().is_some_and(mid_round_from_scratch) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         if child.try_wait().unwrap().is_none() {
             killed += 1;
         }
         signal(&child, libc::SIGKILL);
         let _ = child.wait();
         // Killed inside a round from scratch: its last commit left one unfinished.
-        if last_offset(&spec, "-30s/+30s")
-            .is_some_and(|o| o["resync"] == Value::Bool(true) && o.get("delta_link").is_none())
-        {
+        if last_offset(&spec, "-30s/+30s").is_some_and(|o| mid_round_from_scratch(&o)) {
             mid_scratch += 1;
         }
     }
+    eprintln!("{killed} runs killed, {mid_scratch} inside a round from scratch");
     assert!(killed >= 8, "only {killed} runs were killed");
     assert!(
         mid_scratch >= 2,
