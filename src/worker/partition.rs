@@ -105,7 +105,8 @@ struct PartitionTask<'a> {
     /// Answers in a row saying Graph cannot serve the user (see `fetch`).
     unserved: u32,
     /// The next page, fetched while the previous one was being committed (see `commit`).
-    prefetched: Option<Result<SourceBatch, GraphError>>,
+    /// Boxed: only mid-round does a partition hold one.
+    prefetched: Option<Box<Result<SourceBatch, GraphError>>>,
     /// Initial-sync progress, logged at most every 10 seconds.
     pages: u64,
     records: u64,
@@ -159,10 +160,14 @@ impl<'a> PartitionTask<'a> {
                 self.reader.restart();
                 self.prefetched = None;
             }
-            let mut batch = step!(self.fetch().await);
-            let reconciled = step!(self.reconcile(&mut batch).await);
-            let committed = step!(self.commit(batch, reconciled).await);
-            step!(self.pace(committed).await);
+            // Each step's future boxed: the task's own future then only holds what lives
+            // across steps, not room for the largest step (a commit holds a copy of the
+            // reader, a batch and a prefetch): a parked partition (between polls) is what
+            // 100,000 partitions keep (issue 15).
+            let mut batch = step!(Box::pin(self.fetch()).await);
+            let reconciled = step!(Box::pin(self.reconcile(&mut batch)).await);
+            let committed = step!(Box::pin(self.commit(batch, reconciled)).await);
+            step!(Box::pin(self.pace(committed)).await);
         }
     }
 
@@ -172,7 +177,7 @@ impl<'a> PartitionTask<'a> {
     /// same position, after a backoff that grows while fetches keep failing.
     async fn fetch(&mut self) -> Step<SourceBatch> {
         let fetched = match self.prefetched.take() {
-            Some(r) => r,
+            Some(r) => *r,
             // Boxed, like the other large sub-futures below: a parked partition (10,000 of
             // them) then holds a small future instead of room for an HTTP request.
             None => tokio::select! {
@@ -331,7 +336,7 @@ impl<'a> PartitionTask<'a> {
                 match (ahead, next) {
                     (Some(a), Some(next)) => {
                         *self.reader = a;
-                        self.prefetched = Some(next);
+                        self.prefetched = Some(Box::new(next));
                     }
                     _ => self.reader.advance(offset, &ids),
                 }
