@@ -7,6 +7,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use graph_cdc::worker::WorkerSpec;
 
+/// jemalloc, not glibc's malloc: a worker's partitions are many small long-lived blocks
+/// among a stream of short-lived ones (pages, requests), which glibc's per-thread arenas
+/// fragment (issue 15: BENCHMARKS.md, "Where an idle partition's bytes go").
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "graph-cdc",

@@ -375,6 +375,16 @@ users = {users:?}
     )
 }
 
+/// A worker process that dies with the test, even one that panicked.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `graph-cdc run` on a config file, quiet.
 pub fn launch(config: &std::path::Path) -> Child {
     run(config, "warn", Stdio::null())

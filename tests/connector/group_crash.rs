@@ -139,12 +139,13 @@ async fn churn_under_kills(workers: usize, seed: u64) {
             cfg
         })
         .collect();
-    let launch_all = |name: &str| -> (Vec<std::process::Child>, Vec<std::path::PathBuf>) {
+    // Killed with the test should it panic: no worker outlives it.
+    let launch_all = |name: &str| -> (Vec<KillOnDrop>, Vec<std::path::PathBuf>) {
         cfgs.iter()
             .enumerate()
             .map(|(w, cfg)| {
                 let log = dir.join(format!("{name}-w{w}.log"));
-                (launch_logged(cfg, "info", &log), log)
+                (KillOnDrop(launch_logged(cfg, "info", &log)), log)
             })
             .unzip()
     };
@@ -154,14 +155,14 @@ async fn churn_under_kills(workers: usize, seed: u64) {
     let first = members(&sim);
     converged(&mut children, &sim, &spec, &first, &[], &logs, &[]);
     for c in &mut children {
-        signal(c, libc::SIGKILL);
-        let _ = c.wait();
+        signal(&c.0, libc::SIGKILL);
+        let _ = c.0.wait();
     }
 
     let mut rng = rand::rng();
     let mut changes = Vec::new();
     let mut ever: HashSet<String> = first.into_iter().collect();
-    let mut children: Vec<std::process::Child> = cfgs.iter().map(|c| launch(c)).collect();
+    let mut children: Vec<KillOnDrop> = cfgs.iter().map(|c| KillOnDrop(launch(c))).collect();
     for i in 0..KILLS {
         // Changes land while the workers run: some before a kill, some right after a start.
         let ms = rng.random_range(400..3000);
@@ -170,8 +171,8 @@ async fn churn_under_kills(workers: usize, seed: u64) {
         ever.extend(members(&sim));
         tokio::time::sleep(Duration::from_millis(ms / 2)).await;
         let w = rng.random_range(0..workers);
-        signal(&children[w], libc::SIGKILL);
-        let _ = children[w].wait();
+        signal(&children[w].0, libc::SIGKILL);
+        let _ = children[w].0.wait();
         changes.push(churn(&sim, &ids, &mut direct));
         ever.extend(members(&sim));
         let m = MutateSpec {
@@ -182,11 +183,11 @@ async fn churn_under_kills(workers: usize, seed: u64) {
             ..Default::default()
         };
         graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
-        children[w] = launch(&cfgs[w]);
+        children[w] = KillOnDrop(launch(&cfgs[w]));
     }
     for c in &mut children {
-        signal(c, libc::SIGKILL);
-        let _ = c.wait();
+        signal(&c.0, libc::SIGKILL);
+        let _ = c.0.wait();
     }
 
     // One departure the workers find out about at their start, so that at least one member
@@ -206,7 +207,7 @@ async fn churn_under_kills(workers: usize, seed: u64) {
     let gone: Vec<String> = ids.iter().filter(|u| !now.contains(u)).cloned().collect();
     converged(&mut children, &sim, &spec, &now, &gone, &logs, &changes);
     for c in &mut children {
-        let status = stop_gracefully(c, Duration::from_secs(10), "a worker").await;
+        let status = stop_gracefully(&mut c.0, Duration::from_secs(10), "a worker").await;
         assert!(status.success(), "graceful stop exits 0: {status}");
     }
 
@@ -249,7 +250,7 @@ async fn churn_under_kills(workers: usize, seed: u64) {
 /// record; panics with the changes and the logs' tails after 120 s, or at once if a worker
 /// exited.
 fn converged(
-    children: &mut [std::process::Child],
+    children: &mut [KillOnDrop],
     sim: &SimServer,
     spec: &WorkerSpec,
     now: &[String],
@@ -266,7 +267,7 @@ fn converged(
             .collect();
         let exited: Vec<_> = children
             .iter_mut()
-            .filter_map(|c| c.try_wait().ok().flatten())
+            .filter_map(|c| c.0.try_wait().ok().flatten())
             .collect();
         match (difference(sim, spec, now), live.is_empty()) {
             (None, true) => return,

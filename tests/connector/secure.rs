@@ -4,7 +4,7 @@
 //! reason (naming the broker) in `/readyz`, keep the worker up, and write nothing; a topic the
 //! principal may not write fails only the partitions that write to it.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,16 +43,6 @@ async fn crash_resume_over_mutual_tls() {
     let options = b.mtls_options();
     assert_verifies_hostnames(&options);
     crash_resume(Some((b.ssl.clone(), options)), 6).await;
-}
-
-/// A worker process that dies with the test, even one that panicked.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn free_port() -> u16 {
