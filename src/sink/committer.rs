@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::BaseRecord;
 use tokio::sync::mpsc;
 
-use super::handle::{Ack, SinkHandle, SinkMsg};
+use super::handle::{Ack, IdleOffsets, SinkHandle, SinkMsg};
 use super::health::KafkaHealth;
 use super::producer::{Refused, Tag, TxnProducer};
 use super::records::{dead_letter_headers, headers};
@@ -44,8 +44,10 @@ pub struct Committer {
     producer: TxnProducer,
     opts: SinkOptions,
     rx: mpsc::Receiver<SinkMsg>,
-    /// Offsets without records, waiting for a transaction.
+    /// Offsets without records, waiting for a transaction: taken from `idle_in` (where the
+    /// partitions put them) at each transaction and heartbeat.
     idle: HashMap<Arc<PartitionId>, SourceOffset>,
+    idle_in: IdleOffsets,
     last_heartbeat: Instant,
     /// `message.max.bytes` of the producer.
     max_message_bytes: usize,
@@ -121,7 +123,9 @@ impl Committer {
     ) -> Result<(SinkHandle, std::thread::JoinHandle<Result<(), SinkError>>), SinkError> {
         let producer = TxnProducer::new(&opts, health)?;
         let (tx, rx) = mpsc::channel(1024);
+        let idle_in = IdleOffsets::default();
         let committer = Committer {
+            idle_in: idle_in.clone(),
             producer,
             max_message_bytes: opts.max_message_bytes(),
             opts,
@@ -135,7 +139,7 @@ impl Committer {
             .name("graph-cdc-committer".into())
             .spawn(move || committer.run())
             .map_err(|e| SinkError::Setup(Reason::because("starting the committer thread", e)))?;
-        Ok((SinkHandle::new(tx), thread))
+        Ok((SinkHandle::new(tx, idle_in), thread))
     }
 
     fn run(mut self) -> Result<(), SinkError> {
@@ -144,16 +148,13 @@ impl Committer {
             .build()
             .map_err(|e| SinkError::Setup(Reason::because("committer runtime", e)))?;
         loop {
+            // Idle offsets come without a message: every heartbeat looks for them.
             let heartbeat_due = self.last_heartbeat + self.opts.heartbeat_interval;
-            let first = if self.idle.is_empty() && self.rewrites.is_empty() {
-                rt.block_on(self.rx.recv()).map(Some)
-            } else {
-                match rt.block_on(async {
-                    tokio::time::timeout_at(heartbeat_due.into(), self.rx.recv()).await
-                }) {
-                    Ok(m) => m.map(Some),
-                    Err(_) => Some(None),
-                }
+            let first = match rt.block_on(async {
+                tokio::time::timeout_at(heartbeat_due.into(), self.rx.recv()).await
+            }) {
+                Ok(m) => m.map(Some),
+                Err(_) => Some(None),
             };
             let mut txn = Txn::default();
             let closed = match first {
@@ -166,12 +167,19 @@ impl Committer {
                 }
             };
             let heartbeat = Instant::now() >= heartbeat_due || closed || !txn.flushes.is_empty();
+            if heartbeat {
+                self.take_idle();
+            }
             if !txn.batches.is_empty()
                 || !txn.direct.is_empty()
                 || (heartbeat && (!self.idle.is_empty() || !self.rewrites.is_empty()))
             {
                 self.transaction(txn)?;
             } else {
+                if heartbeat {
+                    // Nothing to write: the next heartbeat is an interval away.
+                    self.last_heartbeat = Instant::now();
+                }
                 txn.answer(Ok(()));
             }
             if closed {
@@ -185,13 +193,10 @@ impl Committer {
             SinkMsg::Batch { batch, ack } => {
                 txn.records += batch.records.len();
                 txn.batches.push(Pending {
-                    batch,
+                    batch: *batch,
                     ack,
                     dead: HashMap::new(),
                 });
-            }
-            SinkMsg::Idle { partition, offset } => {
-                self.idle.insert(partition, offset);
             }
             SinkMsg::Offsets { offsets, ack } => txn.direct.push((offsets, ack)),
             SinkMsg::Flush { ack } => txn.flushes.push(ack),
@@ -223,8 +228,17 @@ impl Committer {
         false
     }
 
+    /// Moves the idle offsets the partitions handed over since the last look into the
+    /// pending ones (newer replace older: a partition's are handed over in order).
+    fn take_idle(&mut self) {
+        let taken = std::mem::take(&mut *self.idle_in.lock());
+        self.idle.extend(taken);
+    }
+
     /// Commits `txn`, setting aside records Kafka refuses for good and retrying the rest.
+    /// The idle offsets handed over before its batches go with it.
     fn transaction(&mut self, mut txn: Txn) -> Result<(), SinkError> {
+        self.take_idle();
         let started = Instant::now();
         let mut attempt = 0;
         loop {
