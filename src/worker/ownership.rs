@@ -3,7 +3,9 @@
 //! - **Assigned**: each shard's committer starts first (fencing the shard's previous writer
 //!   and ending its open transaction); then the offsets and state topics are read to their
 //!   high watermarks with `read_committed` (so the previous writer's last transaction is in
-//!   what is read), and the shards' partitions take what was read and start.
+//!   what is read), and the shards' partitions take what was read and start. Until then
+//!   the shards are not owned for a partition that would start (`Sinks::adopted`): one
+//!   started earlier (a group member's, as the members topic says) would start from scratch.
 //! - **Revoked**: the shards' partitions are halted (in-flight commits waited for), then their
 //!   committers commit what they hold (idle offsets) and stop; only then does the rebalance
 //!   go on and another worker take them. What this worker knew of them is dropped.
