@@ -150,11 +150,10 @@ fn apply(shared: &Shared, roster: &mut Roster, burst: Vec<Tailed>) -> (HashSet<S
             }
             Tailed::Record { key, value } => (key, value),
         };
-        let Some((group, id)) = shared.spec.groups.iter().find_map(|g| {
-            let p = membership_partition(&g.group);
-            key_id(&key)
-                .filter(|id| p.record_key(id)[..] == key[..])
-                .map(|id| (g.group.clone(), id))
+        // Parsed once; the group is the one whose key this is exactly.
+        let Some(id) = key_id(&key) else { continue };
+        let Some(group) = shared.spec.groups.iter().find_map(|g| {
+            (membership_partition(&g.group).record_key(&id)[..] == key[..]).then(|| g.group.clone())
         }) else {
             continue;
         };
@@ -312,15 +311,10 @@ fn known_group_partitions<'a>(
 /// Starts a member's partition (if not running) and the task partitions `tasks` (its To Do
 /// lists' in the offsets). Returns how many started.
 fn start_member_partition(shared: &Arc<Shared>, p: &PartitionId, tasks: &[PartitionId]) -> usize {
-    let mut n = 0;
-    for p in std::iter::once(p).chain(tasks) {
-        let alive = shared.tracked.lock().get(p).is_some_and(|t| t.alive());
-        if !alive {
-            spawn_partition(shared, p.clone());
-            n += 1;
-        }
-    }
-    n
+    std::iter::once(p)
+        .chain(tasks)
+        .filter(|p| spawn_partition(shared, (*p).clone()))
+        .count()
 }
 
 /// A departed member's partitions of one shard (`ps`): halted (so that none commits after

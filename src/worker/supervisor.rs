@@ -30,21 +30,23 @@ pub(super) fn start_all(shared: &Arc<Shared>) {
     super::groups::start_groups(shared);
 }
 
-pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
+/// Starts `id`'s task, unless its shard is not owned, it runs already, or the worker is
+/// shutting down; returns whether it started.
+pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) -> bool {
     let mut tracked = shared.tracked.lock();
     // Another worker's (or nobody's yet, or being given up): its shard's owner starts it.
     // Checked under `tracked`'s lock, which a revocation's snapshot takes after marking
     // its shards (`ownership::revoked`).
     if !shared.sinks.owns(&id) {
-        return;
+        return false;
     }
     if tracked.get(&id).is_some_and(Tracked::alive) {
-        return;
+        return false;
     }
     let mut tasks = shared.tasks.lock();
     // Checked under the lock shutdown takes the set with, so no task escapes the set.
     if shared.shutdown.is_cancelled() {
-        return;
+        return false;
     }
     let committed = shared.status.offsets.lock().get(&id).cloned();
     let id = Arc::new(id);
@@ -55,7 +57,7 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
         Ok(r) => r.with_principal(principal),
         Err(e) => {
             metrics::partition_failed(&id, &e.to_string());
-            return;
+            return false;
         }
     };
     let cancel = shared.shutdown.child_token();
@@ -143,6 +145,7 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) {
     // Spawned last: the task's own end state must not be overwritten by `Running` above.
     reap(&mut tasks);
     tasks.spawn(fut);
+    true
 }
 
 /// Runs `fut` as a task of the worker's set (not a partition's: nothing tracks it), unless
