@@ -245,7 +245,7 @@ fn views(status: &WorkerStatus) -> Vec<(PartitionId, SourceOffset)> {
     let views = offsets
         .iter()
         .filter(|(p, _)| p.kind() == PartitionKind::CalendarView);
-    views.map(|(p, o)| (p.clone(), o.clone())).collect()
+    views.map(|(p, o)| ((**p).clone(), o.clone())).collect()
 }
 
 /// Partitions whose committed offset is a deltaLink (not mid-round, not resyncing) of a

@@ -41,6 +41,7 @@ pub mod users;
 pub use auth::{AccessToken, Credential, TokenProvider};
 pub use client::GraphClient;
 pub use error::{AuthError, GraphError, MalformedPage, Transient};
+pub use lists::KnownLists;
 pub use options::ClientOptions;
 pub use partition::{LinkMismatch, Route};
 pub use reader::PartitionReader;

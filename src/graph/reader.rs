@@ -131,6 +131,26 @@ impl PartitionReader {
         }
     }
 
+    /// Parks the reader between rounds: where it stands, and what of it a reader made anew
+    /// from that position does not know (a To Do lists partition's known lists). A reader
+    /// at a round boundary is otherwise its identity and its offset: see [`Self::unpark`].
+    pub fn park(self) -> (SourceOffset, Option<Box<KnownLists>>) {
+        (self.offset, self.lists.map(Box::new))
+    }
+
+    /// A parked reader's known lists back (see [`Self::park`]).
+    pub fn unpark(mut self, lists: Option<Box<KnownLists>>) -> Self {
+        if let Some(l) = lists {
+            self.lists = Some(*l);
+        }
+        self
+    }
+
+    /// Whether the reader still needs its known lists seeded (a `TaskLists` reader without).
+    pub fn needs_lists(&self) -> bool {
+        self.id.kind() == PartitionKind::TaskLists && self.lists.is_none()
+    }
+
     /// Where the reader stands.
     pub fn offset(&self) -> &SourceOffset {
         &self.offset

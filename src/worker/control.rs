@@ -14,8 +14,8 @@ use crate::source::{PartitionId, SourceOffset};
 use super::broadcast::{self, Broadcast};
 use super::commands::{AlterOffsets, Command, Restart, Resync};
 use super::status::{task_id, ConnectorState};
-use super::supervisor::{spawn_partition, start_all};
-use super::{PartitionState, Shared};
+use super::supervisor::{spawn_partition, start_all, Start};
+use super::{PartitionState, Shared, Tracked};
 
 /// An operator's request (from the REST API), answered on `reply`.
 pub struct Request {
@@ -123,7 +123,12 @@ fn resume(shared: &Arc<Shared>) -> String {
 }
 
 async fn stop(shared: &Shared) -> Result<String, CommandError> {
-    let all: Vec<PartitionId> = shared.tracked.lock().keys().cloned().collect();
+    let all: Vec<PartitionId> = shared
+        .tracked
+        .lock()
+        .keys()
+        .map(|p| (**p).clone())
+        .collect();
     shared.halt("stop", &all).await;
     shared.sinks.flush().await.map_err(failed)?;
     shared.paused.send_replace(false);
@@ -167,11 +172,13 @@ pub(super) async fn restart_here(shared: &Arc<Shared>, r: Restart) -> Result<Str
     }
     let targets: Vec<PartitionId> = {
         let tracked = shared.tracked.lock();
+        let states = shared.status.partitions.lock();
+        let failed = |p: &PartitionId| matches!(states.get(p), Some(PartitionState::Failed(_)));
         tracked
-            .iter()
-            .filter(|(p, _)| partition.as_ref().is_none_or(|q| q == *p))
-            .filter(|(_, t)| !only_failed || matches!(*t.state.lock(), PartitionState::Failed(_)))
-            .map(|(p, _)| p.clone())
+            .keys()
+            .filter(|p| partition.as_ref().is_none_or(|q| q == &***p))
+            .filter(|p| !only_failed || failed(p))
+            .map(|p| (**p).clone())
             .collect()
     };
     if let Some(p) = &partition {
@@ -184,7 +191,7 @@ pub(super) async fn restart_here(shared: &Arc<Shared>, r: Restart) -> Result<Str
     }
     shared.halt("restart", &targets).await;
     for p in &targets {
-        spawn_partition(shared, p.clone());
+        spawn_partition(shared, p.clone(), Start::Now);
     }
     // Users that could not be resolved have no task to restart: look them up again.
     if partition.is_none() {
@@ -202,7 +209,7 @@ fn partition_of_task(shared: &Shared, id: u64) -> Result<PartitionId, CommandErr
         .lock()
         .keys()
         .filter(|p| task_id(p) == id)
-        .cloned()
+        .map(|p| (**p).clone())
         .collect();
     match <[PartitionId; 1]>::try_from(matching) {
         Ok([p]) => Ok(p),
@@ -237,11 +244,20 @@ async fn resync(shared: &Arc<Shared>, r: Resync) -> Result<String, CommandError>
 
 /// A resync's part on this worker: the partitions it runs.
 pub(super) fn resync_here(shared: &Shared, r: Resync) -> Result<String, CommandError> {
-    let tracked = shared.tracked.lock();
+    let mut tracked = shared.tracked.lock();
     let mut n = 0;
-    for (p, t) in tracked.iter() {
-        if r.partition.as_ref().is_none_or(|q| q == p) {
-            t.resync.store(true, Ordering::SeqCst);
+    for (p, t) in tracked.iter_mut() {
+        if r.partition.as_ref().is_none_or(|q| q == &**p) {
+            match t {
+                Tracked::Task(h) => h.resync.store(true, Ordering::SeqCst),
+                // Woken now, to restart its round at once, as a running one would.
+                Tracked::Parked(parked) => {
+                    parked.resync = true;
+                    let now = tokio::time::Instant::now();
+                    parked.seq = shared.scheduler.schedule(p.clone(), now);
+                }
+                Tracked::Ended => {}
+            }
             n += 1;
         }
     }
@@ -269,7 +285,7 @@ async fn reset_offsets(shared: &Arc<Shared>) -> Result<String, CommandError> {
         .await
         .map_err(|e| CommandError::Failed(e.to_string()))?;
     let mut targets: BTreeSet<PartitionId> = all.into_keys().collect();
-    targets.extend(shared.status.offsets.lock().keys().cloned());
+    targets.extend(shared.status.offsets.lock().keys().map(|p| (**p).clone()));
     targets.extend(super::directory::configured(shared));
     change_offsets(shared, targets.into_iter().map(|p| (p, None)).collect()).await?;
     Ok("The offsets for this connector have been reset successfully".into())

@@ -26,7 +26,7 @@ use crate::metrics;
 use crate::source::PartitionId;
 
 use super::partition::{jittered, sleep_or_cancel};
-use super::supervisor::spawn_partition;
+use super::supervisor::{spawn_partition, Start};
 use super::{PartitionState, Shared};
 
 /// Starts the configured partitions (resolving their users first) and the task partitions
@@ -144,7 +144,7 @@ async fn resolve_and_start(shared: &Arc<Shared>, user: String, parts: Vec<Partit
                     metrics::partition_failed(p, &why);
                     shared
                         .status
-                        .set_state(p, PartitionState::Failed(why.clone()));
+                        .set_state(&Arc::new(p.clone()), PartitionState::Failed(why.clone()));
                 }
                 return;
             }
@@ -187,16 +187,16 @@ pub(super) async fn moved(shared: &Arc<Shared>, p: &PartitionId) -> bool {
         .filter(|q| key(q.user()) == name)
         .cloned()
         .collect();
-    let stale: Vec<PartitionId> = shared
+    let stale: Vec<Arc<PartitionId>> = shared
         .tracked
         .lock()
         .keys()
-        .filter(|q| q.user() == old && *q != p)
+        .filter(|q| q.user() == old && &***q != p)
         .cloned()
         .collect();
     let s = shared.clone();
     shared.tasks.lock().spawn(async move {
-        s.halt("user moved", stale.iter()).await;
+        s.halt("user moved", stale.iter().map(|q| &**q)).await;
         for q in &stale {
             s.status.set_state(q, PartitionState::Stopped);
         }
@@ -263,12 +263,7 @@ fn start_user(shared: &Arc<Shared>, found: &DirectoryUser, parts: &[PartitionId]
         .iter()
         .any(|p| matches!(p, PartitionId::TaskLists { .. }));
     let tasks: Vec<PartitionId> = if lists {
-        shared
-            .status
-            .offsets
-            .lock()
-            .keys()
-            .filter(|p| matches!(p, PartitionId::Tasks { user, .. } if *user == found.id))
+        PartitionId::tasks_of(&shared.status.offsets.lock(), &found.id)
             .cloned()
             .collect()
     } else {
@@ -276,6 +271,6 @@ fn start_user(shared: &Arc<Shared>, found: &DirectoryUser, parts: &[PartitionId]
     };
     metrics::user_resolved(&found.id, &principal, ids.len() + tasks.len());
     for p in ids.into_iter().chain(tasks) {
-        spawn_partition(shared, p);
+        spawn_partition(shared, p, Start::Spread);
     }
 }

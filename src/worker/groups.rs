@@ -38,7 +38,7 @@ use crate::source::{key_id, PartitionId, PartitionKind, SourceBatch, SourceOffse
 
 use super::partition::{jittered, sleep_or_cancel};
 use super::reconcile::tombstone_all;
-use super::supervisor::{spawn_partition, spawn_task, stop_partition};
+use super::supervisor::{spawn_partition, spawn_task, stop_partition, Start};
 use super::Shared;
 
 /// Departures carried out side by side (each a transaction of its user's shard).
@@ -198,7 +198,7 @@ fn learn_principal(shared: &Shared, value: &[u8]) {
 /// roster (a task of the worker's set): at start, at a shard assignment, at a resume.
 pub(super) fn start_groups(shared: &Arc<Shared>) {
     for g in &shared.spec.groups {
-        spawn_partition(shared, membership_partition(&g.group));
+        spawn_partition(shared, membership_partition(&g.group), Start::Spread);
     }
     reconcile(shared);
 }
@@ -235,8 +235,8 @@ async fn carry_out(shared: &Arc<Shared>, roster: &Roster, users: Option<HashSet<
     // The task partitions the offsets know, by user: a member's To Do lists bring theirs.
     let mut tasks: HashMap<String, Vec<PartitionId>> = HashMap::new();
     for p in shared.status.offsets.lock().keys() {
-        if let PartitionId::Tasks { user, .. } = p {
-            tasks.entry(user.clone()).or_default().push(p.clone());
+        if let PartitionId::Tasks { user, .. } = &**p {
+            tasks.entry(user.clone()).or_default().push((**p).clone());
         }
     }
     let mut started = 0;
@@ -299,8 +299,13 @@ fn known_group_partitions<'a>(
     shared: &'a Shared,
     sources: &'a [Source],
 ) -> impl Iterator<Item = PartitionId> + 'a {
-    let mut known: HashSet<PartitionId> = shared.tracked.lock().keys().cloned().collect();
-    known.extend(shared.status.offsets.lock().keys().cloned());
+    let mut known: HashSet<PartitionId> = shared
+        .tracked
+        .lock()
+        .keys()
+        .map(|p| (**p).clone())
+        .collect();
+    known.extend(shared.status.offsets.lock().keys().map(|p| (**p).clone()));
     known.into_iter().filter(|p| {
         !matches!(p, PartitionId::GroupMembers { .. })
             && shared.sinks.owns(p)
@@ -313,7 +318,7 @@ fn known_group_partitions<'a>(
 fn start_member_partition(shared: &Arc<Shared>, p: &PartitionId, tasks: &[PartitionId]) -> usize {
     std::iter::once(p)
         .chain(tasks)
-        .filter(|p| spawn_partition(shared, (*p).clone()))
+        .filter(|p| spawn_partition(shared, (*p).clone(), Start::Spread))
         .count()
 }
 
@@ -340,7 +345,7 @@ async fn depart(shared: &Arc<Shared>, user: &str, ps: Vec<PartitionId>, tombston
             .lock()
             .keys()
             .filter(|p| is_task(p))
-            .cloned()
+            .map(|p| (**p).clone())
             .collect();
         tasks.extend(
             shared
@@ -349,7 +354,7 @@ async fn depart(shared: &Arc<Shared>, user: &str, ps: Vec<PartitionId>, tombston
                 .lock()
                 .keys()
                 .filter(|p| is_task(p))
-                .cloned(),
+                .map(|p| (**p).clone()),
         );
         shared.halt("member removed", tasks.iter()).await;
         all.extend(tasks);

@@ -42,6 +42,7 @@ mod links;
 mod ownership;
 mod partition;
 mod reconcile;
+mod scheduler;
 mod sinks;
 mod spec;
 mod status;
@@ -94,19 +95,33 @@ pub enum WorkerError {
     Shards(String),
 }
 
-struct Tracked {
+/// A partition this worker runs, or ran (its state is the status's).
+enum Tracked {
+    /// A task runs it.
+    Task(Arc<TaskHandle>),
+    /// Between polls, without a task (`scheduler.rs`).
+    Parked(scheduler::Parked),
+    /// Its task ended (halted, failed, stopped): a command starts it again.
+    Ended,
+}
+
+/// What halting, resyncing and the task itself share of a running partition.
+struct TaskHandle {
     cancel: CancellationToken,
-    state: Arc<Mutex<PartitionState>>,
     /// Set by a resync signal: the partition restarts its round from scratch.
-    resync: Arc<AtomicBool>,
+    resync: AtomicBool,
     /// Cancelled once the task has ended (returned, panicked or aborted).
     ended: CancellationToken,
 }
 
 impl Tracked {
-    /// The partition's task has not ended yet.
+    /// The partition runs: its task has not ended yet, or it is parked.
     fn alive(&self) -> bool {
-        !self.ended.is_cancelled()
+        match self {
+            Tracked::Task(h) => !h.ended.is_cancelled(),
+            Tracked::Parked(_) => true,
+            Tracked::Ended => false,
+        }
     }
 }
 
@@ -119,7 +134,9 @@ struct Shared {
     spec: WorkerSpec,
     /// `true` while the connector is paused.
     paused: tokio::sync::watch::Sender<bool>,
-    tracked: Mutex<HashMap<PartitionId, Tracked>>,
+    tracked: Mutex<HashMap<Arc<PartitionId>, Tracked>>,
+    /// Parked partitions' due times (`scheduler.rs`).
+    scheduler: scheduler::Scheduler,
     /// Every partition task (see `supervisor.rs`) and the health check (`health.rs`).
     tasks: Mutex<JoinSet<()>>,
     shutdown: CancellationToken,
@@ -240,6 +257,7 @@ pub async fn run_with_status(
         sinks,
         paused: tokio::sync::watch::channel(false).0,
         tracked: Mutex::new(HashMap::new()),
+        scheduler: scheduler::Scheduler::default(),
         tasks: Mutex::new(JoinSet::new()),
         shutdown: CancellationToken::new(),
         fatal: Mutex::new(None),
@@ -252,6 +270,7 @@ pub async fn run_with_status(
     });
     // Should this future be dropped half-way, the tasks (which hold `shared`) go too.
     let abort_tasks = AbortTasksOnDrop(Arc::downgrade(&shared));
+    supervisor::spawn_task(&shared, scheduler::run(shared.clone()));
     // Every worker follows each group's membership (its shards may hold any member's).
     let members = groups::follow(&shared)?;
     if let Some(t) = target {
@@ -441,14 +460,27 @@ impl Shared {
     /// included), at most `worker.shutdown_timeout`; `command` says what halts them.
     async fn halt<'a>(&self, command: &str, ids: impl IntoIterator<Item = &'a PartitionId>) {
         let ended: Vec<CancellationToken> = {
-            let tracked = self.tracked.lock();
-            ids.into_iter()
-                .filter_map(|p| tracked.get(p))
-                .map(|t| {
-                    t.cancel.cancel();
-                    t.ended.clone()
-                })
-                .collect()
+            let mut tracked = self.tracked.lock();
+            let mut ended = Vec::new();
+            for p in ids {
+                let Some((p, t)) = tracked.get_key_value(p) else {
+                    continue;
+                };
+                match t {
+                    Tracked::Task(h) => {
+                        h.cancel.cancel();
+                        ended.push(h.ended.clone());
+                    }
+                    // No task to wait for: its position is in the status already.
+                    Tracked::Parked(_) => {
+                        let p = p.clone();
+                        self.status.set_state(&p, PartitionState::Stopped);
+                        tracked.insert(p, Tracked::Ended);
+                    }
+                    Tracked::Ended => {}
+                }
+            }
+            ended
         };
         let timeout = self.spec.shutdown_timeout;
         let all = futures_util::future::join_all(ended.iter().map(|e| e.cancelled()));

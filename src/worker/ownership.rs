@@ -20,7 +20,7 @@ use crate::sink::membership::Membership;
 use crate::sink::offsets_store::load_offsets;
 use crate::sink::state::load_state;
 use crate::sink::SinkError;
-use crate::source::PartitionId;
+use crate::source::{PartitionId, SourceOffset};
 
 use super::{links, supervisor, Shared, WorkerError};
 
@@ -51,7 +51,12 @@ pub(super) async fn assigned(shared: &Arc<Shared>, shards: &[u32]) -> Result<(),
         tokio::task::spawn_blocking(move || load_state(&cfg, &topic, &name, timeout)).await??;
     state.retain(|p, _| ours(p));
     let (partitions, items) = (state.len(), state.values().map(|l| l.len()).sum());
-    shared.states.adopt(state, &loaded);
+    // Each identity made once, shared by every map that keys by it (`status.rs`).
+    let loaded: Vec<(Arc<PartitionId>, SourceOffset)> =
+        loaded.into_iter().map(|(p, o)| (Arc::new(p), o)).collect();
+    shared
+        .states
+        .adopt(state, loaded.iter().map(|(p, o)| (p, o)));
     {
         let mut offsets = shared.status.offsets.lock();
         offsets.retain(|p, _| !ours(p));
@@ -82,14 +87,16 @@ pub(super) async fn revoked(shared: &Arc<Shared>, shards: &[u32], lost: bool) {
     // the lock the snapshot takes.
     shared.sinks.leave(shards);
     let held = shards.iter().filter(|n| shared.sinks.is_open(**n)).count();
-    let halted: Vec<PartitionId> = shared
+    let halted: Vec<Arc<PartitionId>> = shared
         .tracked
         .lock()
         .keys()
         .filter(|p| theirs(p))
         .cloned()
         .collect();
-    shared.halt("shards revoked", &halted).await;
+    shared
+        .halt("shards revoked", halted.iter().map(|p| &**p))
+        .await;
     for n in shards {
         match shared.sinks.close(*n).await {
             Ok(()) => {}
@@ -145,7 +152,7 @@ pub(super) async fn reload_offsets(shared: &Arc<Shared>) -> Result<usize, Worker
     let n = loaded.len();
     let mut offsets = shared.status.offsets.lock();
     offsets.retain(|p, _| !shared.sinks.owns(p));
-    offsets.extend(loaded);
+    offsets.extend(loaded.into_iter().map(|(p, o)| (Arc::new(p), o)));
     Ok(n)
 }
 

@@ -4,7 +4,8 @@
 //! The batches come complete from the Graph side (records, offset, and for To Do lists the
 //! task partitions their commit starts, runs and resets): the task reconciles them
 //! (`reconcile.rs`), commits them and carries out what they say. Its position and its live
-//! items move only once a commit is acknowledged.
+//! items move only once a commit is acknowledged. Between rounds the task ends, parked
+//! (`scheduler.rs`): the next poll is a task of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,16 +48,33 @@ pub(super) trait Supervise: Sync {
     fn stop(&self, partition: &PartitionId);
 }
 
+/// How a partition's task ends.
+pub(super) enum Exit {
+    /// The partition ends in this state (halted, failed, its list gone).
+    Ended(PartitionState),
+    /// It waits `after` for its next poll (or try) without a task (`scheduler.rs`).
+    Park { after: Duration, unserved: u32 },
+}
+
+impl From<PartitionState> for Exit {
+    fn from(s: PartitionState) -> Self {
+        Exit::Ended(s)
+    }
+}
+
+/// Runs `reader`'s partition until it parks or ends; `unserved` carries over from its last
+/// task (see [`PartitionTask::fetch`]).
 pub(super) async fn partition_loop(
     shared: &Arc<Shared>,
     reader: &mut PartitionReader,
     cancel: &CancellationToken,
     resync: &AtomicBool,
     supervisor: &dyn Supervise,
-) -> PartitionState {
-    PartitionTask::new(shared, reader, cancel, supervisor)
-        .run(resync)
-        .await
+    unserved: u32,
+) -> Exit {
+    let mut task = PartitionTask::new(shared, reader, cancel, supervisor);
+    task.unserved = unserved;
+    task.run(resync).await
 }
 
 /// What the loop does after a step.
@@ -65,8 +83,8 @@ enum Step<T = ()> {
     Next(T),
     /// Start the iteration over: the position did not move, the same page is fetched again.
     Again,
-    /// The task ends in this state.
-    End(PartitionState),
+    /// The task ends (or parks).
+    End(Exit),
 }
 
 /// Unwraps a [`Step`] inside the loop: `Again` continues it, `End` returns.
@@ -120,10 +138,6 @@ impl<'a> PartitionTask<'a> {
         cancel: &'a CancellationToken,
         supervisor: &'a dyn Supervise,
     ) -> Self {
-        // A To Do lists reader decides which task partitions are new: it starts from those
-        // the worker runs or has offsets for. (Two locks in turn, never both at once.)
-        reader.know_lists(shared.tracked.lock().keys());
-        reader.know_lists(shared.status.offsets.lock().keys());
         Self {
             id: reader.id.clone(),
             slot: shared.states.slot(&reader.id),
@@ -141,18 +155,19 @@ impl<'a> PartitionTask<'a> {
         }
     }
 
-    async fn run(mut self, resync: &AtomicBool) -> PartitionState {
+    async fn run(mut self, resync: &AtomicBool) -> Exit {
         let mut paused = self.shared.paused.subscribe();
+        let stopped = || Exit::Ended(PartitionState::Stopped);
         loop {
             if self.cancel.is_cancelled() {
-                return PartitionState::Stopped;
+                return stopped();
             }
             // Paused: keep the place and wait.
             while *paused.borrow_and_update() {
                 self.prefetched = None;
                 tokio::select! {
-                    r = paused.changed() => if r.is_err() { return PartitionState::Stopped },
-                    _ = self.cancel.cancelled() => return PartitionState::Stopped,
+                    r = paused.changed() => if r.is_err() { return stopped() },
+                    _ = self.cancel.cancelled() => return stopped(),
                 }
             }
             if resync.swap(false, Ordering::SeqCst) {
@@ -182,7 +197,7 @@ impl<'a> PartitionTask<'a> {
             // them) then holds a small future instead of room for an HTTP request.
             None => tokio::select! {
                 r = Box::pin(self.reader.next_batch(&self.shared.client)) => r,
-                _ = self.cancel.cancelled() => return Step::End(PartitionState::Stopped),
+                _ = self.cancel.cancelled() => return Step::End(PartitionState::Stopped.into()),
             },
         };
         let health = &self.shared.status.health;
@@ -212,7 +227,7 @@ impl<'a> PartitionTask<'a> {
                 let reset = vec![((**id).clone(), None)];
                 let _ = Box::pin(self.shared.sinks.write_offsets(reset)).await;
                 self.shared.tracked.lock().remove(&**id);
-                Step::End(PartitionState::Stopped)
+                Step::End(PartitionState::Stopped.into())
             }
             // The user has no mailbox (or no To Do) Graph can serve: not a failure of the
             // connector's, and it may change (a licence assigned later). Shown `UNASSIGNED`,
@@ -226,7 +241,7 @@ impl<'a> PartitionTask<'a> {
                 if code.eq_ignore_ascii_case("ErrorInvalidUser")
                     && super::directory::moved(self.shared, id).await
                 {
-                    return Step::End(PartitionState::Stopped);
+                    return Step::End(PartitionState::Stopped.into());
                 }
                 self.unserved += 1;
                 let base = self.shared.spec.poll_interval.saturating_mul(10);
@@ -240,11 +255,15 @@ impl<'a> PartitionTask<'a> {
                 self.shared
                     .status
                     .set_state(id, PartitionState::Unassigned(why));
-                again_after(wait, self.cancel).await
+                // Hours, perhaps: parked, not a task.
+                Step::End(Exit::Park {
+                    after: wait,
+                    unserved: self.unserved,
+                })
             }
             e if e.is_partition_fault() => {
                 metrics::partition_failed(id, &e.to_string());
-                Step::End(PartitionState::Failed(e.to_string()))
+                Step::End(PartitionState::Failed(e.to_string()).into())
             }
             e => {
                 self.failures += 1;
@@ -291,7 +310,7 @@ impl<'a> PartitionTask<'a> {
                 .await
                 .is_err()
             {
-                return Step::End(PartitionState::Stopped);
+                return Step::End(PartitionState::Stopped.into());
             }
             self.reader.advance(offset, &ids);
             return Step::Next(done);
@@ -332,7 +351,7 @@ impl<'a> PartitionTask<'a> {
                     .status
                     .offsets
                     .lock()
-                    .insert((*self.id).clone(), offset.clone());
+                    .insert(self.id.clone(), offset.clone());
                 match (ahead, next) {
                     (Some(a), Some(next)) => {
                         *self.reader = a;
@@ -361,13 +380,13 @@ impl<'a> PartitionTask<'a> {
             }
             Err(SinkError::Rejected(why)) => {
                 metrics::partition_failed(&self.id, &why);
-                Step::End(PartitionState::Failed(why))
+                Step::End(PartitionState::Failed(why).into())
             }
             // Another worker owns the shard now: this one gives it up, not itself.
             Err(SinkError::Fenced(why)) => {
                 metrics::partition_fenced(&self.id, &why);
                 let _ = shared.fenced.send(shared.sinks.router.shard(&self.id));
-                Step::End(PartitionState::Stopped)
+                Step::End(PartitionState::Stopped.into())
             }
             Err(e) => {
                 // A committer fenced at another partition's commit (or an idle flush) answers
@@ -380,19 +399,24 @@ impl<'a> PartitionTask<'a> {
                     *shared.fatal.lock() = Some(e);
                     shared.shutdown.cancel();
                 }
-                Step::End(PartitionState::Stopped)
+                Step::End(PartitionState::Stopped.into())
             }
         }
     }
 
     /// Round bookkeeping after a batch: pages into the round, initial-sync progress, and at
-    /// a round's end its freshness, then the poll interval (with jitter) before the next.
+    /// a round's end its freshness; then the task parks for the poll interval (with
+    /// jitter).
     async fn pace(&mut self, done: Committed) -> Step {
         let status = &self.shared.status;
         {
+            // Only partitions mid-round have an entry: 100,000 idle ones keep none.
             let mut rp = status.round_pages.lock();
-            let n = rp.entry((*self.id).clone()).or_default();
-            *n = if done.round_done { 0 } else { *n + 1 };
+            if done.round_done {
+                rp.remove(&*self.id);
+            } else {
+                *rp.entry(self.id.clone()).or_default() += 1;
+            }
         }
         if done.round == 1 {
             self.pages += 1;
@@ -409,7 +433,7 @@ impl<'a> PartitionTask<'a> {
         let age = status
             .fresh_at
             .lock()
-            .insert((*self.id).clone(), now)
+            .insert(self.id.clone(), now)
             .map_or(Duration::ZERO, |t| now.duration_since(t));
         metrics::round_completed(&self.id, done.round, age);
         // A group's members are listed again every `membership_interval` (a listing from
@@ -418,12 +442,10 @@ impl<'a> PartitionTask<'a> {
             PartitionKind::GroupMembers => self.shared.spec.membership_interval,
             _ => self.shared.spec.poll_interval,
         };
-        let wait = jittered(interval, self.shared.spec.poll_jitter);
-        if Box::pin(sleep_or_cancel(wait, self.cancel)).await {
-            Step::Next(())
-        } else {
-            Step::End(PartitionState::Stopped)
-        }
+        Step::End(Exit::Park {
+            after: jittered(interval, self.shared.spec.poll_jitter),
+            unserved: 0,
+        })
     }
 }
 
@@ -449,6 +471,6 @@ async fn again_after<T>(wait: Duration, cancel: &CancellationToken) -> Step<T> {
     if Box::pin(sleep_or_cancel(wait, cancel)).await {
         Step::Again
     } else {
-        Step::End(PartitionState::Stopped)
+        Step::End(PartitionState::Stopped.into())
     }
 }

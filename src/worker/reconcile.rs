@@ -40,24 +40,33 @@ pub(super) enum Slot {
 
 /// Every partition's slot; a partition not in it has nothing live (it is new).
 #[derive(Default)]
-pub(super) struct States(Mutex<HashMap<PartitionId, Arc<Mutex<Slot>>>>);
+pub(super) struct States(Mutex<HashMap<Arc<PartitionId>, Arc<Mutex<Slot>>>>);
 
 impl States {
     /// The state read at start; partitions with an offset but no state are `Unknown`,
     /// except those that never committed a page (their offset is the initial request).
+    /// Keyed by the offsets' identities (shared with the status's maps).
     pub fn new<'a>(
-        loaded: HashMap<PartitionId, LiveItems>,
-        offsets: impl IntoIterator<Item = (&'a PartitionId, &'a SourceOffset)>,
+        mut loaded: HashMap<PartitionId, LiveItems>,
+        offsets: impl IntoIterator<Item = (&'a Arc<PartitionId>, &'a SourceOffset)>,
     ) -> Self {
-        let mut map: HashMap<PartitionId, Arc<Mutex<Slot>>> = loaded
-            .into_iter()
-            .map(|(p, l)| (p, Arc::new(Mutex::new(Slot::Known(l)))))
-            .collect();
+        let slot = |s: Slot| Arc::new(Mutex::new(s));
+        let mut map: HashMap<Arc<PartitionId>, Arc<Mutex<Slot>>> = HashMap::new();
         for (p, o) in offsets {
             let started = o.link.is_some() || o.delta_link.is_some() || o.round > 1;
-            if started && !map.contains_key(p) {
-                map.insert(p.clone(), Arc::new(Mutex::new(Slot::Unknown)));
+            match loaded.remove(&**p) {
+                Some(l) => {
+                    map.insert(p.clone(), slot(Slot::Known(l)));
+                }
+                None if started => {
+                    map.insert(p.clone(), slot(Slot::Unknown));
+                }
+                None => {}
             }
+        }
+        // State without an offset (not written by this version, but read all the same).
+        for (p, l) in loaded {
+            map.insert(Arc::new(p), slot(Slot::Known(l)));
         }
         Self(Mutex::new(map))
     }
@@ -67,7 +76,7 @@ impl States {
     pub fn adopt<'a>(
         &self,
         loaded: HashMap<PartitionId, LiveItems>,
-        offsets: impl IntoIterator<Item = (&'a PartitionId, &'a SourceOffset)>,
+        offsets: impl IntoIterator<Item = (&'a Arc<PartitionId>, &'a SourceOffset)>,
     ) {
         let fresh = Self::new(loaded, offsets);
         let fresh = fresh.0.into_inner();
@@ -80,7 +89,7 @@ impl States {
     }
 
     /// A partition's slot (a new partition's is empty).
-    pub fn slot(&self, p: &PartitionId) -> Arc<Mutex<Slot>> {
+    pub fn slot(&self, p: &Arc<PartitionId>) -> Arc<Mutex<Slot>> {
         self.0
             .lock()
             .entry(p.clone())
@@ -303,8 +312,8 @@ async fn seed(shared: &Arc<Shared>, p: &PartitionId) -> Result<LiveItems, String
 mod tests {
     use super::*;
 
-    fn p(user: &str) -> PartitionId {
-        PartitionId::CalendarList { user: user.into() }
+    fn p(user: &str) -> Arc<PartitionId> {
+        Arc::new(PartitionId::CalendarList { user: user.into() })
     }
 
     fn offset(link: Option<&str>, round: u64) -> SourceOffset {
@@ -321,7 +330,7 @@ mod tests {
     /// without state: built from the topic at its first round from scratch), or new.
     #[test]
     fn partitions_with_offsets_but_no_state_are_unknown_unless_they_never_committed() {
-        let loaded = HashMap::from([(p("a"), LiveItems::new())]);
+        let loaded = HashMap::from([((*p("a")).clone(), LiveItems::new())]);
         let offsets = HashMap::from([
             (p("a"), offset(Some("https://g/delta"), 3)),
             (p("b"), offset(Some("https://g/delta"), 3)),

@@ -64,20 +64,22 @@ pub struct WorkerStatus {
     pub offsets_loaded: std::sync::atomic::AtomicBool,
     /// Kafka's and Graph's health as last checked (what `/readyz` reads).
     pub health: Arc<Health>,
-    /// Each partition's state.
-    pub partitions: Mutex<std::collections::BTreeMap<PartitionId, PartitionState>>,
-    /// Offsets as last committed by this worker (or read at start); where partitions
-    /// (re)start from.
-    pub offsets: Mutex<std::collections::BTreeMap<PartitionId, SourceOffset>>,
+    /// Each partition's state. Here and below, keys are the partition's one shared
+    /// identity (100,000 partitions, five maps: one copy of each identity, not five).
+    pub partitions: Mutex<std::collections::BTreeMap<Arc<PartitionId>, PartitionState>>,
+    /// Offsets as last committed by this worker (or read at start), or for a partition
+    /// between rounds its last idle poll's (written at the committer's next heartbeat):
+    /// where partitions (re)start from, and a parked partition's only copy.
+    pub offsets: Mutex<std::collections::BTreeMap<Arc<PartitionId>, SourceOffset>>,
     /// The connector's other workers' REST APIs (and this one's), by worker id, as they
     /// advertised them in the control topic.
     pub peers: Mutex<std::collections::BTreeMap<String, String>>,
     /// Running, paused or stopped (unassigned until the worker starts).
     pub connector: Mutex<ConnectorState>,
     /// When each partition last completed a round (or started).
-    pub fresh_at: Mutex<HashMap<PartitionId, std::time::Instant>>,
-    /// Pages fetched in each partition's current round.
-    pub round_pages: Mutex<HashMap<PartitionId, u64>>,
+    pub fresh_at: Mutex<HashMap<Arc<PartitionId>, std::time::Instant>>,
+    /// Pages fetched in each partition's current round (none between rounds).
+    pub round_pages: Mutex<HashMap<Arc<PartitionId>, u64>>,
     /// Export per-partition series too.
     pub per_partition_metrics: AtomicBool,
     /// What the Kafka clients last reported about the connection.
@@ -110,8 +112,15 @@ impl WorkerStatus {
         self.round_pages.lock().retain(|p, _| !gone(p));
     }
 
-    pub(super) fn set_state(&self, p: &PartitionId, st: PartitionState) {
-        self.partitions.lock().insert(p.clone(), st);
+    pub(super) fn set_state(&self, p: &Arc<PartitionId>, st: PartitionState) {
+        // An entry keeps its key: the identity it was first given.
+        let mut states = self.partitions.lock();
+        match states.get_mut(&**p) {
+            Some(s) => *s = st,
+            None => {
+                states.insert(p.clone(), st);
+            }
+        }
     }
 
     /// Brings the gauges derived from partition states up to date (called before a scrape).
@@ -132,15 +141,14 @@ impl WorkerStatus {
             m.partition_staleness.reset();
             m.partition_pages.reset();
             m.partition_state.reset();
+            let pages = self.round_pages.lock();
             for (p, t) in fresh.iter() {
+                let label = p.to_json();
                 m.partition_staleness
-                    .with_label_values(&[&p.to_json()])
+                    .with_label_values(&[&label])
                     .set(now.duration_since(*t).as_secs_f64());
-            }
-            for (p, n) in self.round_pages.lock().iter() {
-                m.partition_pages
-                    .with_label_values(&[&p.to_json()])
-                    .set(*n as i64);
+                let n = pages.get(p).copied().unwrap_or(0);
+                m.partition_pages.with_label_values(&[&label]).set(n as i64);
             }
         }
         drop(fresh);

@@ -2,16 +2,17 @@
 //!
 //! Every partition task lives in the worker's [`JoinSet`] (`Shared::tasks`): none is detached.
 //! Each also carries an `ended` token, cancelled when its future is gone (returned, panicked
-//! or aborted), which is what halting a partition waits on. At shutdown the worker waits for
+//! or aborted), which is what halting a partition waits on. Between rounds a partition has
+//! no task: it is parked (`scheduler.rs`) and [`wake`] starts its next one. At shutdown the worker waits for
 //! the whole set, at most `worker.shutdown_timeout`, then aborts what is left.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use parking_lot::Mutex;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -19,8 +20,9 @@ use crate::graph::PartitionReader;
 use crate::metrics;
 use crate::source::PartitionId;
 
-use super::partition::{partition_loop, Supervise};
-use super::{panic_message, PartitionState, Shared, Tracked};
+use super::partition::{partition_loop, Exit, Supervise};
+use super::scheduler::{self, Parked};
+use super::{panic_message, PartitionState, Shared, TaskHandle, Tracked};
 
 /// Starts the configured partitions (their users resolved first, see `directory.rs`) and
 /// the task partitions found in the offsets of their To Do lists; then each group source's
@@ -30,9 +32,20 @@ pub(super) fn start_all(shared: &Arc<Shared>) {
     super::groups::start_groups(shared);
 }
 
-/// Starts `id`'s task, unless its shard is not owned, it runs already, or the worker is
-/// shutting down; returns whether it started.
-pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) -> bool {
+/// How soon a partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// Its task starts now (a restart, a new list's partition).
+    Now,
+    /// A partition resuming at a round boundary (its committed offset is a deltaLink) polls
+    /// at a random moment within one poll interval, so that a worker starting with 100,000
+    /// of them does not poll them all at once; others start now.
+    Spread,
+}
+
+/// Starts `id` (see [`Start`]), unless its shard is not owned, it runs (or is parked)
+/// already, or the worker is shutting down; returns whether it started.
+pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId, start: Start) -> bool {
     let mut tracked = shared.tracked.lock();
     // Another worker's (or nobody's yet, or being given up): its shard's owner starts it.
     // Checked under `tracked`'s lock, which a revocation's snapshot takes after marking
@@ -40,112 +53,202 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId) -> bool {
     if !shared.sinks.owns(&id) {
         return false;
     }
-    if tracked.get(&id).is_some_and(Tracked::alive) {
+    if tracked.get(&id).is_some_and(Tracked::alive) || shared.shutdown.is_cancelled() {
         return false;
     }
+    // The identity the offsets hold already, if any: one copy for every map (`status.rs`).
+    let (id, committed) = match shared.status.offsets.lock().get_key_value(&id) {
+        Some((k, o)) => (k.clone(), Some(o.clone())),
+        None => (Arc::new(id), None),
+    };
+    let at_boundary = committed
+        .as_ref()
+        .is_some_and(|o| o.link.is_some() && o.link == o.delta_link);
+    let started = if start == Start::Spread && at_boundary {
+        let due = scheduler::spread(shared.spec.poll_interval);
+        let seq = shared.scheduler.schedule(id.clone(), due);
+        let parked = Parked {
+            seq,
+            ..Parked::default()
+        };
+        tracked.insert(id.clone(), Tracked::Parked(parked));
+        true
+    } else {
+        match reader(shared, &id, committed) {
+            Some(reader) => start_task(shared, &mut tracked, id.clone(), reader, 0, false),
+            None => false,
+        }
+    };
+    if started {
+        shared.status.set_state(&id, PartitionState::Running);
+        shared
+            .status
+            .fresh_at
+            .lock()
+            .entry(id.clone())
+            .or_insert_with(std::time::Instant::now);
+    }
+    started
+}
+
+/// Starts a parked partition's task (the scheduler found it due), unless it was halted,
+/// restarted or woken since it parked with `seq`.
+pub(super) fn wake(shared: &Arc<Shared>, id: Arc<PartitionId>, seq: u64) {
+    let mut tracked = shared.tracked.lock();
+    let Some(entry) = tracked.get_mut(&*id) else {
+        return;
+    };
+    if !matches!(entry, Tracked::Parked(p) if p.seq == seq) || !shared.sinks.owns(&id) {
+        return;
+    }
+    let Tracked::Parked(parked) = std::mem::replace(entry, Tracked::Ended) else {
+        return;
+    };
+    let committed = shared.status.offsets.lock().get(&*id).cloned();
+    if let Some(reader) = reader(shared, &id, committed) {
+        let reader = reader.unpark(parked.lists);
+        let (unserved, resync) = (parked.unserved, parked.resync);
+        start_task(shared, &mut tracked, id, reader, unserved, resync);
+    }
+}
+
+/// A reader for `id` from its committed offset (a To Do lists reader seeded with the task
+/// partitions the worker knows), or `None` if its identity makes no route (counted).
+fn reader(
+    shared: &Shared,
+    id: &Arc<PartitionId>,
+    committed: Option<crate::source::SourceOffset>,
+) -> Option<PartitionReader> {
+    let rounds = shared.spec.rounds(id);
+    let principal = super::directory::principal(shared, id.user());
+    let mut reader =
+        match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed, rounds) {
+            Ok(r) => r.with_principal(principal),
+            Err(e) => {
+                metrics::partition_failed(id, &e.to_string());
+                return None;
+            }
+        };
+    if reader.needs_lists() {
+        // Which task partitions are new: it starts from those the worker runs (all in the
+        // status) or has offsets for.
+        let user = id.user();
+        reader.know_lists(PartitionId::tasks_of(
+            &shared.status.partitions.lock(),
+            user,
+        ));
+        reader.know_lists(PartitionId::tasks_of(&shared.status.offsets.lock(), user));
+    }
+    Some(reader)
+}
+
+/// Spawns `id`'s task with `reader` into the worker's set, tracked by a new [`TaskHandle`];
+/// `false` if the worker is shutting down. The caller holds `tracked`.
+fn start_task(
+    shared: &Arc<Shared>,
+    tracked: &mut HashMap<Arc<PartitionId>, Tracked>,
+    id: Arc<PartitionId>,
+    reader: PartitionReader,
+    unserved: u32,
+    resync: bool,
+) -> bool {
     let mut tasks = shared.tasks.lock();
     // Checked under the lock shutdown takes the set with, so no task escapes the set.
     if shared.shutdown.is_cancelled() {
         return false;
     }
-    let committed = shared.status.offsets.lock().get(&id).cloned();
-    let id = Arc::new(id);
-    let rounds = shared.spec.rounds(&id);
-    let principal = super::directory::principal(shared, id.user());
-    let reader = match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed, rounds)
-    {
-        Ok(r) => r.with_principal(principal),
-        Err(e) => {
-            metrics::partition_failed(&id, &e.to_string());
-            return false;
-        }
-    };
-    let cancel = shared.shutdown.child_token();
-    let state = Arc::new(Mutex::new(PartitionState::Running));
-    let resync = Arc::new(AtomicBool::new(false));
-    let ended = CancellationToken::new();
+    let handle = Arc::new(TaskHandle {
+        cancel: shared.shutdown.child_token(),
+        resync: AtomicBool::new(resync),
+        ended: CancellationToken::new(),
+    });
     // Moved into the future below: dropping it, however the future goes, signals the end.
-    let ended_guard = ended.clone().drop_guard();
+    let ended_guard = handle.ended.clone().drop_guard();
     let fut = {
-        let (shared, id, cancel, state, resync) = (
-            shared.clone(),
-            id.clone(),
-            cancel.clone(),
-            state.clone(),
-            resync.clone(),
-        );
+        let (shared, id, handle) = (shared.clone(), id.clone(), handle.clone());
         async move {
             let _ended = ended_guard;
             let mut reader = reader;
             // A panic fails this partition alone, visibly, instead of leaving it `RUNNING`.
             let supervisor = Supervisor(&shared);
+            let (cancel, resync) = (&handle.cancel, &handle.resync);
             let end = AssertUnwindSafe(partition_loop(
                 &shared,
                 &mut reader,
-                &cancel,
-                &resync,
+                cancel,
+                resync,
                 &supervisor,
+                unserved,
             ))
             .catch_unwind()
             .await;
-            // Still this task's partition (not removed meanwhile, nor started again by a
-            // newer task).
-            let ours = shared
-                .tracked
-                .lock()
-                .get(&*id)
-                .is_some_and(|t| Arc::ptr_eq(&t.state, &state));
-            let end = match end {
-                Ok(end) => {
-                    // Where it stands is where it restarts (unless it was removed and reset
-                    // meanwhile).
-                    if ours {
-                        shared
-                            .status
-                            .offsets
-                            .lock()
-                            .insert((*id).clone(), reader.offset().clone());
-                    }
-                    end
-                }
-                // The committed offset (kept in the status) stays where it restarts from.
-                Err(panic) => {
-                    let why = format!("partition task panicked: {}", panic_message(&*panic));
-                    metrics::partition_failed(&id, &why);
-                    PartitionState::Failed(why)
-                }
-            };
-            match ours {
-                true => shared.status.set_state(&id, end.clone()),
-                // Removed (its list or member gone, its shard revoked): not a task any more.
-                false if !shared.tracked.lock().contains_key(&*id) => {
-                    shared.status.forget(|p| p == &*id)
-                }
-                false => {}
-            }
-            *state.lock() = end;
+            finish(&shared, id, &handle, reader, end);
         }
     };
-    tracked.insert(
-        (*id).clone(),
-        Tracked {
-            cancel,
-            state,
-            resync,
-            ended,
-        },
-    );
-    shared.status.set_state(&id, PartitionState::Running);
-    shared
-        .status
-        .fresh_at
-        .lock()
-        .entry((*id).clone())
-        .or_insert_with(std::time::Instant::now);
-    // Spawned last: the task's own end state must not be overwritten by `Running` above.
+    tracked.insert(id, Tracked::Task(handle));
     reap(&mut tasks);
     tasks.spawn(fut);
     true
+}
+
+/// What a partition's task leaves when it ends: parked (its position in the status's
+/// offsets, its due time with the scheduler), or ended in a state.
+fn finish(
+    shared: &Shared,
+    id: Arc<PartitionId>,
+    handle: &Arc<TaskHandle>,
+    reader: PartitionReader,
+    end: std::thread::Result<Exit>,
+) {
+    let mut tracked = shared.tracked.lock();
+    // Still this task's partition (not removed meanwhile, nor started again by a newer
+    // task).
+    let ours = matches!(tracked.get(&*id), Some(Tracked::Task(h)) if Arc::ptr_eq(h, handle));
+    let end = match end {
+        // Parked, unless halted meanwhile (`halt` cancels under the same lock).
+        Ok(Exit::Park { after, unserved }) if ours && !handle.cancel.is_cancelled() => {
+            let (offset, lists) = reader.park();
+            shared.status.offsets.lock().insert(id.clone(), offset);
+            let due = tokio::time::Instant::now() + after;
+            let seq = shared.scheduler.schedule(id.clone(), due);
+            let resync = handle.resync.load(Ordering::SeqCst);
+            let parked = Parked {
+                seq,
+                lists,
+                unserved,
+                resync,
+            };
+            tracked.insert(id, Tracked::Parked(parked));
+            return;
+        }
+        Ok(end) => {
+            // Where it stands is where it restarts (unless it was removed and reset
+            // meanwhile).
+            if ours {
+                let (offset, _) = reader.park();
+                shared.status.offsets.lock().insert(id.clone(), offset);
+            }
+            match end {
+                Exit::Ended(state) => state,
+                Exit::Park { .. } => PartitionState::Stopped,
+            }
+        }
+        // The committed offset (kept in the status) stays where it restarts from.
+        Err(panic) => {
+            let why = format!("partition task panicked: {}", panic_message(&*panic));
+            metrics::partition_failed(&id, &why);
+            PartitionState::Failed(why)
+        }
+    };
+    match ours {
+        true => {
+            shared.status.set_state(&id, end);
+            tracked.insert(id, Tracked::Ended);
+        }
+        // Removed (its list or member gone, its shard revoked): not a task any more.
+        false if !tracked.contains_key(&*id) => shared.status.forget(|p| p == &*id),
+        false => {}
+    }
 }
 
 /// Runs `fut` as a task of the worker's set (not a partition's: nothing tracks it), unless
@@ -167,7 +270,7 @@ struct Supervisor<'a>(&'a Arc<Shared>);
 
 impl Supervise for Supervisor<'_> {
     fn run(&self, partition: PartitionId) {
-        spawn_partition(self.0, partition);
+        spawn_partition(self.0, partition, Start::Now);
     }
 
     fn stop(&self, partition: &PartitionId) {
@@ -178,8 +281,8 @@ impl Supervise for Supervisor<'_> {
 /// Stops a partition that is no more (its list removed, its member gone): it leaves the
 /// status too, whether it was still running or halted already.
 pub(super) fn stop_partition(shared: &Shared, id: &PartitionId) {
-    if let Some(t) = shared.tracked.lock().remove(id) {
-        t.cancel.cancel();
+    if let Some(Tracked::Task(h)) = shared.tracked.lock().remove(id) {
+        h.cancel.cancel();
     }
     shared.status.offsets.lock().remove(id);
     shared.status.forget(|p| p == id);

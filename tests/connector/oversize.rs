@@ -98,7 +98,7 @@ async fn a_record_over_the_producer_limit_fails_only_its_partition() {
     assert!(offset.as_ref().is_none_or(|o| o.round == 1), "{offset:?}");
     // Every other partition is healthy.
     for (p, st) in w.status.partitions.lock().iter() {
-        if *p != view {
+        if **p != view {
             assert_eq!(*st, PartitionState::Running, "{p}");
         }
     }

@@ -145,7 +145,7 @@ async fn a_mailbox_whose_next_links_cycle_fails_alone_with_the_reason() {
     let prefix = p.key_prefix();
     converge_except(&sim, &spec, &w, &|k| k.starts_with(&prefix));
     for (q, st) in w.status.partitions.lock().iter() {
-        if *q != p {
+        if **q != p {
             assert_eq!(*st, PartitionState::Running, "{q}");
         }
     }

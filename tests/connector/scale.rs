@@ -23,7 +23,7 @@ fn running(w: &Running) -> BTreeSet<PartitionId> {
         .lock()
         .iter()
         .filter(|(_, s)| **s == PartitionState::Running)
-        .map(|(p, _)| p.clone())
+        .map(|(p, _)| (**p).clone())
         .collect()
 }
 

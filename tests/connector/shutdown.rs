@@ -77,7 +77,7 @@ async fn a_normal_shutdown_waits_for_in_flight_commits() {
         .lock()
         .iter()
         .filter(|(_, o)| o.link.is_some() || o.delta_link.is_some())
-        .map(|(p, o)| (p.clone(), o.clone()))
+        .map(|(p, o)| ((**p).clone(), o.clone()))
         .collect();
     assert!(!known.is_empty(), "pages were committed");
     let committed = tokio::task::block_in_place(|| committed_offsets(&spec));

@@ -1,0 +1,137 @@
+//! Parked partitions and the one timer that wakes them.
+//!
+//! A partition waiting for its next poll (or, Graph unable to serve its user, for its next
+//! try) has no task: its entry in `Shared::tracked` holds a small [`Parked`] record, its
+//! position is its entry in the status's offsets, and the scheduler holds its due time.
+//! With 100,000 partitions a task each would keep 100,000 parked futures, timers and
+//! cancellation tokens, and wake a thread per poll (issue 15); instead this task wakes at
+//! most every [`TICK`] and starts every partition due by then (`supervisor::wake`), so the
+//! polls of a tick reach the poll batcher together.
+//!
+//! An entry of the heap may be stale (its partition halted, restarted or woken early since):
+//! each parking has its own sequence number, and a partition wakes only for the one it
+//! parked with. While the connector is paused nothing wakes; on resume whatever fell due
+//! meanwhile starts (the client's concurrency bounds what reaches Graph).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::graph::KnownLists;
+use crate::source::PartitionId;
+
+use super::Shared;
+
+/// The scheduler's resolution: polls due within one tick start together.
+pub(super) const TICK: Duration = Duration::from_millis(50);
+
+/// What a partition keeps between its tasks (its position is in the status's offsets).
+#[derive(Default)]
+pub(super) struct Parked {
+    /// The scheduler entry this parking is woken by.
+    pub seq: u64,
+    /// A To Do lists partition's known lists, as its reader left them.
+    pub lists: Option<Box<KnownLists>>,
+    /// Answers in a row saying Graph cannot serve the user (see `partition.rs`).
+    pub unserved: u32,
+    /// A resync was asked while parked: the next round starts from scratch.
+    pub resync: bool,
+}
+
+type Entry = Reverse<(Instant, u64, Arc<PartitionId>)>;
+
+/// Due times of parked partitions.
+#[derive(Default)]
+pub(super) struct Scheduler {
+    heap: Mutex<BinaryHeap<Entry>>,
+    seq: AtomicU64,
+    /// An entry earlier than the one the timer waits for was pushed.
+    earlier: Notify,
+}
+
+impl Scheduler {
+    /// Schedules `id` at `due`; returns the sequence number its [`Parked`] must carry.
+    pub fn schedule(&self, id: Arc<PartitionId>, due: Instant) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut heap = self.heap.lock();
+        let first = heap.peek().is_none_or(|Reverse((t, ..))| due < *t);
+        heap.push(Reverse((due, seq, id)));
+        drop(heap);
+        if first {
+            self.earlier.notify_one();
+        }
+        seq
+    }
+
+    /// The entries due by `now`, earliest first.
+    fn due(&self, now: Instant) -> Vec<(u64, Arc<PartitionId>)> {
+        let mut heap = self.heap.lock();
+        let mut out = Vec::new();
+        while heap.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
+            if let Some(Reverse((_, seq, id))) = heap.pop() {
+                out.push((seq, id));
+            }
+        }
+        // Halted partitions' entries are left to fall due; a heap mostly stale (many
+        // partitions halted at once) gives its memory back.
+        if heap.capacity() > 1024 && heap.len() < heap.capacity() / 4 {
+            heap.shrink_to_fit();
+        }
+        out
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.heap.lock().peek().map(|Reverse((t, ..))| *t)
+    }
+}
+
+/// A first poll's due time for a partition resuming at a round boundary: spread uniformly
+/// over one poll interval, so a restarted worker's partitions do not all poll at once.
+pub(super) fn spread(interval: Duration) -> Instant {
+    let f = rand::rng().random_range(0.0..1.0);
+    Instant::now() + interval.mul_f64(f)
+}
+
+/// Wakes parked partitions as they fall due, until the worker shuts down.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut paused = shared.paused.subscribe();
+    let sched = &shared.scheduler;
+    loop {
+        // Registered before reading the head, so a push in between is not missed.
+        let earlier = sched.earlier.notified();
+        let wake_at = sched.next_due().map(|t| t.max(Instant::now()));
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = earlier => continue,
+            _ = async {
+                match wake_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        // Paused: nothing starts; what falls due meanwhile starts on resume.
+        while *paused.borrow_and_update() {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                r = paused.changed() => if r.is_err() { return },
+            }
+        }
+        // Whatever falls due within the tick starts now, with its company.
+        let now = Instant::now() + TICK;
+        for (seq, id) in sched.due(now) {
+            super::supervisor::wake(&shared, id, seq);
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
