@@ -105,7 +105,38 @@ fn heartbeat() -> String {
 fn restart_count() -> usize {
     env_usize("GRAPH_CDC_FLEET_RESTARTS", 3)
 }
-const SYNC_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// `GRAPH_CDC_FLEET_WORKERS` (default `1,2,3`): the fleet sizes synced, in order; the last
+/// one is measured at rest and killed (issue 15: `4` alone, with 100,000 users).
+fn fleet_sizes() -> Vec<usize> {
+    let v = std::env::var("GRAPH_CDC_FLEET_WORKERS").unwrap_or_default();
+    let sizes: Vec<usize> = v
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("GRAPH_CDC_FLEET_WORKERS: worker counts")
+        })
+        .collect();
+    if sizes.is_empty() {
+        vec![1, 2, 3]
+    } else {
+        sizes
+    }
+}
+
+/// `GRAPH_CDC_FLEET_STEADY_SECS` (default 0: left out): after the last fleet's sync and a
+/// 70 s warm-up (every partition's first idle poll), each worker's resident memory and CPU
+/// over this window.
+fn steady_secs() -> u64 {
+    env_usize("GRAPH_CDC_FLEET_STEADY_SECS", 0) as u64
+}
+
+/// 900 s, or 9 s per 1,000 partitions above 100,000.
+fn sync_timeout() -> Duration {
+    Duration::from_secs((partitions() as u64 * 9 / 1000).max(900))
+}
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(180);
 /// What the worker processes log (stderr, a file each): warnings, and the shard moves.
 const LOG_FILTER: &str =
@@ -879,7 +910,7 @@ fn initial_sync(
     let mut last_offsets = Instant::now() - Duration::from_secs(10);
     let (first_secs, secs) = loop {
         std::thread::sleep(Duration::from_millis(500));
-        if t0.elapsed() > SYNC_TIMEOUT {
+        if t0.elapsed() > sync_timeout() {
             fleet.fail("timed out waiting for the initial sync");
         }
         fleet.check_alive();
@@ -1393,6 +1424,47 @@ fn failover(fleet: &mut Fleet) -> (Vec<Kill>, Vec<(Kill, f64)>) {
     (kills, restarts)
 }
 
+/// Each worker at rest (see [`steady_secs`]): resident memory (max over the window) and CPU.
+fn steady(fleet: &Fleet) {
+    let secs = steady_secs();
+    if secs == 0 {
+        return;
+    }
+    std::thread::sleep(Duration::from_secs(70));
+    let procs: Vec<&Proc> = fleet.running().collect();
+    let cpu0: Vec<f64> = procs.iter().map(|p| p.usage().0).collect();
+    let sim0 = sim_cpu();
+    let mut rss = vec![0.0f64; procs.len()];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(1));
+        for (i, p) in procs.iter().enumerate() {
+            rss[i] = rss[i].max(p.usage().1);
+        }
+    }
+    let el = t0.elapsed().as_secs_f64();
+    let cpu: Vec<f64> = procs
+        .iter()
+        .zip(&cpu0)
+        .map(|(p, c0)| (p.usage().0 - c0) / el * 100.0)
+        .collect();
+    let parts: Vec<String> = procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{} {:.1} MiB {:.2}%", p.id, rss[i], cpu[i]))
+        .collect();
+    println!(
+        "RESULT fleet at rest: {} partitions over {} workers, {el:.0} s after a 70 s warm-up: {}; \
+         largest {:.1} MiB, mean CPU {:.2}% of a core per worker; simulator {:.2}% of a core",
+        partitions(),
+        procs.len(),
+        parts.join(", "),
+        max(&rss),
+        cpu.iter().sum::<f64>() / cpu.len().max(1) as f64,
+        (sim_cpu() - sim0) / el * 100.0
+    );
+}
+
 /// Median (the mean of the middle two of an even count).
 fn p50(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
@@ -1452,12 +1524,14 @@ fn main() {
     );
 
     let mut syncs = Vec::new();
-    let mut three = None;
-    for n in 1..=3 {
-        let (s, fleet) = initial_sync(&sim, &bootstrap, broker, &users, n);
+    let mut last = None;
+    let sizes = fleet_sizes();
+    for (i, n) in sizes.iter().enumerate() {
+        let (s, fleet) = initial_sync(&sim, &bootstrap, broker, &users, *n);
         syncs.push(s);
-        if n == 3 {
-            three = Some(fleet);
+        // Each connector's workers stop before the next one's start.
+        if i + 1 == sizes.len() {
+            last = Some(fleet);
         }
     }
     let base = syncs[0].rate();
@@ -1490,9 +1564,11 @@ fn main() {
         );
     }
 
-    let mut fleet = three.expect("three workers");
+    let mut fleet = last.expect("a fleet");
+    let n = fleet.procs.len();
+    steady(&fleet);
     println!(
-        "fleet: failover, {} SIGKILLs of one of 3 workers (session timeout 6 s), then {} relaunched at once:",
+        "fleet: failover, {} SIGKILLs of one of {n} workers (session timeout 6 s), then {} relaunched at once:",
         kill_count(),
         restart_count()
     );
@@ -1567,21 +1643,27 @@ fn main() {
     if !errors.is_empty() {
         println!("  offsets consumer errors: {errors:?}");
     }
+    let syncs_text: Vec<String> = syncs
+        .iter()
+        .map(|s| {
+            format!(
+                "{} worker(s) {:.1} s ({:.0} partitions/s, {:.0} records/s, ratio {:.2})",
+                s.workers,
+                s.secs,
+                s.rate(),
+                s.records / s.secs.max(0.001),
+                s.rate() / base
+            )
+        })
+        .collect();
     println!(
-        "RESULT fleet: initial sync of {} partitions: 1 worker {:.1} s ({:.0} partitions/s, {:.0} records/s), \
-         2 workers {:.1} s (ratio {:.2}), 3 workers {:.1} s (ratio {:.2}); \
-         failover after SIGKILL (session 6 s, {} kills, ~{orphaned:.0} orphaned partitions each): committed again p50 {:.2} s, \
+        "RESULT fleet: initial sync of {} partitions: {}; \
+         failover after SIGKILL of one of {n} (session 6 s, {} kills, ~{orphaned:.0} orphaned partitions each): committed again p50 {:.2} s, \
          max {:.2} s (assigned p50 {:.2} s, shards taken over p50 {:.2} s); relaunch under the same worker_id: running again \
          p50 {:.2} s, max {:.2} s; restarted at once: running again p50 {:.2} s, committed again p50 {:.2} s after the kill, \
          {r_moves:.0} shard moves",
         partitions(),
-        syncs[0].secs,
-        syncs[0].rate(),
-        syncs[0].records / syncs[0].secs.max(0.001),
-        syncs[1].secs,
-        syncs[1].rate() / base,
-        syncs[2].secs,
-        syncs[2].rate() / base,
+        syncs_text.join(", "),
         kills.len(),
         p50(&committed),
         max(&committed),

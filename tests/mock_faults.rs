@@ -47,7 +47,7 @@ fn batch(n: u64) -> SourceBatch {
         partition: p,
         records,
         offset: SourceOffset {
-            link: Some(format!("http://graph/next/{n}")),
+            link: Some(format!("http://graph/next/{n}").into()),
             delta_link: None,
             round: 1,
             resync: false,

@@ -305,7 +305,9 @@ impl PartitionReader {
             self.offset.delta_link.clone()
         } else {
             // Only a link of the partition's own resource (and window in force).
-            location.filter(|l| self.route.owns_link(l).is_ok())
+            location
+                .filter(|l| self.route.owns_link(l).is_ok())
+                .map(Into::into)
         };
         metrics::resync(
             &self.id,
@@ -361,17 +363,21 @@ impl PartitionReader {
             .collect();
         let offset = match (page.next_link, page.delta_link) {
             (Some(next), _) => SourceOffset {
-                link: Some(next),
+                link: Some(next.into()),
                 ..self.offset.clone()
             },
-            (None, delta) => SourceOffset {
-                link: delta.clone(),
-                delta_link: delta,
-                round: round + 1,
-                resync: false,
-                reason: None,
-                ..self.offset.clone()
-            },
+            (None, delta) => {
+                // One string for both (see `Link`).
+                let delta = delta.map(crate::source::Link::from);
+                SourceOffset {
+                    link: delta.clone(),
+                    delta_link: delta,
+                    round: round + 1,
+                    resync: false,
+                    reason: None,
+                    ..self.offset.clone()
+                }
+            }
         };
         // No deltaLink behind the round: it started from the initial request.
         let full_round = self.offset.delta_link.is_none().then_some(FullRound {

@@ -24,8 +24,8 @@ fn list_reader(link: Option<&str>, delta: Option<&str>, round: u64) -> Partition
         user: "a@contoso.com".into(),
     });
     let committed = SourceOffset {
-        link: link.map(str::to_string),
-        delta_link: delta.map(str::to_string),
+        link: link.map(Into::into),
+        delta_link: delta.map(Into::into),
         round,
         resync: false,
         ..SourceOffset::INITIAL

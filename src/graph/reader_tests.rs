@@ -16,8 +16,8 @@ fn reader(committed: Option<SourceOffset>) -> PartitionReader {
 
 fn at(link: Option<&str>, delta: Option<&str>, round: u64) -> SourceOffset {
     SourceOffset {
-        link: link.map(str::to_string),
-        delta_link: delta.map(str::to_string),
+        link: link.map(Into::into),
+        delta_link: delta.map(Into::into),
         round,
         resync: false,
         ..SourceOffset::INITIAL

@@ -49,7 +49,11 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<OffsetRecord, DecodeEr
     let partition = PartitionId::from_json(identity)?;
     let offset = match value {
         None => None,
-        Some(v) => Some(serde_json::from_slice(v).map_err(DecodeError::Value)?),
+        Some(v) => Some(
+            serde_json::from_slice::<SourceOffset>(v)
+                .map_err(DecodeError::Value)?
+                .shared(),
+        ),
     };
     Ok(OffsetRecord {
         connector,

@@ -257,7 +257,9 @@ pub async fn run_with_status(
         sinks,
         paused: tokio::sync::watch::channel(false).0,
         tracked: Mutex::new(HashMap::new()),
-        scheduler: scheduler::Scheduler::default(),
+        scheduler: scheduler::Scheduler::new(
+            spec.client.max_concurrency * crate::graph::batch::MAX_BATCH,
+        ),
         tasks: Mutex::new(JoinSet::new()),
         shutdown: CancellationToken::new(),
         fatal: Mutex::new(None),

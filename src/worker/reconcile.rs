@@ -318,8 +318,8 @@ mod tests {
 
     fn offset(link: Option<&str>, round: u64) -> SourceOffset {
         SourceOffset {
-            link: link.map(str::to_string),
-            delta_link: link.map(str::to_string),
+            link: link.map(Into::into),
+            delta_link: link.map(Into::into),
             round,
             resync: false,
             ..SourceOffset::INITIAL

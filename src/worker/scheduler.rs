@@ -8,6 +8,12 @@
 //! most every [`TICK`] and starts every partition due by then (`supervisor::wake`), so the
 //! polls of a tick reach the poll batcher together.
 //!
+//! At most `graph.max_concurrency` × 20 partition tasks exist at once (the polls its
+//! requests can carry in JSON batches): a partition due while they all run
+//! waits for a free place, so a worker starting 100,000 partitions, or a burst of them due at
+//! once, holds that many futures, not 100,000 (what the client's permits would make the rest
+//! wait for anyway).
+//!
 //! An entry of the heap may be stale (its partition halted, restarted or woken early since):
 //! each parking has its own sequence number, and a partition wakes only for the one it
 //! parked with. While the connector is paused nothing wakes; on resume whatever fell due
@@ -21,7 +27,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::graph::KnownLists;
@@ -47,16 +53,32 @@ pub(super) struct Parked {
 
 type Entry = Reverse<(Instant, u64, Arc<PartitionId>)>;
 
-/// Due times of parked partitions.
-#[derive(Default)]
+/// Due times of parked partitions, and the places of running ones.
 pub(super) struct Scheduler {
     heap: Mutex<BinaryHeap<Entry>>,
     seq: AtomicU64,
     /// An entry earlier than the one the timer waits for was pushed.
     earlier: Notify,
+    /// A place per partition task (see the module docs).
+    places: Arc<Semaphore>,
 }
 
 impl Scheduler {
+    /// A scheduler letting `limit` partition tasks run at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            heap: Mutex::default(),
+            seq: AtomicU64::default(),
+            earlier: Notify::new(),
+            places: Arc::new(Semaphore::new(limit.max(1))),
+        }
+    }
+
+    /// A place for a partition task, if one is free; held until the task ends.
+    pub fn place(&self) -> Option<OwnedSemaphorePermit> {
+        self.places.clone().try_acquire_owned().ok()
+    }
+
     /// Schedules `id` at `due`; returns the sequence number its [`Parked`] must carry.
     pub fn schedule(&self, id: Arc<PartitionId>, due: Instant) -> u64 {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -70,11 +92,11 @@ impl Scheduler {
         seq
     }
 
-    /// The entries due by `now`, earliest first.
-    fn due(&self, now: Instant) -> Vec<(u64, Arc<PartitionId>)> {
+    /// The entries due by `now`, earliest first, at most `max`.
+    fn due(&self, now: Instant, max: usize) -> Vec<(u64, Arc<PartitionId>)> {
         let mut heap = self.heap.lock();
         let mut out = Vec::new();
-        while heap.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
+        while out.len() < max && heap.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
             if let Some(Reverse((_, seq, id))) = heap.pop() {
                 out.push((seq, id));
             }
@@ -124,9 +146,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 r = paused.changed() => if r.is_err() { return },
             }
         }
-        // Whatever falls due within the tick starts now, with its company.
+        // Whatever falls due within the tick starts now, with its company, as far as
+        // there are places; the rest at the next tick.
         let now = Instant::now() + TICK;
-        for (seq, id) in sched.due(now) {
+        for (seq, id) in sched.due(now, sched.places.available_permits()) {
             super::supervisor::wake(&shared, id, seq);
         }
         tokio::select! {

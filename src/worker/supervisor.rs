@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -64,19 +65,26 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId, start: Star
     let at_boundary = committed
         .as_ref()
         .is_some_and(|o| o.link.is_some() && o.link == o.delta_link);
-    let started = if start == Start::Spread && at_boundary {
-        let due = scheduler::spread(shared.spec.poll_interval);
-        let seq = shared.scheduler.schedule(id.clone(), due);
-        let parked = Parked {
-            seq,
-            ..Parked::default()
-        };
-        tracked.insert(id.clone(), Tracked::Parked(parked));
-        true
-    } else {
-        match reader(shared, &id, committed) {
-            Some(reader) => start_task(shared, &mut tracked, id.clone(), reader, 0, false),
+    let spread = start == Start::Spread && at_boundary;
+    let place = (!spread).then(|| shared.scheduler.place()).flatten();
+    let started = match place {
+        Some(place) => match reader(shared, &id, committed) {
+            Some(r) => start_task(shared, &mut tracked, id.clone(), r, place, Carry::default()),
             None => false,
+        },
+        // Spread, or no place free now: the scheduler starts it (see `scheduler.rs`).
+        None => {
+            let due = match spread {
+                true => scheduler::spread(shared.spec.poll_interval),
+                false => tokio::time::Instant::now(),
+            };
+            let seq = shared.scheduler.schedule(id.clone(), due);
+            let parked = Parked {
+                seq,
+                ..Parked::default()
+            };
+            tracked.insert(id.clone(), Tracked::Parked(parked));
+            true
         }
     };
     if started {
@@ -98,18 +106,38 @@ pub(super) fn wake(shared: &Arc<Shared>, id: Arc<PartitionId>, seq: u64) {
     let Some(entry) = tracked.get_mut(&*id) else {
         return;
     };
-    if !matches!(entry, Tracked::Parked(p) if p.seq == seq) || !shared.sinks.owns(&id) {
+    let Tracked::Parked(parked) = entry else {
+        return;
+    };
+    if parked.seq != seq || !shared.sinks.owns(&id) {
         return;
     }
+    // Every place taken (a partition started meanwhile took it): at the next tick.
+    let Some(place) = shared.scheduler.place() else {
+        parked.seq = shared.scheduler.schedule(id, tokio::time::Instant::now());
+        return;
+    };
     let Tracked::Parked(parked) = std::mem::replace(entry, Tracked::Ended) else {
         return;
     };
     let committed = shared.status.offsets.lock().get(&*id).cloned();
     if let Some(reader) = reader(shared, &id, committed) {
         let reader = reader.unpark(parked.lists);
-        let (unserved, resync) = (parked.unserved, parked.resync);
-        start_task(shared, &mut tracked, id, reader, unserved, resync);
+        let carry = Carry {
+            unserved: parked.unserved,
+            resync: parked.resync,
+        };
+        start_task(shared, &mut tracked, id, reader, place, carry);
     }
+}
+
+/// What a partition's new task carries over from its last one.
+#[derive(Default)]
+struct Carry {
+    /// Answers in a row saying Graph cannot serve the user.
+    unserved: u32,
+    /// A resync was asked while it was parked.
+    resync: bool,
 }
 
 /// A reader for `id` from its committed offset (a To Do lists reader seeded with the task
@@ -142,16 +170,18 @@ fn reader(
     Some(reader)
 }
 
-/// Spawns `id`'s task with `reader` into the worker's set, tracked by a new [`TaskHandle`];
-/// `false` if the worker is shutting down. The caller holds `tracked`.
+/// Spawns `id`'s task with `reader` into the worker's set, tracked by a new [`TaskHandle`],
+/// holding `place` until it ends; `false` if the worker is shutting down. The caller holds
+/// `tracked`.
 fn start_task(
     shared: &Arc<Shared>,
     tracked: &mut HashMap<Arc<PartitionId>, Tracked>,
     id: Arc<PartitionId>,
     reader: PartitionReader,
-    unserved: u32,
-    resync: bool,
+    place: OwnedSemaphorePermit,
+    carry: Carry,
 ) -> bool {
+    let Carry { unserved, resync } = carry;
     let mut tasks = shared.tasks.lock();
     // Checked under the lock shutdown takes the set with, so no task escapes the set.
     if shared.shutdown.is_cancelled() {
@@ -168,6 +198,7 @@ fn start_task(
         let (shared, id, handle) = (shared.clone(), id.clone(), handle.clone());
         async move {
             let _ended = ended_guard;
+            let _place = place;
             let mut reader = reader;
             // A panic fails this partition alone, visibly, instead of leaving it `RUNNING`.
             let supervisor = Supervisor(&shared);

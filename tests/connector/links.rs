@@ -96,7 +96,7 @@ async fn patching_an_offset_with_another_mailboxs_link_is_refused_with_the_reaso
     // Her own link, however Graph spells it (UPN case, `@` encoded): taken.
     let own_link = committed.link.clone().unwrap();
     let respelt = own_link.replace(&alice, &alice.to_uppercase().replace('@', "%40"));
-    assert_ne!(respelt, own_link);
+    assert_ne!(respelt, *own_link);
     let body = patch(json!({"link": respelt, "delta_link": own_link, "round": committed.round}));
     let (code, v) = call(Method::PATCH, &c("/offsets"), Some(OP_TOKEN), Some(body)).await;
     assert_eq!(code, 200, "{v}");
@@ -145,8 +145,8 @@ async fn a_foreign_link_in_the_offsets_topic_starts_the_partition_over() {
         spec.graph_host.trim_end_matches('/')
     );
     let planted = SourceOffset {
-        link: Some(bobs.clone()),
-        delta_link: Some(bobs),
+        link: Some(bobs.clone().into()),
+        delta_link: Some(bobs.into()),
         round: 5,
         resync: false,
         ..SourceOffset::INITIAL
