@@ -86,6 +86,27 @@ pub enum LinkMismatch {
     Query(String),
 }
 
+/// `graph_host` parsed, once per thread: a reader is made at every poll of a parked
+/// partition (`worker/scheduler.rs`), and parsing the same host each time was a tenth of
+/// a few percent of an idle worker's CPU (perf).
+fn parsed_host(graph_host: &str) -> Result<Url, GraphError> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(String, Url)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((h, url)) = last.as_ref().filter(|(h, _)| h == graph_host) {
+            debug_assert_eq!(h, graph_host);
+            return Ok(url.clone());
+        }
+        let url = Url::parse(graph_host).map_err(|source| GraphError::Host {
+            host: graph_host.to_string(),
+            source,
+        })?;
+        *last = Some((graph_host.to_string(), url.clone()));
+        Ok(url)
+    })
+}
+
 impl Route {
     /// The route of partition `id` on `graph_host` (e.g. `https://graph.microsoft.com`).
     ///
@@ -93,10 +114,7 @@ impl Route {
     /// only in beta.
     pub fn new(graph_host: &str, id: &PartitionId) -> Result<Self, GraphError> {
         use Segment::{Calendar, Group, List, Name, User};
-        let host = Url::parse(graph_host).map_err(|source| GraphError::Host {
-            host: graph_host.to_string(),
-            source,
-        })?;
+        let host = parsed_host(graph_host)?;
         if host.cannot_be_a_base() {
             return Err(GraphError::Url(format!(
                 "{graph_host} cannot be a base URL"

@@ -134,7 +134,7 @@ struct Shared {
     spec: WorkerSpec,
     /// `true` while the connector is paused.
     paused: tokio::sync::watch::Sender<bool>,
-    tracked: Mutex<HashMap<Arc<PartitionId>, Tracked>>,
+    tracked: Mutex<rustc_hash::FxHashMap<Arc<PartitionId>, Tracked>>,
     /// Parked partitions' due times (`scheduler.rs`).
     scheduler: scheduler::Scheduler,
     /// Every partition task (see `supervisor.rs`) and the health check (`health.rs`).
@@ -256,7 +256,7 @@ pub async fn run_with_status(
         client,
         sinks,
         paused: tokio::sync::watch::channel(false).0,
-        tracked: Mutex::new(HashMap::new()),
+        tracked: Mutex::default(),
         scheduler: scheduler::Scheduler::new(
             spec.client.max_concurrency * crate::graph::batch::MAX_BATCH,
         ),

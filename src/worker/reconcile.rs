@@ -11,6 +11,7 @@
 //! topic once, when its first round from scratch starts; until then its pages are written
 //! as they come.
 
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ pub(super) enum Slot {
 
 /// Every partition's slot; a partition not in it has nothing live (it is new).
 #[derive(Default)]
-pub(super) struct States(Mutex<HashMap<Arc<PartitionId>, Arc<Mutex<Slot>>>>);
+pub(super) struct States(Mutex<FxHashMap<Arc<PartitionId>, Arc<Mutex<Slot>>>>);
 
 impl States {
     /// The state read at start; partitions with an offset but no state are `Unknown`,
@@ -51,7 +52,7 @@ impl States {
         offsets: impl IntoIterator<Item = (&'a Arc<PartitionId>, &'a SourceOffset)>,
     ) -> Self {
         let slot = |s: Slot| Arc::new(Mutex::new(s));
-        let mut map: HashMap<Arc<PartitionId>, Arc<Mutex<Slot>>> = HashMap::new();
+        let mut map: FxHashMap<Arc<PartitionId>, Arc<Mutex<Slot>>> = FxHashMap::default();
         for (p, o) in offsets {
             let started = o.link.is_some() || o.delta_link.is_some() || o.round > 1;
             match loaded.remove(&**p) {

@@ -14,13 +14,12 @@
 //! once, holds that many futures, not 100,000 (what the client's permits would make the rest
 //! wait for anyway).
 //!
-//! An entry of the heap may be stale (its partition halted, restarted or woken early since):
+//! An entry of the scheduler may be stale (its partition halted, restarted or woken early since):
 //! each parking has its own sequence number, and a partition wakes only for the one it
 //! parked with. While the connector is paused nothing wakes; on resume whatever fell due
 //! meanwhile starts (the client's concurrency bounds what reaches Graph).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,11 +50,17 @@ pub(super) struct Parked {
     pub resync: bool,
 }
 
-type Entry = Reverse<(Instant, u64, Arc<PartitionId>)>;
+/// Parked partitions falling due in one tick: (sequence number, identity).
+type Bucket = Vec<(u64, Arc<PartitionId>)>;
 
 /// Due times of parked partitions, and the places of running ones.
 pub(super) struct Scheduler {
-    heap: Mutex<BinaryHeap<Entry>>,
+    /// Parked partitions by the tick they fall due in (a timer wheel's buckets in a sorted
+    /// map: scheduling one is a push, the due ones are taken a bucket at a time, instead of
+    /// a heap's sift per partition).
+    buckets: Mutex<BTreeMap<u64, Bucket>>,
+    /// Tick 0.
+    epoch: Instant,
     seq: AtomicU64,
     /// An entry earlier than the one the timer waits for was pushed.
     earlier: Notify,
@@ -67,7 +72,8 @@ impl Scheduler {
     /// A scheduler letting `limit` partition tasks run at once.
     pub fn new(limit: usize) -> Self {
         Self {
-            heap: Mutex::default(),
+            buckets: Mutex::default(),
+            epoch: Instant::now(),
             seq: AtomicU64::default(),
             earlier: Notify::new(),
             places: Arc::new(Semaphore::new(limit.max(1))),
@@ -79,38 +85,54 @@ impl Scheduler {
         self.places.clone().try_acquire_owned().ok()
     }
 
-    /// Schedules `id` at `due`; returns the sequence number its [`Parked`] must carry.
+    /// The tick `t` falls in.
+    fn tick(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis()) as u64
+    }
+
+    /// Schedules `id` at `due` (to the tick); returns the sequence number its [`Parked`]
+    /// must carry.
     pub fn schedule(&self, id: Arc<PartitionId>, due: Instant) -> u64 {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut heap = self.heap.lock();
-        let first = heap.peek().is_none_or(|Reverse((t, ..))| due < *t);
-        heap.push(Reverse((due, seq, id)));
-        drop(heap);
+        let tick = self.tick(due);
+        let mut buckets = self.buckets.lock();
+        let first = buckets.first_key_value().is_none_or(|(t, _)| tick < *t);
+        buckets.entry(tick).or_default().push((seq, id));
+        drop(buckets);
         if first {
             self.earlier.notify_one();
         }
         seq
     }
 
-    /// The entries due by `now`, earliest first, at most `max`.
+    /// The entries due by `now`'s tick, earliest tick first, at most `max`.
     fn due(&self, now: Instant, max: usize) -> Vec<(u64, Arc<PartitionId>)> {
-        let mut heap = self.heap.lock();
+        let now = self.tick(now);
+        let mut buckets = self.buckets.lock();
         let mut out = Vec::new();
-        while out.len() < max && heap.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
-            if let Some(Reverse((_, seq, id))) = heap.pop() {
-                out.push((seq, id));
+        while out.len() < max {
+            let Some(mut first) = buckets.first_entry() else {
+                break;
+            };
+            if *first.key() > now {
+                break;
             }
-        }
-        // Halted partitions' entries are left to fall due; a heap mostly stale (many
-        // partitions halted at once) gives its memory back.
-        if heap.capacity() > 1024 && heap.len() < heap.capacity() / 4 {
-            heap.shrink_to_fit();
+            let room = max - out.len();
+            let bucket = first.get_mut();
+            if bucket.len() <= room {
+                out.append(&mut first.remove());
+            } else {
+                // What is left waits for a free place, at the next tick.
+                out.extend(bucket.drain(bucket.len() - room..));
+            }
         }
         out
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.heap.lock().peek().map(|Reverse((t, ..))| *t)
+        let first = *self.buckets.lock().first_key_value()?.0;
+        let ms = first.saturating_mul(TICK.as_millis() as u64);
+        Some(self.epoch + Duration::from_millis(ms))
     }
 }
 

@@ -75,13 +75,17 @@ impl WorkerSpec {
     /// When partition `id`'s rounds start from scratch on their own.
     pub fn rounds(&self, id: &PartitionId) -> Rounds {
         let d = Rounds::default();
-        Rounds {
-            window_roll: self
+        // Asked at every poll: no identity copied unless some source sets a roll.
+        let roll = match self.window_rolls.is_empty() {
+            true => None,
+            false => self
                 .window_rolls
                 .get(id)
                 .or_else(|| self.window_rolls.get(&id.with_user("")))
-                .copied()
-                .unwrap_or(d.window_roll),
+                .copied(),
+        };
+        Rounds {
+            window_roll: roll.unwrap_or(d.window_roll),
             reconcile_interval: self.reconcile_interval,
             max_pages_per_round: self.max_pages_per_round,
         }

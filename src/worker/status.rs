@@ -1,6 +1,5 @@
 //! What the worker reports about itself: partition states, offsets, health, gauges.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -77,9 +76,9 @@ pub struct WorkerStatus {
     /// Running, paused or stopped (unassigned until the worker starts).
     pub connector: Mutex<ConnectorState>,
     /// When each partition last completed a round (or started).
-    pub fresh_at: Mutex<HashMap<Arc<PartitionId>, std::time::Instant>>,
+    pub fresh_at: Mutex<rustc_hash::FxHashMap<Arc<PartitionId>, std::time::Instant>>,
     /// Pages fetched in each partition's current round (none between rounds).
-    pub round_pages: Mutex<HashMap<Arc<PartitionId>, u64>>,
+    pub round_pages: Mutex<rustc_hash::FxHashMap<Arc<PartitionId>, u64>>,
     /// Export per-partition series too.
     pub per_partition_metrics: AtomicBool,
     /// What the Kafka clients last reported about the connection.

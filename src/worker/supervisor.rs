@@ -6,7 +6,6 @@
 //! no task: it is parked (`scheduler.rs`) and [`wake`] starts its next one. At shutdown the worker waits for
 //! the whole set, at most `worker.shutdown_timeout`, then aborts what is left.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -175,7 +174,7 @@ fn reader(
 /// `tracked`.
 fn start_task(
     shared: &Arc<Shared>,
-    tracked: &mut HashMap<Arc<PartitionId>, Tracked>,
+    tracked: &mut rustc_hash::FxHashMap<Arc<PartitionId>, Tracked>,
     id: Arc<PartitionId>,
     reader: PartitionReader,
     place: OwnedSemaphorePermit,
