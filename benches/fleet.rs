@@ -41,7 +41,12 @@
 //! `GRAPH_CDC_FLEET_USERS` (5000), `GRAPH_CDC_FLEET_KILLS` (10), `GRAPH_CDC_FLEET_RESTARTS`
 //! (3), `GRAPH_CDC_FLEET_HEARTBEAT` (`1s`), `GRAPH_CDC_FLEET_KEEP_LOGS=1` (keep the workers'
 //! logs, `warn` plus shard moves, under the temporary directory; they are kept anyway when one
-//! has an `ERROR` line, whose tail is printed).
+//! has an `ERROR` line, whose tail is printed), `GRAPH_CDC_FLEET_WORKERS` (`1,2,3`: the fleet
+//! sizes synced; the last one is the one killed), `GRAPH_CDC_FLEET_STEADY_SECS` (0: after
+//! the last sync and a 70 s warm-up, each worker's resident memory and CPU over this many
+//! seconds). Issue 15's fleet of 400,000 partitions over 4 workers:
+//! `GRAPH_CDC_FLEET_USERS=100000 GRAPH_CDC_FLEET_WORKERS=4 GRAPH_CDC_FLEET_STEADY_SECS=120
+//! GRAPH_CDC_FLEET_KILLS=2 GRAPH_CDC_FLEET_RESTARTS=0 GRAPH_CDC_FLEET_HEARTBEAT=30s cargo bench --bench fleet`.
 //!
 //! The simulator runs in this process on threads named `sim`; the broker is a real Apache Kafka
 //! on loopback (`GRAPH_CDC_TEST_KAFKA`, or one started here): all of it, the workers included,

@@ -168,7 +168,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Idle partitions' fresh deltaLinks are written together at most this often.
+    /// Idle partitions' fresh deltaLinks are written together at most this often (or as soon
+    /// as 2,048 of a shard wait).
     pub heartbeat_interval: Dur,
     /// Records per Kafka transaction at most.
     pub max_batch_records: usize,

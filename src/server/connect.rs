@@ -268,26 +268,46 @@ pub async fn task_status(
     error(StatusCode::NOT_FOUND, format!("no task {task}"))
 }
 
-/// `GET /connectors/{name}/offsets` (KIP-875).
+/// `GET /connectors/{name}/offsets` (KIP-875). Written straight to the body, not built as a
+/// JSON tree: a worker with 100,000 partitions answered with 300 MB of `Value`s (issue 15).
 pub async fn offsets(State(s): S, Path(name): Path<String>, RawQuery(q): RawQuery) -> Response {
     if let Some(r) = check(&s, &name) {
         return r;
     }
-    let mut offsets: Vec<Value> = s
-        .status
-        .offsets
-        .lock()
-        .iter()
-        .map(|(p, o)| json!({"partition": identity(p), "offset": o}))
-        .collect();
-    if !local_only(q.as_deref()) {
-        for a in peers::ask(&s, &format!("/connectors/{name}/offsets")).await {
-            if let Ok(theirs) = a.body {
-                offsets.extend(theirs["offsets"].as_array().into_iter().flatten().cloned());
-            }
+    let theirs = match local_only(q.as_deref()) {
+        true => Vec::new(),
+        false => peers::ask(&s, &format!("/connectors/{name}/offsets")).await,
+    };
+    let mut body = Vec::with_capacity(64 * 1024);
+    body.extend_from_slice(b"{\"offsets\":[");
+    let mut first = true;
+    let mut sep = |body: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            body.push(b',');
+        }
+    };
+    for (p, o) in s.status.offsets.lock().iter() {
+        sep(&mut body);
+        body.extend_from_slice(b"{\"partition\":");
+        body.extend_from_slice(p.to_json().as_bytes());
+        body.extend_from_slice(b",\"offset\":");
+        // An offset always serialises (strings and numbers only).
+        let _ = serde_json::to_writer(&mut body, o);
+        body.push(b'}');
+    }
+    for a in theirs {
+        let Ok(v) = a.body else { continue };
+        for o in v["offsets"].as_array().into_iter().flatten() {
+            sep(&mut body);
+            let _ = serde_json::to_writer(&mut body, o);
         }
     }
-    Json(json!({"offsets": offsets})).into_response()
+    body.extend_from_slice(b"]}");
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// `GET /connector-plugins`.

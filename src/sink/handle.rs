@@ -25,6 +25,10 @@ pub type OffsetWrites = Vec<(PartitionId, Option<SourceOffset>)>;
 /// (100,000 partitions: 1,700 a second) does not wake the committer's thread (issue 15).
 pub(super) type IdleOffsets = Arc<Mutex<rustc_hash::FxHashMap<Arc<PartitionId>, SourceOffset>>>;
 
+/// Idle offsets waiting that make the committer write them without waiting for its
+/// heartbeat.
+pub const IDLE_FLUSH_AT: usize = 2048;
+
 /// What the committer is asked to do.
 pub enum SinkMsg {
     /// A page's records, state and offset; acknowledged once committed or failed.
@@ -79,7 +83,19 @@ impl SinkHandle {
         if self.tx.is_closed() {
             return Err(SinkError::Stopped);
         }
-        self.idle.lock().insert(partition, offset);
+        let pending = {
+            let mut idle = self.idle.lock();
+            idle.insert(partition, offset);
+            idle.len()
+        };
+        // Written before the heartbeat once this many wait: 100,000 partitions polled every
+        // minute would otherwise pile 50,000 offsets into each 30 s heartbeat's transaction
+        // (tens of MB in the maps and the producer's queue at once: issue 15). Nobody waits
+        // for this flush; a full channel means a transaction is coming anyway.
+        if pending == IDLE_FLUSH_AT {
+            let (ack, _) = oneshot::channel();
+            let _ = self.tx.try_send(SinkMsg::Flush { ack });
+        }
         Ok(())
     }
 
