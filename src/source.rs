@@ -342,59 +342,69 @@ impl SourceRecord {
     }
 }
 
-/// A Graph link (a nextLink or deltaLink) in an offset: immutable and shared, so an
-/// offset's `link` and `delta_link` (equal between rounds) and the offset's copies (the
-/// reader's, the status's, the committer's) hold one string, not one each: Graph's links are
-/// 0.5–1 KB and a worker keeps 100,000 partitions' (issue 15). Serialised as the string.
+/// An immutable string shared by its copies, serialised as the string: an offset's links
+/// (its `link` and `delta_link`, equal between rounds, and the offset's copies: the
+/// reader's, the status's, the committer's hold one string, not one each; Graph's links are
+/// 0.5–1 KB and a worker keeps 100,000 partitions') and its principal name (one string for a
+/// user's partitions): issue 15.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Link(Arc<str>);
+pub struct SharedStr(Arc<str>);
 
-impl std::ops::Deref for Link {
+/// A Graph link (a nextLink or deltaLink) in an offset.
+pub type Link = SharedStr;
+
+impl From<Arc<str>> for SharedStr {
+    fn from(s: Arc<str>) -> Self {
+        SharedStr(s)
+    }
+}
+
+impl std::ops::Deref for SharedStr {
     type Target = str;
     fn deref(&self) -> &str {
         &self.0
     }
 }
 
-impl From<String> for Link {
+impl From<String> for SharedStr {
     fn from(s: String) -> Self {
-        Link(s.into())
+        SharedStr(s.into())
     }
 }
 
-impl From<&str> for Link {
+impl From<&str> for SharedStr {
     fn from(s: &str) -> Self {
-        Link(s.into())
+        SharedStr(s.into())
     }
 }
 
-impl fmt::Debug for Link {
+impl fmt::Debug for SharedStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
     }
 }
 
-impl fmt::Display for Link {
+impl fmt::Display for SharedStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl PartialEq<str> for Link {
+impl PartialEq<str> for SharedStr {
     fn eq(&self, other: &str) -> bool {
         *self.0 == *other
     }
 }
 
-impl serde::Serialize for Link {
+impl serde::Serialize for SharedStr {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Link {
+impl<'de> serde::Deserialize<'de> for SharedStr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Link::from)
+        String::deserialize(d).map(SharedStr::from)
     }
 }
 
@@ -428,7 +438,7 @@ pub struct SourceOffset {
     /// The user's principal name when the partition last read: a configured name that the
     /// directory no longer knows (the user was renamed) is found again by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub principal: Option<String>,
+    pub principal: Option<SharedStr>,
 }
 
 impl SourceOffset {

@@ -41,8 +41,37 @@ pub struct GraphClient {
     tokens: Arc<TokenProvider>,
     opts: ClientOptions,
     global: Arc<Semaphore>,
-    mailboxes: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each mailbox's permits, while someone holds them (see [`Mailboxes`]).
+    mailboxes: Mutex<Mailboxes>,
     batcher: Option<Batcher>,
+}
+
+/// Mailboxes' request permits, by lower-cased user. An entry only the map holds has no
+/// request in flight: such entries are dropped whenever the map has doubled since the last
+/// sweep, so a worker polling 25,000 mailboxes a minute keeps those in flight, not all of
+/// them (issue 15).
+#[derive(Default)]
+struct Mailboxes {
+    map: HashMap<String, Arc<Semaphore>>,
+    /// The size that triggers the next sweep.
+    sweep_at: usize,
+}
+
+impl Mailboxes {
+    fn get(&mut self, user: &str, permits: usize) -> Arc<Semaphore> {
+        if let Some(s) = self.map.get(user) {
+            return s.clone();
+        }
+        if self.map.len() >= self.sweep_at {
+            // Nobody else holds it: no permit is taken, a fresh one is the same.
+            self.map.retain(|_, s| Arc::strong_count(s) > 1);
+            self.map.shrink_to_fit();
+            self.sweep_at = (self.map.len() * 2).max(1024);
+        }
+        let s = Arc::new(Semaphore::new(permits.max(1)));
+        self.map.insert(user.to_string(), s.clone());
+        s
+    }
 }
 
 /// Why one attempt failed and whether to wait before the next.
@@ -67,7 +96,7 @@ impl GraphClient {
             tokens,
             global,
             opts,
-            mailboxes: Mutex::new(HashMap::new()),
+            mailboxes: Mutex::default(),
             batcher,
         }
     }
@@ -97,13 +126,10 @@ impl GraphClient {
     }
 
     fn mailbox(&self, user: &str) -> Arc<Semaphore> {
+        let permits = self.opts.max_concurrency_per_mailbox;
         self.mailboxes
             .lock()
-            .entry(user.to_ascii_lowercase())
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(self.opts.max_concurrency_per_mailbox.max(1)))
-            })
-            .clone()
+            .get(&user.to_ascii_lowercase(), permits)
     }
 
     /// Fetches and parses one delta page of `user`'s mailbox, retrying what Graph says to retry.

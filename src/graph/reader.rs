@@ -115,7 +115,7 @@ impl PartitionReader {
     pub fn with_principal(mut self, principal: Option<Arc<str>>) -> Self {
         // Also in the offset: a worker started with the old name after a rename finds the
         // user's id by it.
-        self.offset.principal = principal.as_deref().map(str::to_string);
+        self.offset.principal = principal.clone().map(Into::into);
         self.principal = principal;
         self
     }
