@@ -67,7 +67,7 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId, start: Star
     let spread = start == Start::Spread && at_boundary;
     let place = (!spread).then(|| shared.scheduler.place()).flatten();
     let started = match place {
-        Some(place) => match reader(shared, &id, committed) {
+        Some(place) => match reader(shared, &id, committed, None) {
             Some(r) => start_task(shared, &mut tracked, id.clone(), r, place, Carry::default()),
             None => false,
         },
@@ -120,8 +120,7 @@ pub(super) fn wake(shared: &Arc<Shared>, id: Arc<PartitionId>, seq: u64) {
         return;
     };
     let committed = shared.status.offsets.lock().get(&*id).cloned();
-    if let Some(reader) = reader(shared, &id, committed) {
-        let reader = reader.unpark(parked.lists);
+    if let Some(reader) = reader(shared, &id, committed, parked.lists) {
         let carry = Carry {
             unserved: parked.unserved,
             resync: parked.resync,
@@ -139,18 +138,20 @@ struct Carry {
     resync: bool,
 }
 
-/// A reader for `id` from its committed offset (a To Do lists reader seeded with the task
-/// partitions the worker knows), or `None` if its identity makes no route (counted).
+/// A reader for `id` from its committed offset and, parked, its known lists (a To Do lists
+/// reader without is seeded with the task partitions the worker knows), or `None` if its
+/// identity makes no route (counted).
 fn reader(
     shared: &Shared,
     id: &Arc<PartitionId>,
     committed: Option<crate::source::SourceOffset>,
+    lists: Option<Box<crate::graph::KnownLists>>,
 ) -> Option<PartitionReader> {
     let rounds = shared.spec.rounds(id);
     let principal = super::directory::principal(shared, id.user());
     let mut reader =
         match PartitionReader::new(id.clone(), &shared.spec.graph_host, committed, rounds) {
-            Ok(r) => r.with_principal(principal),
+            Ok(r) => r.with_principal(principal).unpark(lists),
             Err(e) => {
                 metrics::partition_failed(id, &e.to_string());
                 return None;
