@@ -73,7 +73,20 @@ pub(super) async fn assigned(shared: &Arc<Shared>, shards: &[u32]) -> Result<(),
     if !shared.stopped() {
         supervisor::start_all(shared);
     }
+    give_back_freed_memory();
     Ok(())
+}
+
+/// Hands glibc's free memory back to the system once the offsets and state are read: their
+/// consumers (librdkafka, on glibc's malloc, not the binary's jemalloc) queue up to tens of
+/// MB of fetched records, which glibc would otherwise keep for the worker's life (a
+/// restarted worker with 100,000 partitions stayed 60 MB above one that synced them).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    drop(tokio::task::spawn_blocking(|| {
+        // SAFETY: no arguments to uphold; it only returns free pages to the system.
+        unsafe { libc::malloc_trim(0) };
+    }));
 }
 
 /// Gives `shards` up (see the module docs); `lost`: another worker may own them already

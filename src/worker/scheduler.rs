@@ -180,3 +180,59 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(user: &str) -> Arc<PartitionId> {
+        Arc::new(PartitionId::CalendarList { user: user.into() })
+    }
+
+    /// Entries come out by tick, at most as many as asked, the rest at the next ask; one
+    /// not yet due stays.
+    #[test]
+    fn due_entries_come_out_by_tick_and_as_far_as_there_are_places() {
+        let s = Scheduler::new(4);
+        let t0 = s.epoch;
+        let a = s.schedule(id("a"), t0 + Duration::from_millis(120));
+        let b = s.schedule(id("b"), t0 + Duration::from_millis(10));
+        let c = s.schedule(id("c"), t0 + Duration::from_millis(20));
+        let later = s.schedule(id("d"), t0 + Duration::from_secs(60));
+        assert!(a < b && b < c && c < later, "sequence numbers grow");
+        assert_eq!(s.next_due(), Some(t0), "b and c share tick 0");
+        let now = t0 + Duration::from_millis(130);
+        let first = s.due(now, 2);
+        assert_eq!(first.iter().map(|(q, _)| *q).collect::<Vec<_>>(), [b, c]);
+        let rest = s.due(now, 10);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(*rest[0].1, *id("a"));
+        assert!(s.due(now, 10).is_empty(), "d is a minute away");
+        assert_eq!(s.next_due(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    /// A bucket larger than the places left is taken in part; the rest stays due.
+    #[test]
+    fn a_bucket_is_taken_in_part_when_places_run_out() {
+        let s = Scheduler::new(4);
+        let t = s.epoch + Duration::from_millis(5);
+        for u in ["a", "b", "c", "d", "e"] {
+            s.schedule(id(u), t);
+        }
+        assert_eq!(s.due(t, 3).len(), 3);
+        assert_eq!(s.due(t, 3).len(), 2);
+        assert!(s.due(t, 3).is_empty());
+    }
+
+    /// Places are the running tasks' bound: none is handed out beyond it until one is
+    /// given back.
+    #[test]
+    fn places_bound_the_running_tasks() {
+        let s = Scheduler::new(2);
+        let p1 = s.place().expect("a place");
+        let _p2 = s.place().expect("a place");
+        assert!(s.place().is_none());
+        drop(p1);
+        assert!(s.place().is_some());
+    }
+}
