@@ -17,12 +17,11 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the environment still
 /// overrides them): one arena, not four per core, so the partitions' small long-lived blocks
 /// share slabs instead of leaving each thread's arena partly filled (235 instead of 242 MiB
-/// at 100,000 idle partitions, the same CPU); and freed pages given back within a second by
-/// a background thread rather than kept ten (BENCHMARKS.md, issue 15).
+/// at 100,000 idle partitions, the same CPU). Faster decay (`dirty_decay_ms:1000` with a
+/// background thread) saved no memory and cost 1.8 points of a core (BENCHMARKS.md, issue 15).
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: &std::ffi::c_char =
-    unsafe { &*c"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() };
+pub static MALLOC_CONF: &std::ffi::c_char = unsafe { &*c"narenas:1".as_ptr() };
 
 #[derive(Parser)]
 #[command(
