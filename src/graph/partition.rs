@@ -86,25 +86,30 @@ pub enum LinkMismatch {
     Query(String),
 }
 
-/// `graph_host` parsed, once per thread: a reader is made at every poll of a parked
-/// partition (`worker/scheduler.rs`), and parsing the same host each time was a tenth of
-/// a few percent of an idle worker's CPU (perf).
-fn parsed_host(graph_host: &str) -> Result<Url, GraphError> {
+/// `graph_host` parsed, and its origin serialised, once per thread: a reader is made and a
+/// link checked at every poll of a parked partition (`worker/scheduler.rs`), and parsing the
+/// same host each time cost a few percent of an idle worker's CPU (perf). `f` gets both.
+fn with_host<R>(graph_host: &str, f: impl FnOnce(&Url, &str) -> R) -> Result<R, GraphError> {
+    type Cached = Option<(String, Url, String)>;
     thread_local! {
-        static LAST: std::cell::RefCell<Option<(String, Url)>> = const { std::cell::RefCell::new(None) };
+        static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
     }
     LAST.with_borrow_mut(|last| {
-        if let Some((h, url)) = last.as_ref().filter(|(h, _)| h == graph_host) {
-            debug_assert_eq!(h, graph_host);
-            return Ok(url.clone());
+        if last.as_ref().is_none_or(|(h, ..)| h != graph_host) {
+            let url = Url::parse(graph_host).map_err(|source| GraphError::Host {
+                host: graph_host.to_string(),
+                source,
+            })?;
+            let origin = url.origin().ascii_serialization();
+            *last = Some((graph_host.to_string(), url, origin));
         }
-        let url = Url::parse(graph_host).map_err(|source| GraphError::Host {
-            host: graph_host.to_string(),
-            source,
-        })?;
-        *last = Some((graph_host.to_string(), url.clone()));
-        Ok(url)
+        let (_, url, origin) = last.as_ref().expect("cached just above");
+        Ok(f(url, origin))
     })
+}
+
+fn parsed_host(graph_host: &str) -> Result<Url, GraphError> {
+    with_host(graph_host, |url, _| url.clone())
 }
 
 impl Route {
@@ -398,19 +403,14 @@ pub fn initial_url(graph_host: &str, id: &PartitionId) -> Result<String, GraphEr
 /// Whether `link` points at the same origin as `graph_host`: a bearer token is only ever sent
 /// there, whatever a response's links or `Location` say.
 pub fn same_origin(graph_host: &str, link: &str) -> bool {
-    let Ok(host) = parsed_host(graph_host) else {
-        return false;
-    };
     // Asked at every poll: a link spelling the origin as Url serialises it, then a path,
     // is of it (the authority ends at the first `/`); any other spelling is parsed.
-    let origin = host.origin().ascii_serialization();
-    if link
-        .strip_prefix(&origin)
-        .is_some_and(|rest| rest.starts_with('/'))
-    {
-        return true;
-    }
-    Url::parse(link).is_ok_and(|b| host.origin() == b.origin())
+    with_host(graph_host, |host, origin| {
+        link.strip_prefix(origin)
+            .is_some_and(|rest| rest.starts_with('/'))
+            || Url::parse(link).is_ok_and(|b| host.origin() == b.origin())
+    })
+    .unwrap_or(false)
 }
 
 #[cfg(test)]
