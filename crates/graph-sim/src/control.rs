@@ -1,9 +1,12 @@
 //! The `/_sim` control API: change data, set faults, read the truth and the counters.
 //!
 //! JSON in and out; errors as `{"error": "..."}` with 400/404/409. Directory routes (users'
-//! names and mailboxes, groups, app permissions) are in `control/directory.rs`.
+//! names and mailboxes, groups, app permissions) are in `control/directory.rs`; change
+//! notifications (subscriptions, lifecycle events, delivery faults, the Event Hubs outbox)
+//! in `control/subscriptions.rs`.
 
 mod directory;
+mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -96,6 +99,7 @@ pub fn router() -> Router<Arc<SimState>> {
         .route("/truth", get(truth))
         .route("/stats", get(stats).delete(reset_stats))
         .merge(directory::routes())
+        .merge(subscriptions::routes())
 }
 
 /// Parses a JSON body into `T`, turning serde's message into a 400 that names the field.
@@ -507,6 +511,8 @@ async fn stats(State(sim): S) -> R {
         "tokens_issued": st.tokens_issued,
         "max_in_flight": st.max_in_flight,
         "state_tokens": sim.tokens.lock().len(),
+        "notifications": st.notifications,
+        "subscriptions": sim.subscriptions.lock().len(),
     }))
 }
 

@@ -10,6 +10,7 @@
 //!   directory.rs  users/{u}, groups/{g}               groups_delta.rs  /groups/delta
 //!   members.rs  members, transitiveMembers, casts
 //!   faulted.rs  caller, fault rules, body faults      transport.rs  redirects, oversized bodies
+//!   subscriptions.rs  /subscriptions: change-notification subscriptions
 //! ```
 
 mod batch;
@@ -19,6 +20,7 @@ mod groups_delta;
 mod members;
 mod respond;
 mod rounds;
+mod subscriptions;
 mod transport;
 
 use std::sync::Arc;
@@ -78,6 +80,12 @@ async fn graph(
         }
         let r = batch::batch(&sim, &segs[0], &headers, &body).await;
         return count(&sim, "batch", None, r);
+    }
+    if segs.len() >= 2
+        && (segs[0] == "v1.0" || segs[0] == "beta")
+        && segs[1].eq_ignore_ascii_case("subscriptions")
+    {
+        return subscriptions::request(&sim, &method, &uri, &headers, &segs, &body).await;
     }
     if method != Method::GET {
         return graph_error(

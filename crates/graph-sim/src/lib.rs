@@ -15,7 +15,17 @@
 //!   faults.rs   fault rules and mailbox limits       http.rs    Graph routes
 //!   control.rs  /_sim control API                    generate.rs bulk data and mutations
 //!   permissions.rs  app roles each endpoint needs, and the 403s without them
+//!   subscriptions.rs  change-notification subscriptions, the Event Hubs outbox
+//!   notify.rs   validation handshake, notification dispatcher, delivery faults
 //! ```
+//!
+//! Change notifications (issue 16): `/subscriptions` under `/v1.0` and `/beta` creates,
+//! renews, lists and deletes webhook subscriptions on a mailbox's events or a To Do list's
+//! tasks, after the validation handshake Graph runs against the notification URL; every
+//! change of a watched event or task then reaches it as a change notification after
+//! `notification_delay_ms` (or goes to [`subscriptions::EventHubOutbox`] for `EventHub:`
+//! URLs). `/_sim/subscriptions` lists them and sends lifecycle events;
+//! `/_sim/notifications/faults` drops, duplicates, delays, reorders and fails handshakes.
 
 pub mod auth;
 pub mod control;
@@ -24,9 +34,11 @@ pub mod faults;
 pub mod generate;
 pub mod http;
 pub mod model;
+pub mod notify;
 pub mod permissions;
 pub mod present;
 pub mod quirks;
+pub mod subscriptions;
 pub mod text;
 pub mod tokens;
 
@@ -89,6 +101,21 @@ pub struct SimSettings {
     pub public_url: Option<String>,
     /// How To Do answers a token without `Tasks.Read.All` (`permissions.rs`).
     pub todo_denied: permissions::TodoDenied,
+    /// Milliseconds between a change and its change notification (Graph: "doesn't delay
+    /// sending notifications", within its SLA; concepts/change-notifications-delivery-webhooks.md).
+    pub notification_delay_ms: u64,
+    /// Overrides every subscription's longest lifetime (10,080 minutes for Outlook events,
+    /// 4,230 for To Do tasks), so tests can make subscriptions expire within seconds.
+    pub subscription_max_secs: Option<u64>,
+    /// Active Outlook subscriptions per mailbox, all apps together (Graph: 1,000).
+    pub subscriptions_per_mailbox: usize,
+    /// Deliveries repeated after a failed one (Graph keeps trying for up to 4 hours).
+    pub notification_retries: u32,
+    /// First wait before a repeated delivery, doubling each time.
+    pub notification_retry_ms: u64,
+    /// Seconds change notifications still flow after a `reauthorizationRequired` lifecycle
+    /// event before they pause until the subscription is reauthorized or renewed.
+    pub reauthorization_grace_secs: u64,
 }
 
 impl Default for SimSettings {
@@ -109,6 +136,12 @@ impl Default for SimSettings {
             scan_limit: 5000,
             public_url: None,
             todo_denied: permissions::TodoDenied::Forbidden,
+            notification_delay_ms: 200,
+            subscription_max_secs: None,
+            subscriptions_per_mailbox: 1000,
+            notification_retries: 3,
+            notification_retry_ms: 500,
+            reauthorization_grace_secs: 60,
         }
     }
 }
@@ -149,6 +182,8 @@ pub struct Stats {
     pub tokens_issued: u64,
     /// Highest number of concurrent requests seen per user id.
     pub max_in_flight: HashMap<String, usize>,
+    /// Subscriptions and change notifications.
+    pub notifications: subscriptions::NotificationStats,
 }
 
 impl Stats {
@@ -188,6 +223,12 @@ pub struct SimState {
     pub settings: RwLock<SimSettings>,
     /// Per-mailbox paging quirks, by user id.
     pub quirks: RwLock<quirks::Quirks>,
+    /// Change-notification subscriptions.
+    pub subscriptions: Mutex<subscriptions::Subscriptions>,
+    /// Notifications for `EventHub:` URLs, for a relay to take.
+    pub eventhub: subscriptions::EventHubOutbox,
+    /// Delivery faults and their random source.
+    pub notification_faults: Mutex<notify::FaultState>,
 }
 
 impl SimState {
@@ -267,10 +308,12 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let app = http::router(state.clone());
         let stop = shutdown.clone();
+        let dispatcher = notify::spawn(state.clone(), shutdown.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
+            let _ = dispatcher.await;
         });
         Ok(Self {
             addr,
@@ -305,7 +348,12 @@ pub async fn serve(
     state: Arc<SimState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::router(state))
+    let stop = CancellationToken::new();
+    let dispatcher = notify::spawn(state.clone(), stop.clone());
+    let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    stop.cancel();
+    let _ = dispatcher.await;
+    served
 }

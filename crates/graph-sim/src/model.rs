@@ -10,6 +10,7 @@
 //!   model.rs    items, collections, change index      render.rs  item JSON as Graph sends it
 //!   store.rs    users, calendars, To Do lists, tasks  events.rs  events, occurrences, moves
 //!   directory.rs  renames, mailbox switches, groups and their members, app roles
+//!   changes.rs  the change journal change notifications are made of
 //! ```
 //!
 //! Events have two ids, as Outlook items do: an immutable id, which is the key everywhere
@@ -19,6 +20,7 @@
 //! learn.microsoft.com/graph/outlook-immutable-id). JSON is rendered with the immutable id;
 //! [`IdAlias`] swaps it for the regular one on the way out.
 
+pub mod changes;
 mod directory;
 mod events;
 mod render;

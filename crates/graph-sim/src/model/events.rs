@@ -9,6 +9,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Serialize;
 
+use super::changes::ChangeType;
 use super::{new_id, Event, EventData, EventPatch, EventSpec, OccurrencePatch, Store};
 use crate::{text, SimError};
 
@@ -71,13 +72,25 @@ impl Store {
 
     fn put_event(&mut self, user: &str, cal: &Arc<str>, data: EventData) -> Result<(), SimError> {
         let seq = self.next_seq();
+        let on = self.journal.on;
         let u = self.user_mut(user)?;
+        // Only with subscriptions: no allocation per mutation otherwise.
+        let uid = on.then(|| u.id.clone());
+        let noted = on.then(|| data.clone());
         let ev = Event::new(data, u);
         let coll = u
             .events
             .get_mut(cal)
             .ok_or_else(|| SimError::NotFound(format!("calendar {cal}")))?;
+        let change = if coll.get(&ev.data.id).is_some() {
+            ChangeType::Updated
+        } else {
+            ChangeType::Created
+        };
         coll.put(ev.data.id.as_str().into(), seq, ev);
+        if let (Some(uid), Some(d)) = (uid, noted) {
+            self.journal_event(&uid, cal, &d, change);
+        }
         Ok(())
     }
 
@@ -203,26 +216,36 @@ impl Store {
         let (cal, e, d) = self.without_occurrence(user, id, index)?;
         let occurrence = d.occurrence_id(index);
         let key = d.id.clone();
+        let noted = self.journal.on.then(|| d.clone());
         let replaced = e.without_instance(d, &occurrence);
         let u = self.user_mut(user)?;
+        let uid = u.id.clone();
         let done = u
             .events
             .get_mut(&cal)
             .is_some_and(|c| c.replace_unreported(&key, replaced));
-        if done {
-            Ok(())
-        } else {
-            Err(SimError::NotFound(format!("event {id}")))
+        if !done {
+            return Err(SimError::NotFound(format!("event {id}")));
         }
+        // Delta never reports it, but the series did change: its subscribers hear of it.
+        if let Some(d) = noted {
+            self.journal_event(&uid, &cal, &d, ChangeType::Updated);
+        }
+        Ok(())
     }
 
     pub fn delete_event(&mut self, user: &str, id: &str) -> Result<(), SimError> {
         let (cal, e) = self.find_event(user, id)?;
         let key = e.data.id.clone();
+        let noted = self.journal.on.then(|| e.data.clone());
         let seq = self.next_seq();
         let u = self.user_mut(user)?;
+        let uid = u.id.clone();
         if let Some(coll) = u.events.get_mut(&cal) {
             coll.delete(&key, seq);
+        }
+        if let Some(d) = noted {
+            self.journal_event(&uid, &cal, &d, ChangeType::Deleted);
         }
         Ok(())
     }
@@ -248,6 +271,8 @@ impl Store {
         }
         let mut d = e.data.clone();
         let key = d.id.clone();
+        // The old calendar loses it under its old regular id; the new one gains it (put_event).
+        let noted = self.journal.on.then(|| d.clone());
         d.regular_id = new_id(REGULAR_PREFIX);
         d.version += 1;
         let ids = EventIds {
@@ -257,8 +282,12 @@ impl Store {
         };
         let seq = self.next_seq();
         let u = self.user_mut(user)?;
+        let uid = u.id.clone();
         if let Some(coll) = u.events.get_mut(&from) {
             coll.delete(&key, seq);
+        }
+        if let Some(old) = noted {
+            self.journal_event(&uid, &from, &old, ChangeType::Deleted);
         }
         self.put_event(user, &to, d)?;
         Ok(ids)

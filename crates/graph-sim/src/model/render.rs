@@ -37,6 +37,11 @@ fn etag(ck: &str) -> String {
     format!("W/\"{ck}\"")
 }
 
+/// The `@odata.etag` an item (event or task) has at `version`, as change notifications carry it.
+pub(crate) fn item_etag(id: &str, version: u64) -> String {
+    etag(&change_key(id, version))
+}
+
 impl EventData {
     /// Start and end of occurrence `k` of the series (or of the event itself).
     fn occurrence_span(&self, k: u32) -> (NaiveDateTime, NaiveDateTime) {

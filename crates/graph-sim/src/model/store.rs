@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::changes::ChangeType;
 use super::{
     new_id, Calendar, CalendarData, Client, Collection, Group, NameSpec, Seq, Task, TaskData,
     TaskList, TaskListData, TaskSpec, Tenant, User,
@@ -32,6 +33,8 @@ pub struct Store {
     pub groups: HashMap<String, Group>,
     /// Application permissions set per `tenant/client_id` (absent: the defaults).
     pub roles: HashMap<String, BTreeSet<String>>,
+    /// Changes of events and tasks awaiting change notifications (`changes.rs`).
+    pub journal: super::changes::Journal,
 }
 
 /// A user as the control API creates and lists it.
@@ -283,7 +286,15 @@ impl Store {
         if !u.calendars.delete(id, seq) {
             return Err(SimError::NotFound(format!("calendar {id}")));
         }
-        u.events.remove(id);
+        let uid = u.id.clone();
+        let gone = u.events.remove(id);
+        // Its events go with it: one `deleted` notification each.
+        if let Some(coll) = gone.filter(|_| self.journal.on) {
+            let cal: Arc<str> = id.into();
+            for e in coll.live() {
+                self.journal_event(&uid, &cal, &e.data, ChangeType::Deleted);
+            }
+        }
         Ok(())
     }
 
@@ -323,7 +334,14 @@ impl Store {
         if !u.lists.delete(id, seq) {
             return Err(SimError::NotFound(format!("task list {id}")));
         }
-        u.tasks.remove(id);
+        let uid = u.id.clone();
+        let gone = u.tasks.remove(id);
+        // Its tasks go with it: one `deleted` notification each.
+        if let Some(coll) = gone.filter(|_| self.journal.on) {
+            for t in coll.live() {
+                self.journal_task(&uid, id, &t.data, ChangeType::Deleted);
+            }
+        }
         Ok(())
     }
 
@@ -346,12 +364,24 @@ impl Store {
 
     fn put_task(&mut self, user: &str, list: &str, data: TaskData) -> Result<(), SimError> {
         let seq = self.next_seq();
+        let on = self.journal.on;
         let u = self.user_mut(user)?;
+        // Only with subscriptions: no allocation per mutation otherwise.
+        let uid = on.then(|| u.id.clone());
         let coll = u
             .tasks
             .get_mut(list)
             .ok_or_else(|| SimError::NotFound(format!("task list {list}")))?;
+        let change = if coll.get(&data.id).is_some() {
+            ChangeType::Updated
+        } else {
+            ChangeType::Created
+        };
+        let noted = on.then(|| data.clone());
         coll.put(data.id.as_str().into(), seq, Task::new(data));
+        if let (Some(uid), Some(d)) = (uid, noted) {
+            self.journal_task(&uid, list, &d, change);
+        }
         Ok(())
     }
 
@@ -391,12 +421,22 @@ impl Store {
 
     pub fn delete_task(&mut self, user: &str, list: &str, id: &str) -> Result<(), SimError> {
         let seq = self.next_seq();
+        let on = self.journal.on;
         let u = self.user_mut(user)?;
+        let uid = u.id.clone();
+        let noted = u
+            .tasks
+            .get(list)
+            .and_then(|c| c.get(id))
+            .filter(|_| on)
+            .map(|t| t.data.clone());
         let ok = u.tasks.get_mut(list).is_some_and(|c| c.delete(id, seq));
-        if ok {
-            Ok(())
-        } else {
-            Err(SimError::NotFound(format!("task {id}")))
+        if !ok {
+            return Err(SimError::NotFound(format!("task {id}")));
         }
+        if let Some(d) = noted {
+            self.journal_task(&uid, list, &d, ChangeType::Deleted);
+        }
+        Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! The Graph simulator over real HTTP: delta rounds, faults, auth, control API.
+//! The Graph simulator over real HTTP: delta rounds, faults, auth, control API, change
+//! notifications.
 
 mod auth;
 mod calendars;
@@ -6,5 +7,8 @@ mod client;
 mod delta;
 mod faults;
 mod groups;
+mod notifications;
+mod subscriptions;
 mod sync_state;
 mod users;
+mod webhook;
