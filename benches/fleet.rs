@@ -46,7 +46,9 @@
 //! the last sync and a 70 s warm-up, each worker's resident memory and CPU over this many
 //! seconds). Issue 15's fleet of 400,000 partitions over 4 workers:
 //! `GRAPH_CDC_FLEET_USERS=100000 GRAPH_CDC_FLEET_WORKERS=4 GRAPH_CDC_FLEET_STEADY_SECS=120
-//! GRAPH_CDC_FLEET_KILLS=2 GRAPH_CDC_FLEET_RESTARTS=0 GRAPH_CDC_FLEET_HEARTBEAT=30s cargo bench --bench fleet`.
+//! GRAPH_CDC_FLEET_KILLS=2 GRAPH_CDC_FLEET_RESTARTS=0 GRAPH_CDC_FLEET_HEARTBEAT=30s
+//! GRAPH_CDC_FLEET_BATCH_POLLS=1 cargo bench --bench fleet`; `GRAPH_CDC_FLEET_BATCH_POLLS=1`
+//! turns the workers' `graph.batch_polls` on (default off).
 //!
 //! The simulator runs in this process on threads named `sim`; the broker is a real Apache Kafka
 //! on loopback (`GRAPH_CDC_TEST_KAFKA`, or one started here): all of it, the workers included,
@@ -104,6 +106,12 @@ fn heartbeat() -> String {
         .ok()
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| "1s".into())
+}
+
+/// `GRAPH_CDC_FLEET_BATCH_POLLS` (default 0): the workers' `graph.batch_polls` (idle polls
+/// sent 20 to a JSON batch, as issue 15 measures).
+fn batch_polls() -> bool {
+    env_usize("GRAPH_CDC_FLEET_BATCH_POLLS", 0) != 0
 }
 
 /// `GRAPH_CDC_FLEET_RESTARTS` (default 3): SIGKILLs relaunched at once, after the others.
@@ -169,6 +177,7 @@ client_id = "{CLIENT}"
 base_url = "{host}"
 authority_url = "{host}"
 poll_interval = "60s"
+batch_polls = {batch}
 [kafka]
 bootstrap_servers = "{bootstrap}"
 offsets_topic = "offsets-{run}"
@@ -208,6 +217,7 @@ users = {users:?}
         start = window().split('/').next().unwrap_or_default(),
         end = window().split('/').nth(1).unwrap_or_default(),
         heartbeat = heartbeat(),
+        batch = batch_polls(),
     )
 }
 
@@ -299,9 +309,12 @@ impl Proc {
     }
 
     /// The partitions this worker lists, with their states and traces
-    /// (`GET /connectors/{name}/status`).
+    /// (`GET /connectors/{name}/status?local=true`: its own, not its peers' gathered).
     fn status(&self, name: &str) -> Vec<(PartitionId, String, String)> {
-        let body = get(&self.listen, &format!("/connectors/{name}/status"));
+        let body = get(
+            &self.listen,
+            &format!("/connectors/{name}/status?local=true"),
+        );
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
             return Vec::new();
         };
@@ -323,9 +336,12 @@ impl Proc {
     }
 
     /// The partitions whose offset this worker knows past round 1
-    /// (`GET /connectors/{name}/offsets`).
+    /// (`GET /connectors/{name}/offsets?local=true`).
     fn past_first_round(&self, name: &str) -> Vec<PartitionId> {
-        let body = get(&self.listen, &format!("/connectors/{name}/offsets"));
+        let body = get(
+            &self.listen,
+            &format!("/connectors/{name}/offsets?local=true"),
+        );
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
             return Vec::new();
         };
@@ -1521,11 +1537,12 @@ fn main() {
     let users = populate(&sim, "flt", users(), 2, 2, 14);
     println!(
         "fleet: {} users × 4 = {} partitions, simulator populated in {:.1} s; {SHARDS} shards, \
-         worker.heartbeat_interval {}",
+         worker.heartbeat_interval {}, graph.batch_polls {}",
         users.len(),
         partitions(),
         t.elapsed().as_secs_f64(),
-        heartbeat()
+        heartbeat(),
+        batch_polls()
     );
 
     let mut syncs = Vec::new();

@@ -77,8 +77,23 @@ struct DemoArgs {
     changes: usize,
 }
 
+/// glibc's malloc still serves the C libraries (librdkafka's queues and buffers, OpenSSL,
+/// curl), with an arena per thread up to eight per core: each of librdkafka's long-lived
+/// threads (several per producer, one producer per shard) keeps freed memory in its own.
+/// Two arenas, unless `MALLOC_ARENA_MAX` says otherwise (issue 15, BENCHMARKS.md).
+fn limit_glibc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: a malloc tunable, set before the Kafka clients' threads exist.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    limit_glibc_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(a) => validate(a),

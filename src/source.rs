@@ -426,7 +426,7 @@ pub struct SourceOffset {
     /// A rolling calendar view's window in force, `"<start>/<end>"` (RFC 3339, UTC): the one
     /// `link` reads. Absent for partitions whose identity fixes their window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
+    pub window: Option<SharedStr>,
     /// When (Unix seconds) the partition last began a round from scratch: the periodic
     /// reconcile is scheduled from it. Absent in offsets of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -434,7 +434,7 @@ pub struct SourceOffset {
     /// Why the round from scratch in progress began when not a resync (`window`,
     /// `reconcile`): its tombstones say so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<SharedStr>,
     /// The user's principal name when the partition last read: a configured name that the
     /// directory no longer knows (the user was renamed) is found again by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

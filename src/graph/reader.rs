@@ -24,7 +24,7 @@ use super::partition::{same_origin, Route};
 use super::rounds::{Restart, Rounds};
 use crate::metrics;
 use crate::source::{
-    FullRound, Op, PartitionId, PartitionKind, SourceBatch, SourceOffset, SourceRecord,
+    FullRound, Op, PartitionId, PartitionKind, SharedStr, SourceBatch, SourceOffset, SourceRecord,
 };
 use crate::window::{Window, WindowSpec};
 
@@ -79,7 +79,7 @@ impl PartitionReader {
         // Offsets of versions before the periodic reconcile: scheduled from now, so an
         // upgrade does not reconcile every partition at once.
         offset.full_at.get_or_insert(now.timestamp());
-        let window = in_force.map(|w| w.to_string());
+        let window = in_force.map(|w| SharedStr::from(w.to_string()));
         if offset.resync && offset.delta_link.is_none() {
             // A round from scratch was under way in an earlier run: it starts over (refetching
             // costs requests, not records, since unchanged items are not written again; and
@@ -103,8 +103,8 @@ impl PartitionReader {
         if !first && window.is_some() && reader.offset.window != window {
             // The window rolled while the partition was not read (or was never recorded):
             // its position belongs to the old window.
-            let from = reader.offset.window.clone().unwrap_or_default();
-            metrics::window_rolled(&reader.id, &from, window.as_deref().unwrap_or_default());
+            let from = reader.offset.window.as_deref().unwrap_or_default();
+            metrics::window_rolled(&reader.id, from, window.as_deref().unwrap_or_default());
             reader.restart_as(Restart::Window);
         }
         reader.offset.window = window;
@@ -197,7 +197,7 @@ impl PartitionReader {
             resync: true,
             window: self.offset.window.take(),
             full_at: Some(Utc::now().timestamp()),
-            reason: (why != Restart::Resync).then(|| why.reason().to_string()),
+            reason: (why != Restart::Resync).then(|| why.reason().into()),
             principal: self.offset.principal.take(),
         };
         self.fresh = true;
@@ -218,7 +218,7 @@ impl PartitionReader {
                 self.route = self.route.clone().in_window(new);
                 self.initial_url = self.route.initial_url();
                 self.rolling = Some((spec, new));
-                self.offset.window = Some(new.to_string());
+                self.offset.window = Some(new.to_string().into());
                 self.restart_as(Restart::Window);
                 return;
             }

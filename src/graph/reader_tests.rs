@@ -200,7 +200,7 @@ fn a_window_that_rolled_while_away_is_read_from_scratch() {
         .at(now, Rounds::default().window_roll);
     assert_eq!(
         o.window,
-        Some(w.to_string()),
+        Some(w.to_string().into()),
         "the window in force is recorded"
     );
     assert!(r.fresh);

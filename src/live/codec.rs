@@ -240,11 +240,16 @@ fn decode_journal(v: &[u8]) -> Result<Journal, DecodeError> {
     })
 }
 
+/// Which partitions a [`Loader`] keeps.
+type Keep = Box<dyn Fn(&PartitionId) -> bool + Send>;
+
 /// Rebuilds every partition's entries from the state topic, read in order: the last record
 /// of a key wins, a tombstone removes it.
 #[derive(Default)]
 pub struct Loader {
     connector: String,
+    /// The partitions to load (`None`: all); the others' values are never decoded.
+    keep: Option<Keep>,
     metas: HashMap<PartitionId, u8>,
     buckets: HashMap<(PartitionId, u32), Vec<Entry>>,
     journals: HashMap<(PartitionId, u32), Journal>,
@@ -259,10 +264,17 @@ impl Loader {
         }
     }
 
+    /// Loads only the partitions `keep` says (a worker taking some shards reads the topic's
+    /// records of every shard).
+    pub fn keeping(mut self, keep: impl Fn(&PartitionId) -> bool + Send + 'static) -> Self {
+        self.keep = Some(Box::new(keep));
+        self
+    }
+
     /// Takes one record; `Err` says why it is not one of ours (skip it, it is not fatal).
     pub fn add(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), DecodeError> {
         let (connector, p, which) = decode_key(key)?;
-        if connector != self.connector {
+        if connector != self.connector || self.keep.as_ref().is_some_and(|keep| !keep(&p)) {
             return Ok(());
         }
         match (which, value) {
@@ -313,7 +325,6 @@ impl Loader {
                 persisted: true,
                 ..LiveItems::default()
             };
-            items.dirty = vec![0; items.dirty_words()];
             let mut journals = by_partition.remove(&p).unwrap_or_default();
             journals.sort_unstable_by_key(|(n, _)| *n);
             for (n, j) in journals {

@@ -295,7 +295,8 @@ impl LiveItems {
         match plan.fold {
             Some(bits) => {
                 self.bits = bits;
-                self.dirty = vec![0; self.dirty_words()];
+                // Clean: no words until a bucket changes (most partitions stay idle).
+                self.dirty = Vec::new();
                 self.journals = u32::from(plan.journal);
                 self.pending = 0;
             }

@@ -569,3 +569,34 @@ fn memory_per_item_is_24_bytes() {
     let back = k.load();
     assert!(back.heap_bytes() as f64 / back.len() as f64 <= 24.1);
 }
+
+#[test]
+fn a_loader_keeping_some_partitions_never_decodes_the_others_values() {
+    let mut k = Kafka::default();
+    let mut s = LiveItems::new();
+    step(
+        &mut k,
+        &mut s,
+        vec![up("a", "1"), up("b", "1")],
+        full(true, true),
+    );
+    let other = PartitionId::CalendarList {
+        user: "b@contoso.com".into(),
+    };
+    let mine = (*part()).clone();
+    let mut l = Loader::new(CONN).keeping(move |p| *p == mine);
+    for (key, v) in &k.state {
+        l.add(key, v.as_deref()).unwrap();
+    }
+    // Another partition's garbage is skipped by its key, not refused by its value.
+    l.add(
+        &encode_key(CONN, &other, StateKey::Bucket(0)),
+        Some(b"B\x01short"),
+    )
+    .unwrap();
+    l.add(&encode_key(CONN, &other, StateKey::Meta), Some(b"?"))
+        .unwrap();
+    let loaded = l.finish();
+    assert_eq!(loaded.len(), 1, "{:?}", loaded.keys());
+    assert_eq!(loaded[&*part()], s);
+}

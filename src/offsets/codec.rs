@@ -41,25 +41,35 @@ pub enum DecodeError {
 
 /// Decodes a record; `Err` says why it is not one of ours (it is then skipped, not fatal).
 pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<OffsetRecord, DecodeError> {
-    let k: Value = serde_json::from_slice(key).map_err(DecodeError::KeyNotJson)?;
-    let [name, identity] = k.as_array().map(Vec::as_slice).unwrap_or_default() else {
-        return Err(DecodeError::KeyShape);
-    };
-    let connector = name.as_str().ok_or(DecodeError::ConnectorName)?.to_string();
-    let partition = PartitionId::from_json(identity)?;
-    let offset = match value {
-        None => None,
-        Some(v) => Some(
-            serde_json::from_slice::<SourceOffset>(v)
-                .map_err(DecodeError::Value)?
-                .shared(),
-        ),
-    };
+    let (connector, partition) = decode_key(key)?;
+    let offset = decode_value(value)?;
     Ok(OffsetRecord {
         connector,
         partition,
         offset,
     })
+}
+
+/// A key's connector name and partition identity: enough to skip a record before its value is
+/// parsed (a worker taking some shards reads the others' records too).
+pub fn decode_key(key: &[u8]) -> Result<(String, PartitionId), DecodeError> {
+    let k: Value = serde_json::from_slice(key).map_err(DecodeError::KeyNotJson)?;
+    let [name, identity] = k.as_array().map(Vec::as_slice).unwrap_or_default() else {
+        return Err(DecodeError::KeyShape);
+    };
+    let connector = name.as_str().ok_or(DecodeError::ConnectorName)?.to_string();
+    Ok((connector, PartitionId::from_json(identity)?))
+}
+
+/// A value: `None` (a tombstone) says the partition was reset.
+pub fn decode_value(value: Option<&[u8]>) -> Result<Option<SourceOffset>, DecodeError> {
+    value
+        .map(|v| {
+            serde_json::from_slice::<SourceOffset>(v)
+                .map(SourceOffset::shared)
+                .map_err(DecodeError::Value)
+        })
+        .transpose()
 }
 
 #[cfg(test)]

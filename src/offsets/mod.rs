@@ -8,4 +8,6 @@
 
 pub mod codec;
 
-pub use codec::{decode, encode_key, encode_value, DecodeError, OffsetRecord};
+pub use codec::{
+    decode, decode_key, decode_value, encode_key, encode_value, DecodeError, OffsetRecord,
+};

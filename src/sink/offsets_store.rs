@@ -10,41 +10,49 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::readback::{read_to_end, ReadError};
 use super::{Reason, SinkError};
-use crate::offsets::{decode, encode_key, encode_value};
+use crate::offsets::{decode_key, decode_value, encode_key, encode_value, DecodeError};
 use crate::source::{PartitionId, SourceOffset};
 
 /// Why the offsets could not be read.
 pub type OffsetStoreError = ReadError;
 
-/// Reads every committed offset of `connector` from `topic` (blocking: call it off the async
-/// executor). `config` carries the bootstrap servers and any security options.
+/// Reads the committed offsets of `connector`'s partitions that `keep` says from `topic`
+/// (blocking: call it off the async executor). `config` carries the bootstrap servers and any security options.
 pub fn load_offsets(
     config: &ClientConfig,
     topic: &str,
     connector: &str,
+    keep: impl Fn(&PartitionId) -> bool,
     timeout: Duration,
 ) -> Result<HashMap<PartitionId, SourceOffset>, OffsetStoreError> {
     let mut out = HashMap::new();
     let group = format!("{connector}-offsets-reader");
+    let skip = |m: &rdkafka::message::BorrowedMessage<'_>, why: DecodeError| {
+        tracing::warn!(
+            topic,
+            partition = m.partition(),
+            offset = m.offset(),
+            why = %why,
+            "skipping a record of the offsets topic"
+        )
+    };
     read_to_end(config, &group, topic, timeout, |m| {
         let Some(key) = m.key() else { return };
-        match decode(key, m.payload()) {
-            Ok(r) if r.connector == connector => match r.offset {
-                Some(o) => {
-                    out.insert(r.partition, o);
-                }
-                None => {
-                    out.remove(&r.partition);
-                }
-            },
-            Ok(_) => {}
-            Err(why) => tracing::warn!(
-                topic,
-                partition = m.partition(),
-                offset = m.offset(),
-                why = %why,
-                "skipping a record of the offsets topic"
-            ),
+        // The topic holds every round's offsets until compaction catches up, most of them
+        // other shards' when a worker takes a few: their values are never parsed.
+        let partition = match decode_key(key) {
+            Ok((name, p)) if name == connector && keep(&p) => p,
+            Ok(_) => return,
+            Err(why) => return skip(m, why),
+        };
+        match decode_value(m.payload()) {
+            Ok(Some(o)) => {
+                out.insert(partition, o);
+            }
+            Ok(None) => {
+                out.remove(&partition);
+            }
+            Err(why) => skip(m, why),
         }
     })?;
     Ok(out)

@@ -131,15 +131,16 @@ fn send(
     producer.send(rec)
 }
 
-/// Reads the state of `connector` from `topic` to its end (blocking: call it off the async
-/// executor): each partition's live items as last committed.
+/// Reads the state of `connector`'s partitions that `keep` says from `topic` to its end
+/// (blocking: call it off the async executor): each one's live items as last committed.
 pub fn load_state(
     config: &ClientConfig,
     topic: &str,
     connector: &str,
+    keep: impl Fn(&PartitionId) -> bool + Send + 'static,
     timeout: Duration,
 ) -> Result<HashMap<PartitionId, LiveItems>, ReadError> {
-    let mut loader = Loader::new(connector);
+    let mut loader = Loader::new(connector).keeping(keep);
     let group = format!("{connector}-state-reader");
     read_to_end(config, &group, topic, timeout, |m| {
         let Some(key) = m.key() else { return };

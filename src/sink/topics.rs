@@ -10,6 +10,9 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::{Reason, SinkError, SinkOptions};
 
+/// The offsets topic's `segment.bytes` when it is created here.
+pub const OFFSETS_SEGMENT_BYTES: &str = "104857600";
+
 /// Creates each topic that does not exist yet (compacted). Existing topics are left alone.
 pub async fn ensure_topics(
     opts: &SinkOptions,
@@ -26,8 +29,17 @@ pub async fn ensure_topics(
     let mut new: Vec<NewTopic> = names
         .iter()
         .map(|(n, p)| {
-            NewTopic::new(n, *p, TopicReplication::Fixed(replication))
-                .set("cleanup.policy", "compact")
+            let topic = NewTopic::new(n, *p, TopicReplication::Fixed(replication))
+                .set("cleanup.policy", "compact");
+            if *n == opts.offsets_topic {
+                // Every idle poll's deltaLink lands here (100,000 partitions at 60 s polls:
+                // ~30 MB a minute) and only closed segments are compacted: with the default
+                // 1 GB segments a worker taking shards would read up to ~2 GB. 100 MiB, as
+                // Kafka's own `__consumer_offsets` (`offsets.topic.segment.bytes`).
+                topic.set("segment.bytes", OFFSETS_SEGMENT_BYTES)
+            } else {
+                topic
+            }
         })
         .collect();
     // Dead letters are a log to inspect, not a table: not compacted.

@@ -38,18 +38,19 @@ pub(super) async fn assigned(shared: &Arc<Shared>, shards: &[u32]) -> Result<(),
     let opened = futures_util::future::join_all(shards.iter().map(|n| shared.sinks.open(*n))).await;
     opened.into_iter().collect::<Result<Vec<()>, _>>()?;
     let spec = &shared.spec;
-    let new: HashSet<u32> = shards.iter().copied().collect();
-    let ours = |p: &PartitionId| new.contains(&shared.sinks.router.shard(p));
-    let loaded = read_offsets(shared, ours).await?;
+    let new: Arc<HashSet<u32>> = Arc::new(shards.iter().copied().collect());
+    let router = shared.sinks.router.clone();
+    let ours = move |p: &PartitionId| new.contains(&router.shard(p));
+    let loaded = read_offsets(shared, ours.clone()).await?;
     let timeout = spec.offsets_load_timeout;
     let (cfg, topic, name) = (
         spec.sink.consumer_config(),
         spec.sink.state_topic.clone(),
         spec.sink.connector.clone(),
     );
-    let mut state =
-        tokio::task::spawn_blocking(move || load_state(&cfg, &topic, &name, timeout)).await??;
-    state.retain(|p, _| ours(p));
+    let keep = ours.clone();
+    let state = tokio::task::spawn_blocking(move || load_state(&cfg, &topic, &name, keep, timeout))
+        .await??;
     let (partitions, items) = (state.len(), state.values().map(|l| l.len()).sum());
     // Each identity made once, shared by every map that keys by it (`status.rs`).
     let loaded: Vec<(Arc<PartitionId>, SourceOffset)> =
@@ -161,7 +162,8 @@ pub(super) fn recheck(shared: &Arc<Shared>, n: u32, membership: &Membership) {
 /// stopped, see `control.rs`): what the worker starts its partitions from when it resumes.
 /// Returns how many were read.
 pub(super) async fn reload_offsets(shared: &Arc<Shared>) -> Result<usize, WorkerError> {
-    let loaded = read_offsets(shared, |p| shared.sinks.owns(p)).await?;
+    let mine = shared.clone();
+    let loaded = read_offsets(shared, move |p| mine.sinks.owns(p)).await?;
     let n = loaded.len();
     let mut offsets = shared.status.offsets.lock();
     offsets.retain(|p, _| !shared.sinks.owns(p));
@@ -173,10 +175,9 @@ pub(super) async fn reload_offsets(shared: &Arc<Shared>) -> Result<usize, Worker
 /// (`read_committed`), those with another mailbox's link left out.
 async fn read_offsets(
     shared: &Arc<Shared>,
-    keep: impl Fn(&PartitionId) -> bool,
+    keep: impl Fn(&PartitionId) -> bool + Send + 'static,
 ) -> Result<Offsets, WorkerError> {
-    let mut loaded = all_offsets(shared).await?;
-    loaded.retain(|p, _| keep(p));
+    let mut loaded = offsets_of(shared, keep).await?;
     // A link of another mailbox must never be followed under this partition's keys.
     links::refuse_foreign(&shared.spec.graph_host, &mut loaded);
     Ok(loaded)
@@ -187,6 +188,14 @@ type Offsets = std::collections::HashMap<PartitionId, crate::source::SourceOffse
 /// Every committed offset of the connector, whichever shard, as the offsets topic holds them
 /// (read to its end, off the executor).
 pub(super) async fn all_offsets(shared: &Shared) -> Result<Offsets, WorkerError> {
+    offsets_of(shared, |_| true).await
+}
+
+/// The committed offsets of the partitions `keep` says (the others' values never parsed).
+async fn offsets_of(
+    shared: &Shared,
+    keep: impl Fn(&PartitionId) -> bool + Send + 'static,
+) -> Result<Offsets, WorkerError> {
     let spec = &shared.spec;
     let (cfg, topic, name, timeout) = (
         spec.sink.consumer_config(),
@@ -194,5 +203,8 @@ pub(super) async fn all_offsets(shared: &Shared) -> Result<Offsets, WorkerError>
         spec.sink.connector.clone(),
         spec.offsets_load_timeout,
     );
-    Ok(tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, timeout)).await??)
+    Ok(
+        tokio::task::spawn_blocking(move || load_offsets(&cfg, &topic, &name, keep, timeout))
+            .await??,
+    )
 }

@@ -187,3 +187,93 @@ async fn a_foreign_link_in_the_offsets_topic_starts_the_partition_over() {
     }
     assert_eq!(records[0].headers["graph-cdc.round"], "1");
 }
+
+/// The offsets topic is created with segments of 100 MiB (compaction only cleans closed
+/// segments: with Kafka's default 1 GB a worker taking shards reads up to ~2 GB), and a
+/// worker taking some shards keeps only their partitions' offsets: the others' values are
+/// never parsed (a garbage one among them is left alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offsets_topic_has_small_segments_and_a_reader_skips_other_shards_values() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let sim = crate::ops::sim().await;
+    let (alice, bob, _) = two_users(&sim);
+    let mine = PartitionId::TaskLists {
+        user: alice.clone(),
+    };
+    let theirs = PartitionId::CalendarList { user: bob.clone() };
+    let spec = spec(&sim, &bootstrap(), vec![mine.clone()]);
+    graph_cdc::sink::topics::ensure_topics(&spec.sink, 3, 1)
+        .await
+        .expect("topics");
+    let admin: AdminClient<_> = spec.sink.admin_config().create().expect("admin");
+    let described = admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(&spec.sink.offsets_topic)],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("describe");
+    let config = described[0].as_ref().expect("the offsets topic's config");
+    let value = |k: &str| config.get(k).and_then(|e| e.value.clone());
+    assert_eq!(
+        value("segment.bytes").as_deref(),
+        Some(graph_cdc::sink::topics::OFFSETS_SEGMENT_BYTES)
+    );
+    assert_eq!(value("cleanup.policy").as_deref(), Some("compact"));
+
+    let offset = |round| SourceOffset {
+        link: Some(
+            format!(
+                "{}/v1.0/users/{alice}/todo/lists/delta?r={round}",
+                sim.url()
+            )
+            .into(),
+        ),
+        round,
+        ..SourceOffset::INITIAL
+    };
+    tokio::task::block_in_place(|| {
+        plant(&spec, &mine, &offset(2));
+        plant(&spec, &mine, &offset(3));
+        plant(&spec, &theirs, &offset(7));
+        plant_raw(&spec, &theirs, b"not an offset");
+    });
+    let (cfg, topic, name) = (
+        spec.sink.consumer_config(),
+        spec.sink.offsets_topic.clone(),
+        spec.sink.connector.clone(),
+    );
+    let keep = mine.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        graph_cdc::sink::offsets_store::load_offsets(
+            &cfg,
+            &topic,
+            &name,
+            move |p| *p == keep,
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap()
+    .expect("offsets read");
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert_eq!(loaded[&mine].round, 3, "the last of its records wins");
+}
+
+/// Writes `value` (not an offset's JSON) under `partition`'s key.
+fn plant_raw(spec: &graph_cdc::worker::WorkerSpec, partition: &PartitionId, value: &[u8]) {
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &spec.sink.bootstrap_servers)
+        .create()
+        .expect("producer");
+    let key = graph_cdc::offsets::encode_key(&spec.sink.connector, partition);
+    producer
+        .send(
+            BaseRecord::to(&spec.sink.offsets_topic)
+                .key(&key)
+                .payload(value),
+        )
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).expect("written");
+}
