@@ -26,6 +26,8 @@
 //! `notification_delay_ms` (or goes to [`subscriptions::EventHubOutbox`] for `EventHub:`
 //! URLs). `/_sim/subscriptions` lists them and sends lifecycle events;
 //! `/_sim/notifications/faults` drops, duplicates, delays, reorders and fails handshakes.
+//! The dispatcher runs with [`SimServer::start`] and [`serve`]; a bare [`SimState`] records
+//! changes for its subscriptions but sends nothing.
 
 pub mod auth;
 pub mod control;

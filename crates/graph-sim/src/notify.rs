@@ -12,7 +12,8 @@
 //! - Delivery: "send a 2xx class code back to Microsoft Graph. If Microsoft Graph doesn't
 //!   receive a 2xx class code within 3 seconds, it tries to resend the change notification
 //!   multiple times, for up to 4 hours ... it discards the change notification". Here the
-//!   retries are bounded by `SimSettings::notification_retries` with doubling back-off.
+//!   retries are bounded by `SimSettings::notification_retries` with doubling back-off;
+//!   given-up notifications earn their subscriptions a `missed` lifecycle event.
 //! - Batching: "Microsoft Graph may send multiple notifications that correspond to different
 //!   subscriptions in the same POST request": one POST per notification URL per dispatch.
 //! - Reauthorization: "The flow of change notifications may continue for a while, giving you
@@ -347,7 +348,27 @@ fn dispatch(sim: &Arc<SimState>) {
         sim.eventhub.push(m);
     }
     for (url, items, extra) in planned {
-        tokio::spawn(deliver(sim.clone(), url, items, extra, Kind::Change));
+        tokio::spawn(deliver_changes(sim.clone(), url, items, extra));
+    }
+}
+
+/// Delivers change notifications; when they are given up, their subscriptions that have a
+/// lifecycle URL hear `missed` ("missed lifecycle events alert you that some change
+/// notifications weren't delivered", concepts/change-notifications-lifecycle-events.md).
+async fn deliver_changes(sim: Arc<SimState>, url: String, items: Vec<Value>, extra: Duration) {
+    let ids: Vec<String> = items
+        .iter()
+        .filter_map(|n| n["subscriptionId"].as_str().map(str::to_string))
+        .collect();
+    if deliver(sim.clone(), url, items, extra, Kind::Change).await {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for id in ids.into_iter().filter(|id| seen.insert(id.clone())) {
+        let s = sim.subscriptions.lock().get(&id).cloned();
+        if let Some(s) = s {
+            send_lifecycle(&sim, &s, LifecycleEvent::Missed);
+        }
     }
 }
 
@@ -375,8 +396,15 @@ fn apply_faults<T: Clone>(f: &mut FaultState, items: Vec<T>, counts: &mut (u64, 
     out
 }
 
-/// POSTs `{"value": items}` to `url`, retrying failures as the settings say.
-async fn deliver(sim: Arc<SimState>, url: String, items: Vec<Value>, extra: Duration, kind: Kind) {
+/// POSTs `{"value": items}` to `url`, retrying failures as the settings say; false when
+/// given up.
+async fn deliver(
+    sim: Arc<SimState>,
+    url: String,
+    items: Vec<Value>,
+    extra: Duration,
+    kind: Kind,
+) -> bool {
     if !extra.is_zero() {
         tokio::time::sleep(extra).await;
     }
@@ -406,7 +434,7 @@ async fn deliver(sim: Arc<SimState>, url: String, items: Vec<Value>, extra: Dura
                 Kind::Change => st.notifications.delivered += n,
                 Kind::Lifecycle => st.notifications.lifecycle_sent += n,
             }
-            return;
+            return true;
         }
     }
     let mut st = sim.stats.lock();
@@ -414,6 +442,7 @@ async fn deliver(sim: Arc<SimState>, url: String, items: Vec<Value>, extra: Dura
         Kind::Change => st.notifications.failed += n,
         Kind::Lifecycle => st.notifications.lifecycle_failed += n,
     }
+    false
 }
 
 /// Sends a lifecycle notification for `s` to its `lifecycleNotificationUrl` (in the
@@ -434,13 +463,10 @@ pub fn send_lifecycle(sim: &Arc<SimState>, s: &Subscription, event: LifecycleEve
             sim.stats.lock().notifications.lifecycle_sent += 1;
         }
         None => {
-            tokio::spawn(deliver(
-                sim.clone(),
-                url,
-                vec![n],
-                Duration::ZERO,
-                Kind::Lifecycle,
-            ));
+            let sim = sim.clone();
+            tokio::spawn(async move {
+                deliver(sim, url, vec![n], Duration::ZERO, Kind::Lifecycle).await;
+            });
         }
     }
     true

@@ -550,3 +550,36 @@ async fn delivery_faults_and_retries() {
     assert!(wait(|| sim.state.stats.lock().notifications.failed == 1).await);
     assert_eq!(hook.notifications().len(), 1);
 }
+
+/// Notifications given up after the last retry earn a `missed` lifecycle event.
+#[tokio::test]
+async fn given_up_notifications_send_missed() {
+    let sim = start(SimSettings {
+        notification_retries: 1,
+        ..fast()
+    })
+    .await;
+    let user = add_user(&sim, "miss@contoso.com");
+    let list = default_list(&sim, &user);
+    let g = Graph::new(&sim).await;
+    let hook = Hook::start().await;
+    let mut b = sub_body(
+        &format!("users/{user}/todo/lists/{list}/tasks"),
+        "created",
+        &hook.notify_url(),
+        60,
+    );
+    b["lifecycleNotificationUrl"] = json!(hook.lifecycle_url());
+    let s = subscribe(&g, b).await;
+    hook.rec.fail_next.store(2, Ordering::SeqCst);
+    sim.state
+        .store
+        .write()
+        .create_task(&user, &list, TaskSpec::default())
+        .unwrap();
+    let l = hook.wait_lifecycle(1).await;
+    assert_eq!(l[0]["lifecycleEvent"], "missed");
+    assert_eq!(l[0]["subscriptionId"], s["id"]);
+    assert!(hook.notifications().is_empty());
+    assert_eq!(sim.state.stats.lock().notifications.failed, 1);
+}
