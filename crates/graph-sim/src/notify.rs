@@ -222,6 +222,29 @@ async fn handshake(url: &str, fault: Option<ValidationFault>) -> Result<(), Vali
     }
 }
 
+/// What an Event Hub receives when a subscription delivering to it is created: "Your
+/// application receives validation messages whenever it creates a new subscription. You
+/// should ignore these notifications." (concepts/change-notifications-delivery-event-hubs.md,
+/// with this body: `NA` everywhere, the reachability text as `changeType`).
+pub fn event_hub_validation(hub: String) -> EventHubMessage {
+    let body = json!({"value": [{
+        "subscriptionId": "NA",
+        "subscriptionExpirationDateTime": "NA",
+        "clientState": "NA",
+        "changeType": format!(
+            "Validation: Testing client application reachability for subscription Request-Id: {}",
+            uuid::Uuid::new_v4()
+        ),
+        "resource": "NA",
+        "resourceData": {"@odata.type": "NA", "@odata.id": "NA", "id": "NA"},
+    }]});
+    EventHubMessage {
+        hub,
+        subscription_id: "NA".into(),
+        body: body.to_string().into_bytes(),
+    }
+}
+
 /// Keeps the change journal on exactly while some subscription exists (and forgets changes
 /// nobody will hear of).
 pub fn sync_journal(sim: &SimState) {

@@ -329,7 +329,8 @@ pub struct EventHubMessage {
 /// the form `EventHub:https://<namespace>.servicebus.windows.net/eventhubname/<hub>?tenantId=…`
 /// (or the older Key Vault form `EventHub:https://<vault>.vault.azure.net/secrets/<secret>?…`,
 /// concepts/change-notifications-delivery-event-hubs.md) is never called over HTTP and never
-/// validated ("You don't need to reply to the notification URL validation", same page).
+/// validated ("You don't need to reply to the notification URL validation", same page); the
+/// hub gets a validation message instead (`notify::event_hub_validation`).
 #[derive(Debug, Default)]
 pub struct EventHubOutbox {
     queue: Mutex<VecDeque<EventHubMessage>>,

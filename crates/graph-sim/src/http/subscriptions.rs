@@ -429,6 +429,15 @@ async fn create(
             return graph_error(StatusCode::BAD_REQUEST, "ValidationError", e.message());
         }
     }
+    // Event Hubs get a validation message instead of a handshake.
+    for url in [Some(&notification_url), lifecycle_url.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(hub) = event_hub_name(url) {
+            sim.eventhub.push(notify::event_hub_validation(hub));
+        }
+    }
     let immutable_ids = super::prefer(headers).immutable_ids;
     let s = Subscription {
         id: uuid::Uuid::new_v4().to_string(),

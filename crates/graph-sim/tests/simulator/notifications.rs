@@ -442,6 +442,17 @@ async fn event_hub_urls_fill_the_outbox() {
     )
     .await;
     assert_eq!(sim.state.stats.lock().notifications.validations, 0);
+    // The hub gets a validation message to ignore, before any notification.
+    let v = sim.state.eventhub.drain();
+    assert_eq!(
+        (v.len(), v[0].hub.as_str(), v[0].subscription_id.as_str()),
+        (1, "graph-events", "NA")
+    );
+    let body: Value = serde_json::from_slice(&v[0].body).unwrap();
+    assert!(body["value"][0]["changeType"]
+        .as_str()
+        .unwrap()
+        .starts_with("Validation: Testing client application reachability"));
     sim.state
         .store
         .write()
