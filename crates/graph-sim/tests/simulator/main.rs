@@ -8,6 +8,7 @@ mod delta;
 mod faults;
 mod groups;
 mod notifications;
+mod subscription_access;
 mod subscriptions;
 mod sync_state;
 mod users;
