@@ -101,6 +101,8 @@ pub struct Subscription {
     pub immutable_ids: bool,
     /// A `reauthorizationRequired` lifecycle event was sent and not answered yet (since).
     pub reauthorize_since: Option<Instant>,
+    /// When it was created: changes made before are not its business.
+    pub created: Instant,
     /// Creation order, for stable listings.
     pub serial: u64,
     /// Change notifications delivered for it.
@@ -135,7 +137,7 @@ impl Subscription {
     }
 
     pub fn wants(&self, c: &Change) -> bool {
-        self.change_types.contains(&c.change) && self.target.watches(c)
+        c.at >= self.created && self.change_types.contains(&c.change) && self.target.watches(c)
     }
 
     /// The subscription object, as `POST`, `GET` and `PATCH /subscriptions` return it

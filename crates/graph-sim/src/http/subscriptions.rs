@@ -454,6 +454,7 @@ async fn create(
         tenant: grant.tenant.clone(),
         immutable_ids,
         reauthorize_since: None,
+        created: std::time::Instant::now(),
         serial: 0,
         sent: 0,
     };

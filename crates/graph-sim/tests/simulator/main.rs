@@ -7,6 +7,7 @@ mod client;
 mod delta;
 mod faults;
 mod groups;
+mod lifecycle;
 mod notifications;
 mod subscription_access;
 mod subscriptions;
