@@ -18,7 +18,7 @@ pub fn is_sensitive(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     // `ssl.key.location` and friends name files, not secrets, but masking a path costs
     // nothing and a rule with exceptions is how secrets leak.
-    ["password", "secret", "token", "key", "jaas"]
+    ["password", "secret", "token", "key", "jaas", "client_state"]
         .iter()
         .any(|s| k.contains(s))
 }

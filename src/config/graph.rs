@@ -44,6 +44,9 @@ pub struct GraphSettings {
     /// How often a partition polls its deltaLink: at least 5s against Microsoft's Graph
     /// (no floor when `base_url` points at another host, such as a simulator).
     pub poll_interval: Dur,
+    /// The poll interval of a partition Graph notifies of changes (`[notifications]`): a
+    /// safety net for notifications lost or late; a notification starts a round at once.
+    pub poll_interval_with_notifications: Dur,
     /// Random spread of polls, a fraction of `poll_interval` (0 ≤ jitter < 1).
     pub poll_jitter: f64,
     /// `Prefer: outlook.timezone` for calendar views: a Windows name (`W. Europe Standard

@@ -22,6 +22,7 @@
 //! - `graph.rs`: `[graph]`, the national cloud, the credentials, the Graph client's options.
 //! - `kafka.rs`: `[kafka]` (with the librdkafka option tables) and `[errors]`.
 //! - `server.rs`: `[server]`: the listen address, the token rule, the TLS files.
+//! - `notifications.rs`: `[notifications]`: change notifications.
 //! - `types.rs`: durations (`30s`) and secrets.
 //! - `timezones.rs`: the time zone names Graph accepts.
 //! - `lenient.rs`: numbers and booleans from the environment's strings.
@@ -45,6 +46,7 @@ mod build;
 mod graph;
 mod kafka;
 mod lenient;
+mod notifications;
 mod server;
 mod sources;
 mod timezones;
@@ -55,6 +57,7 @@ mod validate;
 pub use crate::sink::properties::PRODUCER_DEFAULTS;
 pub use graph::{Cloud, Credentials, GraphSettings};
 pub use kafka::{ErrorSettings, KafkaOptions, KafkaSettings, Tolerance, TopicSettings};
+pub use notifications::{Delivery, NotificationSettings};
 pub use server::{parse_listen, ListenHost, ServerFiles, TlsPem};
 pub use sources::{GroupSource, OnMemberRemoved, Source};
 pub use timezones::WINDOWS_ZONES;
@@ -84,6 +87,7 @@ allow_insecure_http = false
 reconcile_interval = "7d"
 max_pages_per_round = 10000
 membership_interval = "1h"
+poll_interval_with_notifications = "15m"
 
 [kafka]
 bootstrap_servers = "localhost:9092"
@@ -112,6 +116,12 @@ shutdown_timeout = "10s"
 offsets_load_timeout = "60s"
 shards = 8
 health_interval = "10s"
+
+[notifications]
+enabled = false
+delivery = "webhook"
+renew_before = "24h"
+allow_insecure_url = false
 
 [server]
 listen = "127.0.0.1:8083"
@@ -155,6 +165,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// `[server]`: metrics, health and the REST API.
     pub server: ServerSettings,
+    /// `[notifications]`: change notifications as triggers of delta rounds.
+    pub notifications: NotificationSettings,
     /// `[log]`: format and filter.
     pub log: LogSettings,
     /// `[errors]`: what happens to records Kafka refuses.

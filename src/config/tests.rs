@@ -381,3 +381,49 @@ fn group_sources_replace_users_and_give_templates() {
         assert!(e.contains(key) && e.contains(says), "expected '{key}' … '{says}' in: {e}");
     }
 }
+
+#[test]
+fn notifications_name_their_keys_and_hide_the_client_state() {
+    let off = Settings::from_toml_str(OK, false).unwrap();
+    assert!(!off.notifications.enabled);
+    assert!(crate::worker::WorkerSpec::from_settings(&off)
+        .unwrap()
+        .notifications
+        .is_none());
+    let e = err(&format!("{OK}\n[notifications]\nenabled = true\n"));
+    assert!(e.contains("notifications.public_url: required"), "{e}");
+    assert!(e.contains("notifications.client_state: required"), "{e}");
+    let e = err(&format!(
+        "{OK}\n[notifications]\nenabled = true\npublic_url = \"http://cdc.example.com/notifications\"\nclient_state = \"short\"\n"
+    ));
+    assert!(
+        e.contains("notifications.public_url: Graph posts only to https"),
+        "{e}"
+    );
+    assert!(e.contains("notifications.client_state: 16 to 128"), "{e}");
+    assert!(!e.contains("short"), "{e}");
+    let e = err(&format!(
+        "{OK}\n[notifications]\ndelivery = \"carrier-pigeon\"\n"
+    ));
+    assert!(e.contains("notifications.delivery"), "{e}");
+    let on = Settings::from_toml_str(
+        &format!(
+            "{OK}\n[notifications]\nenabled = true\npublic_url = \"https://cdc.example.com/notifications/\"\nclient_state = \"a-long-enough-client-state\"\n"
+        ),
+        false,
+    )
+    .unwrap();
+    let shown = on.redacted_json().to_string();
+    assert!(!shown.contains("a-long-enough-client-state"), "{shown}");
+    let n = crate::worker::WorkerSpec::from_settings(&on)
+        .unwrap()
+        .notifications
+        .unwrap();
+    assert_eq!(n.url, "https://cdc.example.com/notifications");
+    assert_eq!(
+        n.lifecycle_url,
+        "https://cdc.example.com/notifications/lifecycle"
+    );
+    assert_eq!(n.poll_interval, Duration::from_secs(15 * 60));
+    assert!(!format!("{n:?}").contains("a-long-enough-client-state"));
+}

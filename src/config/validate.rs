@@ -42,6 +42,7 @@ impl Settings {
         kafka(&mut errs, &self.kafka);
         worker(&mut errs, &self.worker);
         let files = server::check(&mut errs, &self.server);
+        notifications::check(&mut errs, &self.notifications);
         errors(&mut errs, &self.errors, &self.kafka);
         topics(&mut errs, &self.kafka, &self.errors);
         sources(&mut errs, &self.sources, self.graph.cloud);

@@ -1,4 +1,5 @@
-//! The Graph HTTP client: one GET of a delta page, with Graph's throttling rules.
+//! The Graph HTTP client: one GET of a delta page (or a subscription's request), with Graph's
+//! throttling rules.
 //!
 //! - `429`, `503`, `504` (and other `5xx`, timeouts, cut connections, malformed bodies) are
 //!   retried: after `Retry-After` when given (fractional seconds allowed), else exponential
@@ -176,10 +177,54 @@ impl GraphClient {
         .await
     }
 
+    /// Sends `method` with a JSON `body` (subscriptions: `POST`, `PATCH`, `DELETE`) under
+    /// `user`'s per-mailbox limit, with the same retries as a delta page, and parses a JSON
+    /// answer (`None`: no content). `label` names the request in the metrics.
+    pub async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        user: &str,
+        label: &'static str,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Option<T>, GraphError> {
+        let request = Request {
+            method,
+            body: body.map(|b| b.to_string().into_bytes()),
+            label,
+        };
+        self.request_parsed(user, None, &request, url, |b| {
+            if b.is_empty() {
+                return Ok(None);
+            }
+            serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Transient::from(MalformedPage::Answer(e)))
+        })
+        .await
+    }
+
     async fn get_parsed<T>(
         &self,
         user: &str,
         kind: Option<PartitionKind>,
+        url: &str,
+        parse: impl Fn(bytes::Bytes) -> Result<T, Transient>,
+    ) -> Result<T, GraphError> {
+        let label = kind.map_or(DIRECTORY, PartitionKind::as_str);
+        let request = Request {
+            method: reqwest::Method::GET,
+            body: None,
+            label,
+        };
+        self.request_parsed(user, kind, &request, url, parse).await
+    }
+
+    async fn request_parsed<T>(
+        &self,
+        user: &str,
+        kind: Option<PartitionKind>,
+        request: &Request,
         url: &str,
         parse: impl Fn(bytes::Bytes) -> Result<T, Transient>,
     ) -> Result<T, GraphError> {
@@ -192,7 +237,7 @@ impl GraphClient {
             let outcome = {
                 let _global = self.global.acquire().await?;
                 let _mbx = mailbox.acquire().await?;
-                self.attempt(kind, url, &parse).await
+                self.attempt(kind, request, url, &parse).await
             };
             match outcome {
                 Attempt::Done(page) => return Ok(page),
@@ -221,8 +266,7 @@ impl GraphClient {
                         });
                     }
                     let wait = after.unwrap_or_else(|| self.backoff(attempt));
-                    let label = kind.map_or(DIRECTORY, PartitionKind::as_str);
-                    metrics::graph_retry(label, &reason.to_string(), wait, after.is_some());
+                    metrics::graph_retry(request.label, &reason.to_string(), wait, after.is_some());
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -243,6 +287,7 @@ impl GraphClient {
     async fn attempt<T>(
         &self,
         kind: Option<PartitionKind>,
+        request: &Request,
         url: &str,
         parse: &impl Fn(bytes::Bytes) -> Result<T, Transient>,
     ) -> Attempt<T> {
@@ -258,13 +303,18 @@ impl GraphClient {
         };
         let mut req = self
             .http
-            .get(url)
+            .request(request.method.clone(), url)
             .bearer_auth(token.secret())
             .timeout(self.opts.request_timeout);
         for p in kind.map(|k| prefer(&self.opts, k)).unwrap_or_default() {
             req = req.header("Prefer", p);
         }
-        let kind = kind.map_or(DIRECTORY, PartitionKind::as_str);
+        if let Some(b) = &request.body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.clone());
+        }
+        let kind = request.label;
         let started = Instant::now();
         let in_flight = &metrics::metrics().in_flight;
         in_flight.inc();
@@ -348,6 +398,14 @@ impl GraphClient {
             }),
         }
     }
+}
+
+/// What one request sends: its method, its JSON body, and its label in the metrics (the
+/// partition kind, `directory`, `subscriptions`).
+struct Request {
+    method: reqwest::Method,
+    body: Option<Vec<u8>>,
+    label: &'static str,
 }
 
 /// `error.code` and `error.message` of a Graph error body, when there is one.

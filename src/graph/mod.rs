@@ -14,6 +14,8 @@
 //!   than `graph.max_pages_per_round` pages, is abandoned; a partition that keeps looping fails.
 //! - `lists.rs`: which task partitions a batch of To Do lists starts, runs and resets.
 //! - `users.rs`: a configured user (principal name or id) resolved to its object id.
+//! - `subscriptions.rs`: change notifications: which partitions Graph notifies of, the
+//!   subscription requests, the notifications it posts.
 //!
 //! Imports run one way (`a → b`: `a` uses `b`), so there is no circle: `reader` → `client`,
 //! `guard`, `lists`, `partition`; `guard` → `delta`; `client` → `batch` → `auth`, `delta`,
@@ -36,6 +38,7 @@ pub mod options;
 pub mod partition;
 pub mod reader;
 pub mod rounds;
+pub mod subscriptions;
 pub mod users;
 
 pub use auth::{AccessToken, Credential, TokenProvider};

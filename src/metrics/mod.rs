@@ -20,6 +20,7 @@ use prometheus::{
 
 mod graph;
 mod kafka;
+mod notifications;
 mod worker;
 
 pub use graph::{
@@ -30,6 +31,10 @@ pub use graph::{
 pub use kafka::{
     commit_retry, kafka_unreachable, record_dead_lettered, record_refused, records_skipped,
     records_written, transaction_aborted, transaction_committed,
+};
+pub use notifications::{
+    notification_received, notification_triggered, subscription_changed, subscription_failed,
+    subscriptions_active,
 };
 pub use worker::{
     graph_health_changed, halt_timed_out, kafka_health_changed, member_departed, members_resumed,
@@ -77,6 +82,10 @@ pub const RECORDS_SKIPPED: &str = "graph_cdc_records_skipped_total";
 pub const MEMBERSHIP_CHANGES: &str = "graph_cdc_group_membership_changes_total";
 pub const SHARDS_OWNED: &str = "graph_cdc_shards_owned";
 pub const SHARD_MOVES: &str = "graph_cdc_shard_moves_total";
+pub const NOTIFICATIONS: &str = "graph_cdc_notifications_total";
+pub const NOTIFIED_ROUNDS: &str = "graph_cdc_notified_rounds_total";
+pub const SUBSCRIPTION_CHANGES: &str = "graph_cdc_subscription_changes_total";
+pub const SUBSCRIPTIONS: &str = "graph_cdc_subscriptions";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -119,6 +128,10 @@ pub struct Metrics {
     pub membership_changes: IntCounterVec,
     pub shards_owned: IntGauge,
     pub shard_moves: IntCounterVec,
+    pub notifications: IntCounterVec,
+    pub notified_rounds: IntCounterVec,
+    pub subscription_changes: IntCounterVec,
+    pub subscriptions: IntGauge,
 }
 
 /// Registers `m` in `r` and hands it back.
@@ -314,6 +327,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Shards assigned to this worker, revoked from it, or lost (taken by another worker while this one was unheard)",
             &["change"],
         )?,
+        notifications: counter(
+            NOTIFICATIONS,
+            "Change and lifecycle notifications received, by outcome (accepted, wrong_client_state, unknown_subscription, malformed, overloaded, replayed)",
+            &["kind", "outcome"],
+        )?,
+        notified_rounds: counter(
+            NOTIFIED_ROUNDS,
+            "What accepted notifications did to their partition (woken, coalesced into a due or running round)",
+            &["kind", "effect"],
+        )?,
+        subscription_changes: counter(
+            SUBSCRIPTION_CHANGES,
+            "Subscription requests by action (created, renewed, deleted, recreated, reauthorized) and outcome",
+            &["action", "outcome"],
+        )?,
+        subscriptions: gauge(SUBSCRIPTIONS, "Active change notification subscriptions this worker holds")?,
         registry: r,
     })
 }

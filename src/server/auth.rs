@@ -1,5 +1,6 @@
-//! The REST API's token (`server.auth_token`): with one set, every endpoint but the probes
-//! and the scrape (`/healthz`, `/readyz`, `/metrics`) needs it, reads included (the
+//! The REST API's token (`server.auth_token`): with one set, every endpoint but the probes,
+//! the scrape and Graph's notifications (`/healthz`, `/readyz`, `/metrics`,
+//! `/notifications`) needs it, reads included (the
 //! configuration and the offsets name every tracked mailbox).
 //!
 //! It is accepted as `Authorization: Bearer <token>` (the scheme in any case), or as the
@@ -21,8 +22,15 @@ use super::errors::error;
 use super::ServerState;
 
 /// The endpoints open without the token: liveness and readiness probes, the Prometheus
-/// scrape.
-pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// scrape, and Graph's change notifications (Graph cannot send the token: a notification
+/// proves itself with its `clientState` instead, see `notifications.rs`).
+pub const OPEN_PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/notifications",
+    "/notifications/lifecycle",
+];
 
 /// What a request presented.
 #[derive(Debug, PartialEq, Eq)]

@@ -10,6 +10,8 @@
 //! - `connect.rs`: the read endpoints, in Connect's shapes.
 //! - `commands.rs`: the endpoints that change something, as worker commands.
 //! - `tls.rs`: HTTPS with rustls (`server.tls_cert_path`, `server.tls_key_path`).
+//! - `notifications.rs`: Graph's change notifications (`POST /notifications`), handed to the
+//!   worker.
 //!
 //! Configuration is shown with every secret masked. Partitions are the connector's tasks; a
 //! task's id is derived from its partition's identity ([`crate::worker::task_id`]), so it
@@ -32,6 +34,7 @@ mod auth;
 mod commands;
 mod connect;
 mod errors;
+mod notifications;
 pub mod peers;
 mod tls;
 
@@ -95,6 +98,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
             post(c::restart_task),
         )
         .route("/connectors/{name}/partitions/resync", post(c::resync))
+        .route("/notifications", post(notifications::change))
+        .route("/notifications/lifecycle", post(notifications::lifecycle))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

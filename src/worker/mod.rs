@@ -29,6 +29,8 @@
 //! - `partition.rs`: a partition's loop.
 //! - `reconcile.rs`: a page reconciled with its partition's live items before its commit
 //!   (what is left out, what a round from scratch or a removed list tombstones).
+//! - `notifications.rs`, `subscriptions.rs`: change notifications (issue 16): what Graph
+//!   posts, as triggers of rounds; each notified partition's subscription.
 //! - `health.rs`: what `/readyz` reads, and the background Kafka check that keeps it current
 //!   (a task of the same `JoinSet`, ended by the same shutdown).
 
@@ -39,6 +41,7 @@ mod directory;
 mod groups;
 mod health;
 mod links;
+mod notifications;
 mod ownership;
 mod partition;
 mod reconcile;
@@ -46,12 +49,14 @@ mod scheduler;
 mod sinks;
 mod spec;
 mod status;
+mod subscriptions;
 mod supervisor;
 
 pub use commands::{AlterOffsets, BadRequest, Command, Restart, RestartQuery, Resync};
 pub use control::{CommandError, Request};
 pub use health::{Check, Health, Windows};
-pub use spec::{Sharding, WorkerSpec};
+pub use notifications::{Inbox, InboxError, Received};
+pub use spec::{NotificationSpec, Sharding, WorkerSpec};
 pub use status::{task_id, ConnectorState, PartitionState, WorkerStatus};
 
 use control::command;
@@ -110,6 +115,8 @@ struct TaskHandle {
     cancel: CancellationToken,
     /// Set by a resync signal: the partition restarts its round from scratch.
     resync: AtomicBool,
+    /// Set by a change notification: the partition polls again as soon as its round ends.
+    poked: AtomicBool,
     /// Cancelled once the task has ended (returned, panicked or aborted).
     ended: CancellationToken,
 }
@@ -152,6 +159,8 @@ struct Shared {
     principals: Mutex<HashMap<String, Arc<str>>>,
     /// Each group's members (see `groups.rs`); held while they are carried out.
     roster: tokio::sync::Mutex<groups::Roster>,
+    /// Change notifications' subscriptions, when `[notifications]` is on.
+    subscriptions: Option<Arc<subscriptions::Subscriptions>>,
 }
 
 /// Runs a worker until `shutdown` completes or Kafka fails fatally.
@@ -268,11 +277,23 @@ pub async fn run_with_status(
         directory: Mutex::new(HashMap::new()),
         principals: Mutex::new(HashMap::new()),
         roster: tokio::sync::Mutex::new(groups::Roster::default()),
+        subscriptions: spec
+            .notifications
+            .clone()
+            .map(|n| Arc::new(subscriptions::Subscriptions::new(n))),
         spec,
     });
     // Should this future be dropped half-way, the tasks (which hold `shared`) go too.
     let abort_tasks = AbortTasksOnDrop(Arc::downgrade(&shared));
     supervisor::spawn_task(&shared, scheduler::run(shared.clone()));
+    if let Some(subs) = &shared.subscriptions {
+        let inbox = shared
+            .status
+            .notifications
+            .open(subs.spec.client_state.expose());
+        supervisor::spawn_task(&shared, notifications::run(shared.clone(), inbox));
+        supervisor::spawn_task(&shared, subscriptions::run(shared.clone()));
+    }
     // Every worker follows each group's membership (its shards may hold any member's).
     let members = groups::follow(&shared)?;
     if let Some(t) = target {
@@ -346,6 +367,7 @@ pub async fn run_with_status(
         }
     }
     shared.shutdown.cancel();
+    shared.status.notifications.close();
     // In-flight commits are waited for; tasks still there after the timeout are aborted, so
     // that none holds a committer's handle any more.
     stop_all(&shared, shared.spec.shutdown_timeout).await;
@@ -454,6 +476,21 @@ impl Shared {
         self.tracked.lock().contains_key(p) || self.status.offsets.lock().contains_key(p)
     }
 
+    /// `p` no longer runs here: its change notifications' subscription goes.
+    fn released(&self, p: &PartitionId) {
+        if let Some(s) = &self.subscriptions {
+            s.release(p);
+        }
+    }
+
+    /// How long `p` waits for its next poll: longer when Graph notifies of its changes.
+    fn poll_interval_of(&self, p: &PartitionId) -> Duration {
+        match &self.subscriptions {
+            Some(s) if s.covers(p) => s.spec.poll_interval,
+            _ => self.spec.poll_interval,
+        }
+    }
+
     fn stopped(&self) -> bool {
         *self.status.connector.lock() == ConnectorState::Stopped
     }
@@ -477,6 +514,7 @@ impl Shared {
                     Tracked::Parked(_) => {
                         let p = p.clone();
                         self.status.set_state(&p, PartitionState::Stopped);
+                        self.released(&p);
                         tracked.insert(p, Tracked::Ended);
                     }
                     Tracked::Ended => {}

@@ -440,7 +440,7 @@ impl<'a> PartitionTask<'a> {
         // scratch costs a page per 999 members, not a poll).
         let interval = match self.id.kind() {
             PartitionKind::GroupMembers => self.shared.spec.membership_interval,
-            _ => self.shared.spec.poll_interval,
+            _ => self.shared.poll_interval_of(&self.id),
         };
         Step::End(Exit::Park {
             after: jittered(interval, self.shared.spec.poll_jitter),

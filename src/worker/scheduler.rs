@@ -48,6 +48,8 @@ pub(super) struct Parked {
     pub unserved: u32,
     /// A resync was asked while parked: the next round starts from scratch.
     pub resync: bool,
+    /// A change notification woke it early (more before it starts change nothing).
+    pub poked: bool,
 }
 
 /// Parked partitions falling due in one tick: (sequence number, identity).

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::config::{ConfigError, Credentials, GroupSource, Settings};
+use crate::config::{ConfigError, Credentials, GroupSource, Secret, Settings};
 use crate::graph::{ClientOptions, Credential, Rounds};
 use crate::sink::SinkOptions;
 use crate::source::PartitionId;
@@ -49,6 +49,26 @@ pub struct WorkerSpec {
     pub readiness: Windows,
     /// How the workers of the connector share its partitions.
     pub sharding: Sharding,
+    /// Change notifications (`[notifications]`), when enabled.
+    pub notifications: Option<NotificationSpec>,
+}
+
+/// Change notifications: where Graph posts them and what the worker asks of it.
+#[derive(Debug, Clone)]
+pub struct NotificationSpec {
+    /// Graph posts change notifications here (`notifications.public_url`).
+    pub url: String,
+    /// And lifecycle events here (`{url}/lifecycle`).
+    pub lifecycle_url: String,
+    /// `notifications.client_state` (a secret: `Debug` masks it).
+    pub client_state: Secret,
+    /// `notifications.renew_before`.
+    pub renew_before: Duration,
+    /// `notifications.max_lifetime`: the longest subscription asked for, when shorter than
+    /// the resource's maximum.
+    pub max_lifetime: Option<Duration>,
+    /// `graph.poll_interval_with_notifications`: a notified partition's poll interval.
+    pub poll_interval: Duration,
 }
 
 /// The workers' group: each partition belongs to a shard, each shard to one worker.
@@ -137,6 +157,24 @@ impl WorkerSpec {
                 control_topic: k.control_topic.clone(),
                 advertised_url: None,
             },
+            notifications: notification_spec(s),
         })
     }
+}
+
+/// The `[notifications]` settings a worker uses (`None`: off).
+fn notification_spec(s: &Settings) -> Option<NotificationSpec> {
+    let n = &s.notifications;
+    if !n.enabled {
+        return None;
+    }
+    let url = n.public_url.clone()?.trim_end_matches('/').to_string();
+    Some(NotificationSpec {
+        lifecycle_url: format!("{url}/lifecycle"),
+        url,
+        client_state: n.client_state.clone()?,
+        renew_before: n.renew_before.0,
+        max_lifetime: n.max_lifetime.map(|d| d.0),
+        poll_interval: s.graph.poll_interval_with_notifications.0,
+    })
 }

@@ -83,6 +83,8 @@ pub struct WorkerStatus {
     pub per_partition_metrics: AtomicBool,
     /// What the Kafka clients last reported about the connection.
     pub kafka: Arc<crate::sink::KafkaHealth>,
+    /// Where the HTTP server hands Graph's change notifications.
+    pub notifications: super::notifications::Inbox,
 }
 
 impl WorkerStatus {

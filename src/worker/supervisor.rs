@@ -87,6 +87,9 @@ pub(super) fn spawn_partition(shared: &Arc<Shared>, id: PartitionId, start: Star
         }
     };
     if started {
+        if let Some(s) = &shared.subscriptions {
+            s.want(&id);
+        }
         shared.status.set_state(&id, PartitionState::Running);
         shared
             .status
@@ -190,6 +193,7 @@ fn start_task(
     let handle = Arc::new(TaskHandle {
         cancel: shared.shutdown.child_token(),
         resync: AtomicBool::new(resync),
+        poked: AtomicBool::new(false),
         ended: CancellationToken::new(),
     });
     // Moved into the future below: dropping it, however the future goes, signals the end.
@@ -240,6 +244,10 @@ fn finish(
         Ok(Exit::Park { after, unserved }) if ours && !handle.cancel.is_cancelled() => {
             let (offset, lists) = reader.park();
             shared.status.offsets.lock().insert(id.clone(), offset);
+            // Notified while its round ran: it polls again at once (many notifications,
+            // one more round).
+            let poked = handle.poked.swap(false, Ordering::SeqCst) && unserved == 0;
+            let after = if poked { Duration::ZERO } else { after };
             let due = tokio::time::Instant::now() + after;
             let seq = shared.scheduler.schedule(id.clone(), due);
             let resync = handle.resync.load(Ordering::SeqCst);
@@ -248,6 +256,7 @@ fn finish(
                 lists,
                 unserved,
                 resync,
+                poked,
             };
             tracked.insert(id, Tracked::Parked(parked));
             return;
@@ -273,6 +282,7 @@ fn finish(
     };
     match ours {
         true => {
+            shared.released(&id);
             shared.status.set_state(&id, end);
             tracked.insert(id, Tracked::Ended);
         }
@@ -280,6 +290,51 @@ fn finish(
         false if !tracked.contains_key(&*id) => shared.status.forget(|p| p == &*id),
         false => {}
     }
+}
+
+/// What a change notification did to a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Poked {
+    /// Parked: it polls at the next tick.
+    Woken,
+    /// Already due at once (an earlier notification): nothing more to do.
+    AlreadyDue,
+    /// Its round runs: it polls again as soon as the round ends.
+    Running,
+    /// Not a partition this worker runs.
+    NotHere,
+}
+
+/// A change notification for `id`: it polls now, or right after its running round, instead of
+/// at its next poll; notifications meanwhile add nothing (coalesced). Records still come only
+/// from its delta pages.
+pub(super) fn poke(shared: &Shared, id: &PartitionId) -> Poked {
+    let mut tracked = shared.tracked.lock();
+    let Some((key, entry)) = tracked.get_key_value(id) else {
+        return Poked::NotHere;
+    };
+    let (key, running) = match entry {
+        Tracked::Task(h) if !h.ended.is_cancelled() => (key.clone(), Some(h.clone())),
+        Tracked::Parked(_) => (key.clone(), None),
+        _ => return Poked::NotHere,
+    };
+    if let Some(h) = running {
+        h.poked.store(true, Ordering::SeqCst);
+        return Poked::Running;
+    }
+    let Some(Tracked::Parked(parked)) = tracked.get_mut(id) else {
+        return Poked::NotHere;
+    };
+    if parked.poked {
+        return Poked::AlreadyDue;
+    }
+    parked.poked = true;
+    // Graph cannot serve its user: the backoff stands (a notification does not lift it).
+    if parked.unserved > 0 {
+        return Poked::AlreadyDue;
+    }
+    parked.seq = shared.scheduler.schedule(key, tokio::time::Instant::now());
+    Poked::Woken
 }
 
 /// Runs `fut` as a task of the worker's set (not a partition's: nothing tracks it), unless
@@ -315,6 +370,7 @@ pub(super) fn stop_partition(shared: &Shared, id: &PartitionId) {
     if let Some(Tracked::Task(h)) = shared.tracked.lock().remove(id) {
         h.cancel.cancel();
     }
+    shared.released(id);
     shared.status.offsets.lock().remove(id);
     shared.status.forget(|p| p == id);
 }

@@ -11,6 +11,7 @@ mod groups;
 mod hardening;
 mod ids;
 mod links;
+mod notifications;
 mod ops;
 mod oversize;
 mod paging;

@@ -1,0 +1,52 @@
+//! Change notifications' events (issue 16): notifications received, what they did, and the
+//! subscriptions behind them.
+
+use super::metrics;
+use crate::source::PartitionId;
+
+/// A notification Graph posted, by kind (`change`, `lifecycle`) and outcome (`accepted`,
+/// `wrong_client_state`, `unknown_subscription`, `malformed`, `overloaded`, `replayed`).
+/// Never logs the client state.
+pub fn notification_received(kind: &str, outcome: &str, subscription: &str) {
+    metrics()
+        .notifications
+        .with_label_values(&[kind, outcome])
+        .inc();
+    match outcome {
+        "accepted" => tracing::trace!(kind, subscription, "notification accepted"),
+        _ => tracing::debug!(kind, outcome, subscription, "notification dropped"),
+    }
+}
+
+/// An accepted notification's effect on its partition (`woken`, `already_due`, `running`,
+/// `not_here`).
+pub fn notification_triggered(partition: &PartitionId, effect: &str) {
+    metrics()
+        .notified_rounds
+        .with_label_values(&[partition.kind().as_str(), effect])
+        .inc();
+    tracing::debug!(partition = %partition, effect, "notification: round triggered");
+}
+
+/// A subscription created, renewed, deleted, recreated or reauthorized.
+pub fn subscription_changed(partition: &PartitionId, action: &str, id: &str, expires: &str) {
+    metrics()
+        .subscription_changes
+        .with_label_values(&[action, "ok"])
+        .inc();
+    tracing::debug!(partition = %partition, action, subscription = id, expires, "subscription");
+}
+
+/// A subscription request that failed (retried later; the partition keeps polling).
+pub fn subscription_failed(partition: &PartitionId, action: &str, why: &str) {
+    metrics()
+        .subscription_changes
+        .with_label_values(&[action, "failed"])
+        .inc();
+    tracing::warn!(partition = %partition, action, why, "subscription request failed; polling meanwhile");
+}
+
+/// How many subscriptions the worker holds now.
+pub fn subscriptions_active(n: usize) {
+    metrics().subscriptions.set(n as i64);
+}

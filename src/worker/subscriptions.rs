@@ -1,0 +1,340 @@
+//! One change-notification subscription per partition Graph offers them for (a calendar
+//! view: its user's events; a To Do task list: its tasks), held while the partition runs on
+//! this worker (issue 16; README, "Change notifications").
+//!
+//! A partition that starts is queued for a subscription ([`Subscriptions::want`]); [`run`]
+//! creates it (Graph validates the webhook first), asks for close to the resource's longest
+//! lifetime, renews it `notifications.renew_before` ahead of its expiry (or half-way, for
+//! lifetimes shorter than twice that), recreates it when Graph removed it, and deletes it
+//! once the partition ends here (stopped, failed, its list gone, its shard moved). A request
+//! that fails is retried with a growing backoff; meanwhile the partition is polled at
+//! `graph.poll_interval`, as without notifications. Only a partition with a live subscription
+//! is polled at the longer `graph.poll_interval_with_notifications`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::graph::subscriptions::{self as graph, resource_of, NewSubscription};
+use crate::metrics;
+use crate::source::PartitionId;
+
+use super::spec::NotificationSpec;
+use super::Shared;
+
+/// Requests to Graph in flight at once (each creation makes Graph call the webhook too).
+const CONCURRENCY: usize = 16;
+/// How often the worker looks for subscriptions due for renewal.
+const RENEW_SCAN: Duration = Duration::from_secs(15);
+/// Asked for this much less than a resource's longest lifetime (clocks differ).
+const MARGIN: Duration = Duration::from_secs(120);
+
+/// What a lifecycle event asks of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lifecycle {
+    /// Graph removed it: create it again.
+    Removed,
+    /// Graph wants it reauthorized.
+    Reauthorize,
+}
+
+/// A partition's subscription.
+#[derive(Debug, Default)]
+struct Sub {
+    id: Option<String>,
+    expires: Option<DateTime<Utc>>,
+    /// Requests in a row that failed.
+    failures: u32,
+    /// Not before (after a failure).
+    retry_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Todo {
+    Create(Arc<PartitionId>),
+    Renew(Arc<PartitionId>, String),
+    Reauthorize(Arc<PartitionId>, String),
+    /// A subscription (with the partition's user, for the mailbox limit) to delete.
+    Delete(Arc<PartitionId>, String),
+}
+
+#[derive(Default)]
+struct Table {
+    subs: FxHashMap<Arc<PartitionId>, Sub>,
+    ids: HashMap<String, Arc<PartitionId>>,
+    todo: VecDeque<Todo>,
+}
+
+/// The worker's subscriptions.
+pub(super) struct Subscriptions {
+    pub spec: NotificationSpec,
+    table: Mutex<Table>,
+    wake: Notify,
+}
+
+impl Subscriptions {
+    pub fn new(spec: NotificationSpec) -> Self {
+        Self {
+            spec,
+            table: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    /// `id` runs here: it gets a subscription, if Graph offers one for it.
+    pub fn want(&self, id: &Arc<PartitionId>) {
+        if resource_of(id).is_none() {
+            return;
+        }
+        let mut t = self.table.lock();
+        if t.subs.contains_key(&**id) {
+            return;
+        }
+        t.subs.insert(id.clone(), Sub::default());
+        t.todo.push_back(Todo::Create(id.clone()));
+        drop(t);
+        self.wake.notify_one();
+    }
+
+    /// `id` ended here: its subscription is deleted.
+    pub fn release(&self, id: &PartitionId) {
+        let mut t = self.table.lock();
+        let Some((key, sub)) = t.subs.remove_entry(id) else {
+            return;
+        };
+        if let Some(s) = sub.id {
+            t.ids.remove(&s);
+            t.todo.push_back(Todo::Delete(key, s));
+            drop(t);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The partition a subscription is for.
+    pub fn partition_of(&self, subscription: &str) -> Option<Arc<PartitionId>> {
+        self.table.lock().ids.get(subscription).cloned()
+    }
+
+    /// `id` has a live subscription (so it is polled at the longer interval).
+    pub fn covers(&self, id: &PartitionId) -> bool {
+        let now = Utc::now();
+        self.table
+            .lock()
+            .subs
+            .get(id)
+            .is_some_and(|s| s.id.is_some() && s.expires.is_some_and(|e| e > now))
+    }
+
+    /// A lifecycle event for `id`'s subscription.
+    pub fn lifecycle(&self, id: &Arc<PartitionId>, event: Lifecycle) {
+        let mut t = self.table.lock();
+        let Some(sub) = t.subs.get_mut(&**id) else {
+            return;
+        };
+        let todo = match (event, sub.id.clone()) {
+            (Lifecycle::Removed, Some(old)) => {
+                sub.id = None;
+                sub.expires = None;
+                t.ids.remove(&old);
+                Todo::Create(id.clone())
+            }
+            (Lifecycle::Reauthorize, Some(s)) => Todo::Reauthorize(id.clone(), s),
+            (_, None) => return,
+        };
+        t.todo.push_back(todo);
+        drop(t);
+        self.wake.notify_one();
+    }
+
+    /// How many are live.
+    fn active(&self) -> usize {
+        self.table.lock().ids.len()
+    }
+
+    /// The lifetime asked for `max` (the resource's longest).
+    fn lifetime(&self, max: Duration) -> Duration {
+        let max = self.spec.max_lifetime.map_or(max, |m| m.min(max));
+        if max > MARGIN * 2 {
+            max - MARGIN
+        } else {
+            max
+        }
+    }
+
+    /// Renewed this long before it expires.
+    fn renew_margin(&self, lifetime: Duration) -> Duration {
+        self.spec.renew_before.min(lifetime / 2)
+    }
+
+    /// Up to `n` requests due now; renewals found by a scan when `scan`.
+    fn next(&self, n: usize, scan: bool) -> Vec<Todo> {
+        let mut t = self.table.lock();
+        if scan {
+            let now = Utc::now();
+            let due: Vec<Todo> = t
+                .subs
+                .iter()
+                .filter_map(|(p, s)| {
+                    let (id, expires) = (s.id.as_ref()?, s.expires?);
+                    let (_, max) = resource_of(p)?;
+                    let margin = self.renew_margin(self.lifetime(max));
+                    let margin = chrono::Duration::from_std(margin).ok()?;
+                    (expires - margin <= now).then(|| Todo::Renew(p.clone(), id.clone()))
+                })
+                .collect();
+            t.todo.extend(due);
+        }
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut later = VecDeque::new();
+        while out.len() < n {
+            let Some(todo) = t.todo.pop_front() else {
+                break;
+            };
+            let waiting = match &todo {
+                Todo::Create(p) | Todo::Renew(p, _) | Todo::Reauthorize(p, _) => t
+                    .subs
+                    .get(&**p)
+                    .and_then(|s| s.retry_at)
+                    .is_some_and(|at| at > now),
+                Todo::Delete(..) => false,
+            };
+            if waiting {
+                later.push_back(todo);
+            } else {
+                out.push(todo);
+            }
+        }
+        t.todo.extend(later);
+        out
+    }
+
+    /// A request for `p` failed: retried after a backoff growing with the failures in a row.
+    fn failed(&self, p: &PartitionId, action: &str, why: &str, retry: Option<Todo>) {
+        metrics::subscription_failed(p, action, why);
+        let mut t = self.table.lock();
+        if let Some(sub) = t.subs.get_mut(p) {
+            sub.failures += 1;
+            let wait = Duration::from_secs(5).saturating_mul(1 << sub.failures.min(8));
+            sub.retry_at = Some(Instant::now() + wait.min(Duration::from_secs(900)));
+            if let Some(r) = retry {
+                t.todo.push_back(r);
+            }
+        }
+    }
+}
+
+/// Creates, renews and deletes the worker's subscriptions until it stops.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let Some(subs) = shared.subscriptions.clone() else {
+        return;
+    };
+    let mut last_scan = Instant::now();
+    loop {
+        let scan = last_scan.elapsed() >= RENEW_SCAN;
+        if scan {
+            last_scan = Instant::now();
+        }
+        let batch = subs.next(CONCURRENCY, scan);
+        let busy = !batch.is_empty();
+        futures_util::future::join_all(batch.into_iter().map(|t| carry_out(&shared, &subs, t)))
+            .await;
+        metrics::subscriptions_active(subs.active());
+        if busy {
+            continue;
+        }
+        tokio::select! {
+            _ = subs.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn carry_out(shared: &Shared, subs: &Subscriptions, todo: Todo) {
+    let (client, host) = (&shared.client, shared.spec.graph_host.as_str());
+    match todo {
+        Todo::Create(p) => {
+            let Some((resource, max)) = resource_of(&p) else {
+                return;
+            };
+            let lifetime = subs.lifetime(max);
+            let expiration = Utc::now() + chrono::Duration::from_std(lifetime).unwrap_or_default();
+            let new = NewSubscription {
+                resource: &resource,
+                notification_url: &subs.spec.url,
+                lifecycle_url: Some(&subs.spec.lifecycle_url),
+                client_state: subs.spec.client_state.expose(),
+                expiration,
+            };
+            match graph::create(client, host, p.user(), &new).await {
+                Ok(s) => {
+                    let mut t = subs.table.lock();
+                    match t.subs.get_mut(&*p) {
+                        // Released meanwhile: not wanted any more.
+                        None => t.todo.push_back(Todo::Delete(p.clone(), s.id.clone())),
+                        Some(sub) => {
+                            *sub = Sub {
+                                id: Some(s.id.clone()),
+                                expires: Some(s.expiration_date_time),
+                                ..Sub::default()
+                            };
+                            t.ids.insert(s.id.clone(), p.clone());
+                        }
+                    }
+                    drop(t);
+                    let expires = s.expiration_date_time.to_rfc3339();
+                    metrics::subscription_changed(&p, "created", &s.id, &expires);
+                }
+                Err(e) => subs.failed(&p, "create", &e.to_string(), Some(Todo::Create(p.clone()))),
+            }
+        }
+        Todo::Renew(p, id) => {
+            let Some((_, max)) = resource_of(&p) else {
+                return;
+            };
+            let expiration =
+                Utc::now() + chrono::Duration::from_std(subs.lifetime(max)).unwrap_or_default();
+            match graph::renew(client, host, p.user(), &id, expiration).await {
+                Ok(Some(s)) => {
+                    if let Some(sub) = subs.table.lock().subs.get_mut(&*p) {
+                        sub.expires = Some(s.expiration_date_time);
+                        sub.failures = 0;
+                    }
+                    metrics::subscription_changed(
+                        &p,
+                        "renewed",
+                        &id,
+                        &s.expiration_date_time.to_rfc3339(),
+                    );
+                }
+                // Gone (expired, removed): a new one.
+                Ok(None) => {
+                    subs.lifecycle(&p, Lifecycle::Removed);
+                    metrics::subscription_changed(&p, "recreated", &id, "");
+                }
+                Err(e) => subs.failed(&p, "renew", &e.to_string(), None),
+            }
+        }
+        Todo::Reauthorize(p, id) => match graph::reauthorize(client, host, p.user(), &id).await {
+            Ok(()) => metrics::subscription_changed(&p, "reauthorized", &id, ""),
+            Err(e) => subs.failed(
+                &p,
+                "reauthorize",
+                &e.to_string(),
+                Some(Todo::Reauthorize(p.clone(), id)),
+            ),
+        },
+        Todo::Delete(p, id) => match graph::delete(client, host, p.user(), &id).await {
+            Ok(()) => metrics::subscription_changed(&p, "deleted", &id, ""),
+            // Left to expire: at most the resource's lifetime.
+            Err(e) => metrics::subscription_failed(&p, "delete", &e.to_string()),
+        },
+    }
+}

@@ -1,0 +1,267 @@
+//! Change notifications end to end (issue 16): a worker with `[notifications]` on subscribes
+//! through the simulator's `/subscriptions` (which runs Graph's validation handshake against
+//! the worker's `/notifications`), and a change reaches Kafka by the notification the
+//! simulator posts, with polls ten minutes apart. Forged notifications are dropped; a
+//! partition that stops deletes its subscription.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use graph_cdc::config::{Secret, Settings};
+use graph_cdc::server::{self, ServerState};
+use graph_cdc::source::PartitionId;
+use graph_cdc::worker::{self, Command, NotificationSpec, WorkerSpec, WorkerStatus};
+use graph_sim::generate::MutateSpec;
+use graph_sim::SimServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+const WINDOW: &str = "2026-05-01T00:00:00Z/2026-06-01T00:00:00Z";
+const CLIENT_STATE: &str = "client-state-of-the-notifications-test";
+
+/// A worker and its HTTP server, the server bound first so that the worker's subscriptions
+/// can name it.
+struct Notified {
+    url: String,
+    status: Arc<WorkerStatus>,
+    commands: tokio::sync::mpsc::Sender<worker::Request>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
+}
+
+async fn start(mut spec: WorkerSpec) -> (Notified, WorkerSpec) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    spec.notifications = Some(NotificationSpec {
+        url: format!("{url}/notifications"),
+        lifecycle_url: format!("{url}/notifications/lifecycle"),
+        client_state: Secret::new(CLIENT_STATE),
+        renew_before: Duration::from_secs(24 * 3600),
+        max_lifetime: None,
+        poll_interval: Duration::from_secs(600),
+    });
+    let settings = Settings::from_toml_str(
+        "[graph]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\n[[sources]]\nkind = \"todo\"\nusers = [\"a@b.c\"]\n",
+        false,
+    )
+    .unwrap();
+    let status = Arc::new(WorkerStatus::default());
+    let (commands, rx) = tokio::sync::mpsc::channel(8);
+    let state = Arc::new(ServerState {
+        commands: commands.clone(),
+        auth_token: Some("operator-token".into()),
+        name: spec.sink.connector.clone(),
+        worker_id: "w0".into(),
+        config: settings.redacted_json(),
+        status: status.clone(),
+        peers: server::peers::client(&[]).unwrap(),
+    });
+    let stop = CancellationToken::new();
+    tokio::spawn(server::serve(
+        listener,
+        state,
+        stop.clone().cancelled_owned(),
+    ));
+    let (s, sp, st) = (stop.clone(), spec.clone(), status.clone());
+    let task =
+        tokio::spawn(async move { worker::run_with_status(sp, st, rx, s.cancelled_owned()).await });
+    let n = Notified {
+        url,
+        status,
+        commands,
+        stop,
+        task,
+    };
+    (n, spec)
+}
+
+impl Notified {
+    async fn command(&self, command: Command) -> Result<String, worker::CommandError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(worker::Request { command, reply })
+            .await
+            .unwrap();
+        rx.await.unwrap()
+    }
+}
+
+/// The partitions Graph notifies of: each user's calendar view and task lists' tasks.
+fn notified_partitions(sim: &SimServer) -> Vec<PartitionId> {
+    all_partitions(sim, WINDOW)
+        .into_iter()
+        .filter(|p| {
+            matches!(
+                p,
+                PartitionId::CalendarView { .. } | PartitionId::Tasks { .. }
+            )
+        })
+        .collect()
+}
+
+/// The first partition whose compacted view differs from the truth.
+fn differs(sim: &SimServer, spec: &WorkerSpec, parts: &[PartitionId]) -> Option<String> {
+    let mut views = BTreeMap::new();
+    for p in parts {
+        let topic = spec.sink.topics.for_kind(p.kind()).to_string();
+        if !views.contains_key(&topic) {
+            let records = read_all(&spec.sink.bootstrap_servers, &topic);
+            views.insert(topic.clone(), compacted(&records));
+        }
+        if view_of(&views[&topic], p) != truth(sim, p) {
+            return Some(p.to_string());
+        }
+    }
+    None
+}
+
+fn wait_converged_within(
+    sim: &SimServer,
+    spec: &WorkerSpec,
+    parts: &[PartitionId],
+    t: Duration,
+) -> Duration {
+    let started = Instant::now();
+    tokio::task::block_in_place(|| loop {
+        let Some(d) = differs(sim, spec, parts) else {
+            return started.elapsed();
+        };
+        assert!(started.elapsed() < t, "not converged after {t:?}: {d}");
+        std::thread::sleep(Duration::from_millis(200));
+    })
+}
+
+fn notified(effect: &str) -> u64 {
+    let m = graph_cdc::metrics::metrics();
+    ["calendar_view", "tasks"]
+        .iter()
+        .map(|k| m.notified_rounds.with_label_values(&[k, effect]).get())
+        .sum()
+}
+
+fn dropped(outcome: &str) -> u64 {
+    graph_cdc::metrics::metrics()
+        .notifications
+        .with_label_values(&["change", outcome])
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_kafka_by_notification_and_stopped_partitions_unsubscribe() {
+    let (sim, users) = sim_with_users(2, 6, 4, 161).await;
+    let parts = notified_partitions(&sim);
+    assert!(parts.len() >= 4, "{parts:?}");
+    let mut spec = spec(&sim, &bootstrap(), parts.clone());
+    // Polls ten minutes apart: within the test only a notification starts a round.
+    spec.poll_interval = Duration::from_secs(600);
+    let (w, spec) = start(spec).await;
+    wait_converged_within(&sim, &spec, &parts, Duration::from_secs(60));
+
+    // One subscription per partition, each validated against the worker's webhook.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = sim.state.subscriptions.lock().len();
+        if n == parts.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} subscriptions of {}",
+            parts.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let subs = sim.state.subscriptions.lock();
+        for s in subs.all() {
+            assert_eq!(s.notification_url, format!("{}/notifications", w.url));
+            assert_eq!(s.client_state.as_deref(), Some(CLIENT_STATE));
+            assert!(
+                s.expires > chrono::Utc::now() + chrono::Duration::hours(70),
+                "{}",
+                s.expires
+            );
+        }
+    }
+
+    // Changes to events and tasks: converged by notifications, polls being 10 minutes off.
+    let woken = notified("woken") + notified("running") + notified("already_due");
+    let m = MutateSpec {
+        count: 25,
+        users: Some(users.clone()),
+        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
+            .unwrap(),
+        days: 31,
+        structural: false,
+        membership: false,
+        seed: Some(162),
+    };
+    graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
+    let took = wait_converged_within(&sim, &spec, &parts, Duration::from_secs(30));
+    println!("25 changes converged by notifications in {took:?}");
+    assert!(
+        notified("woken") + notified("running") + notified("already_due") > woken,
+        "no round was triggered by a notification"
+    );
+
+    // A notification with another client state is dropped (and answered 202 all the same).
+    let sub_id = sim.state.subscriptions.lock().all()[0].id.clone();
+    let forged_before = dropped("wrong_client_state");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/notifications", w.url))
+        .json(&serde_json::json!({"value": [{
+            "subscriptionId": sub_id, "clientState": "guessed", "changeType": "updated",
+            "resource": "Users/x/Events/y"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(dropped("wrong_client_state"), forged_before + 1);
+    // Graph's handshake, open without the REST API's token.
+    let r = http
+        .post(format!(
+            "{}/notifications?validationToken=Validation%3A%20Testing",
+            w.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_eq!(r.text().await.unwrap(), "Validation: Testing");
+    assert_eq!(
+        http.post(format!("{}/notifications", w.url))
+            .body("not json")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
+    // Stopped, every partition deletes its subscription: none left behind.
+    w.command(Command::Stop).await.expect("stop");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = sim.state.subscriptions.lock().len();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} subscriptions left after the stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.stop.cancel();
+    w.task.await.unwrap().unwrap();
+    assert!(!w.status.notifications.is_open());
+    let records = all_records(&spec);
+    assert_eq!(duplicates(&records), Vec::<String>::new());
+}
