@@ -439,6 +439,20 @@ pub struct SourceOffset {
     /// directory no longer knows (the user was renamed) is found again by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<SharedStr>,
+    /// The partition's change-notification subscription (`[notifications]`), written with
+    /// its offset so that a restarted worker, or another taking its shard, reuses it instead
+    /// of leaking it. Boxed: absent for most partitions, 8 bytes then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Box<SubscriptionRef>>,
+}
+
+/// A change-notification subscription as an offset records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubscriptionRef {
+    /// Graph's subscription id.
+    pub id: String,
+    /// When it expires (Unix seconds).
+    pub expires: i64,
 }
 
 impl SourceOffset {
@@ -452,6 +466,7 @@ impl SourceOffset {
         full_at: None,
         reason: None,
         principal: None,
+        subscription: None,
     };
 
     /// The same offset with `link` sharing `delta_link`'s string when they are equal (as

@@ -199,6 +199,7 @@ impl PartitionReader {
             full_at: Some(Utc::now().timestamp()),
             reason: (why != Restart::Resync).then(|| why.reason().into()),
             principal: self.offset.principal.take(),
+            subscription: self.offset.subscription.take(),
         };
         self.fresh = true;
         self.guard.restarted();
@@ -333,6 +334,7 @@ impl PartitionReader {
             },
             reason: None,
             principal: self.offset.principal.take(),
+            subscription: self.offset.subscription.take(),
         };
     }
 

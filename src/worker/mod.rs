@@ -366,6 +366,10 @@ pub async fn run_with_status(
             }
         }
     }
+    // Subscriptions outlive a stop: the restarted worker (or another) reuses them.
+    if let Some(subs) = &shared.subscriptions {
+        subs.hand_over(|_| true);
+    }
     shared.shutdown.cancel();
     shared.status.notifications.close();
     // In-flight commits are waited for; tasks still there after the timeout are aborted, so

@@ -58,6 +58,9 @@ pub(super) async fn assigned(shared: &Arc<Shared>, shards: &[u32]) -> Result<(),
     shared
         .states
         .adopt(state, loaded.iter().map(|(p, o)| (p, o)));
+    if let Some(subs) = &shared.subscriptions {
+        subs.adopt(loaded.iter().map(|(p, o)| (p, o)));
+    }
     {
         let mut offsets = shared.status.offsets.lock();
         offsets.retain(|p, _| !ours(p));
@@ -100,6 +103,10 @@ pub(super) async fn revoked(shared: &Arc<Shared>, shards: &[u32], lost: bool) {
     // list's commit starting a task partition): `spawn_partition` checks ownership under
     // the lock the snapshot takes.
     shared.sinks.leave(shards);
+    // Their partitions go on elsewhere: their subscriptions stay (their offsets name them).
+    if let Some(subs) = &shared.subscriptions {
+        subs.hand_over(|p| theirs(p));
+    }
     let held = shards.iter().filter(|n| shared.sinks.is_open(**n)).count();
     let halted: Vec<Arc<PartitionId>> = shared
         .tracked

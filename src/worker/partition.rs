@@ -294,8 +294,15 @@ impl<'a> PartitionTask<'a> {
     /// position move and are the batch's task partitions run or stopped. An aborted
     /// transaction leaves the position where it was: the page is fetched again after a
     /// backoff that grows while transactions keep failing.
-    async fn commit(&mut self, batch: SourceBatch, reconciled: Reconciled) -> Step<Committed> {
+    async fn commit(&mut self, mut batch: SourceBatch, reconciled: Reconciled) -> Step<Committed> {
         let Reconciled { plan, ids, removed } = reconciled;
+        // Every offset names the partition's subscription as it stands (none without
+        // `[notifications]`): whoever runs it next reuses it.
+        batch.offset.subscription = self
+            .shared
+            .subscriptions
+            .as_ref()
+            .and_then(|s| s.record_of(&self.id));
         let offset = batch.offset.clone();
         let round = self.reader.offset().round;
         let done = Committed {

@@ -6,7 +6,10 @@
 //! creates it (Graph validates the webhook first), asks for close to the resource's longest
 //! lifetime, renews it `notifications.renew_before` ahead of its expiry (or half-way, for
 //! lifetimes shorter than twice that), recreates it when Graph removed it, and deletes it
-//! once the partition ends here (stopped, failed, its list gone, its shard moved). A request
+//! once the partition ends here (stopped, failed, its list gone). Its id and expiry are
+//! written with every offset of the partition: a worker that takes its shard, or restarts,
+//! reuses it ([`Subscriptions::adopt`]), and a shard that moves hands it over instead of
+//! deleting it ([`Subscriptions::hand_over`]). A request
 //! that fails is retried with a growing backoff; meanwhile the partition is polled at
 //! `graph.poll_interval`, as without notifications. Only a partition with a live subscription
 //! is polled at the longer `graph.poll_interval_with_notifications`.
@@ -23,9 +26,10 @@ use tokio::time::Instant;
 
 use crate::graph::subscriptions::{self as graph, resource_of, NewSubscription};
 use crate::metrics;
-use crate::source::PartitionId;
+use crate::source::{PartitionId, SourceOffset, SubscriptionRef};
 
 use super::spec::NotificationSpec;
+use super::supervisor::poke;
 use super::Shared;
 
 /// Requests to Graph in flight at once (each creation makes Graph call the webhook too).
@@ -53,6 +57,9 @@ struct Sub {
     failures: u32,
     /// Not before (after a failure).
     retry_at: Option<Instant>,
+    /// Its partition leaves this worker (its shard moves, the worker stops) but goes on:
+    /// the subscription stays for whoever runs it next (its offset records it).
+    handed_over: bool,
 }
 
 #[derive(Debug)]
@@ -102,7 +109,7 @@ impl Subscriptions {
         self.wake.notify_one();
     }
 
-    /// `id` ended here: its subscription is deleted.
+    /// `id` ended here: its subscription is deleted, unless it was handed over.
     pub fn release(&self, id: &PartitionId) {
         let mut t = self.table.lock();
         let Some((key, sub)) = t.subs.remove_entry(id) else {
@@ -110,10 +117,65 @@ impl Subscriptions {
         };
         if let Some(s) = sub.id {
             t.ids.remove(&s);
-            t.todo.push_back(Todo::Delete(key, s));
-            drop(t);
-            self.wake.notify_one();
+            if !sub.handed_over {
+                t.todo.push_back(Todo::Delete(key, s));
+                drop(t);
+                self.wake.notify_one();
+            }
         }
+    }
+
+    /// The partitions `leaving` says go on elsewhere (their shard moves) or later (the
+    /// worker stops): their subscriptions are kept when they end here.
+    pub fn hand_over(&self, leaving: impl Fn(&PartitionId) -> bool) {
+        for (p, sub) in self.table.lock().subs.iter_mut() {
+            if leaving(p) {
+                sub.handed_over = true;
+            }
+        }
+    }
+
+    /// The subscriptions recorded in the offsets of partitions this worker takes: reused,
+    /// unless expired (or about to: then a new one is made, the old one left to expire).
+    pub fn adopt<'a>(
+        &self,
+        offsets: impl IntoIterator<Item = (&'a Arc<PartitionId>, &'a SourceOffset)>,
+    ) {
+        let soon = Utc::now() + chrono::Duration::minutes(5);
+        let mut t = self.table.lock();
+        for (p, o) in offsets {
+            let Some(r) = o.subscription.as_deref() else {
+                continue;
+            };
+            let Some(expires) = DateTime::from_timestamp(r.expires, 0).filter(|e| *e > soon) else {
+                continue;
+            };
+            if resource_of(p).is_none() {
+                continue;
+            }
+            if let Some(old) = t.subs.get(&**p).and_then(|s| s.id.clone()) {
+                t.ids.remove(&old);
+            }
+            t.subs.insert(
+                p.clone(),
+                Sub {
+                    id: Some(r.id.clone()),
+                    expires: Some(expires),
+                    ..Sub::default()
+                },
+            );
+            t.ids.insert(r.id.clone(), p.clone());
+        }
+    }
+
+    /// What `id`'s offset records of its subscription (written with every offset).
+    pub fn record_of(&self, id: &PartitionId) -> Option<Box<SubscriptionRef>> {
+        let t = self.table.lock();
+        let s = t.subs.get(id)?;
+        Some(Box::new(SubscriptionRef {
+            id: s.id.clone()?,
+            expires: s.expires?.timestamp(),
+        }))
     }
 
     /// The partition a subscription is for.
@@ -291,6 +353,10 @@ async fn carry_out(shared: &Shared, subs: &Subscriptions, todo: Todo) {
                     drop(t);
                     let expires = s.expiration_date_time.to_rfc3339();
                     metrics::subscription_changed(&p, "created", &s.id, &expires);
+                    // A poll now: it reads what changed before the subscription existed
+                    // (Graph notifies only of later changes), and its offset records the
+                    // subscription.
+                    poke(shared, &p);
                 }
                 Err(e) => subs.failed(&p, "create", &e.to_string(), Some(Todo::Create(p.clone()))),
             }

@@ -31,8 +31,13 @@ struct Notified {
     task: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
 }
 
-async fn start(mut spec: WorkerSpec) -> (Notified, WorkerSpec) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+async fn start(spec: WorkerSpec) -> (Notified, WorkerSpec) {
+    start_on(spec, "127.0.0.1:0").await
+}
+
+/// [`start`] with the server on `addr` (a restarted worker keeps its public URL).
+async fn start_on(mut spec: WorkerSpec, addr: &str) -> (Notified, WorkerSpec) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     spec.notifications = Some(NotificationSpec {
         url: format!("{url}/notifications"),
@@ -264,4 +269,105 @@ async fn changes_reach_kafka_by_notification_and_stopped_partitions_unsubscribe(
     assert!(!w.status.notifications.is_open());
     let records = all_records(&spec);
     assert_eq!(duplicates(&records), Vec::<String>::new());
+}
+
+fn subscription_ids(sim: &SimServer) -> std::collections::BTreeSet<String> {
+    sim.state
+        .subscriptions
+        .lock()
+        .all()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+async fn wait_subscriptions(sim: &SimServer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = sim.state.subscriptions.lock().len();
+        if got == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{got} subscriptions, not {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Subscriptions this simulator created (its own count: tests run side by side).
+fn created(sim: &SimServer) -> u64 {
+    sim.state.stats.lock().notifications.subscriptions_created
+}
+
+/// A worker stopped and started again reuses its subscriptions (their ids are written with
+/// the offsets): none deleted at the stop, none created at the start, and changes still
+/// arrive by notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_reuses_the_subscriptions_its_offsets_name() {
+    let (sim, users) = sim_with_users(2, 4, 3, 171).await;
+    let parts = notified_partitions(&sim);
+    let mut spec = spec(&sim, &bootstrap(), parts.clone());
+    spec.poll_interval = Duration::from_secs(600);
+    let (w, spec) = start(spec).await;
+    wait_converged_within(&sim, &spec, &parts, Duration::from_secs(60));
+    wait_subscriptions(&sim, parts.len()).await;
+    let ids = subscription_ids(&sim);
+    // Each subscription's first poll (right after its creation) wrote it with the offset,
+    // at the next heartbeat at the latest; the stop flushes what waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let addr = w.url.trim_start_matches("http://").to_string();
+    w.stop.cancel();
+    w.task.await.unwrap().unwrap();
+    assert_eq!(
+        subscription_ids(&sim),
+        ids,
+        "a stop keeps the subscriptions"
+    );
+    let offsets = graph_cdc::sink::offsets_store::load_offsets(
+        &spec.sink.consumer_config(),
+        &spec.sink.offsets_topic,
+        &spec.sink.connector,
+        |_| true,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let recorded: std::collections::BTreeSet<String> = offsets
+        .values()
+        .filter_map(|o| o.subscription.as_ref().map(|s| s.id.clone()))
+        .collect();
+    assert_eq!(
+        recorded, ids,
+        "every subscription is recorded in its offset"
+    );
+
+    let before = created(&sim);
+    let (w, spec) = start_on(spec, &addr).await;
+    let m = MutateSpec {
+        count: 15,
+        users: Some(users),
+        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
+            .unwrap(),
+        days: 31,
+        structural: false,
+        membership: false,
+        seed: Some(172),
+    };
+    // Wait for the restarted worker to run its partitions before changing things.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.status.partitions.lock().len() < parts.len() || !w.status.notifications.is_open() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted worker never ran its partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
+    let took = wait_converged_within(&sim, &spec, &parts, Duration::from_secs(30));
+    println!("after the restart, 15 changes converged by notifications in {took:?}");
+    assert_eq!(subscription_ids(&sim), ids, "the same subscriptions");
+    assert_eq!(created(&sim), before, "none created by the restarted worker");
+    w.command(Command::Stop).await.expect("stop");
+    wait_subscriptions(&sim, 0).await;
+    w.stop.cancel();
+    w.task.await.unwrap().unwrap();
 }
