@@ -234,6 +234,13 @@ impl Subscriptions {
         self.spec.renew_before.min(lifetime / 2)
     }
 
+    /// How often renewals are looked for: often enough for the shortest lifetime asked.
+    fn scan_interval(&self) -> Duration {
+        self.spec.max_lifetime.map_or(RENEW_SCAN, |l| {
+            (l / 8).clamp(Duration::from_secs(1), RENEW_SCAN)
+        })
+    }
+
     /// Up to `n` requests due now; renewals found by a scan when `scan`.
     fn next(&self, n: usize, scan: bool) -> Vec<Todo> {
         let mut t = self.table.lock();
@@ -299,7 +306,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     };
     let mut last_scan = Instant::now();
     loop {
-        let scan = last_scan.elapsed() >= RENEW_SCAN;
+        let scan = last_scan.elapsed() >= subs.scan_interval();
         if scan {
             last_scan = Instant::now();
         }

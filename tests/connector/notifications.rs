@@ -36,17 +36,28 @@ async fn start(spec: WorkerSpec) -> (Notified, WorkerSpec) {
 }
 
 /// [`start`] with the server on `addr` (a restarted worker keeps its public URL).
-async fn start_on(mut spec: WorkerSpec, addr: &str) -> (Notified, WorkerSpec) {
+async fn start_on(spec: WorkerSpec, addr: &str) -> (Notified, WorkerSpec) {
+    start_with(spec, addr, |_| {}).await
+}
+
+/// [`start_on`], with `tweak` applied to the notification settings.
+async fn start_with(
+    mut spec: WorkerSpec,
+    addr: &str,
+    tweak: impl FnOnce(&mut NotificationSpec),
+) -> (Notified, WorkerSpec) {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    spec.notifications = Some(NotificationSpec {
+    let mut n = NotificationSpec {
         url: format!("{url}/notifications"),
         lifecycle_url: format!("{url}/notifications/lifecycle"),
         client_state: Secret::new(CLIENT_STATE),
         renew_before: Duration::from_secs(24 * 3600),
         max_lifetime: None,
         poll_interval: Duration::from_secs(600),
-    });
+    };
+    tweak(&mut n);
+    spec.notifications = Some(n);
     let settings = Settings::from_toml_str(
         "[graph]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\n[[sources]]\nkind = \"todo\"\nusers = [\"a@b.c\"]\n",
         false,
@@ -365,9 +376,172 @@ async fn a_restarted_worker_reuses_the_subscriptions_its_offsets_name() {
     let took = wait_converged_within(&sim, &spec, &parts, Duration::from_secs(30));
     println!("after the restart, 15 changes converged by notifications in {took:?}");
     assert_eq!(subscription_ids(&sim), ids, "the same subscriptions");
-    assert_eq!(created(&sim), before, "none created by the restarted worker");
+    assert_eq!(
+        created(&sim),
+        before,
+        "none created by the restarted worker"
+    );
     w.command(Command::Stop).await.expect("stop");
     wait_subscriptions(&sim, 0).await;
     w.stop.cancel();
     w.task.await.unwrap().unwrap();
+}
+
+/// `POST {sim}/_sim{path}` with a JSON body.
+async fn sim_post(
+    sim: &SimServer,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> u16 {
+    reqwest::Client::new()
+        .request(method, format!("{}/_sim{path}", sim.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn notification_stats(sim: &SimServer) -> graph_sim::subscriptions::NotificationStats {
+    sim.state.stats.lock().notifications.clone()
+}
+
+/// Subscriptions living 20 s are renewed before they lapse; Graph's lifecycle events are
+/// answered (a removed subscription recreated, a reauthorization asked for done); with every
+/// notification dropped the safety-net polls converge, and with every one sent twice the
+/// replays are dropped: nothing is committed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_lifecycle_events_drops_and_duplicates_converge() {
+    let (sim, users) = sim_with_users(1, 4, 3, 181).await;
+    sim.state.settings.write().subscription_max_secs = Some(20);
+    let parts = notified_partitions(&sim);
+    let mut spec = spec(&sim, &bootstrap(), parts.clone());
+    spec.poll_interval = Duration::from_secs(600);
+    let (w, spec) = start_with(spec, "127.0.0.1:0", |n| {
+        n.max_lifetime = Some(Duration::from_secs(20));
+        n.poll_interval = Duration::from_secs(5);
+    })
+    .await;
+    wait_converged_within(&sim, &spec, &parts, Duration::from_secs(60));
+    wait_subscriptions(&sim, parts.len()).await;
+    let mutate = |count, seed| MutateSpec {
+        count,
+        users: Some(users.clone()),
+        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
+            .unwrap(),
+        days: 31,
+        structural: false,
+        membership: false,
+        seed: Some(seed),
+    };
+
+    // 45 s: two lifetimes and more. Every subscription renewed, none lapsed.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let st = notification_stats(&sim);
+    assert_eq!(st.subscriptions_expired, 0, "{st:?}");
+    assert!(st.subscriptions_renewed >= 2 * parts.len() as u64, "{st:?}");
+    graph_sim::generate::mutate(&mut sim.state.store.write(), &mutate(10, 182));
+    wait_converged_within(&sim, &spec, &parts, Duration::from_secs(20));
+
+    // Lifecycle events.
+    let first = sim.state.subscriptions.lock().all()[0].id.clone();
+    let code = sim_post(
+        &sim,
+        reqwest::Method::POST,
+        &format!("/subscriptions/{first}/lifecycle"),
+        serde_json::json!({"event": "reauthorizationRequired"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim
+        .state
+        .subscriptions
+        .lock()
+        .get(&first)
+        .is_some_and(|s| s.reauthorize_since.is_some())
+    {
+        assert!(Instant::now() < deadline, "never reauthorized");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let code = sim_post(
+        &sim,
+        reqwest::Method::POST,
+        &format!("/subscriptions/{first}/lifecycle"),
+        serde_json::json!({"event": "subscriptionRemoved"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids = subscription_ids(&sim);
+        if ids.len() == parts.len() && !ids.contains(&first) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removed subscription was not recreated: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let missed = sim.state.subscriptions.lock().all()[0].id.clone();
+    let code = sim_post(
+        &sim,
+        reqwest::Method::POST,
+        &format!("/subscriptions/{missed}/lifecycle"),
+        serde_json::json!({"event": "missed"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    // Every notification dropped: the safety-net polls (5 s here, 10 minutes for the
+    // partitions without a live subscription) converge.
+    let faults = |drop: f64, dup: f64| serde_json::json!({"drop_probability": drop, "duplicate_probability": dup, "seed": 7});
+    assert_eq!(
+        sim_post(
+            &sim,
+            reqwest::Method::PUT,
+            "/notifications/faults",
+            faults(1.0, 0.0)
+        )
+        .await,
+        200
+    );
+    graph_sim::generate::mutate(&mut sim.state.store.write(), &mutate(10, 183));
+    wait_converged_within(&sim, &spec, &parts, Duration::from_secs(30));
+    assert!(notification_stats(&sim).dropped > 0);
+
+    // Every notification sent twice: the replays are dropped, nothing is written twice.
+    let replayed = graph_cdc::metrics::metrics()
+        .notifications
+        .with_label_values(&["change", "replayed"])
+        .get();
+    assert_eq!(
+        sim_post(
+            &sim,
+            reqwest::Method::PUT,
+            "/notifications/faults",
+            faults(0.0, 1.0)
+        )
+        .await,
+        200
+    );
+    graph_sim::generate::mutate(&mut sim.state.store.write(), &mutate(10, 184));
+    wait_converged_within(&sim, &spec, &parts, Duration::from_secs(20));
+    assert!(notification_stats(&sim).duplicated > 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while graph_cdc::metrics::metrics()
+        .notifications
+        .with_label_values(&["change", "replayed"])
+        .get()
+        == replayed
+    {
+        assert!(Instant::now() < deadline, "no replay was told apart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.stop.cancel();
+    w.task.await.unwrap().unwrap();
+    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
 }
