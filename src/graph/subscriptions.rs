@@ -158,32 +158,37 @@ pub async fn reauthorize(
         .map(|_| ())
 }
 
-/// One notification of a `POST` Graph sends: a change, or a lifecycle event.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+/// One notification of a `POST` Graph sends: a change, or a lifecycle event (serialised
+/// back as Graph sent it when a worker forwards it to another).
+#[derive(Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Notice {
     pub subscription_id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_state: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle_event: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
     /// The changed item (its id and version), when Graph says.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_data: Option<ResourceData>,
 }
 
 /// A change notification's `resourceData`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct ResourceData {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(default, rename = "@odata.etag")]
+    #[serde(
+        default,
+        rename = "@odata.etag",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub etag: Option<String>,
 }
 

@@ -33,8 +33,8 @@ pub use kafka::{
     records_written, transaction_aborted, transaction_committed,
 };
 pub use notifications::{
-    notification_received, notification_triggered, subscription_changed, subscription_failed,
-    subscriptions_active,
+    notification_received, notification_triggered, notifications_forwarded, subscription_changed,
+    subscription_failed, subscriptions_active,
 };
 pub use worker::{
     graph_health_changed, halt_timed_out, kafka_health_changed, member_departed, members_resumed,

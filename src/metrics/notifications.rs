@@ -50,3 +50,18 @@ pub fn subscription_failed(partition: &PartitionId, action: &str, why: &str) {
 pub fn subscriptions_active(n: usize) {
     metrics().subscriptions.set(n as i64);
 }
+
+/// Notifications of other workers' subscriptions handed to worker `to` (`forwarded`,
+/// `forward_failed`; `no_other_worker`: nobody to hand them to, dropped).
+pub fn notifications_forwarded(to: &str, n: usize, outcome: &str) {
+    metrics()
+        .notifications
+        .with_label_values(&["forward", outcome])
+        .inc_by(n as u64);
+    tracing::debug!(
+        to,
+        n,
+        outcome,
+        "notifications of another worker's subscriptions"
+    );
+}

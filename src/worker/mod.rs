@@ -290,7 +290,10 @@ pub async fn run_with_status(
         let inbox = shared
             .status
             .notifications
-            .open(subs.spec.client_state.expose());
+            .open(subs.spec.client_state.expose(), {
+                let known = subs.clone();
+                Arc::new(move |id: &str| known.partition_of(id).is_some())
+            });
         supervisor::spawn_task(&shared, notifications::run(shared.clone(), inbox));
         supervisor::spawn_task(&shared, subscriptions::run(shared.clone()));
     }

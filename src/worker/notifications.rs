@@ -50,7 +50,12 @@ struct Door {
     /// SHA-256 of the client state: compared in constant time, never kept in the clear here.
     digest: [u8; 32],
     tx: mpsc::Sender<Inbound>,
+    /// Whether a subscription is this worker's.
+    ours: Ours,
 }
+
+/// Whether a subscription id is one of this worker's.
+pub(super) type Ours = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// One notification on its way to the worker.
 pub(super) struct Inbound {
@@ -60,12 +65,15 @@ pub(super) struct Inbound {
 }
 
 /// What a post held.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Received {
     /// Queued for the worker.
     pub accepted: usize,
     /// Dropped: a wrong client state, or the queue full.
     pub dropped: usize,
+    /// Of other workers' subscriptions (the ingress in front of the workers picks any): for
+    /// the caller to hand to the others (see [`Inbox::receive`]).
+    pub foreign: Vec<Notice>,
 }
 
 /// Why a post was not taken.
@@ -83,8 +91,15 @@ fn digest(s: &str) -> [u8; 32] {
 
 impl Inbox {
     /// Takes a post of Graph's (`lifecycle`: to the lifecycle URL): each notification with
-    /// the right client state is queued for the worker.
-    pub fn receive(&self, body: &[u8], lifecycle: bool) -> Result<Received, InboxError> {
+    /// the right client state is queued for the worker, unless its subscription is another
+    /// worker's and the post was not `forwarded` by one already: those are handed back, to
+    /// be forwarded to the other workers (each keeps those of its partitions).
+    pub fn receive(
+        &self,
+        body: &[u8],
+        lifecycle: bool,
+        forwarded: bool,
+    ) -> Result<Received, InboxError> {
         let kind = if lifecycle { "lifecycle" } else { "change" };
         let door = self.door.lock();
         let Some(door) = door.as_ref() else {
@@ -100,6 +115,10 @@ impl Inbox {
             if !bool::from(presented.ct_eq(&door.digest)) {
                 metrics::notification_received(kind, "wrong_client_state", &notice.subscription_id);
                 r.dropped += 1;
+                continue;
+            }
+            if !forwarded && !(door.ours)(&notice.subscription_id) {
+                r.foreign.push(notice);
                 continue;
             }
             let id = notice.subscription_id.clone();
@@ -120,12 +139,14 @@ impl Inbox {
         self.door.lock().is_some()
     }
 
-    /// Opens the door for a worker whose notifications carry `client_state`.
-    pub(super) fn open(&self, client_state: &str) -> mpsc::Receiver<Inbound> {
+    /// Opens the door for a worker whose notifications carry `client_state` and whose
+    /// subscriptions `ours` tells.
+    pub(super) fn open(&self, client_state: &str, ours: Ours) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(QUEUE);
         *self.door.lock() = Some(Door {
             digest: digest(client_state),
             tx,
+            ours,
         });
         rx
     }
@@ -221,27 +242,33 @@ mod tests {
     async fn the_inbox_checks_the_client_state_and_queues_the_rest() {
         let inbox = Inbox::default();
         assert!(matches!(
-            inbox.receive(b"{}", false),
+            inbox.receive(b"{}", false, false),
             Err(InboxError::Closed)
         ));
-        let mut rx = inbox.open("a-client-state-of-some-length");
+        let mut rx = inbox.open(
+            "a-client-state-of-some-length",
+            Arc::new(|id: &str| id != "s4"),
+        );
         let body = br#"{"value":[
             {"subscriptionId":"s1","clientState":"a-client-state-of-some-length","changeType":"updated"},
             {"subscriptionId":"s2","clientState":"forged","changeType":"updated"},
-            {"subscriptionId":"s3","changeType":"created"}]}"#;
-        let r = inbox.receive(body, false).unwrap();
-        assert_eq!(
-            r,
-            Received {
-                accepted: 1,
-                dropped: 2
-            }
-        );
+            {"subscriptionId":"s3","changeType":"created"},
+            {"subscriptionId":"s4","clientState":"a-client-state-of-some-length","changeType":"deleted"}]}"#;
+        let r = inbox.receive(body, false, false).unwrap();
+        assert_eq!((r.accepted, r.dropped), (1, 2));
+        // Another worker's: handed back to be forwarded, as Graph sent it.
+        assert_eq!(r.foreign.len(), 1);
+        let again = serde_json::json!({ "value": r.foreign }).to_string();
+        assert!(again.contains("\"clientState\":\"a-client-state-of-some-length\""));
         let got = rx.recv().await.unwrap();
         assert_eq!(got.notice.subscription_id, "s1");
         assert!(!got.lifecycle);
+        // Forwarded by another worker: kept, known or not.
+        let r = inbox.receive(again.as_bytes(), false, true).unwrap();
+        assert_eq!((r.accepted, r.foreign.len()), (1, 0));
+        assert_eq!(rx.recv().await.unwrap().notice.subscription_id, "s4");
         assert!(matches!(
-            inbox.receive(b"not json", true),
+            inbox.receive(b"not json", true, false),
             Err(InboxError::Malformed(_))
         ));
         inbox.close();

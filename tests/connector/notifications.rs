@@ -42,15 +42,28 @@ async fn start_on(spec: WorkerSpec, addr: &str) -> (Notified, WorkerSpec) {
 
 /// [`start_on`], with `tweak` applied to the notification settings.
 async fn start_with(
+    spec: WorkerSpec,
+    addr: &str,
+    tweak: impl FnOnce(&mut NotificationSpec),
+) -> (Notified, WorkerSpec) {
+    start_behind(spec, addr, None, tweak).await
+}
+
+/// [`start_with`], Graph posting to `ingress` (another worker's server) when given: the
+/// worker advertises its own server to the others (forwarding).
+async fn start_behind(
     mut spec: WorkerSpec,
     addr: &str,
+    ingress: Option<&str>,
     tweak: impl FnOnce(&mut NotificationSpec),
 ) -> (Notified, WorkerSpec) {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    spec.sharding.advertised_url = Some(url.clone());
+    let public = ingress.unwrap_or(&url).to_string();
     let mut n = NotificationSpec {
-        url: format!("{url}/notifications"),
-        lifecycle_url: format!("{url}/notifications/lifecycle"),
+        url: format!("{public}/notifications"),
+        lifecycle_url: format!("{public}/notifications/lifecycle"),
         client_state: Secret::new(CLIENT_STATE),
         renew_before: Duration::from_secs(24 * 3600),
         max_lifetime: None,
@@ -69,7 +82,7 @@ async fn start_with(
         commands: commands.clone(),
         auth_token: Some("operator-token".into()),
         name: spec.sink.connector.clone(),
-        worker_id: "w0".into(),
+        worker_id: spec.sharding.worker_id.clone(),
         config: settings.redacted_json(),
         status: status.clone(),
         peers: server::peers::client(&[]).unwrap(),
@@ -543,5 +556,79 @@ async fn renewals_lifecycle_events_drops_and_duplicates_converge() {
     }
     w.stop.cancel();
     w.task.await.unwrap().unwrap();
+    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
+}
+
+/// Two workers behind one ingress (Graph posts every notification to the first): those of
+/// the second's subscriptions are forwarded to it, and its partitions' changes converge by
+/// notification too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reaching_another_worker_are_forwarded_to_the_owner() {
+    let (sim, users) = sim_with_users(6, 3, 2, 191).await;
+    let parts = notified_partitions(&sim);
+    let mut spec = spec(&sim, &bootstrap(), parts.clone());
+    spec.poll_interval = Duration::from_secs(600);
+    spec.sharding.shards = 4;
+    spec.sharding.worker_id = "a".into();
+    let (a, spec) = start_with(spec, "127.0.0.1:0", |_| {}).await;
+    let mut b_spec = spec.clone();
+    b_spec.sharding.worker_id = "b".into();
+    let (b, _) = start_behind(b_spec, "127.0.0.1:0", Some(&a.url), |_| {}).await;
+    // Both run partitions, and every partition has its subscription, all posting to `a`.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let running = |w: &Notified| {
+            w.status
+                .partitions
+                .lock()
+                .values()
+                .filter(|s| matches!(s, worker::PartitionState::Running))
+                .count()
+        };
+        let (ra, rb) = (running(&a), running(&b));
+        let subs = sim.state.subscriptions.lock().len();
+        if ra > 0 && rb > 0 && ra + rb == parts.len() && subs == parts.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a runs {ra}, b runs {rb} of {}; {subs} subscriptions",
+            parts.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for s in sim.state.subscriptions.lock().all() {
+        assert_eq!(s.notification_url, format!("{}/notifications", a.url));
+    }
+    wait_converged_within(&sim, &spec, &parts, Duration::from_secs(60));
+    let forwarded = graph_cdc::metrics::metrics()
+        .notifications
+        .with_label_values(&["forward", "forwarded"])
+        .get();
+    let m = MutateSpec {
+        count: 30,
+        users: Some(users),
+        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
+            .unwrap(),
+        days: 31,
+        structural: false,
+        membership: false,
+        seed: Some(192),
+    };
+    graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
+    let took = wait_converged_within(&sim, &spec, &parts, Duration::from_secs(30));
+    println!("two workers behind one ingress: 30 changes converged in {took:?}");
+    assert!(
+        graph_cdc::metrics::metrics()
+            .notifications
+            .with_label_values(&["forward", "forwarded"])
+            .get()
+            > forwarded,
+        "nothing was forwarded to the second worker"
+    );
+    for w in [a, b] {
+        w.stop.cancel();
+        w.task.await.unwrap().unwrap();
+    }
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
 }
