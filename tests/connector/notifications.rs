@@ -632,3 +632,75 @@ async fn notifications_reaching_another_worker_are_forwarded_to_the_owner() {
     }
     assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
 }
+
+/// `graph-cdc run` processes with notifications on, SIGKILLed right after changes are made
+/// (between the notifications and their rounds, or in the middle of them) and started again
+/// at once: the topics converge to the truth with nothing committed twice, and the
+/// subscriptions made by the first process are the only ones ever made (each restart reuses
+/// them from the offsets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_between_notifications_and_their_rounds_lose_nothing() {
+    use rand::Rng as _;
+    let (sim, users) = sim_with_users(2, 4, 3, 201).await;
+    let notified = notified_partitions(&sim).len();
+    let spec = spec(&sim, &bootstrap(), Vec::new());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = config(&spec, &users)
+        .replace(
+            "poll_interval = \"300ms\"",
+            "poll_interval = \"10s\"\npoll_interval_with_notifications = \"10m\"",
+        )
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+        + &format!(
+            "\n[notifications]\nenabled = true\npublic_url = \"http://127.0.0.1:{port}/notifications\"\n\
+             client_state = \"{CLIENT_STATE}\"\nallow_insecure_url = true\n"
+        );
+    let dir = std::env::temp_dir().join(format!(
+        "graph-cdc-notified-crash-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("worker.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut child = KillOnDrop(launch(&cfg));
+    tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
+    wait_subscriptions(&sim, notified).await;
+    // Each subscription written with its partition's offset (heartbeat 1 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let made = created(&sim);
+    assert_eq!(made, notified as u64);
+    let mut rng = rand::rng();
+    for round in 0..6u64 {
+        let m = MutateSpec {
+            count: 8,
+            users: Some(users.clone()),
+            start: chrono::NaiveDateTime::parse_from_str(
+                "2026-05-01T00:00:00",
+                "%Y-%m-%dT%H:%M:%S",
+            )
+            .unwrap(),
+            days: 31,
+            structural: false,
+            membership: false,
+            seed: Some(210 + round),
+        };
+        graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
+        // The notifications leave after 200 ms; their rounds take a few more.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..600))).await;
+        signal(&child.0, libc::SIGKILL);
+        let _ = child.0.wait();
+        child = KillOnDrop(launch(&cfg));
+    }
+    // Lost notifications (sent while no worker listened) are made up for by the restarted
+    // worker's first polls, spread over `graph.poll_interval`.
+    tokio::task::block_in_place(|| wait_converged(&sim, &spec, WINDOW, Duration::from_secs(90)));
+    assert_eq!(duplicates(&all_records(&spec)), Vec::<String>::new());
+    assert_eq!(created(&sim), made, "a restart made new subscriptions");
+    assert_eq!(sim.state.subscriptions.lock().len(), notified);
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
