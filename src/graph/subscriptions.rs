@@ -144,6 +144,41 @@ pub async fn delete(
     }
 }
 
+/// `GET /subscriptions`: the app's subscriptions, every page (`@odata.nextLink`).
+pub async fn list(client: &GraphClient, graph_host: &str) -> Result<Vec<Subscription>, GraphError> {
+    #[derive(Deserialize)]
+    struct Page {
+        #[serde(default)]
+        value: Vec<Subscription>,
+        #[serde(default, rename = "@odata.nextLink")]
+        next: Option<String>,
+    }
+    let mut out = Vec::new();
+    let mut url = Some(url(graph_host, ""));
+    // One page per request; a listing that loops is cut (Graph's pages are 100 long).
+    let mut pages = 0;
+    while let Some(u) = url.take() {
+        let page: Option<Page> = client
+            .send_json(SUBSCRIPTIONS, SUBSCRIPTIONS, Method::GET, &u, None)
+            .await?;
+        let Some(page) = page else { break };
+        out.extend(page.value);
+        pages += 1;
+        url = page.next.filter(|_| pages < 100_000);
+    }
+    Ok(out)
+}
+
+/// The user a subscription's resource names (`users/{id}/…`, as the worker sent it).
+pub fn user_of(resource: &str) -> Option<&str> {
+    let r = resource.trim_start_matches('/');
+    let mut parts = r.splitn(3, '/');
+    match (parts.next(), parts.next()) {
+        (Some(u), Some(id)) if u.eq_ignore_ascii_case("users") && !id.is_empty() => Some(id),
+        _ => None,
+    }
+}
+
 /// `POST /subscriptions/{id}/reauthorize`, after a `reauthorizationRequired` lifecycle event.
 pub async fn reauthorize(
     client: &GraphClient,
@@ -247,6 +282,14 @@ mod tests {
         );
         assert!(resource_of(&PartitionId::CalendarList { user: "u1".into() }).is_none());
         assert!(resource_of(&PartitionId::TaskLists { user: "u1".into() }).is_none());
+    }
+
+    #[test]
+    fn a_resource_names_its_user() {
+        assert_eq!(user_of("users/u1/events"), Some("u1"));
+        assert_eq!(user_of("/Users/u1/todo/lists/L/tasks"), Some("u1"));
+        assert_eq!(user_of("me/events"), None);
+        assert_eq!(user_of("users/"), None);
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct NotificationSpec {
     pub max_lifetime: Option<Duration>,
     /// `graph.poll_interval_with_notifications`: a notified partition's poll interval.
     pub poll_interval: Duration,
+    /// When the first look for subscriptions left behind runs (`None`: a minute after the
+    /// start; then hourly); for tests.
+    pub sweep_after: Option<Duration>,
 }
 
 /// The workers' group: each partition belongs to a shard, each shard to one worker.
@@ -176,5 +179,6 @@ fn notification_spec(s: &Settings) -> Option<NotificationSpec> {
         renew_before: n.renew_before.0,
         max_lifetime: n.max_lifetime.map(|d| d.0),
         poll_interval: s.graph.poll_interval_with_notifications.0,
+        sweep_after: None,
     })
 }

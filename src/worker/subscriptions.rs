@@ -299,13 +299,25 @@ impl Subscriptions {
     }
 }
 
+/// How long after the worker starts, and then how often, it looks for subscriptions left
+/// behind (see [`sweep`]).
+const SWEEP_FIRST: Duration = Duration::from_secs(60);
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// Creates, renews and deletes the worker's subscriptions until it stops.
 pub(super) async fn run(shared: Arc<Shared>) {
     let Some(subs) = shared.subscriptions.clone() else {
         return;
     };
     let mut last_scan = Instant::now();
+    let mut next_sweep = Instant::now() + subs.spec.sweep_after.unwrap_or(SWEEP_FIRST);
     loop {
+        if Instant::now() >= next_sweep {
+            next_sweep = Instant::now() + SWEEP_EVERY;
+            let s = shared.clone();
+            // In the background: a listing of 100,000 subscriptions is 1,000 pages.
+            super::supervisor::spawn_task(&shared, async move { sweep(&s).await });
+        }
         let scan = last_scan.elapsed() >= subs.scan_interval();
         if scan {
             last_scan = Instant::now();
@@ -409,5 +421,64 @@ async fn carry_out(shared: &Shared, subs: &Subscriptions, todo: Todo) {
             // Left to expire: at most the resource's lifetime.
             Err(e) => metrics::subscription_failed(&p, "delete", &e.to_string()),
         },
+    }
+}
+
+/// Deletes subscriptions left behind: the app's subscriptions posting to this connector's
+/// URL, for a user of a shard this worker owns, that no partition here holds (made by a
+/// worker killed before its partition's next commit recorded them, or for a partition
+/// removed meanwhile). Subscriptions made in the last ten minutes are left alone (one being
+/// made here right now is not in the table yet).
+async fn sweep(shared: &Shared) {
+    let Some(subs) = &shared.subscriptions else {
+        return;
+    };
+    let (client, host) = (&shared.client, shared.spec.graph_host.as_str());
+    let all = match graph::list(client, host).await {
+        Ok(all) => all,
+        Err(e) => {
+            let p = PartitionId::GroupMembers {
+                group: String::new(),
+            };
+            metrics::subscription_failed(&p, "list", &e.to_string());
+            return;
+        }
+    };
+    let young = |e: DateTime<Utc>, resource: &str| {
+        let max = resource_max(resource);
+        let lifetime = chrono::Duration::from_std(subs.lifetime(max)).unwrap_or_default();
+        e > Utc::now() + lifetime - chrono::Duration::minutes(10)
+    };
+    let mut left = 0;
+    for s in all {
+        if s.notification_url != subs.spec.url || young(s.expiration_date_time, &s.resource) {
+            continue;
+        }
+        let Some(user) = graph::user_of(&s.resource) else {
+            continue;
+        };
+        let owner = Arc::new(PartitionId::CalendarList {
+            user: user.to_string(),
+        });
+        if !shared.sinks.owns(&owner) || subs.partition_of(&s.id).is_some() {
+            continue;
+        }
+        match graph::delete(client, host, user, &s.id).await {
+            Ok(()) => {
+                left += 1;
+                metrics::subscription_changed(&owner, "swept", &s.id, "");
+            }
+            Err(e) => metrics::subscription_failed(&owner, "sweep", &e.to_string()),
+        }
+    }
+    tracing::debug!(deleted = left, "subscriptions left behind swept");
+}
+
+/// The longest lifetime of the resource a subscription names (events, else To Do tasks).
+fn resource_max(resource: &str) -> Duration {
+    if resource.to_ascii_lowercase().contains("/todo/") {
+        Duration::from_secs(4_230 * 60)
+    } else {
+        Duration::from_secs(10_080 * 60)
     }
 }

@@ -68,6 +68,7 @@ async fn start_behind(
         renew_before: Duration::from_secs(24 * 3600),
         max_lifetime: None,
         poll_interval: Duration::from_secs(600),
+        sweep_after: None,
     };
     tweak(&mut n);
     spec.notifications = Some(n);
@@ -703,4 +704,68 @@ async fn sigkills_between_notifications_and_their_rounds_lose_nothing() {
     assert_eq!(sim.state.subscriptions.lock().len(), notified);
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A subscription left behind (posting to the connector's URL, for a user of the worker's
+/// shards, held by no partition: a worker killed before recording it) is deleted by the
+/// worker's sweep; the partitions' own subscriptions stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_left_behind_are_swept() {
+    let (sim, users) = sim_with_users(1, 2, 2, 221).await;
+    let parts = notified_partitions(&sim);
+    let mut spec = spec(&sim, &bootstrap(), parts.clone());
+    spec.poll_interval = Duration::from_secs(600);
+    let (w, _spec) = start_with(spec, "127.0.0.1:0", |n| {
+        n.sweep_after = Some(Duration::from_secs(8));
+    })
+    .await;
+    wait_subscriptions(&sim, parts.len()).await;
+    let own = subscription_ids(&sim);
+    // The leftover: made by "another incarnation" of this worker, a day to live.
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/{TENANT}/oauth2/v2.0/token", sim.url()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT),
+            ("client_secret", SECRET),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(format!("{}/v1.0/subscriptions", sim.url()))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&serde_json::json!({
+            "changeType": "created,updated,deleted",
+            "notificationUrl": format!("{}/notifications", w.url),
+            "resource": format!("users/{}/events", users[0]),
+            "expirationDateTime": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339(),
+            "clientState": CLIENT_STATE,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let leftover = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sim.state.subscriptions.lock().len(), parts.len() + 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.state.subscriptions.lock().get(&leftover).is_some() {
+        assert!(Instant::now() < deadline, "the leftover was never swept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        subscription_ids(&sim),
+        own,
+        "the partitions' own subscriptions stay"
+    );
+    w.stop.cancel();
+    w.task.await.unwrap().unwrap();
 }
