@@ -47,6 +47,16 @@ pub fn resource_of(p: &PartitionId) -> Option<(String, Duration)> {
     }
 }
 
+/// The longest subscription Graph allows for a partition, if it offers one (no allocation:
+/// asked for every subscription at each renewal scan).
+pub fn max_lifetime_of(p: &PartitionId) -> Option<Duration> {
+    match p {
+        PartitionId::CalendarView { .. } => Some(Duration::from_secs(10_080 * 60)),
+        PartitionId::Tasks { .. } => Some(Duration::from_secs(4_230 * 60)),
+        _ => None,
+    }
+}
+
 /// A subscription as Graph answers it (its `clientState` is not kept: a secret).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -281,6 +291,13 @@ mod tests {
             "users/u1/calendars/C2/events"
         );
         assert!(resource_of(&PartitionId::CalendarList { user: "u1".into() }).is_none());
+        for p in [&view, &tasks, &other] {
+            assert_eq!(max_lifetime_of(p), resource_of(p).map(|r| r.1));
+        }
+        assert_eq!(
+            max_lifetime_of(&PartitionId::TaskLists { user: "u1".into() }),
+            None
+        );
         assert!(resource_of(&PartitionId::TaskLists { user: "u1".into() }).is_none());
     }
 

@@ -24,7 +24,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::graph::subscriptions::{self as graph, resource_of, NewSubscription};
+use crate::graph::subscriptions::{self as graph, max_lifetime_of, resource_of, NewSubscription};
 use crate::metrics;
 use crate::source::{PartitionId, SourceOffset, SubscriptionRef};
 
@@ -96,7 +96,7 @@ impl Subscriptions {
 
     /// `id` runs here: it gets a subscription, if Graph offers one for it.
     pub fn want(&self, id: &Arc<PartitionId>) {
-        if resource_of(id).is_none() {
+        if max_lifetime_of(id).is_none() {
             return;
         }
         let mut t = self.table.lock();
@@ -150,7 +150,7 @@ impl Subscriptions {
             let Some(expires) = DateTime::from_timestamp(r.expires, 0).filter(|e| *e > soon) else {
                 continue;
             };
-            if resource_of(p).is_none() {
+            if max_lifetime_of(p).is_none() {
                 continue;
             }
             if let Some(old) = t.subs.get(&**p).and_then(|s| s.id.clone()) {
@@ -251,7 +251,7 @@ impl Subscriptions {
                 .iter()
                 .filter_map(|(p, s)| {
                     let (id, expires) = (s.id.as_ref()?, s.expires?);
-                    let (_, max) = resource_of(p)?;
+                    let max = max_lifetime_of(p)?;
                     let margin = self.renew_margin(self.lifetime(max));
                     let margin = chrono::Duration::from_std(margin).ok()?;
                     (expires - margin <= now).then(|| Todo::Renew(p.clone(), id.clone()))
@@ -381,7 +381,7 @@ async fn carry_out(shared: &Shared, subs: &Subscriptions, todo: Todo) {
             }
         }
         Todo::Renew(p, id) => {
-            let Some((_, max)) = resource_of(&p) else {
+            let Some(max) = max_lifetime_of(&p) else {
                 return;
             };
             let expiration =
