@@ -774,6 +774,8 @@ def check_chart(binary):
         ({"kafka": {"tls": {"existingSecret": FULLNAME, "clientCertificate": True}}}, "the chart creates"),
         ({"config": {"server": {"auth_token": "x"}}}, "config.server.auth_token: a secret in the ConfigMap"),
         ({"config": {"graph": {"client_secret": "x"}}}, "config.graph.client_secret: a secret in the ConfigMap"),
+        ({"config": {"notifications": {"client_state": "x"}}},
+         "config.notifications.client_state: a secret in the ConfigMap"),
         ({"config": {"server": {"allow_unauthenticated": True}}}, "set server.allowUnauthenticated instead"),
         ({"config": {"server": {"auth_token_file": "/x"}}}, "give the REST token one way"),
         ({"config": {"graph": {"client_secret_file": "/x"}}, "secrets": {"clientSecret": "s"}},

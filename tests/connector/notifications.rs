@@ -118,6 +118,21 @@ impl Notified {
     }
 }
 
+/// `count` changes to the events and tasks of `users` (no calendars or lists made or
+/// removed: only notified partitions change).
+fn changes(users: &[String], count: usize, seed: u64) -> MutateSpec {
+    MutateSpec {
+        count,
+        users: Some(users.to_vec()),
+        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
+            .unwrap(),
+        days: 31,
+        structural: false,
+        membership: false,
+        seed: Some(seed),
+    }
+}
+
 /// The partitions Graph notifies of: each user's calendar view and task lists' tasks.
 fn notified_partitions(sim: &SimServer) -> Vec<PartitionId> {
     all_partitions(sim, WINDOW)
@@ -218,16 +233,7 @@ async fn changes_reach_kafka_by_notification_and_stopped_partitions_unsubscribe(
 
     // Changes to events and tasks: converged by notifications, polls being 10 minutes off.
     let woken = notified("woken") + notified("running") + notified("already_due");
-    let m = MutateSpec {
-        count: 25,
-        users: Some(users.clone()),
-        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
-            .unwrap(),
-        days: 31,
-        structural: false,
-        membership: false,
-        seed: Some(162),
-    };
+    let m = changes(&users, 25, 162);
     graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
     let took = wait_converged_within(&sim, &spec, &parts, Duration::from_secs(30));
     println!("25 changes converged by notifications in {took:?}");
@@ -366,16 +372,7 @@ async fn a_restarted_worker_reuses_the_subscriptions_its_offsets_name() {
 
     let before = created(&sim);
     let (w, spec) = start_on(spec, &addr).await;
-    let m = MutateSpec {
-        count: 15,
-        users: Some(users),
-        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
-            .unwrap(),
-        days: 31,
-        structural: false,
-        membership: false,
-        seed: Some(172),
-    };
+    let m = changes(&users, 15, 172);
     // Wait for the restarted worker to run its partitions before changing things.
     let deadline = Instant::now() + Duration::from_secs(60);
     while w.status.partitions.lock().len() < parts.len() || !w.status.notifications.is_open() {
@@ -440,16 +437,7 @@ async fn renewals_lifecycle_events_drops_and_duplicates_converge() {
     .await;
     wait_converged_within(&sim, &spec, &parts, Duration::from_secs(60));
     wait_subscriptions(&sim, parts.len()).await;
-    let mutate = |count, seed| MutateSpec {
-        count,
-        users: Some(users.clone()),
-        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
-            .unwrap(),
-        days: 31,
-        structural: false,
-        membership: false,
-        seed: Some(seed),
-    };
+    let mutate = |count, seed| changes(&users, count, seed);
 
     // 45 s: two lifetimes and more. Every subscription renewed, none lapsed.
     tokio::time::sleep(Duration::from_secs(45)).await;
@@ -606,16 +594,7 @@ async fn notifications_reaching_another_worker_are_forwarded_to_the_owner() {
         .notifications
         .with_label_values(&["forward", "forwarded"])
         .get();
-    let m = MutateSpec {
-        count: 30,
-        users: Some(users),
-        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
-            .unwrap(),
-        days: 31,
-        structural: false,
-        membership: false,
-        seed: Some(192),
-    };
+    let m = changes(&users, 30, 192);
     graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
     let took = wait_converged_within(&sim, &spec, &parts, Duration::from_secs(30));
     println!("two workers behind one ingress: 30 changes converged in {took:?}");
@@ -676,19 +655,7 @@ async fn sigkills_between_notifications_and_their_rounds_lose_nothing() {
     assert_eq!(made, notified as u64);
     let mut rng = rand::rng();
     for round in 0..6u64 {
-        let m = MutateSpec {
-            count: 8,
-            users: Some(users.clone()),
-            start: chrono::NaiveDateTime::parse_from_str(
-                "2026-05-01T00:00:00",
-                "%Y-%m-%dT%H:%M:%S",
-            )
-            .unwrap(),
-            days: 31,
-            structural: false,
-            membership: false,
-            seed: Some(210 + round),
-        };
+        let m = changes(&users, 8, 210 + round);
         graph_sim::generate::mutate(&mut sim.state.store.write(), &m);
         // The notifications leave after 200 ms; their rounds take a few more.
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..600))).await;
