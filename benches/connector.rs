@@ -1206,20 +1206,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, bootstrap: &str) {
     wait_until("the initial sync", Duration::from_secs(120), || {
         records_written() - r0 >= 200
     });
-    let ids: Vec<(String, String)> = {
-        let store = sim.server.state.store.read();
-        users
-            .iter()
-            .flat_map(|u| {
-                let uid = store.user_id(u).expect("user").to_string();
-                let u = &store.users[&uid];
-                u.events[&u.primary_calendar]
-                    .live()
-                    .map(|e| (uid.clone(), e.data.id.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
+    let ids = primary_event_ids(&sim, &users);
     let c = consumer(bootstrap);
     assign(&c, &topic, Offset::End);
     let sent: Arc<parking_lot::Mutex<HashMap<u64, Instant>>> = Arc::default();

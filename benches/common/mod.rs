@@ -102,3 +102,19 @@ pub fn populate(
     }
     infos.into_iter().map(|u| u.user_principal_name).collect()
 }
+
+/// Every live event of `users`' primary calendars, as (user id, event id).
+pub fn primary_event_ids(sim: &Sim, users: &[String]) -> Vec<(String, String)> {
+    let store = sim.server.state.store.read();
+    users
+        .iter()
+        .flat_map(|u| {
+            let uid = store.user_id(u).expect("user").to_string();
+            let u = &store.users[&uid];
+            u.events[&u.primary_calendar]
+                .live()
+                .map(|e| (uid.clone(), e.data.id.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
