@@ -57,7 +57,7 @@ mod validate;
 pub use crate::sink::properties::PRODUCER_DEFAULTS;
 pub use graph::{Cloud, Credentials, GraphSettings};
 pub use kafka::{ErrorSettings, KafkaOptions, KafkaSettings, Tolerance, TopicSettings};
-pub use notifications::{Delivery, NotificationSettings};
+pub use notifications::{event_hub_url, Delivery, EventHubSettings, NotificationSettings};
 pub use server::{parse_listen, ListenHost, ServerFiles, TlsPem};
 pub use sources::{GroupSource, OnMemberRemoved, Source};
 pub use timezones::WINDOWS_ZONES;

@@ -33,6 +33,10 @@ pub use kafka::{
     records_written, transaction_aborted, transaction_committed,
 };
 pub use notifications::{
+    eventhub_assigned, eventhub_committed, eventhub_consumer_error, eventhub_message,
+    eventhub_unavailable,
+};
+pub use notifications::{
     notification_received, notification_triggered, notifications_forwarded, subscription_changed,
     subscription_failed, subscriptions_active,
 };
@@ -86,6 +90,8 @@ pub const NOTIFICATIONS: &str = "graph_cdc_notifications_total";
 pub const NOTIFIED_ROUNDS: &str = "graph_cdc_notified_rounds_total";
 pub const SUBSCRIPTION_CHANGES: &str = "graph_cdc_subscription_changes_total";
 pub const SUBSCRIPTIONS: &str = "graph_cdc_subscriptions";
+pub const EVENTHUB_MESSAGES: &str = "graph_cdc_eventhub_messages_total";
+pub const EVENTHUB_COMMITS: &str = "graph_cdc_eventhub_commits_total";
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -132,6 +138,8 @@ pub struct Metrics {
     pub notified_rounds: IntCounterVec,
     pub subscription_changes: IntCounterVec,
     pub subscriptions: IntGauge,
+    pub eventhub_messages: IntCounterVec,
+    pub eventhub_commits: IntCounterVec,
 }
 
 /// Registers `m` in `r` and hands it back.
@@ -343,6 +351,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             &["action", "outcome"],
         )?,
         subscriptions: gauge(SUBSCRIPTIONS, "Active change notification subscriptions this worker holds")?,
+        eventhub_messages: counter(
+            EVENTHUB_MESSAGES,
+            "Event hub messages read (delivery = eventhub), by outcome (notices, validation, malformed, error)",
+            &["outcome"],
+        )?,
+        eventhub_commits: counter(
+            EVENTHUB_COMMITS,
+            "Event hub consumer offset commits, by outcome (ok, failed, stale)",
+            &["outcome"],
+        )?,
         registry: r,
     })
 }

@@ -65,3 +65,54 @@ pub fn notifications_forwarded(to: &str, n: usize, outcome: &str) {
         "notifications of another worker's subscriptions"
     );
 }
+
+/// A message of the event hub (`delivery = "eventhub"`), by outcome: `notices` (handed to
+/// the inbox), `validation` (Graph's validation message at a new subscription, ignored),
+/// `malformed` (not a notification collection, dropped).
+pub fn eventhub_message(outcome: &str, partition: i32, offset: i64) {
+    metrics()
+        .eventhub_messages
+        .with_label_values(&[outcome])
+        .inc();
+    match outcome {
+        "notices" => tracing::trace!(partition, offset, "event hub message"),
+        _ => tracing::debug!(outcome, partition, offset, "event hub message ignored"),
+    }
+}
+
+/// The event hub consumer's offsets committed (`ok`, `failed`, or `stale`: a rebalance came
+/// in between, the group re-reads them), for `partitions` hub partitions.
+pub fn eventhub_committed(outcome: &str, partitions: usize) {
+    metrics()
+        .eventhub_commits
+        .with_label_values(&[outcome])
+        .inc();
+    match outcome {
+        "ok" => tracing::trace!(partitions, "event hub offsets committed"),
+        _ => tracing::debug!(outcome, partitions, "event hub offsets not committed"),
+    }
+}
+
+/// The event hub's consumer was assigned `partitions` partitions of the hub.
+pub fn eventhub_assigned(partitions: usize) {
+    tracing::info!(partitions, "event hub partitions assigned");
+}
+
+/// An error of the event hub's consumer (`stage`: `poll`, `commit`, or librdkafka's
+/// reason); librdkafka retries by itself. Never carries the connection string.
+pub fn eventhub_consumer_error(error: &str, stage: &str) {
+    metrics()
+        .eventhub_messages
+        .with_label_values(&["error"])
+        .inc();
+    tracing::warn!(error, stage, "event hub consumer error");
+}
+
+/// The event hub's consumer could not start: notifications are not read, partitions keep
+/// their safety-net polls.
+pub fn eventhub_unavailable(why: &str) {
+    tracing::error!(
+        why,
+        "event hub consumer not started; change notifications are not read"
+    );
+}

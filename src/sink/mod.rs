@@ -36,6 +36,7 @@ mod error;
 pub mod handle;
 pub mod health;
 pub mod membership;
+pub mod notifications;
 pub mod offsets_store;
 pub mod producer;
 pub mod properties;

@@ -38,6 +38,7 @@ mod broadcast;
 mod commands;
 mod control;
 mod directory;
+mod eventhub;
 mod groups;
 mod health;
 mod links;
@@ -296,6 +297,9 @@ pub async fn run_with_status(
             });
         supervisor::spawn_task(&shared, notifications::run(shared.clone(), inbox));
         supervisor::spawn_task(&shared, subscriptions::run(shared.clone()));
+        if let Some(hub) = shared.spec.notification_hub.clone() {
+            supervisor::spawn_task(&shared, eventhub::run(shared.clone(), hub));
+        }
     }
     // Every worker follows each group's membership (its shards may hold any member's).
     let members = groups::follow(&shared)?;

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::config::{ConfigError, Credentials, GroupSource, Secret, Settings};
+use crate::config::{ConfigError, Credentials, Delivery, GroupSource, Secret, Settings};
 use crate::graph::{ClientOptions, Credential, Rounds};
+use crate::sink::notifications::HubOptions;
 use crate::sink::SinkOptions;
 use crate::source::PartitionId;
 
@@ -51,14 +52,20 @@ pub struct WorkerSpec {
     pub sharding: Sharding,
     /// Change notifications (`[notifications]`), when enabled.
     pub notifications: Option<NotificationSpec>,
+    /// With `notifications.delivery = "eventhub"`: the event hub the worker reads them from
+    /// (`[notifications.eventhub]`; `Debug` masks the connection string).
+    pub notification_hub: Option<HubOptions>,
 }
 
 /// Change notifications: where Graph posts them and what the worker asks of it.
 #[derive(Debug, Clone)]
 pub struct NotificationSpec {
-    /// Graph posts change notifications here (`notifications.public_url`).
+    /// Graph posts change notifications here (`notifications.public_url`), or sends them to
+    /// this event hub (`notifications.eventhub.notification_url`, `EventHub:https://…`).
     pub url: String,
-    /// And lifecycle events here (`{url}/lifecycle`).
+    /// And lifecycle events here (`{url}/lifecycle`; with an event hub, the same URL: "The
+    /// lifecycleNotificationUrl endpoint can be the same as the notificationUrl",
+    /// concepts/change-notifications-lifecycle-events.md).
     pub lifecycle_url: String,
     /// `notifications.client_state` (a secret: `Debug` masks it).
     pub client_state: Secret,
@@ -161,8 +168,28 @@ impl WorkerSpec {
                 advertised_url: None,
             },
             notifications: notification_spec(s),
+            notification_hub: notification_hub(s),
         })
     }
+}
+
+/// The event hub a worker reads notifications from (`None`: not `delivery = "eventhub"`).
+fn notification_hub(s: &Settings) -> Option<HubOptions> {
+    let n = &s.notifications;
+    let h = n.eventhub.as_ref()?;
+    if !n.enabled || n.delivery != Delivery::EventHub {
+        return None;
+    }
+    Some(HubOptions {
+        bootstrap_servers: h.bootstrap_servers.clone(),
+        topic: h.topic.clone(),
+        group: h
+            .consumer_group
+            .clone()
+            .unwrap_or_else(|| format!("{}.notifications", s.name)),
+        connection_string: h.connection_string.clone(),
+        options: h.options.clone(),
+    })
 }
 
 /// The `[notifications]` settings a worker uses (`None`: off).
@@ -171,9 +198,16 @@ fn notification_spec(s: &Settings) -> Option<NotificationSpec> {
     if !n.enabled {
         return None;
     }
-    let url = n.public_url.clone()?.trim_end_matches('/').to_string();
+    let (url, lifecycle_url) = match (n.delivery, &n.eventhub) {
+        (Delivery::EventHub, Some(h)) => (h.notification_url.clone(), h.notification_url.clone()),
+        (Delivery::EventHub, None) => return None,
+        (Delivery::Webhook, _) => {
+            let url = n.public_url.clone()?.trim_end_matches('/').to_string();
+            (url.clone(), format!("{url}/lifecycle"))
+        }
+    };
     Some(NotificationSpec {
-        lifecycle_url: format!("{url}/lifecycle"),
+        lifecycle_url,
         url,
         client_state: n.client_state.clone()?,
         renew_before: n.renew_before.0,

@@ -5,6 +5,7 @@ mod common;
 mod connect_client;
 pub mod crash;
 mod e2e;
+mod eventhub;
 mod fleet;
 mod group_crash;
 mod groups;
