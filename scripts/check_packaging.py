@@ -358,6 +358,14 @@ def check_release(binary, label, values, pki, existing=None, expect=None, extra_
             want.add("Secret")
         if not want <= set(by_kind):
             fail(f"missing kinds ({label}): {want - set(by_kind)}")
+        for ing in by_kind.get("Ingress", []):
+            # Graph's posts only: /notifications (and /notifications/lifecycle) on its host.
+            rules = ing["spec"]["rules"]
+            paths = [p["path"] for r in rules for p in r["http"]["paths"]]
+            port = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["number"]
+            if paths != ["/notifications"] or port != values.get("service", {}).get("port", 8083):
+                fail(f"the notifications Ingress routes {paths} to port {port} ({label})")
+            ok(f"the notifications Ingress routes /notifications only, on {rules[0]['host']} ({label})")
         sts = by_kind["StatefulSet"][0]
         tmpl = sts["spec"]["template"]
         spec = tmpl["spec"]
@@ -666,7 +674,7 @@ def check_chart(binary):
     all_on = yaml.safe_load(open(os.path.join(CHART, "ci", "all-on-values.yaml")))
     all_on = merge(all_on, {"secrets": {"certificate": pki["graph.crt"], "privateKey": pki["graph.key"]},
                             "kafka": {"tls": real_tls}})
-    check_release(binary, "all options on", all_on, pki, extra_kinds=("ServiceMonitor", "PodDisruptionBudget", "HorizontalPodAutoscaler"),
+    check_release(binary, "all options on", all_on, pki, extra_kinds=("ServiceMonitor", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress"),
                   expect={"tls": "ca+cert", "tls_secret_created": True, "token": all_on["secrets"]["authToken"],
                           "secret_env": ["GRAPH_CDC__KAFKA__OPTIONS__SASL_PASSWORD",
                                          "GRAPH_CDC__KAFKA__OPTIONS__SASL_OAUTHBEARER_CLIENT_SECRET"],
@@ -776,6 +784,10 @@ def check_chart(binary):
         ({"config": {"graph": {"client_secret": "x"}}}, "config.graph.client_secret: a secret in the ConfigMap"),
         ({"config": {"notifications": {"client_state": "x"}}},
          "config.notifications.client_state: a secret in the ConfigMap"),
+        ({"notificationsIngress": {"enabled": True}}, "notificationsIngress.host: required"),
+        ({"notificationsIngress": {"enabled": True, "host": "cdc.example.com"},
+          "config": {"notifications": {"public_url": "https://elsewhere.example.com/notifications"}}},
+         "config.notifications.public_url: must be https://cdc.example.com/notifications"),
         ({"config": {"server": {"allow_unauthenticated": True}}}, "set server.allowUnauthenticated instead"),
         ({"config": {"server": {"auth_token_file": "/x"}}}, "give the REST token one way"),
         ({"config": {"graph": {"client_secret_file": "/x"}}, "secrets": {"clientSecret": "s"}},
