@@ -141,6 +141,10 @@ fn load_checked(a: &ConfigArgs) -> anyhow::Result<(graph_cdc::config::Settings, 
     let settings = load(a)?;
     let spec = WorkerSpec::from_settings(&settings)?;
     graph_cdc::sink::clients::check(&spec.sink).map_err(graph_cdc::config::ConfigError::Invalid)?;
+    if let Some(hub) = &spec.notification_hub {
+        hub.check()
+            .map_err(graph_cdc::config::ConfigError::Invalid)?;
+    }
     Ok((settings, spec))
 }
 

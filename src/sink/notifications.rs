@@ -73,6 +73,32 @@ impl HubOptions {
     }
 }
 
+impl HubOptions {
+    /// Builds the consumer without connecting anywhere and reports each property librdkafka
+    /// refuses, naming its key (the connection string never appears in them).
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        let mut base = self.clone();
+        base.options = KafkaOptions::default();
+        for (k, v) in &self.options.0 {
+            let mut c = base.client_config();
+            c.set(k, v);
+            if let Err(e) = c.create::<BaseConsumer>() {
+                errs.push(format!("notifications.eventhub.options.\"{k}\": {e}"));
+            }
+        }
+        if errs.is_empty() {
+            if let Err(e) = self.client_config().create::<BaseConsumer>() {
+                errs.push(format!("notifications.eventhub: {e}"));
+            }
+        }
+        match errs.is_empty() {
+            true => Ok(()),
+            false => Err(errs),
+        }
+    }
+}
+
 /// One message of the hub: a notification collection (`{"value":[…]}`).
 #[derive(Debug)]
 pub struct HubMessage {
@@ -300,5 +326,16 @@ mod tests {
             o.client_config().get("security.protocol"),
             Some("plaintext")
         );
+        assert_eq!(o.check(), Ok(()));
+        o.options
+            .0
+            .insert("fetch.wait.max.ms".into(), "soon".into());
+        let errs = o.check().unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("notifications.eventhub.options.\"fetch.wait.max.ms\""),
+            "{errs:?}"
+        );
+        assert!(!errs[0].contains("hush"));
     }
 }
