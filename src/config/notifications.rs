@@ -273,7 +273,7 @@ mod settings_tests {
         assert_eq!(h.group, "graph-cdc.notifications");
         assert_eq!(h.topic, "graph");
         assert_eq!(
-            h.options.0.get("fetch.wait.max.ms").map(String::as_str),
+            h.options.get("fetch.wait.max.ms").map(String::as_str),
             Some("50")
         );
         assert_eq!(

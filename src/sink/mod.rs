@@ -25,6 +25,8 @@
 //!   given locations (the keys of tombstones).
 //! - `tail.rs`: following a topic from its beginning, then as it grows (the members topic,
 //!   each group's membership).
+//! - `notifications.rs`: the consumer of the Azure event hub change notifications come
+//!   through (`notifications.delivery = "eventhub"`), committing only what the worker says.
 //!
 //! It knows nothing of Graph (it consumes [`crate::source::SourceBatch`]es) nor of the
 //! settings: `config` builds its [`SinkOptions`].

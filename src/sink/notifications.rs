@@ -22,14 +22,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::config::{KafkaOptions, Secret};
 use crate::metrics;
+use crate::redact::{MaskedMap, Secret};
 
 /// Messages read ahead of the worker at most.
 const AHEAD: usize = 1024;
 
 /// How the worker reads the event hub.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubOptions {
     /// `notifications.eventhub.bootstrap_servers`.
     pub bootstrap_servers: String,
@@ -40,7 +40,19 @@ pub struct HubOptions {
     /// `notifications.eventhub.connection_string` (`Debug` masks it).
     pub connection_string: Option<Secret>,
     /// `notifications.eventhub.options`, applied last (`Debug` masks secret-looking values).
-    pub options: KafkaOptions,
+    pub options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for HubOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubOptions")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("connection_string", &self.connection_string)
+            .field("options", &MaskedMap(&self.options))
+            .finish()
+    }
 }
 
 impl HubOptions {
@@ -66,7 +78,7 @@ impl HubOptions {
                 .set("sasl.username", "$ConnectionString")
                 .set("sasl.password", cs.expose());
         }
-        for (k, v) in &self.options.0 {
+        for (k, v) in &self.options {
             c.set(k, v);
         }
         c
@@ -79,8 +91,8 @@ impl HubOptions {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
         let mut base = self.clone();
-        base.options = KafkaOptions::default();
-        for (k, v) in &self.options.0 {
+        base.options = BTreeMap::new();
+        for (k, v) in &self.options {
             let mut c = base.client_config();
             c.set(k, v);
             if let Err(e) = c.create::<BaseConsumer>() {
@@ -306,7 +318,7 @@ mod tests {
             topic: "graph".into(),
             group: "graph-cdc.notifications".into(),
             connection_string: Some(Secret::new("Endpoint=sb://ns/;SharedAccessKey=hush")),
-            options: KafkaOptions::default(),
+            options: BTreeMap::new(),
         };
         let c = o.client_config();
         assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
@@ -320,16 +332,13 @@ mod tests {
         assert!(!format!("{o:?}").contains("hush"));
         // The test bed's overrides come last.
         o.options
-            .0
             .insert("security.protocol".into(), "plaintext".into());
         assert_eq!(
             o.client_config().get("security.protocol"),
             Some("plaintext")
         );
         assert_eq!(o.check(), Ok(()));
-        o.options
-            .0
-            .insert("fetch.wait.max.ms".into(), "soon".into());
+        o.options.insert("fetch.wait.max.ms".into(), "soon".into());
         let errs = o.check().unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
@@ -337,5 +346,8 @@ mod tests {
             "{errs:?}"
         );
         assert!(!errs[0].contains("hush"));
+        o.options
+            .insert("sasl.password".into(), "hushed-too".into());
+        assert!(!format!("{o:?}").contains("hushed-too"));
     }
 }

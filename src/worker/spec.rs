@@ -188,7 +188,7 @@ fn notification_hub(s: &Settings) -> Option<HubOptions> {
             .clone()
             .unwrap_or_else(|| format!("{}.notifications", s.name)),
         connection_string: h.connection_string.clone(),
-        options: h.options.clone(),
+        options: h.options.0.clone(),
     })
 }
 
