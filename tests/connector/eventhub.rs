@@ -321,6 +321,46 @@ async fn changes_reach_kafka_through_the_event_hub_and_offsets_follow_the_rounds
     }
     wait_covered(&b, Duration::from_secs(10)).await;
 
+    // A lifecycle event through the hub: `subscriptionRemoved` recreates the subscription.
+    let lifecycle = graph_cdc::metrics::metrics()
+        .notifications
+        .with_label_values(&["lifecycle", "accepted"]);
+    let lifecycle_before = lifecycle.get();
+    let first = b.sim.state.subscriptions.lock().all()[0].id.clone();
+    let code = reqwest::Client::new()
+        .post(format!(
+            "{}/_sim/subscriptions/{first}/lifecycle",
+            b.sim.url()
+        ))
+        .json(&serde_json::json!({"event": "subscriptionRemoved"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids: Vec<String> = b
+            .sim
+            .state
+            .subscriptions
+            .lock()
+            .all()
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        if ids.len() == b.parts.len() && !ids.contains(&first) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removed subscription was not recreated: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lifecycle.get() > lifecycle_before);
+    wait_covered(&b, Duration::from_secs(15)).await;
+
     // Graph slowed down: a notification's offset waits for its round's commit.
     b.sim.state.faults.lock().add(
         FaultSpec {
