@@ -12,9 +12,10 @@
 //! partition it names (with the right client state, known here) is poked at once, and the
 //! message is *done* once every such partition has completed a round that started after the
 //! poke (it is parked again, not due, and its `fresh_at` is later than the poke), or left this
-//! worker. Every second the highest contiguous done offset of each hub partition is
-//! committed. A worker killed in between reads those messages again: a replay only triggers
-//! rounds again.
+//! worker, or the message has waited `graph.poll_interval_with_notifications` for it (its
+//! safety-net poll is due by then). Every second the highest contiguous done offset of each
+//! hub partition is committed. A worker killed in between reads those messages again: a
+//! replay only triggers rounds again.
 //!
 //! [`Inbox`]: super::notifications::Inbox
 
@@ -56,6 +57,10 @@ pub(super) async fn run(shared: Arc<Shared>, opts: HubOptions) {
     };
     let digest: [u8; 32] = Sha256::digest(subs.spec.client_state.expose().as_bytes()).into();
     let mut book = Book::default();
+    // A round not done by then (its partition backing off, failing) is not waited for any
+    // longer: the partition's safety-net poll is due by then anyway.
+    let cap = subs.spec.poll_interval.max(Duration::from_secs(60));
+    let done = |p: &PartitionId, at: Instant| at.elapsed() > cap || settled(&shared, p, at);
     let mut check = tokio::time::interval(CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut committed_at = Instant::now();
@@ -71,7 +76,7 @@ pub(super) async fn run(shared: Arc<Shared>, opts: HubOptions) {
             },
             _ = check.tick() => {
                 book.retry(|id| resolve(&shared, id));
-                book.settle(|p, at| settled(&shared, p, at));
+                book.settle(done);
                 if committed_at.elapsed() >= COMMIT {
                     committed_at = Instant::now();
                     if let Some(c) = book.commits() {
@@ -82,7 +87,7 @@ pub(super) async fn run(shared: Arc<Shared>, opts: HubOptions) {
         }
     }
     // What is done by now is committed; the rest is read again by whoever reads next.
-    book.settle(|p, at| settled(&shared, p, at));
+    book.settle(done);
     if let Some(c) = book.commits() {
         consumer.commit(c);
     }
