@@ -784,6 +784,8 @@ def check_chart(binary):
         ({"config": {"graph": {"client_secret": "x"}}}, "config.graph.client_secret: a secret in the ConfigMap"),
         ({"config": {"notifications": {"client_state": "x"}}},
          "config.notifications.client_state: a secret in the ConfigMap"),
+        ({"config": {"notifications": {"eventhub": {"connection_string": "Endpoint=sb://x/;SharedAccessKey=y"}}}},
+         "config.notifications.eventhub.connection_string: a secret in the ConfigMap"),
         ({"notificationsIngress": {"enabled": True}}, "notificationsIngress.host: required"),
         ({"notificationsIngress": {"enabled": True, "host": "cdc.example.com"},
           "config": {"notifications": {"public_url": "https://elsewhere.example.com/notifications"}}},

@@ -62,7 +62,11 @@ pub struct EventHubSettings {
     /// it the consumer connects without SASL (the test bed's plaintext broker).
     #[serde(default)]
     pub connection_string: Option<Secret>,
-    /// The consumer group the workers read the hub in (default `{name}.notifications`).
+    /// The consumer group a worker reads the hub in (default `{name}.notifications.{worker
+    /// id}`: a group per worker, so that each reads every notification and keeps those of
+    /// its own partitions; a group shared by the workers splits the hub's partitions among
+    /// them, and a notification reaching another worker waits for its partition's
+    /// safety-net poll).
     #[serde(default)]
     pub consumer_group: Option<String>,
     /// librdkafka properties of the hub's consumer, applied last (e.g.
@@ -270,7 +274,7 @@ mod settings_tests {
         assert_eq!(n.url, HUB);
         assert_eq!(n.lifecycle_url, HUB);
         let h = w.notification_hub.as_ref().unwrap();
-        assert_eq!(h.group, "graph-cdc.notifications");
+        assert_eq!(h.group, format!("graph-cdc.notifications.{}", s.worker_id()));
         assert_eq!(h.topic, "graph");
         assert_eq!(
             h.options.get("fetch.wait.max.ms").map(String::as_str),

@@ -186,7 +186,9 @@ fn notification_hub(s: &Settings) -> Option<HubOptions> {
         group: h
             .consumer_group
             .clone()
-            .unwrap_or_else(|| format!("{}.notifications", s.name)),
+            // A group per worker: each reads every notification and keeps its own
+            // partitions' (a shared group would leave another worker's to its safety net).
+            .unwrap_or_else(|| format!("{}.notifications.{}", s.name, s.worker_id())),
         connection_string: h.connection_string.clone(),
         options: h.options.0.clone(),
     })

@@ -156,6 +156,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if hasKey (.Values.config.notifications | default dict) "client_state" }}
 {{- fail "config.notifications.client_state: a secret in the ConfigMap; give it as the environment variable GRAPH_CDC__NOTIFICATIONS__CLIENT_STATE from a Secret (extraEnv with valueFrom.secretKeyRef) instead" }}
 {{- end }}
+{{- if hasKey ((.Values.config.notifications | default dict).eventhub | default dict) "connection_string" }}
+{{- fail "config.notifications.eventhub.connection_string: a secret in the ConfigMap; give it as the environment variable GRAPH_CDC__NOTIFICATIONS__EVENTHUB__CONNECTION_STRING from a Secret (extraEnv with valueFrom.secretKeyRef) instead" }}
+{{- end }}
 {{- if hasKey $server "allow_unauthenticated" }}
 {{- fail "config.server.allow_unauthenticated: set server.allowUnauthenticated instead" }}
 {{- end }}
