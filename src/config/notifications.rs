@@ -274,7 +274,10 @@ mod settings_tests {
         assert_eq!(n.url, HUB);
         assert_eq!(n.lifecycle_url, HUB);
         let h = w.notification_hub.as_ref().unwrap();
-        assert_eq!(h.group, format!("graph-cdc.notifications.{}", s.worker_id()));
+        assert_eq!(
+            h.group,
+            format!("graph-cdc.notifications.{}", s.worker_id())
+        );
         assert_eq!(h.topic, "graph");
         assert_eq!(
             h.options.get("fetch.wait.max.ms").map(String::as_str),
