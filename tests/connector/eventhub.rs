@@ -13,7 +13,6 @@ use graph_cdc::worker::WorkerSpec;
 use graph_cdc_testkit::eventhub::Relay;
 use graph_cdc_testkit::harness::{run_id, InProcessWorker};
 use graph_sim::faults::{FaultKind, FaultSpec};
-use graph_sim::generate::MutateSpec;
 use graph_sim::SimServer;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -21,6 +20,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::common::*;
+use crate::notifications::{changes, differs, wait_subscriptions};
 
 const WINDOW: &str = "2026-05-01T00:00:00Z/2026-06-01T00:00:00Z";
 const CLIENT_STATE: &str = "client-state-of-the-eventhub-test";
@@ -169,22 +169,6 @@ async fn wait_covered(b: &Bed, within: Duration) -> BTreeMap<i32, (i64, i64)> {
     }
 }
 
-/// The first partition whose compacted view differs from the truth.
-fn differs(sim: &SimServer, spec: &WorkerSpec, parts: &[PartitionId]) -> Option<String> {
-    let mut views = BTreeMap::new();
-    for p in parts {
-        let topic = spec.sink.topics.for_kind(p.kind()).to_string();
-        if !views.contains_key(&topic) {
-            let records = read_all(&spec.sink.bootstrap_servers, &topic);
-            views.insert(topic.clone(), compacted(&records));
-        }
-        if view_of(&views[&topic], p) != truth(sim, p) {
-            return Some(p.to_string());
-        }
-    }
-    None
-}
-
 fn wait_converged(b: &Bed, within: Duration) -> Duration {
     let started = Instant::now();
     tokio::task::block_in_place(|| loop {
@@ -199,29 +183,8 @@ fn wait_converged(b: &Bed, within: Duration) -> Duration {
     })
 }
 
-async fn wait_subscriptions(sim: &SimServer, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = sim.state.subscriptions.lock().len();
-        if got == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{got} subscriptions, not {n}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn mutate(b: &Bed, count: usize, seed: u64) {
-    let m = MutateSpec {
-        count,
-        users: Some(b.users.clone()),
-        start: chrono::NaiveDateTime::parse_from_str("2026-05-01T00:00:00", "%Y-%m-%dT%H:%M:%S")
-            .unwrap(),
-        days: 31,
-        structural: false,
-        membership: false,
-        seed: Some(seed),
-    };
+    let m = changes(&b.users, count, seed);
     graph_sim::generate::mutate(&mut b.sim.state.store.write(), &m);
 }
 

@@ -120,7 +120,7 @@ impl Notified {
 
 /// `count` changes to the events and tasks of `users` (no calendars or lists made or
 /// removed: only notified partitions change).
-fn changes(users: &[String], count: usize, seed: u64) -> MutateSpec {
+pub(crate) fn changes(users: &[String], count: usize, seed: u64) -> MutateSpec {
     MutateSpec {
         count,
         users: Some(users.to_vec()),
@@ -147,7 +147,7 @@ fn notified_partitions(sim: &SimServer) -> Vec<PartitionId> {
 }
 
 /// The first partition whose compacted view differs from the truth.
-fn differs(sim: &SimServer, spec: &WorkerSpec, parts: &[PartitionId]) -> Option<String> {
+pub(crate) fn differs(sim: &SimServer, spec: &WorkerSpec, parts: &[PartitionId]) -> Option<String> {
     let mut views = BTreeMap::new();
     for p in parts {
         let topic = spec.sink.topics.for_kind(p.kind()).to_string();
@@ -312,7 +312,7 @@ fn subscription_ids(sim: &SimServer) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-async fn wait_subscriptions(sim: &SimServer, n: usize) {
+pub(crate) async fn wait_subscriptions(sim: &SimServer, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = sim.state.subscriptions.lock().len();
