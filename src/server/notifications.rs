@@ -99,14 +99,7 @@ async fn forward(s: Arc<ServerState>, notices: Vec<Notice>, lifecycle: bool) {
     };
     let n = notices.len();
     let body = serde_json::json!({ "value": notices }).to_string();
-    let peers: Vec<(String, String)> = s
-        .status
-        .peers
-        .lock()
-        .iter()
-        .filter(|(id, _)| **id != s.worker_id)
-        .map(|(id, url)| (id.clone(), url.clone()))
-        .collect();
+    let peers = super::peers::others(&s);
     let sends = peers.iter().map(|(id, url)| {
         let req = s
             .peers

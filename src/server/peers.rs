@@ -43,17 +43,20 @@ pub struct Answer {
     pub body: Result<Value, String>,
 }
 
-/// Asks every other advertised worker for `path` (`?local=true`), side by side.
-pub async fn ask(s: &ServerState, path: &str) -> Vec<Answer> {
-    let peers: Vec<(String, String)> = s
-        .status
+/// The other workers advertised in the control topic: (worker id, REST API URL).
+pub fn others(s: &ServerState) -> Vec<(String, String)> {
+    s.status
         .peers
         .lock()
         .iter()
         .filter(|(id, _)| **id != s.worker_id)
         .map(|(id, url)| (id.clone(), url.clone()))
-        .collect();
-    let asks = peers.into_iter().map(|(worker_id, url)| async move {
+        .collect()
+}
+
+/// Asks every other advertised worker for `path` (`?local=true`), side by side.
+pub async fn ask(s: &ServerState, path: &str) -> Vec<Answer> {
+    let asks = others(s).into_iter().map(|(worker_id, url)| async move {
         let mut req = s.peers.get(format!("{url}{path}?local=true"));
         if let Some(t) = &s.auth_token {
             req = req.bearer_auth(t);
